@@ -1,0 +1,709 @@
+//! The istio-iptables-compatible command line: the table of every flag and environment
+//! variable meshinit accepts, and a pflag-compatible parser that turns argv + environment into
+//! [`RawArgs`] — the text of each setting and where it came from. Nothing here interprets a
+//! value; that is `config`'s job.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The environment as meshinit sees it. Passed explicitly so tests never touch the process env.
+pub type Env = BTreeMap<String, String>;
+
+/// Whether a flag takes a value or is a switch (`--dry-run`, `--dry-run=false`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Bool,
+    Value,
+}
+
+/// Where a flag comes from, which decides what meshinit does with it and how the README
+/// compatibility table describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A flag of istio-iptables (1.20.8 and/or newest) that meshinit honours.
+    Istio,
+    /// A flag upstream removed; accepted so old templates keep working, ignored with a warning
+    /// when set to anything but its default.
+    Removed,
+    /// pilot-agent's logging flags, inherited by the `istio-iptables` sub-command.
+    Logging,
+    /// meshinit's own flags.
+    Meshinit,
+}
+
+/// One flag: its names, kind, default and the environment variables that can set it.
+#[derive(Debug)]
+pub struct FlagSpec {
+    pub long: &'static str,
+    pub short: Option<char>,
+    pub kind: Kind,
+    pub default: &'static str,
+    /// Environment variables, lowest precedence first (primary name, then Istio's extra name).
+    pub env: &'static [&'static str],
+    pub origin: Origin,
+    pub help: &'static str,
+}
+
+impl FlagSpec {
+    /// `--envoy-port (-p, env ENVOY_PORT)`: how error messages name a flag.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.short {
+            parts.push(format!("-{s}"));
+        }
+        if !self.env.is_empty() {
+            parts.push(format!("env {}", self.env.join(", ")));
+        }
+        if parts.is_empty() {
+            format!("--{}", self.long)
+        } else {
+            format!("--{} ({})", self.long, parts.join(", "))
+        }
+    }
+}
+
+/// Settings that only exist as environment variables (no flag), with their defaults.
+#[derive(Debug)]
+pub struct EnvSpec {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! flag {
+    ($long:literal, $short:expr, $kind:ident, $default:literal, [$($env:literal),*], $origin:ident, $help:literal) => {
+        FlagSpec {
+            long: $long,
+            short: $short,
+            kind: Kind::$kind,
+            default: $default,
+            env: &[$($env),*],
+            origin: Origin::$origin,
+            help: $help,
+        }
+    };
+}
+
+/// Every flag meshinit accepts. The README's compatibility table is checked against this list.
+pub static FLAGS: &[FlagSpec] = &[
+    flag!("envoy-port", Some('p'), Value, "15001", ["ENVOY_PORT"], Istio,
+        "port Envoy listens on for outbound traffic (REDIRECT target)"),
+    flag!("inbound-capture-port", Some('z'), Value, "15006", ["INBOUND_CAPTURE_PORT"], Istio,
+        "port inbound traffic is redirected to"),
+    flag!("inbound-tunnel-port", Some('e'), Value, "15008", ["INBOUND_TUNNEL_PORT"], Istio,
+        "HBONE tunnel port, never captured"),
+    flag!("proxy-uid", Some('u'), Value, "", ["PROXY_UID"], Istio,
+        "comma-separated UIDs whose traffic is not redirected (default: uid of $ENVOY_USER, else 1337)"),
+    flag!("proxy-gid", Some('g'), Value, "", ["PROXY_GID"], Istio,
+        "comma-separated GIDs whose traffic is not redirected (default: the proxy UIDs)"),
+    flag!("istio-inbound-interception-mode", Some('m'), Value, "", ["ISTIO_INBOUND_INTERCEPTION_MODE"], Istio,
+        "REDIRECT or TPROXY (empty means REDIRECT)"),
+    flag!("istio-inbound-ports", Some('b'), Value, "", ["ISTIO_INBOUND_PORTS"], Istio,
+        "inbound ports to capture; '*' for all, empty for none"),
+    flag!("istio-local-exclude-ports", Some('d'), Value, "", ["ISTIO_LOCAL_EXCLUDE_PORTS"], Istio,
+        "inbound ports never captured (only with -b '*')"),
+    flag!("istio-exclude-interfaces", Some('c'), Value, "", ["ISTIO_EXCLUDE_INTERFACES"], Istio,
+        "interfaces whose traffic is never captured"),
+    flag!("istio-service-cidr", Some('i'), Value, "", ["ISTIO_SERVICE_CIDR"], Istio,
+        "outbound CIDRs to capture; '*' for all, empty for none"),
+    flag!("istio-service-exclude-cidr", Some('x'), Value, "", ["ISTIO_SERVICE_EXCLUDE_CIDR"], Istio,
+        "outbound CIDRs never captured"),
+    flag!("istio-outbound-ports", Some('q'), Value, "", ["ISTIO_OUTBOUND_PORTS"], Istio,
+        "outbound TCP ports always captured"),
+    flag!("istio-local-outbound-ports-exclude", Some('o'), Value, "", ["ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"], Istio,
+        "outbound ports never captured"),
+    flag!("kube-virt-interfaces", Some('k'), Value, "", ["KUBE_VIRT_INTERFACES"], Istio,
+        "VM interfaces whose inbound traffic is treated as outbound"),
+    flag!("istio-inbound-tproxy-mark", Some('t'), Value, "1337", ["ISTIO_INBOUND_TPROXY_MARK"], Istio,
+        "fwmark used by TPROXY"),
+    flag!("istio-inbound-tproxy-route-table", Some('r'), Value, "133", ["ISTIO_INBOUND_TPROXY_ROUTE_TABLE"], Istio,
+        "policy-routing table used by TPROXY"),
+    flag!("dry-run", Some('n'), Bool, "false", ["DRY_RUN"], Istio,
+        "print the rules instead of applying them; needs no privileges"),
+    flag!("iptables-probe-port", None, Value, "15002", ["IPTABLES_PROBE_PORT"], Istio,
+        "validation: original destination port of the probe"),
+    flag!("probe-timeout", None, Value, "5s", ["PROBE_TIMEOUT"], Istio,
+        "validation: how long to wait for the probe"),
+    flag!("skip-rule-apply", None, Bool, "false", ["SKIP_RULE_APPLY"], Istio,
+        "do not install anything (used with --run-validation)"),
+    flag!("run-validation", None, Bool, "false", ["RUN_VALIDATION"], Istio,
+        "prove that redirection works"),
+    flag!("redirect-dns", None, Bool, "false", ["REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"], Istio,
+        "capture DNS (TCP and UDP port 53) to the agent on 15053"),
+    flag!("drop-invalid", None, Bool, "false", ["DROP_INVALID", "INVALID_DROP"], Istio,
+        "drop conntrack-INVALID packets"),
+    flag!("dual-stack", None, Bool, "false", ["DUAL_STACK", "ISTIO_DUAL_STACK"], Istio,
+        "IPv6 rules when any IPv6 address exists, not only the first"),
+    flag!("capture-all-dns", None, Bool, "false", ["CAPTURE_ALL_DNS"], Istio,
+        "capture DNS to any server, not only those of /etc/resolv.conf"),
+    flag!("network-namespace", None, Value, "", ["NETWORK_NAMESPACE"], Istio,
+        "network namespace to apply the rules in"),
+    flag!("cni-mode", None, Bool, "false", ["CNI_MODE"], Istio,
+        "run as called from the CNI plugin (pod-scoped xtables lock)"),
+    flag!("reconcile", None, Bool, "false", ["RECONCILE"], Istio,
+        "replace different existing rules of ours"),
+    flag!("cleanup-only", None, Bool, "false", ["CLEANUP_ONLY"], Istio,
+        "only remove what this configuration would install"),
+    flag!("force-apply", None, Bool, "false", ["FORCE_APPLY"], Istio,
+        "apply even when the rules look already in place"),
+    flag!("native-nftables", None, Bool, "false", ["NATIVE_NFTABLES"], Istio,
+        "use the native nftables backend"),
+    flag!("force-iptables-binary", None, Value, "", ["FORCE_IPTABLES_BINARY"], Istio,
+        "iptables variant: legacy or nft (default: detect)"),
+    flag!("restore-format", Some('f'), Bool, "true", ["RESTORE_FORMAT"], Removed,
+        "removed in Istio 1.24; restore format is always used"),
+    flag!("iptables-trace-logging", None, Bool, "false", ["IPTABLES_TRACE_LOGGING"], Removed,
+        "removed in Istio 1.26; no trace rules are installed"),
+    flag!("iptables-version", None, Value, "", ["IPTABLES_VERSION"], Removed,
+        "removed in Istio 1.22; the variant is detected"),
+    flag!("log_output_level", None, Value, "default:info", [], Logging,
+        "log level, as 'level' or 'scope:level,...' (the 'default' scope is used)"),
+    flag!("log_as_json", None, Bool, "false", [], Logging,
+        "log JSON lines instead of text"),
+    flag!("log_caller", None, Value, "", [], Logging, "accepted, no effect"),
+    flag!("log_rotate", None, Value, "", [], Logging, "accepted, no effect"),
+    flag!("log_rotate_max_age", None, Value, "30", [], Logging, "accepted, no effect"),
+    flag!("log_rotate_max_backups", None, Value, "1000", [], Logging, "accepted, no effect"),
+    flag!("log_rotate_max_size", None, Value, "104857600", [], Logging, "accepted, no effect"),
+    flag!("log_stacktrace_level", None, Value, "default:none", [], Logging, "accepted, no effect"),
+    flag!("log_target", None, Value, "stdout", [], Logging,
+        "accepted; meshinit always logs to stderr"),
+    flag!("vklog", None, Value, "0", [], Logging, "accepted, no effect"),
+    flag!("ipv6", None, Value, "auto", ["MESHINIT_IPV6"], Meshinit,
+        "auto|true|false: IPv6 rules; auto detects as Istio does"),
+    flag!("dns-servers", None, Value, "", ["MESHINIT_DNS_SERVERS"], Meshinit,
+        "DNS servers to capture (default: nameservers of /etc/resolv.conf)"),
+];
+
+/// Environment-only settings (no flag), as in Istio.
+pub static ENV_ONLY: &[EnvSpec] = &[
+    EnvSpec {
+        name: "ISTIO_OUTBOUND_OWNER_GROUPS",
+        default: "*",
+        help: "groups whose outbound traffic is captured ('*' for all)",
+    },
+    EnvSpec {
+        name: "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+        default: "",
+        help:
+            "groups whose outbound traffic is not captured (with ISTIO_OUTBOUND_OWNER_GROUPS='*')",
+    },
+    EnvSpec {
+        name: "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+        default: "127.0.0.1/32",
+        help: "IPv4 loopback range treated as localhost",
+    },
+    EnvSpec {
+        name: "ENVOY_USER",
+        default: "istio-proxy",
+        help: "user whose uid is the default proxy UID",
+    },
+];
+
+/// Looks up a flag by its long name. Panics on a name missing from [`FLAGS`]: that is a bug in
+/// meshinit, not bad input.
+pub fn flag(long: &str) -> &'static FlagSpec {
+    FLAGS
+        .iter()
+        .find(|f| f.long == long)
+        .unwrap_or_else(|| panic!("flag --{long} is not in the flag table"))
+}
+
+/// Where a setting's value came from, for error messages and the effective-config log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    Env(&'static str),
+    /// The spelling used on the command line, e.g. `-p` or `--envoy-port`.
+    CommandLine(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "default"),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::CommandLine(spelling) => write!(f, "command line {spelling}"),
+        }
+    }
+}
+
+/// A setting's text and origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    pub value: String,
+    pub source: Source,
+}
+
+/// What the user asked for, before interpretation.
+#[derive(Debug)]
+pub enum Command {
+    Run(RawArgs),
+    Help,
+    Version,
+}
+
+/// Every flag's text and source, resolved with Istio's precedence:
+/// command line > extra env name > primary env name > default.
+#[derive(Debug, Clone)]
+pub struct RawArgs {
+    flags: BTreeMap<&'static str, Setting>,
+    env_only: BTreeMap<&'static str, Setting>,
+}
+
+impl RawArgs {
+    /// The setting of a flag (always present: every flag has a default).
+    pub fn get(&self, long: &str) -> &Setting {
+        self.flags
+            .get(long)
+            .unwrap_or_else(|| panic!("flag --{long} is not in the flag table"))
+    }
+
+    /// The setting of an environment-only variable.
+    pub fn env_only(&self, name: &str) -> &Setting {
+        self.env_only
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the env-only table"))
+    }
+
+    /// All flags in table order, for logging the effective configuration.
+    pub fn flags(&self) -> impl Iterator<Item = (&'static FlagSpec, &Setting)> {
+        FLAGS.iter().map(|spec| (spec, self.get(spec.long)))
+    }
+}
+
+/// Command-line errors: unknown flags, missing values, stray arguments.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error("unknown flag: {0}")]
+    UnknownFlag(String),
+    #[error("unknown shorthand flag: '{0}' in {1}")]
+    UnknownShorthand(char, String),
+    #[error("flag needs an argument: {0}")]
+    MissingValue(String),
+    #[error("unexpected argument {0:?}: istio-iptables takes only flags")]
+    UnexpectedArgument(String),
+}
+
+/// Parses `argv` (including the program name) and the environment.
+///
+/// `argv[1] == "istio-iptables"` is skipped: Istio's injection template passes the sub-command
+/// name as the first argument to the image's entrypoint.
+pub fn parse(argv: &[String], env: &Env) -> Result<Command, CliError> {
+    let mut args = argv.iter().skip(1).peekable();
+    if args.peek().map(|a| a.as_str()) == Some("istio-iptables") {
+        args.next();
+    }
+
+    let mut from_cli: BTreeMap<&'static str, Setting> = BTreeMap::new();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            if let Some(stray) = args.next() {
+                return Err(CliError::UnexpectedArgument(stray.clone()));
+            }
+            break;
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (body, None),
+            };
+            match name {
+                "help" => return Ok(Command::Help),
+                "version" => return Ok(Command::Version),
+                _ => {}
+            }
+            let spec = FLAGS
+                .iter()
+                .find(|f| f.long == name)
+                .ok_or_else(|| CliError::UnknownFlag(format!("--{name}")))?;
+            let value = match (spec.kind, inline) {
+                (_, Some(v)) => v,
+                (Kind::Bool, None) => "true".to_string(),
+                (Kind::Value, None) => args
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| CliError::MissingValue(format!("--{name}")))?,
+            };
+            from_cli.insert(
+                spec.long,
+                Setting {
+                    value,
+                    source: Source::CommandLine(format!("--{name}")),
+                },
+            );
+        } else if arg.len() > 1 && arg.starts_with('-') {
+            // A group of shorthands, as pflag reads them: bools consume one letter each, the
+            // first value flag takes the rest of the group (after an optional '=') or the next
+            // argument.
+            let mut rest = &arg[1..];
+            while let Some(c) = rest.chars().next() {
+                let after = &rest[c.len_utf8()..];
+                if c == 'h' {
+                    return Ok(Command::Help);
+                }
+                let spec = FLAGS
+                    .iter()
+                    .find(|f| f.short == Some(c))
+                    .ok_or_else(|| CliError::UnknownShorthand(c, arg.clone()))?;
+                let spelling = format!("-{c}");
+                let value;
+                if after.len() > 1 && after.starts_with('=') {
+                    value = after[1..].to_string();
+                    rest = "";
+                } else if spec.kind == Kind::Bool {
+                    value = "true".to_string();
+                    rest = after;
+                } else if !after.is_empty() {
+                    value = after.to_string();
+                    rest = "";
+                } else {
+                    value = args
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| CliError::MissingValue(spelling.clone()))?;
+                    rest = "";
+                }
+                from_cli.insert(
+                    spec.long,
+                    Setting {
+                        value,
+                        source: Source::CommandLine(spelling),
+                    },
+                );
+            }
+        } else {
+            return Err(CliError::UnexpectedArgument(arg.clone()));
+        }
+    }
+
+    let flags = FLAGS
+        .iter()
+        .map(|spec| {
+            let setting = from_cli.remove(spec.long).unwrap_or_else(|| {
+                // Later env names take precedence over earlier ones.
+                spec.env
+                    .iter()
+                    .rev()
+                    .find_map(|name| {
+                        env.get(*name).map(|v| Setting {
+                            value: v.clone(),
+                            source: Source::Env(name),
+                        })
+                    })
+                    .unwrap_or(Setting {
+                        value: spec.default.to_string(),
+                        source: Source::Default,
+                    })
+            });
+            (spec.long, setting)
+        })
+        .collect();
+    let env_only = ENV_ONLY
+        .iter()
+        .map(|spec| {
+            let setting = match env.get(spec.name) {
+                Some(v) => Setting {
+                    value: v.clone(),
+                    source: Source::Env(spec.name),
+                },
+                None => Setting {
+                    value: spec.default.to_string(),
+                    source: Source::Default,
+                },
+            };
+            (spec.name, setting)
+        })
+        .collect();
+    Ok(Command::Run(RawArgs { flags, env_only }))
+}
+
+/// The usage text for `--help`.
+pub fn usage() -> String {
+    let mut out = String::from(
+        "meshinit: installs a service-mesh pod's traffic-capture rules (drop-in for istio-iptables)\n\n\
+         Usage: meshinit [istio-iptables] [FLAGS]\n\nFlags:\n",
+    );
+    for spec in FLAGS {
+        let names = match spec.short {
+            Some(s) => format!("-{s}, --{}", spec.long),
+            None => format!("    --{}", spec.long),
+        };
+        let env = if spec.env.is_empty() {
+            String::new()
+        } else {
+            format!(" [env {}]", spec.env.join(", "))
+        };
+        let default = if spec.default.is_empty() {
+            String::new()
+        } else {
+            format!(" (default {:?})", spec.default)
+        };
+        out.push_str(&format!("  {names}\n        {}{default}{env}\n", spec.help));
+    }
+    out.push_str("\nEnvironment only:\n");
+    for spec in ENV_ONLY {
+        out.push_str(&format!(
+            "  {}\n        {} (default {:?})\n",
+            spec.name, spec.help, spec.default
+        ));
+    }
+    out.push_str(
+        "\nExit codes: 0 success, 1 runtime failure, 2 invalid input, 126 validation failed.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<String> {
+        std::iter::once("meshinit")
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    fn run(args: &[&str], env: &[(&str, &str)]) -> RawArgs {
+        let env: Env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match parse(&argv(args), &env).expect("parses") {
+            Command::Run(raw) => raw,
+            other => panic!("expected a run, got {other:?}"),
+        }
+    }
+
+    fn value(raw: &RawArgs, long: &str) -> String {
+        raw.get(long).value.clone()
+    }
+
+    #[test]
+    fn every_flag_has_unique_names() {
+        for (i, a) in FLAGS.iter().enumerate() {
+            for b in &FLAGS[i + 1..] {
+                assert_ne!(a.long, b.long);
+                if a.short.is_some() {
+                    assert_ne!(a.short, b.short, "--{} and --{}", a.long, b.long);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_flag_is_set_by_short_long_and_env() {
+        for spec in FLAGS {
+            let sample = if spec.kind == Kind::Bool {
+                "true"
+            } else {
+                "sample"
+            };
+            let raw = run(&[&format!("--{}={sample}", spec.long)], &[]);
+            assert_eq!(value(&raw, spec.long), sample, "--{}", spec.long);
+            let raw = run(&[&format!("--{}", spec.long), sample], &[]);
+            let expected = if spec.kind == Kind::Bool {
+                // A bool never takes the next argument; the stray value is rejected instead.
+                continue;
+            } else {
+                sample
+            };
+            assert_eq!(value(&raw, spec.long), expected);
+            if let Some(short) = spec.short {
+                let raw = run(&[&format!("-{short}"), sample], &[]);
+                let expected = if spec.kind == Kind::Bool {
+                    "true"
+                } else {
+                    sample
+                };
+                if spec.kind == Kind::Value {
+                    assert_eq!(value(&raw, spec.long), expected, "-{short}");
+                }
+            }
+            for name in spec.env {
+                let raw = run(&[], &[(name, sample)]);
+                assert_eq!(value(&raw, spec.long), sample, "env {name}");
+                assert_eq!(raw.get(spec.long).source, Source::Env(name));
+            }
+        }
+    }
+
+    #[test]
+    fn every_value_flag_accepts_pflag_short_forms() {
+        for spec in FLAGS.iter().filter(|f| f.kind == Kind::Value) {
+            let Some(s) = spec.short else { continue };
+            for form in [
+                vec![format!("-{s}"), "v1".into()],
+                vec![format!("-{s}=v1")],
+                vec![format!("-{s}v1")],
+                vec![format!("--{}", spec.long), "v1".into()],
+                vec![format!("--{}=v1", spec.long)],
+            ] {
+                let forms: Vec<&str> = form.iter().map(|x| x.as_str()).collect();
+                assert_eq!(value(&run(&forms, &[]), spec.long), "v1", "{forms:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bools_take_only_inline_values() {
+        assert_eq!(value(&run(&["-n"], &[]), "dry-run"), "true");
+        assert_eq!(value(&run(&["--dry-run"], &[]), "dry-run"), "true");
+        assert_eq!(value(&run(&["--dry-run=false"], &[]), "dry-run"), "false");
+        assert_eq!(value(&run(&["-n=false"], &[]), "dry-run"), "false");
+        assert_eq!(
+            parse(&argv(&["--dry-run", "false"]), &Env::new()).unwrap_err(),
+            CliError::UnexpectedArgument("false".into())
+        );
+    }
+
+    #[test]
+    fn shorthands_combine_like_pflag() {
+        let raw = run(&["-np15001"], &[]);
+        assert_eq!(value(&raw, "dry-run"), "true");
+        assert_eq!(value(&raw, "envoy-port"), "15001");
+        let raw = run(&["-nx", "10.0.0.0/8"], &[]);
+        assert_eq!(value(&raw, "istio-service-exclude-cidr"), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn explicit_empty_values_are_kept() {
+        let raw = run(
+            &["-x", "", "-i", "*"],
+            &[("ISTIO_SERVICE_EXCLUDE_CIDR", "1.1.1.1/32")],
+        );
+        assert_eq!(value(&raw, "istio-service-exclude-cidr"), "");
+        assert_eq!(
+            raw.get("istio-service-exclude-cidr").source,
+            Source::CommandLine("-x".into())
+        );
+        assert_eq!(
+            value(
+                &run(&["--istio-inbound-ports="], &[]),
+                "istio-inbound-ports"
+            ),
+            ""
+        );
+    }
+
+    #[test]
+    fn value_flags_take_the_next_argument_even_if_it_looks_like_a_flag() {
+        assert_eq!(
+            value(&run(&["-x", "-n"], &[]), "istio-service-exclude-cidr"),
+            "-n"
+        );
+    }
+
+    #[test]
+    fn precedence_is_cli_then_extra_env_then_primary_env_then_default() {
+        let both = [
+            ("REDIRECT_DNS", "false"),
+            ("ISTIO_META_DNS_CAPTURE", "true"),
+        ];
+        assert_eq!(value(&run(&[], &[]), "redirect-dns"), "false");
+        assert_eq!(value(&run(&[], &both[..1]), "redirect-dns"), "false");
+        let raw = run(&[], &both);
+        assert_eq!(value(&raw, "redirect-dns"), "true");
+        assert_eq!(
+            raw.get("redirect-dns").source,
+            Source::Env("ISTIO_META_DNS_CAPTURE")
+        );
+        let raw = run(&["--redirect-dns=false"], &both);
+        assert_eq!(value(&raw, "redirect-dns"), "false");
+        assert_eq!(
+            raw.get("redirect-dns").source,
+            Source::CommandLine("--redirect-dns".into())
+        );
+        let raw = run(&[], &[("INVALID_DROP", "1"), ("DROP_INVALID", "0")]);
+        assert_eq!(value(&raw, "drop-invalid"), "1");
+        let raw = run(&[], &[("ISTIO_DUAL_STACK", "true")]);
+        assert_eq!(value(&raw, "dual-stack"), "true");
+    }
+
+    #[test]
+    fn last_occurrence_wins() {
+        assert_eq!(value(&run(&["-p", "1", "-p", "2"], &[]), "envoy-port"), "2");
+    }
+
+    #[test]
+    fn subcommand_name_is_skipped_only_in_first_position() {
+        let raw = run(&["istio-iptables", "-p", "1"], &[]);
+        assert_eq!(value(&raw, "envoy-port"), "1");
+        assert!(parse(&argv(&["-p", "1", "istio-iptables"]), &Env::new()).is_err());
+    }
+
+    #[test]
+    fn env_only_settings_have_defaults_and_keep_explicit_empty() {
+        let raw = run(&[], &[]);
+        assert_eq!(raw.env_only("ISTIO_OUTBOUND_OWNER_GROUPS").value, "*");
+        let raw = run(&[], &[("ISTIO_OUTBOUND_OWNER_GROUPS", "")]);
+        assert_eq!(raw.env_only("ISTIO_OUTBOUND_OWNER_GROUPS").value, "");
+        assert_eq!(
+            raw.env_only("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR").value,
+            "127.0.0.1/32"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_offending_argument() {
+        let env = Env::new();
+        assert_eq!(
+            parse(&argv(&["--bogus"]), &env).unwrap_err(),
+            CliError::UnknownFlag("--bogus".into())
+        );
+        assert_eq!(
+            parse(&argv(&["-y"]), &env).unwrap_err(),
+            CliError::UnknownShorthand('y', "-y".into())
+        );
+        assert_eq!(
+            parse(&argv(&["-p"]), &env).unwrap_err(),
+            CliError::MissingValue("-p".into())
+        );
+        assert_eq!(
+            parse(&argv(&["--envoy-port"]), &env).unwrap_err(),
+            CliError::MissingValue("--envoy-port".into())
+        );
+        assert_eq!(
+            parse(&argv(&["stray"]), &env).unwrap_err(),
+            CliError::UnexpectedArgument("stray".into())
+        );
+    }
+
+    #[test]
+    fn logging_flags_are_accepted() {
+        let raw = run(
+            &[
+                "--log_output_level=default:info",
+                "--log_as_json",
+                "--log_caller=default",
+                "--log_rotate=/tmp/x",
+                "--log_rotate_max_age=1",
+                "--log_rotate_max_backups=1",
+                "--log_rotate_max_size=1",
+                "--log_stacktrace_level=default:none",
+                "--log_target=stderr",
+                "--vklog=2",
+            ],
+            &[],
+        );
+        assert_eq!(value(&raw, "log_as_json"), "true");
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert!(matches!(
+            parse(&argv(&["--help"]), &Env::new()),
+            Ok(Command::Help)
+        ));
+        assert!(matches!(
+            parse(&argv(&["-h"]), &Env::new()),
+            Ok(Command::Help)
+        ));
+        assert!(matches!(
+            parse(&argv(&["--version"]), &Env::new()),
+            Ok(Command::Version)
+        ));
+        assert!(usage().contains("--envoy-port"));
+    }
+}

@@ -1,0 +1,518 @@
+//! The typed, validated configuration: [`RawArgs`] plus detection become one [`Config`], or an
+//! error naming the flag, its environment variables and the value. Everything after this
+//! point works on typed values only.
+
+pub mod detect;
+pub mod types;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{self, RawArgs, Setting, Source};
+use detect::{DnsServer, Host};
+use types::{
+    parse_decimal, parse_go_bool, parse_go_duration, parse_ids, parse_ifnames, parse_ports,
+    split_list, Cidr, CidrsByFamily, GroupRef, IfName, Port,
+};
+
+/// Istio's fallback proxy UID when `ENVOY_USER` cannot be resolved.
+pub const DEFAULT_PROXY_UID: u32 = 1337;
+/// Istio limits the include list of owner groups: all of them end up in one iptables rule.
+pub const MAX_OWNER_GROUPS_INCLUDE: usize = 64;
+
+/// How inbound connections reach the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterceptMode {
+    /// nat REDIRECT: the proxy reads the original destination with SO_ORIGINAL_DST.
+    Redirect,
+    /// mangle TPROXY: the original destination stays the socket's local address.
+    Tproxy,
+}
+
+/// Which inbound ports are captured (`-b`, with `-d` for the wildcard).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboundCapture {
+    /// `-b ""`: no inbound capture.
+    None,
+    /// `-b '*'`: every port except `exclude`.
+    All { exclude: Vec<Port> },
+    /// A port list. May be empty when `-b` held only commas: Istio still installs the dispatch
+    /// jump then, and so does meshinit.
+    Ports(Vec<Port>),
+}
+
+/// Which outbound destinations are captured (`-i`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboundInclude {
+    All,
+    Cidrs(CidrsByFamily),
+}
+
+/// Whose outbound traffic is captured, by group (`ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerGroups {
+    /// Everyone's, except these groups.
+    AllExcept(Vec<GroupRef>),
+    /// Only these groups' (possibly none).
+    Only(Vec<GroupRef>),
+}
+
+/// DNS capture, after detection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsCapture {
+    Off,
+    /// Every server (`--capture-all-dns`).
+    All,
+    /// Only these servers, split by family.
+    Servers {
+        v4: Vec<DnsServer>,
+        v6: Vec<DnsServer>,
+    },
+}
+
+/// Everything that decides which rules, routes and addresses are installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    pub proxy_port: Port,
+    pub inbound_capture_port: Port,
+    pub inbound_tunnel_port: Port,
+    pub proxy_uids: Vec<u32>,
+    pub proxy_gids: Vec<u32>,
+    pub mode: InterceptMode,
+    pub tproxy_mark: u32,
+    pub route_table: u32,
+    pub inbound: InboundCapture,
+    pub exclude_interfaces: Vec<IfName>,
+    pub virt_interfaces: Vec<IfName>,
+    pub outbound_include: OutboundInclude,
+    pub outbound_exclude: CidrsByFamily,
+    pub outbound_ports_include: Vec<Port>,
+    pub outbound_ports_exclude: Vec<Port>,
+    pub owner_groups: OwnerGroups,
+    /// Replaces 127.0.0.1/32 in the "localhost" rules; printed as given.
+    pub loopback_v4: Cidr,
+    pub dns: DnsCapture,
+    pub drop_invalid: bool,
+    pub ipv6: bool,
+}
+
+/// Which iptables variant to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IptablesVariant {
+    Legacy,
+    Nft,
+}
+
+/// How much to log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+    None,
+}
+
+/// Everything about how meshinit runs, as opposed to what it installs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOptions {
+    pub dry_run: bool,
+    pub skip_rule_apply: bool,
+    pub run_validation: bool,
+    pub probe_port: Port,
+    pub probe_timeout: Duration,
+    pub network_namespace: Option<PathBuf>,
+    pub cni_mode: bool,
+    pub reconcile: bool,
+    pub cleanup_only: bool,
+    pub force_apply: bool,
+    pub native_nftables: bool,
+    pub force_iptables_binary: Option<IptablesVariant>,
+    pub log_level: LogLevel,
+    pub log_json: bool,
+}
+
+/// The whole configuration, plus the warnings found while building it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub capture: Capture,
+    pub run: RunOptions,
+    pub warnings: Vec<String>,
+}
+
+/// Why a configuration could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Bad input: exit code 2.
+    #[error("invalid value {value:?} for {setting} (from {origin}): {reason}")]
+    Invalid {
+        setting: String,
+        value: String,
+        origin: Source,
+        reason: String,
+    },
+    /// Detection failed on this machine: exit code 1.
+    #[error("{0}")]
+    Detection(String),
+}
+
+fn invalid(setting: String, s: &Setting, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        value: s.value.clone(),
+        origin: s.source.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads and checks one setting at a time, so every error carries the setting's names.
+struct Reader<'a> {
+    raw: &'a RawArgs,
+}
+
+impl Reader<'_> {
+    fn flag<T>(
+        &self,
+        long: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let setting = self.raw.get(long);
+        parse(&setting.value).map_err(|reason| invalid(cli::flag(long).describe(), setting, reason))
+    }
+
+    fn env_only<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let setting = self.raw.env_only(name);
+        parse(&setting.value).map_err(|reason| invalid(format!("{name} (env)"), setting, reason))
+    }
+
+    fn bool(&self, long: &str) -> Result<bool, ConfigError> {
+        self.flag(long, parse_go_bool)
+    }
+
+    fn is_set(&self, long: &str) -> bool {
+        self.raw.get(long).source != Source::Default
+    }
+}
+
+impl Config {
+    /// Builds the configuration, consulting `host` only for what the arguments leave to
+    /// detection.
+    pub fn build(raw: &RawArgs, host: &dyn Host) -> Result<Config, ConfigError> {
+        let r = Reader { raw };
+        let mut warnings = Vec::new();
+
+        let proxy_port = r.flag("envoy-port", str::parse)?;
+        let inbound_capture_port = r.flag("inbound-capture-port", str::parse)?;
+        let inbound_tunnel_port = r.flag("inbound-tunnel-port", str::parse)?;
+
+        let proxy_uids = r.flag("proxy-uid", non_empty_ids)?;
+        let proxy_uids = match proxy_uids {
+            Some(uids) => uids,
+            None => vec![r.env_only("ENVOY_USER", |user| Ok(default_proxy_uid(host, user)))?],
+        };
+        // Istio's default: the GIDs are the UIDs' numbers.
+        let proxy_gids = r
+            .flag("proxy-gid", non_empty_ids)?
+            .unwrap_or_else(|| proxy_uids.clone());
+
+        let mode = r.flag("istio-inbound-interception-mode", |s| match s {
+            "" | "REDIRECT" => Ok(InterceptMode::Redirect),
+            "TPROXY" => Ok(InterceptMode::Tproxy),
+            _ => Err("the mode must be REDIRECT or TPROXY (upper case)".to_string()),
+        })?;
+        let tproxy_mark = r.flag("istio-inbound-tproxy-mark", parse_mark)?;
+        let route_table = r.flag("istio-inbound-tproxy-route-table", parse_route_table)?;
+
+        let inbound_exclude = r.flag("istio-local-exclude-ports", parse_ports)?;
+        let inbound = r.flag("istio-inbound-ports", |s| match s {
+            "" => Ok(InboundCapture::None),
+            "*" => Ok(InboundCapture::All {
+                exclude: inbound_exclude.clone(),
+            }),
+            list => parse_ports(list).map(InboundCapture::Ports),
+        })?;
+        let exclude_interfaces = r.flag("istio-exclude-interfaces", parse_ifnames)?;
+        let virt_interfaces = r.flag("kube-virt-interfaces", parse_ifnames)?;
+        let outbound_include = r.flag("istio-service-cidr", |s| match s {
+            "*" => Ok(OutboundInclude::All),
+            list => CidrsByFamily::parse(list).map(OutboundInclude::Cidrs),
+        })?;
+        let outbound_exclude = r.flag("istio-service-exclude-cidr", |s| match s {
+            "*" => Err("'*' would exclude every destination; list CIDRs instead".to_string()),
+            list => CidrsByFamily::parse(list),
+        })?;
+        let outbound_ports_include = r.flag("istio-outbound-ports", parse_ports)?;
+        let outbound_ports_exclude = r.flag("istio-local-outbound-ports-exclude", parse_ports)?;
+
+        let groups_exclude = r.env_only("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", parse_groups)?;
+        let owner_groups = r.env_only("ISTIO_OUTBOUND_OWNER_GROUPS", |s| {
+            if s == "*" {
+                return Ok(OwnerGroups::AllExcept(groups_exclude.clone()));
+            }
+            let groups = parse_groups(s)?;
+            if groups.len() > MAX_OWNER_GROUPS_INCLUDE {
+                return Err(format!(
+                    "at most {MAX_OWNER_GROUPS_INCLUDE} groups can be listed, got {}",
+                    groups.len()
+                ));
+            }
+            Ok(OwnerGroups::Only(groups))
+        })?;
+        if owner_groups == OwnerGroups::Only(Vec::new()) {
+            warnings.push(
+                "ISTIO_OUTBOUND_OWNER_GROUPS is empty: no outbound traffic will be captured"
+                    .to_string(),
+            );
+        }
+        let loopback_v4 = r.env_only("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", parse_loopback_cidr)?;
+
+        let redirect_dns = r.bool("redirect-dns")?;
+        let capture_all_dns = r.bool("capture-all-dns")?;
+        let drop_invalid = r.bool("drop-invalid")?;
+        let dual_stack = r.bool("dual-stack")?;
+        let ipv6_choice = r.flag("ipv6", |s| match s {
+            "auto" => Ok(None),
+            other => parse_go_bool(other)
+                .map(Some)
+                .map_err(|_| "expected auto, true or false".to_string()),
+        })?;
+        let dns_servers_flag = r.flag("dns-servers", parse_dns_servers)?;
+
+        let run = RunOptions {
+            dry_run: r.bool("dry-run")?,
+            skip_rule_apply: r.bool("skip-rule-apply")?,
+            run_validation: r.bool("run-validation")?,
+            probe_port: r.flag("iptables-probe-port", str::parse)?,
+            probe_timeout: r.flag("probe-timeout", parse_go_duration)?,
+            network_namespace: r.flag("network-namespace", |s| {
+                Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+            })?,
+            cni_mode: r.bool("cni-mode")?,
+            reconcile: r.bool("reconcile")?,
+            cleanup_only: r.bool("cleanup-only")?,
+            force_apply: r.bool("force-apply")?,
+            native_nftables: r.bool("native-nftables")?,
+            force_iptables_binary: r.flag("force-iptables-binary", |s| match s {
+                "" => Ok(None),
+                "legacy" => Ok(Some(IptablesVariant::Legacy)),
+                "nft" => Ok(Some(IptablesVariant::Nft)),
+                _ => Err("expected legacy or nft".to_string()),
+            })?,
+            log_level: r.flag("log_output_level", parse_log_level)?,
+            log_json: r.bool("log_as_json")?,
+        };
+        warnings.extend(ignored_flag_warnings(&r)?);
+
+        // Detection, only for what the arguments leave open.
+        let ipv6 = match ipv6_choice {
+            Some(v) => v,
+            None => {
+                let addrs = host.interface_addrs().map_err(|e| {
+                    ConfigError::Detection(format!("cannot list interface addresses: {e}"))
+                })?;
+                detect::ipv6_from_addrs(&addrs, dual_stack).map_err(ConfigError::Detection)?
+            }
+        };
+        let dns = if !redirect_dns {
+            DnsCapture::Off
+        } else if capture_all_dns {
+            DnsCapture::All
+        } else {
+            let servers = match dns_servers_flag {
+                Some(servers) if r.is_set("dns-servers") => servers,
+                _ => {
+                    let text = host.read_file("/etc/resolv.conf").map_err(|e| {
+                        ConfigError::Detection(format!("failed to load /etc/resolv.conf: {e}"))
+                    })?;
+                    detect::nameservers(&text)
+                }
+            };
+            if servers.is_empty() {
+                warnings.push(
+                    "DNS capture is on but no DNS server is known and --capture-all-dns is off: DNS capture disabled"
+                        .to_string(),
+                );
+                DnsCapture::Off
+            } else {
+                let (v4, v6) = servers.into_iter().partition(|s| s.addr.is_ipv4());
+                DnsCapture::Servers { v4, v6 }
+            }
+        };
+
+        Ok(Config {
+            capture: Capture {
+                proxy_port,
+                inbound_capture_port,
+                inbound_tunnel_port,
+                proxy_uids,
+                proxy_gids,
+                mode,
+                tproxy_mark,
+                route_table,
+                inbound,
+                exclude_interfaces,
+                virt_interfaces,
+                outbound_include,
+                outbound_exclude,
+                outbound_ports_include,
+                outbound_ports_exclude,
+                owner_groups,
+                loopback_v4,
+                dns,
+                drop_invalid,
+                ipv6,
+            },
+            run,
+            warnings,
+        })
+    }
+}
+
+/// `None` for an empty flag (use the default); an explicit list must name at least one id,
+/// because without owner rules the proxy's own traffic would loop back into itself.
+fn non_empty_ids(s: &str) -> Result<Option<Vec<u32>>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let ids = parse_ids(s)?;
+    if ids.is_empty() {
+        return Err("at least one id is needed".to_string());
+    }
+    Ok(Some(ids))
+}
+
+fn default_proxy_uid(host: &dyn Host, user: &str) -> u32 {
+    host.read_file("/etc/passwd")
+        .ok()
+        .and_then(|passwd| detect::uid_of(&passwd, user))
+        .unwrap_or(DEFAULT_PROXY_UID)
+}
+
+/// The outbound mark (1338) is Istio's fixed mark for proxy-to-self traffic under TPROXY, so
+/// the TPROXY mark must differ from it; 0 would match every unmarked packet.
+fn parse_mark(s: &str) -> Result<u32, String> {
+    match parse_decimal(s).and_then(|n| u32::try_from(n).ok()) {
+        Some(0) => Err("mark 0 would match every unmarked packet".to_string()),
+        Some(crate::plan::OUTBOUND_MARK) => Err(format!(
+            "{} is Istio's outbound mark; choose another",
+            crate::plan::OUTBOUND_MARK
+        )),
+        Some(mark) => Ok(mark),
+        None => Err("expected a decimal integer 1-4294967295".to_string()),
+    }
+}
+
+/// Tables 0 and 253–255 are the kernel's unspec/default/main/local tables: installing a local
+/// default route there would hijack the pod's routing.
+fn parse_route_table(s: &str) -> Result<u32, String> {
+    match parse_decimal(s).and_then(|n| u32::try_from(n).ok()) {
+        Some(t @ (0 | 253..=255)) => Err(format!("table {t} is reserved by the kernel")),
+        Some(t) => Ok(t),
+        None => Err("expected a decimal integer 1-4294967295".to_string()),
+    }
+}
+
+fn parse_groups(s: &str) -> Result<Vec<GroupRef>, String> {
+    split_list(s).into_iter().map(str::parse).collect()
+}
+
+fn parse_loopback_cidr(s: &str) -> Result<Cidr, String> {
+    let cidr: Cidr = s.parse()?;
+    if !cidr.is_ipv4() || !cidr.is_loopback() {
+        return Err("expected an IPv4 loopback prefix (in 127.0.0.0/8)".to_string());
+    }
+    if !(8..=32).contains(&cidr.len()) {
+        return Err("the prefix length must be 8 to 32".to_string());
+    }
+    Ok(cidr)
+}
+
+/// meshinit's `--dns-servers`: addresses are printed as given (Istio's tests inject them as
+/// text), after checking that each parses.
+fn parse_dns_servers(s: &str) -> Result<Option<Vec<DnsServer>>, String> {
+    split_list(s)
+        .into_iter()
+        .map(|text| {
+            let addr: IpAddr = text
+                .parse()
+                .map_err(|_| format!("{text:?} is not an IP address"))?;
+            Ok(DnsServer {
+                addr,
+                text: text.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(Some)
+}
+
+/// `--log_output_level` as pilot-agent takes it: `level` or `scope:level,...`; meshinit logs
+/// under the `default` scope only.
+fn parse_log_level(s: &str) -> Result<LogLevel, String> {
+    let mut level = LogLevel::Info;
+    for item in split_list(s) {
+        let (scope, name) = item.split_once(':').unwrap_or(("default", item));
+        let parsed = match name {
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" => LogLevel::Warn,
+            "error" | "fatal" => LogLevel::Error,
+            "none" => LogLevel::None,
+            _ => {
+                return Err(format!(
+                    "unknown level {name:?} (debug, info, warn, error, fatal, none)"
+                ))
+            }
+        };
+        if scope == "default" {
+            level = parsed;
+        }
+    }
+    Ok(level)
+}
+
+/// Warnings for flags that are accepted for compatibility but change nothing here.
+fn ignored_flag_warnings(r: &Reader<'_>) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for (spec, setting) in r.raw.flags() {
+        if setting.source == Source::Default {
+            continue;
+        }
+        let note = match (spec.origin, spec.long) {
+            (cli::Origin::Removed, "restore-format") => {
+                if r.bool("restore-format")? {
+                    continue;
+                }
+                "--restore-format=false is ignored: rules are always applied with *-restore, atomically per table"
+            }
+            (cli::Origin::Removed, "iptables-trace-logging") => {
+                if !r.bool("iptables-trace-logging")? {
+                    continue;
+                }
+                "--iptables-trace-logging is ignored: Istio removed trace rules in 1.26"
+            }
+            (cli::Origin::Removed, _) => {
+                "--iptables-version is ignored: the iptables variant is detected (or set with --force-iptables-binary)"
+            }
+            (cli::Origin::Logging, "log_output_level" | "log_as_json") => continue,
+            (cli::Origin::Logging, "log_target") => {
+                "--log_target is ignored: meshinit always logs to stderr"
+            }
+            (cli::Origin::Logging, _) => "has no effect in meshinit",
+            _ => continue,
+        };
+        if note.starts_with("--") {
+            out.push(note.to_string());
+        } else {
+            out.push(format!("--{} {note}", spec.long));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,480 @@
+//! Domain value types of the configuration (ports, CIDRs, interface names, owner ids and groups)
+//! and the parsers that make them: each one rejects what Istio's generator would turn into a
+//! broken or silently different rule.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// Splits a comma-separated list as Istio does: empty elements are dropped, nothing is trimmed.
+pub fn split_list(s: &str) -> Vec<&str> {
+    s.split(',').filter(|e| !e.is_empty()).collect()
+}
+
+/// A TCP/UDP port, 1–65535.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port(u16);
+
+impl Port {
+    /// A port from a constant known to be valid.
+    pub const fn new_const(p: u16) -> Port {
+        assert!(p != 0);
+        Port(p)
+    }
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl FromStr for Port {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Port, String> {
+        match parse_decimal(s).and_then(|n| u16::try_from(n).ok()) {
+            Some(p) if p > 0 => Ok(Port(p)),
+            _ => Err(format!("{s:?} is not a port number 1-65535")),
+        }
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Parses an unsigned decimal number: digits only (no sign, no spaces, no hex), at most u64.
+pub fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses a comma-separated list of ports.
+pub fn parse_ports(s: &str) -> Result<Vec<Port>, String> {
+    split_list(s).into_iter().map(Port::from_str).collect()
+}
+
+/// An IP network as written on the command line: the address is kept as given (not masked),
+/// and prints as Istio's `netip.Prefix.String()` does — or, for addresses Istio takes as text
+/// (DNS servers injected by its tests and by `--dns-servers`), exactly as written.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    len: u8,
+    text: Box<str>,
+}
+
+impl Cidr {
+    pub fn new(addr: IpAddr, len: u8) -> Result<Cidr, String> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("prefix length {len} is longer than {max}"));
+        }
+        let text = format!("{addr}/{len}").into();
+        Ok(Cidr { addr, len, text })
+    }
+    /// The host network of an address given as text (`127.0.0.53` → `127.0.0.53/32`), keeping
+    /// the address's spelling.
+    pub fn host_spelled(addr: IpAddr, spelling: &str) -> Cidr {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        let text = format!("{spelling}/{len}").into();
+        Cidr { addr, len, text }
+    }
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+    /// The host network of an address: /32 or /128.
+    pub fn host(addr: IpAddr) -> Cidr {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Cidr::new(addr, len).expect("host prefix length fits the family")
+    }
+    pub fn is_ipv4(&self) -> bool {
+        self.addr.is_ipv4()
+    }
+    /// Loopback as Go's `netip.Addr.IsLoopback` sees it: 127/8, ::1, and IPv4-mapped 127/8.
+    pub fn is_loopback(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(a) => a.is_loopback(),
+            IpAddr::V6(a) => a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback()),
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (missing /prefix-length)"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not a CIDR (bad address {addr:?})"))?;
+        // Leading zeros and signs are refused, as Go's netip.ParsePrefix does.
+        let len = match parse_decimal(len) {
+            Some(n) if n <= 128 && (len == "0" || !len.starts_with('0')) => n as u8,
+            _ => return Err(format!("{s:?} is not a CIDR (bad prefix length {len:?})")),
+        };
+        Cidr::new(addr, len).map_err(|e| format!("{s:?} is not a CIDR ({e})"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// CIDRs split by family, each list in the order given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CidrsByFamily {
+    pub v4: Vec<Cidr>,
+    pub v6: Vec<Cidr>,
+}
+
+impl CidrsByFamily {
+    pub fn parse(s: &str) -> Result<CidrsByFamily, String> {
+        let mut out = CidrsByFamily::default();
+        for item in split_list(s) {
+            let cidr: Cidr = item.parse()?;
+            // IPv4-mapped IPv6 prefixes stay IPv6, as in Istio (netip's Is4 is false for them).
+            if cidr.is_ipv4() {
+                out.v4.push(cidr);
+            } else {
+                out.v6.push(cidr);
+            }
+        }
+        Ok(out)
+    }
+    pub fn family(&self, ipv6: bool) -> &[Cidr] {
+        if ipv6 {
+            &self.v6
+        } else {
+            &self.v4
+        }
+    }
+    pub fn has_loopback(&self) -> bool {
+        self.v4.iter().chain(&self.v6).any(Cidr::is_loopback)
+    }
+}
+
+/// A network interface name as the kernel accepts it: 1–15 bytes, not `.` or `..`, no `/`,
+/// `:` or whitespace. A trailing `+` is iptables' wildcard and is allowed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IfName(String);
+
+impl IfName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for IfName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IfName, String> {
+        if s.len() > 15 {
+            return Err(format!(
+                "{s:?} is not an interface name (longer than 15 bytes)"
+            ));
+        }
+        if s == "." || s == ".." {
+            return Err(format!("{s:?} is not an interface name"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+        {
+            return Err(format!("{s:?} is not an interface name (contains {c:?})"));
+        }
+        Ok(IfName(s.to_string()))
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a comma-separated list of interface names.
+pub fn parse_ifnames(s: &str) -> Result<Vec<IfName>, String> {
+    split_list(s).into_iter().map(IfName::from_str).collect()
+}
+
+/// A numeric user or group id (0 to 2^32-2; 2^32-1 is the kernel's "no id").
+pub fn parse_id(s: &str) -> Result<u32, String> {
+    match parse_decimal(s) {
+        Some(n) if n < u64::from(u32::MAX) => Ok(n as u32),
+        _ => Err(format!("{s:?} is not a numeric id (0-4294967294)")),
+    }
+}
+
+/// Parses a comma-separated list of numeric ids.
+pub fn parse_ids(s: &str) -> Result<Vec<u32>, String> {
+    split_list(s).into_iter().map(parse_id).collect()
+}
+
+/// A group in the owner-group lists: a gid or a group name. Kept as written, because iptables
+/// resolves names itself and Istio renders them verbatim.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupRef(String);
+
+impl GroupRef {
+    pub fn from_gid(gid: u32) -> GroupRef {
+        GroupRef(gid.to_string())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The numeric gid, when the group was given as a number.
+    pub fn gid(&self) -> Option<u32> {
+        parse_id(&self.0).ok()
+    }
+}
+
+impl FromStr for GroupRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GroupRef, String> {
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            parse_id(s)?;
+        } else if s.len() > 32
+            || s.starts_with('-')
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-$".contains(c))
+        {
+            return Err(format!(
+                "{s:?} is not a gid or group name (letters, digits, '.', '_', '-', at most 32)"
+            ));
+        }
+        Ok(GroupRef(s.to_string()))
+    }
+}
+
+impl fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses a Go boolean as `strconv.ParseBool` does.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (true/false, 1/0, t/f)")),
+    }
+}
+
+/// Parses a Go duration (`5s`, `1m30s`, `500ms`, `1.5h`) as `time.ParseDuration` does, for
+/// non-negative values.
+pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
+    let err = || format!("{s:?} is not a duration (like 5s, 500ms, 1m30s)");
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return Err(err());
+    }
+    let mut total_ns: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        let number: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(err()),
+        };
+        rest = &rest[unit_len..];
+        total_ns += number * scale;
+    }
+    if !total_ns.is_finite() || total_ns > 9.2e18 {
+        return Err(err());
+    }
+    Ok(std::time::Duration::from_nanos(total_ns as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn lists_drop_empty_elements_and_keep_spaces() {
+        assert_eq!(split_list("6000,7000,"), vec!["6000", "7000"]);
+        assert_eq!(split_list(",,a,,b"), vec!["a", "b"]);
+        assert_eq!(split_list(""), Vec::<&str>::new());
+        assert_eq!(split_list(" a"), vec![" a"]);
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(
+            parse_ports("6000,7000,").unwrap(),
+            vec![Port(6000), Port(7000)]
+        );
+        assert_eq!("65535".parse::<Port>().unwrap().get(), 65535);
+        for bad in [
+            "0", "65536", "-1", "+80", " 80", "80 ", "0x50", "", "eighty", "1:2",
+        ] {
+            assert!(bad.parse::<Port>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cidrs_print_as_go_netip_does() {
+        for (input, printed) in [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("10.1.2.3/8", "10.1.2.3/8"),
+            ("2001:DB8::/32", "2001:db8::/32"),
+            ("2001:db8:0:0:1:0:0:1/128", "2001:db8::1:0:0:1/128"),
+            ("::ffff:1.2.3.4/128", "::ffff:1.2.3.4/128"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+        ] {
+            assert_eq!(input.parse::<Cidr>().unwrap().to_string(), printed);
+        }
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/08",
+            "010.0.0.0/8",
+            "10.0.0/8",
+            "*",
+            "",
+            "fe80::1%eth0/64",
+            "10.0.0.0/+8",
+            "10.0.0.0/ 8",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cidrs_split_by_family_in_order() {
+        let c = CidrsByFamily::parse("10.0.0.0/8,2001:db8::/32,,1.1.1.1/32,::ffff:1.2.3.4/128")
+            .unwrap();
+        assert_eq!(c.v4.len(), 2);
+        assert_eq!(c.v4[1].to_string(), "1.1.1.1/32");
+        assert_eq!(c.v6.len(), 2);
+        assert!(!c.has_loopback());
+        assert!(CidrsByFamily::parse("127.1.2.3/32").unwrap().has_loopback());
+        assert!(CidrsByFamily::parse("::1/128").unwrap().has_loopback());
+        assert!(CidrsByFamily::parse("::ffff:127.0.0.1/128")
+            .unwrap()
+            .has_loopback());
+    }
+
+    #[test]
+    fn interface_names() {
+        for good in ["eth0", "not-istio-nic", "a", "veth+", "123456789012345"] {
+            assert!(good.parse::<IfName>().is_ok(), "{good:?}");
+        }
+        for bad in [
+            "1234567890123456",
+            "a/b",
+            "a b",
+            "eth0:1",
+            ".",
+            "..",
+            "a\tb",
+        ] {
+            assert!(bad.parse::<IfName>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_and_groups() {
+        assert_eq!(parse_ids("3,4").unwrap(), vec![3, 4]);
+        assert!(parse_id("4294967295").is_err());
+        assert!(parse_id("-1").is_err());
+        assert!(parse_id("istio-proxy").is_err());
+        assert_eq!("java".parse::<GroupRef>().unwrap().gid(), None);
+        assert_eq!("202".parse::<GroupRef>().unwrap().gid(), Some(202));
+        for bad in ["a b", "-x", "99999999999", "a;b"] {
+            assert!(bad.parse::<GroupRef>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn go_bools_and_durations() {
+        assert!(parse_go_bool("T").unwrap());
+        assert!(!parse_go_bool("0").unwrap());
+        assert!(parse_go_bool("yes").is_err());
+        assert!(parse_go_bool("").is_err());
+        let d = |s| parse_go_duration(s).unwrap().as_millis();
+        assert_eq!(d("5s"), 5000);
+        assert_eq!(d("1m30s"), 90_000);
+        assert_eq!(d("500ms"), 500);
+        assert_eq!(d("1.5s"), 1500);
+        assert_eq!(d("0"), 0);
+        for bad in ["5", "", "s", "-1s", "5x", "1..2s"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn port_lists_round_trip(ports in proptest::collection::vec(1u16.., 0..20), trailing in any::<bool>()) {
+            let mut text = ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+            if trailing { text.push(','); }
+            let parsed = parse_ports(&text).unwrap();
+            prop_assert_eq!(parsed.iter().map(|p| p.get()).collect::<Vec<_>>(), ports);
+        }
+
+        #[test]
+        fn any_list_text_parses_or_errors_without_panicking(text in ".{0,40}") {
+            let _ = parse_ports(&text);
+            let _ = CidrsByFamily::parse(&text);
+            let _ = parse_ifnames(&text);
+            let _ = parse_ids(&text);
+            let _ = parse_go_duration(&text);
+        }
+
+        #[test]
+        fn v4_cidrs_round_trip(a in any::<[u8; 4]>(), len in 0u8..=32) {
+            let text = format!("{}.{}.{}.{}/{len}", a[0], a[1], a[2], a[3]);
+            let c: Cidr = text.parse().unwrap();
+            prop_assert_eq!(c.to_string(), text);
+            prop_assert!(c.is_ipv4());
+        }
+
+        #[test]
+        fn v6_cidrs_reparse_to_the_same_network(a in any::<u128>(), len in 0u8..=128) {
+            let c = Cidr::new(IpAddr::V6(Ipv6Addr::from(a)), len).unwrap();
+            let again: Cidr = c.to_string().parse().unwrap();
+            prop_assert_eq!(again, c);
+            prop_assert!(!again.is_ipv4());
+        }
+
+        #[test]
+        fn mixed_cidr_lists_keep_order_within_a_family(
+            items in proptest::collection::vec((any::<bool>(), any::<u32>(), any::<u128>()), 0..12)
+        ) {
+            let texts: Vec<(bool, String)> = items.iter().map(|(v6, a4, a6)| {
+                if *v6 { (true, format!("{}/128", Ipv6Addr::from(*a6))) }
+                else { (false, format!("{}/32", Ipv4Addr::from(*a4))) }
+            }).collect();
+            let joined = texts.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>().join(",");
+            let parsed = CidrsByFamily::parse(&joined).unwrap();
+            let v4: Vec<String> = texts.iter().filter(|(v6, _)| !v6).map(|(_, t)| t.clone()).collect();
+            prop_assert_eq!(parsed.v4.iter().map(|c| c.to_string()).collect::<Vec<_>>(), v4);
+            prop_assert_eq!(parsed.v6.len(), texts.iter().filter(|(v6, _)| *v6).count());
+        }
+    }
+}

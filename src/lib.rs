@@ -1,0 +1,23 @@
+//! meshinit installs a service-mesh pod's traffic-capture rules: a drop-in replacement for
+//! Istio's `istio-init` (`pilot-agent istio-iptables`).
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! argv + env ─▶ RawArgs ─▶ Config ─▶ Plan ─▶ rendered ─▶ apply ─▶ kernel
+//!               (cli)      (config,   (plan)   (backend)
+//!                          detection)              │
+//!                                     --dry-run: print it and stop
+//! ```
+//!
+//! Everything left of apply is pure, so the conformance tests of the dry-run output cover
+//! parsing, planning and rendering.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod log;
+pub mod plan;
+mod run;
+
+pub use run::{exit_code, run};

@@ -1,0 +1,153 @@
+//! One run of meshinit: parse, configure, plan, then print (dry run) or apply, and map every
+//! outcome to a documented exit code.
+
+use std::io::Write;
+
+use crate::cli::{self, Command, Env};
+use crate::config::detect::Host;
+use crate::config::{
+    Config, ConfigError, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
+};
+use crate::log::Log;
+use crate::{backend, plan};
+
+/// The exit codes, documented in the README.
+pub mod exit_code {
+    /// Rules are in place (or printed, for a dry run).
+    pub const SUCCESS: u8 = 0;
+    /// Something failed at run time (detection, applying); nothing is left half-applied.
+    pub const FAILURE: u8 = 1;
+    /// Bad input: unknown flag, invalid value. Nothing was changed.
+    pub const INVALID_INPUT: u8 = 2;
+    /// `--run-validation` found that traffic is not redirected (Istio's code).
+    pub const VALIDATION_FAILED: u8 = 126;
+}
+
+/// Runs meshinit with these arguments and environment; returns the exit code.
+pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
+    let log = Log::default();
+    let raw = match cli::parse(argv, env) {
+        Ok(Command::Run(raw)) => raw,
+        Ok(Command::Help) => return print_stdout(&cli::usage()),
+        Ok(Command::Version) => {
+            return print_stdout(&format!("meshinit {}\n", env!("CARGO_PKG_VERSION")))
+        }
+        Err(e) => {
+            log.error(&format!("{e} (see --help)"));
+            return exit_code::INVALID_INPUT;
+        }
+    };
+    let config = match Config::build(&raw, host) {
+        Ok(config) => config,
+        Err(e @ ConfigError::Invalid { .. }) => {
+            log.error(&e.to_string());
+            return exit_code::INVALID_INPUT;
+        }
+        Err(e @ ConfigError::Detection(_)) => {
+            log.error(&e.to_string());
+            return exit_code::FAILURE;
+        }
+    };
+    let log = Log {
+        level: config.run.log_level,
+        json: config.run.log_json,
+    };
+    log.info(&describe(&config));
+    for warning in &config.warnings {
+        log.warn(warning);
+    }
+
+    let plan = plan::plan(&config.capture);
+    for family in plan.families() {
+        for rule in plan.rules(family) {
+            log.debug(&format!("{family:?} {rule}"));
+        }
+    }
+    if config.run.dry_run {
+        return print_stdout(&backend::iptables::dry_run_text(&plan));
+    }
+    log.error("applying rules is not implemented yet; use --dry-run to print them");
+    exit_code::FAILURE
+}
+
+fn print_stdout(text: &str) -> u8 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => exit_code::SUCCESS,
+        Err(_) => exit_code::FAILURE,
+    }
+}
+
+fn list<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The effective configuration, logged once at start.
+fn describe(config: &Config) -> String {
+    let c = &config.capture;
+    let mode = match c.mode {
+        InterceptMode::Redirect => "REDIRECT",
+        InterceptMode::Tproxy => "TPROXY",
+    };
+    let inbound = match &c.inbound {
+        InboundCapture::None => "none".to_string(),
+        InboundCapture::All { exclude } => format!("all ports except {}", list(exclude)),
+        InboundCapture::Ports(ports) => format!("ports {}", list(ports)),
+    };
+    let outbound = match &c.outbound_include {
+        OutboundInclude::All => "all".to_string(),
+        OutboundInclude::Cidrs(cidrs) => {
+            format!("CIDRs {}", list(&[&cidrs.v4[..], &cidrs.v6[..]].concat()))
+        }
+    };
+    let groups = match &c.owner_groups {
+        OwnerGroups::AllExcept(g) => format!("all except {}", list(g)),
+        OwnerGroups::Only(g) => format!("only {}", list(g)),
+    };
+    let dns = match &c.dns {
+        DnsCapture::Off => "off".to_string(),
+        DnsCapture::All => "all servers".to_string(),
+        DnsCapture::Servers { v4, v6 } => {
+            let texts: Vec<&str> = v4.iter().chain(v6).map(|s| s.text.as_str()).collect();
+            format!("servers {}", list(&texts))
+        }
+    };
+    let r = &config.run;
+    format!(
+        "meshinit {version}: effective configuration\n\
+         proxy: outbound port {out}, inbound port {inp}, tunnel port {tun}, uids {uids}, gids {gids}\n\
+         inbound: {mode}, {inbound}; tproxy mark {mark}, route table {table}\n\
+         outbound: capture {outbound}, exclude CIDRs {xc}, include ports {ip}, exclude ports {xp}\n\
+         owner groups: {groups}; localhost {lb}\n\
+         interfaces: excluded {xi}, VM {vi}\n\
+         dns capture: {dns}; drop invalid: {di}; ipv6: {ipv6}\n\
+         run: dry-run {dry}, skip-rule-apply {skip}, validation {val}, reconcile {rec}, cleanup-only {clean}, force-apply {force}, native-nftables {nft}",
+        version = env!("CARGO_PKG_VERSION"),
+        out = c.proxy_port,
+        inp = c.inbound_capture_port,
+        tun = c.inbound_tunnel_port,
+        uids = list(&c.proxy_uids),
+        gids = list(&c.proxy_gids),
+        mark = c.tproxy_mark,
+        table = c.route_table,
+        xc = list(&[&c.outbound_exclude.v4[..], &c.outbound_exclude.v6[..]].concat()),
+        ip = list(&c.outbound_ports_include),
+        xp = list(&c.outbound_ports_exclude),
+        lb = c.loopback_v4,
+        xi = list(&c.exclude_interfaces),
+        vi = list(&c.virt_interfaces),
+        di = c.drop_invalid,
+        ipv6 = c.ipv6,
+        dry = r.dry_run,
+        skip = r.skip_rule_apply,
+        val = r.run_validation,
+        rec = r.reconcile,
+        clean = r.cleanup_only,
+        force = r.force_apply,
+        nft = r.native_nftables,
+    )
+}
