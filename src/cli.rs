@@ -493,39 +493,34 @@ mod tests {
     }
 
     #[test]
-    fn every_flag_is_set_by_short_long_and_env() {
+    fn every_flag_is_set_by_long_name_short_name_and_env() {
         for spec in FLAGS {
-            let sample = if spec.kind == Kind::Bool {
-                "true"
-            } else {
-                "sample"
+            let sample = match spec.kind {
+                Kind::Bool => "true",
+                Kind::Value => "sample",
             };
             let raw = run(&[&format!("--{}={sample}", spec.long)], &[]);
-            assert_eq!(value(&raw, spec.long), sample, "--{}", spec.long);
-            let raw = run(&[&format!("--{}", spec.long), sample], &[]);
-            let expected = if spec.kind == Kind::Bool {
-                // A bool never takes the next argument; the stray value is rejected instead.
-                continue;
-            } else {
-                sample
+            assert_eq!(value(&raw, spec.long), sample, "--{}=", spec.long);
+            let raw = match spec.kind {
+                Kind::Bool => run(&[&format!("--{}", spec.long)], &[]),
+                Kind::Value => run(&[&format!("--{}", spec.long), sample], &[]),
             };
-            assert_eq!(value(&raw, spec.long), expected);
+            assert_eq!(value(&raw, spec.long), sample, "--{} <value>", spec.long);
             if let Some(short) = spec.short {
-                let raw = run(&[&format!("-{short}"), sample], &[]);
-                let expected = if spec.kind == Kind::Bool {
-                    "true"
-                } else {
-                    sample
+                let raw = match spec.kind {
+                    Kind::Bool => run(&[&format!("-{short}")], &[]),
+                    Kind::Value => run(&[&format!("-{short}"), sample], &[]),
                 };
-                if spec.kind == Kind::Value {
-                    assert_eq!(value(&raw, spec.long), expected, "-{short}");
-                }
+                assert_eq!(value(&raw, spec.long), sample, "-{short}");
             }
             for name in spec.env {
                 let raw = run(&[], &[(name, sample)]);
                 assert_eq!(value(&raw, spec.long), sample, "env {name}");
                 assert_eq!(raw.get(spec.long).source, Source::Env(name));
             }
+            let raw = run(&[], &[]);
+            assert_eq!(value(&raw, spec.long), spec.default);
+            assert_eq!(raw.get(spec.long).source, Source::Default);
         }
     }
 

@@ -426,7 +426,7 @@ fn parse_loopback_cidr(s: &str) -> Result<Cidr, String> {
     if !cidr.is_ipv4() || !cidr.is_loopback() {
         return Err("expected an IPv4 loopback prefix (in 127.0.0.0/8)".to_string());
     }
-    if !(8..=32).contains(&cidr.len()) {
+    if !(8..=32).contains(&cidr.prefix_len()) {
         return Err("the prefix length must be 8 to 32".to_string());
     }
     Ok(cidr)

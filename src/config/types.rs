@@ -84,7 +84,7 @@ impl Cidr {
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
     /// The host network of an address: /32 or /128.
@@ -458,7 +458,7 @@ mod tests {
         fn v6_cidrs_reparse_to_the_same_network(a in any::<u128>(), len in 0u8..=128) {
             let c = Cidr::new(IpAddr::V6(Ipv6Addr::from(a)), len).unwrap();
             let again: Cidr = c.to_string().parse().unwrap();
-            prop_assert_eq!(again, c);
+            prop_assert_eq!(&again, &c);
             prop_assert!(!again.is_ipv4());
         }
 
