@@ -375,7 +375,7 @@ fn syscall_ok(rc: libc::c_long) -> io::Result<()> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
+enum Proto {
     Tcp,
     Udp,
 }
@@ -385,8 +385,8 @@ pub enum Proto {
 pub struct Landing {
     /// The listener's name.
     pub listener: String,
-    /// TCP: `SO_ORIGINAL_DST` (REDIRECT), or the accepted socket's local address (TPROXY, or
-    /// when netfilter did not rewrite the flow). UDP: `None`, the kernel does not expose it.
+    /// TCP: `SO_ORIGINAL_DST`, i.e. the destination before REDIRECT; for a TPROXY'd or
+    /// untouched flow that equals `local`. UDP: `None`, the kernel does not expose it.
     pub original_dst: Option<SocketAddr>,
     /// The listener-side local address of the connection or datagram.
     pub local: SocketAddr,
@@ -429,6 +429,12 @@ impl Landing {
             local: local.parse().map_err(|_| bad())?,
             remote: remote.parse().map_err(|_| bad())?,
         })
+    }
+}
+
+impl fmt::Display for Landing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.line().trim_end())
     }
 }
 
@@ -515,7 +521,7 @@ impl ListenerSpec {
 
     /// Creates the socket as this user, so the listener's own outgoing packets (replies) carry
     /// that owner, as a proxy running as uid 1337 would.
-    pub fn as_user(mut self, creds: Creds) -> ListenerSpec {
+    pub fn run_as(mut self, creds: Creds) -> ListenerSpec {
         self.creds = Some(creds);
         self
     }
@@ -537,21 +543,15 @@ impl ListenerSpec {
         let thread = thread::Builder::new()
             .name(format!("netlab-{}", self.name))
             .spawn(move || {
-                let socket = enter(&path, spec.creds.as_ref())
+                let ready = enter(&path, spec.creds.as_ref())
                     .and_then(|()| bound_socket(&spec))
-                    .and_then(|fd| {
-                        Ok((socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())?, fd))
-                    });
-                let (local, fd) = match socket {
+                    .and_then(|fd| Ok((local_addr(&fd)?, fd)));
+                let (local, fd) = match ready {
                     Ok(v) => v,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
-                };
-                let Some(local) = to_std(&local) else {
-                    let _ = ready_tx.send(Err(io::Error::other("bound to a non-IP address")));
-                    return;
                 };
                 let _ = ready_tx.send(Ok(local));
                 let served = match spec.proto {
@@ -627,12 +627,14 @@ fn family(addr: &SocketAddr) -> AddressFamily {
     }
 }
 
-fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
+fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    let addr = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())?;
     if let Some(a) = addr.as_sockaddr_in() {
-        return Some(SocketAddrV4::from(*a).into());
+        return Ok(SocketAddrV4::from(*a).into());
     }
     addr.as_sockaddr_in6()
         .map(|a| SocketAddrV6::from(*a).into())
+        .ok_or_else(|| io::Error::other("bound to a non-IP address"))
 }
 
 fn bound_socket(spec: &ListenerSpec) -> io::Result<OwnedFd> {
@@ -707,22 +709,17 @@ fn answer_tcp(mut stream: TcpStream, remote: SocketAddr, spec: &ListenerSpec) ->
     let local = stream.local_addr()?;
     let landing = Landing {
         listener: spec.name.clone(),
-        original_dst: Some(original_dst(&stream, local, spec.transparent)?),
+        original_dst: Some(original_dst(&stream, local)?),
         local,
         remote,
     };
     stream.write_all(landing.line().as_bytes())
 }
 
-fn original_dst(
-    stream: &TcpStream,
-    local: SocketAddr,
-    transparent: bool,
-) -> io::Result<SocketAddr> {
-    if transparent {
-        // TPROXY does not rewrite the packet: the socket is bound to the original address.
-        return Ok(local);
-    }
+/// SO_ORIGINAL_DST also covers TPROXY'd flows, which conntrack tracks without rewriting: the
+/// answer is then the socket's own local address. Asking always (rather than assuming from
+/// the listener kind) keeps a transparent listener honest when REDIRECT reached it instead.
+fn original_dst(stream: &TcpStream, local: SocketAddr) -> io::Result<SocketAddr> {
     let asked = match local {
         SocketAddr::V4(_) => socket::getsockopt(stream, sockopt::OriginalDst)
             .map(|a| SocketAddr::V4(SockaddrIn::from(a).into())),
@@ -890,10 +887,4 @@ fn remaining(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
-}
-
-impl fmt::Display for Landing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.line().trim_end())
-    }
 }
