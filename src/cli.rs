@@ -173,6 +173,8 @@ pub static FLAGS: &[FlagSpec] = &[
         "auto|true|false: IPv6 rules; auto detects as Istio does"),
     flag!("dns-servers", None, Value, "", ["MESHINIT_DNS_SERVERS"], Meshinit,
         "DNS servers to capture (default: nameservers of /etc/resolv.conf)"),
+    flag!("xtables-wait", None, Value, "30s", ["MESHINIT_XTABLES_WAIT"], Meshinit,
+        "how long legacy iptables waits for the xtables lock"),
 ];
 
 /// Environment-only settings (no flag), as in Istio.

@@ -13,6 +13,7 @@
 //! Everything left of apply is pure, so the conformance tests of the dry-run output cover
 //! parsing, planning and rendering.
 
+pub mod apply;
 pub mod backend;
 pub mod cli;
 pub mod config;

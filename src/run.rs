@@ -2,7 +2,10 @@
 //! outcome to a documented exit code.
 
 use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
 
+use crate::apply::{self, exec::SystemRunner, ApplyError};
 use crate::cli::{self, Command, Env};
 use crate::config::detect::Host;
 use crate::config::{
@@ -37,6 +40,16 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             return exit_code::INVALID_INPUT;
         }
     };
+    // Detection and everything after it must see the pod's namespace: enter it first, while
+    // meshinit is still single-threaded.
+    let netns = &raw.get("network-namespace").value;
+    if !netns.is_empty() {
+        if let Err(e) = apply::privileges::enter_netns(Path::new(netns)) {
+            log.error(&e);
+            return exit_code::FAILURE;
+        }
+    }
+    let started = Instant::now();
     let config = match Config::build(&raw, host) {
         Ok(config) => config,
         Err(e @ ConfigError::Invalid { .. }) => {
@@ -56,6 +69,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     for warning in &config.warnings {
         log.warn(warning);
     }
+    let configured = started.elapsed();
 
     let plan = plan::plan(&config.capture);
     for family in plan.families() {
@@ -63,11 +77,56 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             log.debug(&format!("{family:?} {rule}"));
         }
     }
+    let planned = started.elapsed() - configured;
     if config.run.dry_run {
         return print_stdout(&backend::iptables::dry_run_text(&plan));
     }
-    log.error("applying rules is not implemented yet; use --dry-run to print them");
-    exit_code::FAILURE
+
+    let run = &config.run;
+    let result = if run.cleanup_only {
+        apply::cleanup(&config.capture, run, &SystemRunner, &log)
+    } else if run.skip_rule_apply {
+        Ok(vec!["rules not applied (--skip-rule-apply)".to_string()])
+    } else {
+        apply::apply(&plan, run, &SystemRunner, &log)
+    };
+    let applied = started.elapsed() - configured - planned;
+    let code = match result {
+        Ok(changes) => {
+            let rules = plan
+                .families()
+                .iter()
+                .map(|f| plan.rules(*f).len())
+                .sum::<usize>();
+            let changes = if changes.is_empty() {
+                "nothing changed".to_string()
+            } else {
+                changes.join("; ")
+            };
+            log.info(&format!(
+                "summary: backend iptables, families {:?}, {rules} rules planned; {changes}; time: configure {:?}, plan {:?}, apply {:?}",
+                plan.families(),
+                configured,
+                planned,
+                applied
+            ));
+            exit_code::SUCCESS
+        }
+        Err(e) => {
+            let kind = match e {
+                ApplyError::Precondition(_) => "cannot apply",
+                ApplyError::Drift(_) => "refusing to apply",
+                ApplyError::Failed(_) => "applying failed",
+            };
+            log.error(&format!("{kind}: {e}"));
+            exit_code::FAILURE
+        }
+    };
+    if code == exit_code::SUCCESS && run.run_validation {
+        log.error("--run-validation is not implemented yet");
+        return exit_code::FAILURE;
+    }
+    code
 }
 
 fn print_stdout(text: &str) -> u8 {

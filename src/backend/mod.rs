@@ -2,3 +2,4 @@
 //! and data here; nothing is executed.
 
 pub mod iptables;
+pub mod iptables_save;

@@ -129,6 +129,7 @@ pub struct RunOptions {
     pub force_apply: bool,
     pub native_nftables: bool,
     pub force_iptables_binary: Option<IptablesVariant>,
+    pub xtables_wait: Duration,
     pub log_level: LogLevel,
     pub log_json: bool,
 }
@@ -302,6 +303,13 @@ impl Config {
                 "legacy" => Ok(Some(IptablesVariant::Legacy)),
                 "nft" => Ok(Some(IptablesVariant::Nft)),
                 _ => Err("expected legacy or nft".to_string()),
+            })?,
+            xtables_wait: r.flag("xtables-wait", |s| {
+                let wait = parse_go_duration(s)?;
+                if wait.is_zero() {
+                    return Err("the wait must be at least 1s".to_string());
+                }
+                Ok(wait)
             })?,
             log_level: r.flag("log_output_level", parse_log_level)?,
             log_json: r.bool("log_as_json")?,

@@ -1,0 +1,55 @@
+//! Running helper programs (the iptables tools): the one place meshinit starts processes,
+//! behind a small trait so the decision logic can be tested with a recording fake.
+
+use std::io::{self, Write};
+use std::process::{Command, Stdio};
+
+/// What a program printed and how it exited.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Output {
+    /// The exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs programs.
+pub trait Runner {
+    /// Runs `program` with `args`, feeding `stdin`. A program that cannot be started is an
+    /// `io::Error` (`NotFound` when it is not installed).
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output>;
+}
+
+/// Runs real processes, found on `PATH`, with meshinit's environment.
+pub struct SystemRunner;
+
+impl Runner for SystemRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // A tool that exits early closes its stdin; its exit status tells why.
+            let _ = pipe.write_all(text.as_bytes());
+        }
+        let out = child.wait_with_output()?;
+        Ok(Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}

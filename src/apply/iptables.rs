@@ -1,0 +1,385 @@
+//! The iptables side of applying: which variant (legacy or nft) to use per family, reading the
+//! live rules with `*-save`, and writing them with `*-restore --noflush`, one transaction per
+//! family, with a rollback to the saved state when something fails.
+
+use std::time::Duration;
+
+use super::exec::{Output, Runner};
+use crate::backend::iptables_save::{parse_save, Saved};
+use crate::config::IptablesVariant;
+use crate::plan::Family;
+
+/// The iptables tools of one family and variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tools {
+    pub family: Family,
+    pub variant: IptablesVariant,
+}
+
+impl Tools {
+    fn name(&self, suffix: &str) -> String {
+        let base = match self.family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let variant = match self.variant {
+            IptablesVariant::Legacy => "legacy",
+            IptablesVariant::Nft => "nft",
+        };
+        format!("{base}-{variant}{suffix}")
+    }
+    pub fn save(&self) -> String {
+        self.name("-save")
+    }
+    pub fn restore(&self) -> String {
+        self.name("-restore")
+    }
+    pub fn main(&self) -> String {
+        self.name("")
+    }
+}
+
+/// Why the iptables step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error("{0}")]
+    NoVariant(String),
+    #[error("{program} failed (exit {code:?}): {stderr}{hint}")]
+    Tool {
+        program: String,
+        code: Option<i32>,
+        stderr: String,
+        hint: String,
+    },
+    #[error("cannot run {program}: {error}")]
+    Spawn { program: String, error: String },
+}
+
+fn run(
+    runner: &dyn Runner,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<Output, IptablesError> {
+    runner
+        .run(program, args, stdin)
+        .map_err(|e| IptablesError::Spawn {
+            program: program.to_string(),
+            error: if e.kind() == std::io::ErrorKind::NotFound {
+                "not installed (not found on PATH)".to_string()
+            } else {
+                e.to_string()
+            },
+        })
+}
+
+fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
+    if out.success() {
+        return Ok(out);
+    }
+    Err(IptablesError::Tool {
+        program: program.to_string(),
+        code: out.code,
+        hint: kernel_hint(&out.stderr),
+        stderr: out.stderr.trim().to_string(),
+    })
+}
+
+/// Names the kernel piece behind the iptables errors that mean one is missing.
+pub fn kernel_hint(stderr: &str) -> String {
+    let pieces = [
+        ("TPROXY", "the TPROXY target (xt_TPROXY / nft_tproxy)"),
+        ("owner", "the owner match (xt_owner)"),
+        ("multiport", "the multiport match (xt_multiport)"),
+        ("conntrack", "the conntrack match (xt_conntrack)"),
+        ("connmark", "the connmark match (xt_connmark)"),
+        ("CONNMARK", "the CONNMARK target (xt_CONNMARK)"),
+        ("REDIRECT", "the REDIRECT target (xt_REDIRECT / nft_redir)"),
+        ("`CT'", "the CT target (xt_CT)"),
+        ("table 'nat'", "the nat table (iptable_nat / nft_chain_nat)"),
+        ("table 'mangle'", "the mangle table (iptable_mangle)"),
+        ("table 'raw'", "the raw table (iptable_raw)"),
+        ("table `nat'", "the nat table (iptable_nat / nft_chain_nat)"),
+    ];
+    let missing = stderr.contains("Couldn't load")
+        || stderr.contains("unable to initialize table")
+        || stderr.contains("does not exist")
+        || stderr.contains("No such file or directory")
+        || stderr.contains("Protocol not supported");
+    if !missing {
+        return String::new();
+    }
+    match pieces.iter().find(|(needle, _)| stderr.contains(needle)) {
+        Some((_, piece)) => {
+            format!(" (the kernel seems to lack {piece}; load the module on the node)")
+        }
+        None => String::new(),
+    }
+}
+
+/// Reads the live rules of these tools.
+pub fn save(runner: &dyn Runner, tools: Tools) -> Result<Saved, IptablesError> {
+    let program = tools.save();
+    let out = checked(&program, run(runner, &program, &[], None)?)?;
+    Ok(parse_save(&out.stdout))
+}
+
+/// Feeds a restore input. With `noflush` (applying) only the listed chains change; without
+/// (rollback) each listed table is replaced wholesale.
+pub fn restore(
+    runner: &dyn Runner,
+    tools: Tools,
+    text: &str,
+    noflush: bool,
+    lock_wait: Duration,
+) -> Result<(), IptablesError> {
+    let program = tools.restore();
+    let mut args: Vec<String> = Vec::new();
+    if noflush {
+        args.push("--noflush".to_string());
+    }
+    if tools.variant == IptablesVariant::Legacy {
+        // Legacy iptables serialises writers with /run/xtables.lock; wait for it, bounded.
+        args.push(format!("--wait={}", lock_wait.as_secs().max(1)));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    checked(&program, run(runner, &program, &args, Some(text))?).map(|_| ())
+}
+
+/// Whether the saved rules of a variant hold anything at all, or anything of ours.
+fn holds_rules(saved: &Saved) -> bool {
+    saved
+        .values()
+        .any(|t| !t.rules.is_empty() || t.our_chains().next().is_some())
+}
+
+fn holds_ours(saved: &Saved) -> bool {
+    saved.values().any(|t| t.our_chains().next().is_some())
+}
+
+/// Picks the iptables variant for a family and says why:
+/// `--force-iptables-binary` wins; else the variant that already holds our chains; else legacy
+/// when its tables hold rules; else nft when it can create a rule in the nat table (the probe
+/// Istio moved to nat in #57380: filter can work while nat does not); else legacy.
+pub fn choose_variant(
+    runner: &dyn Runner,
+    family: Family,
+    forced: Option<IptablesVariant>,
+) -> Result<(Tools, String), IptablesError> {
+    let legacy = Tools {
+        family,
+        variant: IptablesVariant::Legacy,
+    };
+    let nft = Tools {
+        family,
+        variant: IptablesVariant::Nft,
+    };
+    if let Some(variant) = forced {
+        let tools = Tools { family, variant };
+        save(runner, tools)?;
+        return Ok((tools, "forced by --force-iptables-binary".to_string()));
+    }
+    let legacy_saved = save(runner, legacy);
+    let nft_saved = save(runner, nft);
+    if let Ok(saved) = &nft_saved {
+        if holds_ours(saved) {
+            return Ok((nft, "our chains are already in the nft tables".to_string()));
+        }
+    }
+    if let Ok(saved) = &legacy_saved {
+        if holds_ours(saved) {
+            return Ok((
+                legacy,
+                "our chains are already in the legacy tables".to_string(),
+            ));
+        }
+        if holds_rules(saved) {
+            return Ok((legacy, "the legacy tables already hold rules".to_string()));
+        }
+    }
+    let nft_probe = match &nft_saved {
+        Ok(_) => probe_nat(runner, nft),
+        Err(e) => Err(e.to_string()),
+    };
+    match (nft_probe, legacy_saved) {
+        (Ok(()), _) => Ok((nft, "nft works (nat table probe)".to_string())),
+        (Err(nft_err), Ok(_)) => Ok((legacy, format!("nft does not work ({nft_err})"))),
+        (Err(nft_err), Err(legacy_err)) => Err(IptablesError::NoVariant(format!(
+            "no usable iptables for {family:?}: nft: {nft_err}; legacy: {legacy_err}"
+        ))),
+    }
+}
+
+/// Adds and removes a rule that can never match (protocol 255) in the nat table.
+fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
+    let program = tools.main();
+    let rule = ["-t", "nat", "-A", "OUTPUT", "-p", "255", "-j", "RETURN"];
+    let added = run(runner, &program, &rule, None).map_err(|e| e.to_string())?;
+    if !added.success() {
+        return Err(format!(
+            "{}{}",
+            added.stderr.trim(),
+            kernel_hint(&added.stderr)
+        ));
+    }
+    let mut delete = rule;
+    delete[2] = "-D";
+    let removed = run(runner, &program, &delete, None).map_err(|e| e.to_string())?;
+    if !removed.success() {
+        return Err(format!("probe rule left behind: {}", removed.stderr.trim()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// Answers each program from a table and records the calls.
+    #[derive(Default)]
+    struct Fake {
+        answers: BTreeMap<String, Output>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl Fake {
+        fn answer(mut self, program: &str, code: i32, stdout: &str) -> Fake {
+            let out = Output {
+                code: Some(code),
+                stdout: stdout.into(),
+                stderr: if code == 0 {
+                    String::new()
+                } else {
+                    "iptables: No chain/target/match by that name. Couldn't load target `TPROXY'"
+                        .into()
+                },
+            };
+            self.answers.insert(program.to_string(), out);
+            self
+        }
+    }
+
+    impl Runner for Fake {
+        fn run(&self, program: &str, args: &[&str], _: Option<&str>) -> std::io::Result<Output> {
+            self.calls
+                .borrow_mut()
+                .push(format!("{program} {}", args.join(" ")).trim().to_string());
+            self.answers.get(program).cloned().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, program.to_string())
+            })
+        }
+    }
+
+    const EMPTY: &str = "*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+    const FOREIGN: &str = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n";
+    const OURS: &str = "*nat\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\nCOMMIT\n";
+
+    fn pick(fake: &Fake) -> Result<IptablesVariant, IptablesError> {
+        choose_variant(fake, Family::V4, None).map(|(t, _)| t.variant)
+    }
+
+    #[test]
+    fn nft_is_chosen_when_legacy_is_empty_and_the_nat_probe_works() {
+        let fake = Fake::default()
+            .answer("iptables-legacy-save", 0, EMPTY)
+            .answer("iptables-nft-save", 0, "")
+            .answer("iptables-nft", 0, "");
+        assert_eq!(pick(&fake).unwrap(), IptablesVariant::Nft);
+        let calls = fake.calls.borrow();
+        assert!(calls.contains(&"iptables-nft -t nat -A OUTPUT -p 255 -j RETURN".to_string()));
+        assert!(calls.contains(&"iptables-nft -t nat -D OUTPUT -p 255 -j RETURN".to_string()));
+    }
+
+    #[test]
+    fn legacy_wins_when_it_already_holds_rules_or_ours() {
+        let fake = Fake::default()
+            .answer("iptables-legacy-save", 0, FOREIGN)
+            .answer("iptables-nft-save", 0, "");
+        assert_eq!(pick(&fake).unwrap(), IptablesVariant::Legacy);
+        assert!(
+            !fake
+                .calls
+                .borrow()
+                .iter()
+                .any(|c| c.starts_with("iptables-nft ")),
+            "no probe needed"
+        );
+        let fake = Fake::default()
+            .answer("iptables-legacy-save", 0, EMPTY)
+            .answer("iptables-nft-save", 0, OURS);
+        assert_eq!(
+            pick(&fake).unwrap(),
+            IptablesVariant::Nft,
+            "our chains decide first"
+        );
+    }
+
+    #[test]
+    fn legacy_is_the_fallback_and_neither_is_an_error() {
+        let fake = Fake::default()
+            .answer("iptables-legacy-save", 0, EMPTY)
+            .answer("iptables-nft-save", 0, "")
+            .answer("iptables-nft", 1, "");
+        assert_eq!(pick(&fake).unwrap(), IptablesVariant::Legacy);
+        let err = pick(&Fake::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("no usable iptables") && err.contains("not installed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn forcing_a_variant_checks_its_tools_exist() {
+        let fake = Fake::default().answer("ip6tables-legacy-save", 0, EMPTY);
+        let err = choose_variant(&fake, Family::V6, Some(IptablesVariant::Nft))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ip6tables-nft-save") && err.contains("not installed"),
+            "{err}"
+        );
+        let (tools, why) =
+            choose_variant(&fake, Family::V6, Some(IptablesVariant::Legacy)).unwrap();
+        assert_eq!(tools.restore(), "ip6tables-legacy-restore");
+        assert!(why.contains("forced"));
+    }
+
+    #[test]
+    fn kernel_hints_name_the_missing_piece() {
+        assert!(
+            kernel_hint("Couldn't load target `TPROXY':No such file or directory")
+                .contains("xt_TPROXY")
+        );
+        assert!(
+            kernel_hint("iptables-restore v1.8.9: unable to initialize table 'nat'")
+                .contains("nat table")
+        );
+        assert_eq!(kernel_hint("Bad argument `x'"), "");
+    }
+
+    #[test]
+    fn legacy_restores_wait_for_the_lock_and_nft_ones_do_not() {
+        let fake = Fake::default()
+            .answer("iptables-legacy-restore", 0, "")
+            .answer("ip6tables-nft-restore", 0, "");
+        let legacy = Tools {
+            family: Family::V4,
+            variant: IptablesVariant::Legacy,
+        };
+        restore(&fake, legacy, "", true, Duration::from_secs(30)).unwrap();
+        let nft = Tools {
+            family: Family::V6,
+            variant: IptablesVariant::Nft,
+        };
+        restore(&fake, nft, "", false, Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            *fake.calls.borrow(),
+            [
+                "iptables-legacy-restore --noflush --wait=30",
+                "ip6tables-nft-restore"
+            ]
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The only code that changes the system: checks privileges, reads the live rules, decides per
+//! family what to write (nothing, a fresh install, a replacement, a cleanup), writes it in one
+//! restore transaction per family and rolls everything back if any step fails.
+
+pub mod exec;
+pub mod iptables;
+pub mod privileges;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use caps::Capability;
+
+use crate::backend::iptables::restore_text;
+use crate::backend::iptables_save::{
+    cleanup_text, compare, expected_tables, replace_text, rollback_text, tables_in, ExpectedTable,
+    Saved, State,
+};
+use crate::config::{Capture, IptablesVariant, RunOptions};
+use crate::log::Log;
+use crate::plan::{self, Family, Plan, Table};
+use exec::Runner;
+use iptables::Tools;
+
+/// Why applying or cleaning up stopped. In every case the namespace is as it was before.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Something needed is missing (capabilities, tools, a group); nothing was touched.
+    #[error("{0}")]
+    Precondition(String),
+    /// Rules of ours are there but differ from the plan, and `--reconcile` was not given.
+    #[error("{0}")]
+    Drift(String),
+    /// A write failed; what was written has been rolled back.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a run changed, one line per change, for the summary.
+pub type Changes = Vec<String>;
+
+/// One family's pending restore: the tools, the state before, the input to feed.
+struct Transaction {
+    tools: Tools,
+    before: Saved,
+    text: String,
+    /// A fresh install may race with another instance doing the same; see `commit`.
+    fresh: bool,
+    expected: BTreeMap<Table, ExpectedTable>,
+}
+
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
+}
+
+/// Installs the plan's rules.
+pub fn apply(
+    plan: &Plan,
+    opts: &RunOptions,
+    runner: &dyn Runner,
+    log: &Log,
+) -> Result<Changes, ApplyError> {
+    privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
+        .map_err(ApplyError::Precondition)?;
+    let groups = load_groups();
+    let resolve = |name: &str| groups.get(name).copied();
+
+    // Decide everything for every family before writing anything.
+    let mut transactions = Vec::new();
+    let mut drift = Vec::new();
+    let mut changes = Changes::new();
+    for family in plan.families() {
+        let (tools, why) = iptables::choose_variant(runner, family, opts.force_iptables_binary)
+            .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+        log.info(&format!(
+            "{}: using {} ({why})",
+            family_name(family),
+            tools.restore()
+        ));
+        let before =
+            iptables::save(runner, tools).map_err(|e| ApplyError::Precondition(e.to_string()))?;
+        let rules = plan.rules(family);
+        let expected = expected_tables(rules, &resolve).map_err(ApplyError::Precondition)?;
+        let (text, fresh) = match compare(&before, &expected) {
+            State::InPlace if !opts.force_apply => {
+                log.info(&format!(
+                    "{}: rules already in place, nothing to do",
+                    family_name(family)
+                ));
+                continue;
+            }
+            State::InPlace => (replace_text(&before, rules, &expected), false),
+            State::Absent => (restore_text(rules), true),
+            State::Drifted(diffs) if opts.reconcile || opts.force_apply => {
+                log.info(&format!(
+                    "{}: replacing rules of ours that differ from the plan:\n{}",
+                    family_name(family),
+                    diffs.join("\n")
+                ));
+                (replace_text(&before, rules, &expected), false)
+            }
+            State::Drifted(diffs) => {
+                drift.push(format!("{}:\n{}", family_name(family), diffs.join("\n")));
+                continue;
+            }
+        };
+        transactions.push(Transaction {
+            tools,
+            before,
+            text,
+            fresh,
+            expected,
+        });
+    }
+    if !drift.is_empty() {
+        return Err(ApplyError::Drift(format!(
+            "rules of ours are already installed but differ from this configuration; nothing was changed. Re-run with --reconcile to replace them atomically.\n{}",
+            drift.join("\n")
+        )));
+    }
+
+    commit(&transactions, runner, opts.xtables_wait, log)?;
+    for t in &transactions {
+        changes.push(format!(
+            "{}: {} {}",
+            family_name(t.tools.family),
+            if t.fresh {
+                "installed rules with"
+            } else {
+                "replaced rules with"
+            },
+            t.tools.restore()
+        ));
+    }
+    verify(&transactions, runner, log);
+    Ok(changes)
+}
+
+/// Removes everything of ours that this configuration would install, in both families and
+/// both variants, wherever it is found.
+pub fn cleanup(
+    capture: &Capture,
+    opts: &RunOptions,
+    runner: &dyn Runner,
+    log: &Log,
+) -> Result<Changes, ApplyError> {
+    privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
+        .map_err(ApplyError::Precondition)?;
+    let groups = load_groups();
+    let resolve = |name: &str| groups.get(name).copied();
+    // Plan as if IPv6 were on, so IPv6 leftovers are recognised too.
+    let full = plan::plan(&Capture {
+        ipv6: true,
+        ..capture.clone()
+    });
+    let variants = match opts.force_iptables_binary {
+        Some(v) => vec![v],
+        None => vec![IptablesVariant::Legacy, IptablesVariant::Nft],
+    };
+    let mut transactions = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let expected =
+            expected_tables(full.rules(family), &resolve).map_err(ApplyError::Precondition)?;
+        for &variant in &variants {
+            let tools = Tools { family, variant };
+            // A missing tool cannot have installed anything.
+            let Ok(before) = iptables::save(runner, tools) else {
+                continue;
+            };
+            if compare(&before, &expected) == State::Absent {
+                continue;
+            }
+            let text = cleanup_text(&before, &expected);
+            transactions.push(Transaction {
+                tools,
+                before,
+                text,
+                fresh: false,
+                expected: BTreeMap::new(),
+            });
+        }
+    }
+    commit(&transactions, runner, opts.xtables_wait, log)?;
+    Ok(transactions
+        .iter()
+        .map(|t| {
+            format!(
+                "{}: removed rules with {}",
+                family_name(t.tools.family),
+                t.tools.restore()
+            )
+        })
+        .collect())
+}
+
+/// Feeds each transaction in turn. If one fails, every table already written is put back as
+/// it was — so either all families change or none does.
+fn commit(
+    transactions: &[Transaction],
+    runner: &dyn Runner,
+    lock_wait: Duration,
+    log: &Log,
+) -> Result<(), ApplyError> {
+    for (i, t) in transactions.iter().enumerate() {
+        log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
+        let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock_wait) else {
+            continue;
+        };
+        // Another instance may have installed the same rules between our read and our write.
+        if t.fresh {
+            if let Ok(now) = iptables::save(runner, t.tools) {
+                if compare(&now, &t.expected) == State::InPlace {
+                    log.info(&format!(
+                        "{}: the same rules were installed concurrently; nothing to do",
+                        family_name(t.tools.family)
+                    ));
+                    continue;
+                }
+            }
+        }
+        let mut message = format!("{}: {e}", family_name(t.tools.family));
+        for done in transactions[..=i].iter().rev() {
+            let tables = tables_in(&done.text);
+            let text = rollback_text(&done.before, &tables);
+            if let Err(rollback) = iptables::restore(runner, done.tools, &text, false, lock_wait) {
+                message.push_str(&format!(
+                    "\nrolling back {} tables {} also failed: {rollback}",
+                    family_name(done.tools.family),
+                    tables.join(",")
+                ));
+            }
+        }
+        message.push_str("\nnothing was left changed");
+        return Err(ApplyError::Failed(message));
+    }
+    Ok(())
+}
+
+/// Reads the rules back and warns when the kernel's view differs from the plan.
+fn verify(transactions: &[Transaction], runner: &dyn Runner, log: &Log) {
+    for t in transactions {
+        match iptables::save(runner, t.tools).map(|now| compare(&now, &t.expected)) {
+            Ok(State::InPlace) => {}
+            Ok(state) => log.warn(&format!(
+                "{}: read-back differs from the plan: {state:?}",
+                family_name(t.tools.family)
+            )),
+            Err(e) => log.warn(&format!(
+                "{}: cannot read rules back: {e}",
+                family_name(t.tools.family)
+            )),
+        }
+    }
+}
+
+/// Group names and gids from /etc/group, read directly (no NSS, see istio/istio#48416).
+fn load_groups() -> BTreeMap<String, u32> {
+    std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse().ok()?;
+            Some((name.to_string(), gid))
+        })
+        .collect()
+}

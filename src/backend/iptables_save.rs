@@ -1,0 +1,649 @@
+//! The kernel's view of iptables rules: parsing `iptables-save` output, the canonical form our
+//! planned rules take in it (so live state can be compared with the plan as plain text), and
+//! the comparison itself. Pure text; reading the live state belongs to `apply`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::config::types::Cidr;
+use crate::plan::{Chain, CtState, Match, Owner, Position, Protocol, Rule, Table, Target};
+
+/// Every chain name of ours starts with this (Istio's convention, kept for its tooling).
+pub const OUR_CHAIN_PREFIX: &str = "ISTIO_";
+
+/// One table as `iptables-save` prints it: chains in order, each with its rule specs (the text
+/// after `-A <chain> `).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SavedTable {
+    pub chains: Vec<String>,
+    pub rules: BTreeMap<String, Vec<String>>,
+    /// The table's text as printed, for rolling back to it.
+    pub text: String,
+}
+
+impl SavedTable {
+    pub fn rules_of(&self, chain: &str) -> &[String] {
+        self.rules.get(chain).map(Vec::as_slice).unwrap_or(&[])
+    }
+    /// Chains of ours present in this table.
+    pub fn our_chains(&self) -> impl Iterator<Item = &str> {
+        self.chains
+            .iter()
+            .map(String::as_str)
+            .filter(|c| c.starts_with(OUR_CHAIN_PREFIX))
+    }
+}
+
+/// A whole `iptables-save` dump: table name → table.
+pub type Saved = BTreeMap<String, SavedTable>;
+
+/// Parses `iptables-save` output. Comment lines and counters are ignored.
+pub fn parse_save(text: &str) -> Saved {
+    let mut out = Saved::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('*') {
+            let name = name.trim().to_string();
+            out.entry(name.clone()).or_default();
+            current = Some(name);
+        }
+        let Some(table) = current.as_ref().and_then(|t| out.get_mut(t)) else {
+            continue;
+        };
+        table.text.push_str(line);
+        table.text.push('\n');
+        if let Some(decl) = line.strip_prefix(':') {
+            if let Some(name) = decl.split_whitespace().next() {
+                table.chains.push(name.to_string());
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let (chain, spec) = rule.split_once(' ').unwrap_or((rule, ""));
+            table
+                .rules
+                .entry(chain.to_string())
+                .or_default()
+                .push(spec.to_string());
+        } else if line == "COMMIT" {
+            current = None;
+        }
+    }
+    out
+}
+
+/// Resolves a group name to its gid, as iptables does when it loads a rule.
+pub type GroupResolver<'a> = &'a dyn Fn(&str) -> Option<u32>;
+
+/// Formats an address as glibc's `inet_ntop` does (what iptables-save prints): like Rust's
+/// form, except IPv4-compatible addresses (`::a.b.c.d`) keep their dotted tail.
+fn ntop(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let compatible = s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1);
+            if compatible {
+                let o = a.octets();
+                format!("::{}", Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+            } else {
+                a.to_string()
+            }
+        }
+    }
+}
+
+/// A network as iptables-save prints it: the address masked to the prefix.
+fn saved_net(net: &Cidr) -> String {
+    let len = net.prefix_len();
+    let masked = match net.addr() {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+    };
+    format!("{}/{len}", ntop(masked))
+}
+
+fn neg(negate: bool) -> &'static str {
+    if negate {
+        "! "
+    } else {
+        ""
+    }
+}
+
+/// A rule as `iptables-save` prints it, without the `-A <chain> ` prefix: address, interface
+/// and protocol options first (in the kernel's fixed order), then the match modules in rule
+/// order with implicit `-m tcp`/`-m udp`, then the target with the kernel's normalised options.
+pub fn canonical_spec(rule: &Rule, resolve: GroupResolver<'_>) -> Result<String, String> {
+    let mut head: Vec<String> = Vec::new();
+    let mut src = None;
+    let mut dst = None;
+    let mut iface_in = None;
+    let mut iface_out = None;
+    let mut proto = None;
+    let mut modules: Vec<String> = Vec::new();
+    for m in &rule.matches {
+        match m {
+            Match::Source(net) => src = Some(format!("-s {}", saved_net(net))),
+            Match::Destination { net, negate } => {
+                // A /0 network matches everything and is not printed at all.
+                if net.prefix_len() > 0 || *negate {
+                    dst = Some(format!("{}-d {}", neg(*negate), saved_net(net)));
+                }
+            }
+            Match::InInterface(name) => iface_in = Some(format!("-i {name}")),
+            Match::OutInterface(name) => iface_out = Some(format!("-o {name}")),
+            Match::Protocol(p) => proto = Some(*p),
+            Match::DestinationPort { port, negate } => {
+                modules.push(format!(
+                    "-m {} {}--dport {port}",
+                    proto_name(proto)?,
+                    neg(*negate)
+                ));
+            }
+            Match::SourcePort(port) => {
+                modules.push(format!("-m {} --sport {port}", proto_name(proto)?));
+            }
+            Match::DestinationPortNotIn(ports) => {
+                let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+                modules.push(format!("-m multiport ! --dports {}", list.join(",")));
+            }
+            Match::Owner { owner, negate } => {
+                let spec = match owner {
+                    Owner::Uid(uid) => format!("--uid-owner {uid}"),
+                    Owner::Gid(group) => {
+                        let gid = group
+                            .gid()
+                            .or_else(|| resolve(group.as_str()))
+                            .ok_or_else(|| format!("unknown group {:?}", group.as_str()))?;
+                        format!("--gid-owner {gid}")
+                    }
+                };
+                modules.push(format!("-m owner {}{spec}", neg(*negate)));
+            }
+            Match::ConntrackState(state) => {
+                let state = match state {
+                    CtState::Invalid => "INVALID",
+                    CtState::RelatedEstablished => "RELATED,ESTABLISHED",
+                };
+                modules.push(format!("-m conntrack --ctstate {state}"));
+            }
+            Match::Mark { mark, negate } => {
+                modules.push(format!("-m mark {}--mark {mark:#x}", neg(*negate)))
+            }
+            Match::ConnMark(mark) => modules.push(format!("-m connmark --mark {mark:#x}")),
+        }
+    }
+    let proto = proto.map(|p| format!("-p {}", proto_str(p)));
+    head.extend([src, dst, iface_in, iface_out, proto].into_iter().flatten());
+    head.extend(modules);
+    head.push(canonical_target(rule));
+    Ok(head.join(" "))
+}
+
+fn proto_str(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn proto_name(p: Option<Protocol>) -> Result<&'static str, String> {
+    p.map(proto_str)
+        .ok_or_else(|| "a port match needs a protocol".to_string())
+}
+
+fn canonical_target(rule: &Rule) -> String {
+    let any = if rule.matches.iter().any(|m| match m {
+        Match::Source(n) | Match::Destination { net: n, .. } => !n.is_ipv4(),
+        _ => false,
+    }) {
+        "::"
+    } else {
+        "0.0.0.0"
+    };
+    match &rule.target {
+        Target::Jump(chain) => format!("-j {}", chain.name()),
+        Target::Return => "-j RETURN".to_string(),
+        Target::Accept => "-j ACCEPT".to_string(),
+        Target::Drop => "-j DROP".to_string(),
+        Target::Redirect(port) => format!("-j REDIRECT --to-ports {port}"),
+        Target::Tproxy { mark, port } => {
+            format!("-j TPROXY --on-port {port} --on-ip {any} --tproxy-mark {mark:#x}/0xffffffff")
+        }
+        Target::SetMark(mark) => format!("-j MARK --set-xmark {mark:#x}/0xffffffff"),
+        Target::SaveMark => {
+            "-j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff".into()
+        }
+        Target::RestoreMark => {
+            "-j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff".into()
+        }
+        Target::ConntrackZone(zone) => format!("-j CT --zone {zone}"),
+    }
+}
+
+/// What one table should hold after applying, in the kernel's final order: the rules of each
+/// chain (ours and built-in), inserts placed where `-I` puts them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpectedTable {
+    pub chains: BTreeMap<Chain, Vec<String>>,
+}
+
+/// The expected final state of each table of one family's rules.
+pub fn expected_tables(
+    rules: &[Rule],
+    resolve: GroupResolver<'_>,
+) -> Result<BTreeMap<Table, ExpectedTable>, String> {
+    let mut out: BTreeMap<Table, ExpectedTable> = BTreeMap::new();
+    for rule in rules {
+        let spec = canonical_spec(rule, resolve).map_err(|e| {
+            format!(
+                "{} ({}): {e}",
+                rule,
+                crate::backend::iptables::rule_line(rule)
+            )
+        })?;
+        let table = out.entry(rule.table).or_default();
+        let chain = table.chains.entry(rule.chain).or_default();
+        match rule.position {
+            Position::Append => chain.push(spec),
+            Position::Insert(n) => chain.insert((n as usize - 1).min(chain.len()), spec),
+        }
+        if let Some(target) = rule.jump_target() {
+            table.chains.entry(target).or_default();
+        }
+    }
+    Ok(out)
+}
+
+/// How the live rules of one family relate to what the plan wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Nothing of ours is there.
+    Absent,
+    /// Exactly the planned rules are there.
+    InPlace,
+    /// Some of ours is there, but not exactly the plan; the lines say what differs.
+    Drifted(Vec<String>),
+}
+
+/// Rules of ours found in a built-in chain: jumps into our chains, and rules equal to one we
+/// plan for that chain. (A foreign rule identical to one of ours is indistinguishable from it.)
+pub fn ours_in_builtin<'a>(
+    live: &'a SavedTable,
+    chain: &str,
+    expected: &[String],
+) -> Vec<&'a String> {
+    live.rules_of(chain)
+        .iter()
+        .filter(|spec| jumps_to_ours(spec) || expected.contains(spec))
+        .collect()
+}
+
+/// Whether a rule spec jumps into one of our chains.
+pub fn jumps_to_ours(spec: &str) -> bool {
+    spec.split(' ')
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0] == "-j" && w[1].starts_with(OUR_CHAIN_PREFIX))
+}
+
+/// Compares the live dump of one family with the expected tables.
+pub fn compare(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> State {
+    let mut diffs = Vec::new();
+    let mut any_ours = false;
+    let tables = [Table::Filter, Table::Mangle, Table::Nat, Table::Raw];
+    for table in tables {
+        let empty_live = SavedTable::default();
+        let live_table = live.get(table.name()).unwrap_or(&empty_live);
+        let empty_expected = ExpectedTable::default();
+        let want = expected.get(&table).unwrap_or(&empty_expected);
+        let t = table.name();
+        for chain in live_table.our_chains() {
+            any_ours = true;
+            let planned = want.chains.keys().any(|c| c.name() == chain);
+            if !planned {
+                diffs.push(format!("{t}: chain {chain} exists but is not planned"));
+            }
+        }
+        for (chain, rules) in &want.chains {
+            let name = chain.name();
+            let live_rules: Vec<&String> = if chain.is_builtin() {
+                ours_in_builtin(live_table, name, rules)
+            } else if live_table.chains.iter().any(|c| c == name) {
+                live_table.rules_of(name).iter().collect()
+            } else {
+                diffs.push(format!("{t}: chain {name} is missing"));
+                continue;
+            };
+            if !live_rules.is_empty() {
+                any_ours = true;
+            }
+            let want_rules: Vec<&String> = rules.iter().collect();
+            if live_rules != want_rules {
+                diffs.push(describe_chain_diff(t, name, &live_rules, &want_rules));
+            }
+        }
+        // Jumps into our chains from built-in chains we plan nothing for.
+        for chain in &live_table.chains {
+            if chain.starts_with(OUR_CHAIN_PREFIX) || want.chains.keys().any(|c| c.name() == chain)
+            {
+                continue;
+            }
+            let jumps: Vec<&String> = live_table
+                .rules_of(chain)
+                .iter()
+                .filter(|s| jumps_to_ours(s))
+                .collect();
+            if !jumps.is_empty() {
+                any_ours = true;
+                for spec in jumps {
+                    diffs.push(format!("{t}: unplanned rule -A {chain} {spec}"));
+                }
+            }
+        }
+    }
+    if !any_ours {
+        State::Absent
+    } else if diffs.is_empty() {
+        State::InPlace
+    } else {
+        State::Drifted(diffs)
+    }
+}
+
+fn describe_chain_diff(table: &str, chain: &str, live: &[&String], want: &[&String]) -> String {
+    let mut lines = vec![format!("{table}: chain {chain} differs:")];
+    for spec in want.iter().filter(|s| !live.contains(s)) {
+        lines.push(format!("  missing: -A {chain} {spec}"));
+    }
+    for spec in live.iter().filter(|s| !want.contains(s)) {
+        lines.push(format!("  unexpected: -A {chain} {spec}"));
+    }
+    if lines.len() == 1 {
+        lines.push("  same rules, different order or count".to_string());
+    }
+    lines.join("\n")
+}
+
+/// The `--noflush` restore input that turns the live state of one family into the planned one
+/// in one transaction per table: flush (or create) every chain of ours with a `:CHAIN` line,
+/// delete our rules from built-in chains, delete chains of ours that are no longer planned, then
+/// add the planned rules. Tables with nothing of ours and nothing planned are left out.
+pub fn replace_text(
+    live: &Saved,
+    rules: &[Rule],
+    expected: &BTreeMap<Table, ExpectedTable>,
+) -> String {
+    transaction_text(live, Some(rules), expected)
+}
+
+/// The `--noflush` restore input that removes everything of ours from one family: our jumps
+/// and planned rules in built-in chains, and every chain of ours.
+pub fn cleanup_text(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> String {
+    transaction_text(live, None, expected)
+}
+
+fn transaction_text(
+    live: &Saved,
+    rules: Option<&[Rule]>,
+    expected: &BTreeMap<Table, ExpectedTable>,
+) -> String {
+    let mut out = String::new();
+    for table in [Table::Filter, Table::Mangle, Table::Nat, Table::Raw] {
+        let empty_live = SavedTable::default();
+        let live_table = live.get(table.name()).unwrap_or(&empty_live);
+        let empty_expected = ExpectedTable::default();
+        let want = expected.get(&table).unwrap_or(&empty_expected);
+        let planned: Vec<&Rule> = rules
+            .unwrap_or(&[])
+            .iter()
+            .filter(|r| r.table == table)
+            .collect();
+
+        let mut lines = Vec::new();
+        // Chains to flush or create: every live chain of ours, then every planned one.
+        let mut declared: Vec<String> = live_table.our_chains().map(String::from).collect();
+        if rules.is_some() {
+            for chain in want.chains.keys().filter(|c| !c.is_builtin()) {
+                if !declared.iter().any(|d| d == chain.name()) {
+                    declared.push(chain.name().to_string());
+                }
+            }
+        }
+        for chain in &declared {
+            lines.push(format!(":{chain} - [0:0]"));
+        }
+        // Our rules in built-in chains (jumps, and rules equal to planned ones).
+        for chain in live_table
+            .chains
+            .iter()
+            .filter(|c| !c.starts_with(OUR_CHAIN_PREFIX))
+        {
+            let planned_here: Vec<String> = want
+                .chains
+                .iter()
+                .filter(|(c, _)| c.name() == chain)
+                .flat_map(|(_, r)| r.clone())
+                .collect();
+            for spec in ours_in_builtin(live_table, chain, &planned_here) {
+                lines.push(format!("-D {chain} {spec}"));
+            }
+        }
+        // Chains of ours that will not be used any more.
+        for chain in live_table.our_chains() {
+            let keep = rules.is_some() && want.chains.keys().any(|c| c.name() == chain);
+            if !keep {
+                lines.push(format!("-X {chain}"));
+            }
+        }
+        for rule in planned {
+            lines.push(crate::backend::iptables::rule_line(rule));
+        }
+        if lines.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{}\n", table.name()));
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}
+
+/// The restore input that puts these tables back exactly as they were (without `--noflush`,
+/// restore replaces each listed table wholesale; a table that was not there comes back empty).
+pub fn rollback_text(live: &Saved, tables: &[String]) -> String {
+    tables
+        .iter()
+        .map(|t| match live.get(t) {
+            Some(saved) => saved.text.clone(),
+            None => format!("*{t}\nCOMMIT\n"),
+        })
+        .collect()
+}
+
+/// The tables a restore input touches.
+pub fn tables_in(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix('*'))
+        .map(|t| t.trim().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::types::Port;
+
+    fn no_groups(_: &str) -> Option<u32> {
+        None
+    }
+
+    fn rule(table: Table, chain: Chain, matches: Vec<Match>, target: Target) -> Rule {
+        Rule::new(table, chain, "test", matches, target)
+    }
+
+    #[test]
+    fn addresses_print_like_inet_ntop() {
+        let n = |s: &str| saved_net(&s.parse().unwrap());
+        assert_eq!(n("10.1.2.3/8"), "10.0.0.0/8");
+        assert_eq!(n("127.0.0.1/32"), "127.0.0.1/32");
+        assert_eq!(n("::127.0.0.53/128"), "::127.0.0.53/128");
+        assert_eq!(n("::ffff:1.2.3.4/128"), "::ffff:1.2.3.4/128");
+        assert_eq!(n("::1/128"), "::1/128");
+        assert_eq!(n("2001:db8::1:0:0:1/128"), "2001:db8::1:0:0:1/128");
+        assert_eq!(n("2001:db8::1/32"), "2001:db8::/32");
+    }
+
+    #[test]
+    fn canonical_specs_match_what_iptables_save_prints() {
+        let lo = "lo".parse().unwrap();
+        let tun: Port = "15008".parse().unwrap();
+        let r = rule(
+            Table::Nat,
+            Chain::IstioOutput,
+            vec![
+                Match::OutInterface(lo),
+                Match::Destination {
+                    net: "127.0.0.1/32".parse().unwrap(),
+                    negate: true,
+                },
+                Match::Protocol(Protocol::Tcp),
+                Match::DestinationPort {
+                    port: tun,
+                    negate: true,
+                },
+                Match::Owner {
+                    owner: Owner::Uid(1337),
+                    negate: false,
+                },
+            ],
+            Target::Jump(Chain::IstioInRedirect),
+        );
+        assert_eq!(
+            canonical_spec(&r, &no_groups).unwrap(),
+            "! -d 127.0.0.1/32 -o lo -p tcp -m tcp ! --dport 15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT"
+        );
+        let r = rule(
+            Table::Mangle,
+            Chain::IstioTproxy,
+            vec![
+                Match::Destination {
+                    net: "::1/128".parse().unwrap(),
+                    negate: true,
+                },
+                Match::Protocol(Protocol::Tcp),
+            ],
+            Target::Tproxy {
+                mark: 1337,
+                port: "15006".parse().unwrap(),
+            },
+        );
+        assert_eq!(
+            canonical_spec(&r, &no_groups).unwrap(),
+            "! -d ::1/128 -p tcp -j TPROXY --on-port 15006 --on-ip :: --tproxy-mark 0x539/0xffffffff"
+        );
+        let group = Match::Owner {
+            owner: Owner::Gid("java".parse().unwrap()),
+            negate: true,
+        };
+        let r = rule(Table::Nat, Chain::IstioOutput, vec![group], Target::Return);
+        assert!(canonical_spec(&r, &no_groups).is_err());
+        assert_eq!(
+            canonical_spec(&r, &|g| (g == "java").then_some(4242)).unwrap(),
+            "-m owner ! --gid-owner 4242 -j RETURN"
+        );
+    }
+
+    const LIVE: &str =
+        "# Generated by iptables-save\n*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        :ISTIO_OUTPUT - [0:0]\n:ISTIO_OLD - [0:0]\n-A PREROUTING -i eth9 -j RETURN\n\
+        -A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -j ISTIO_OLD\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n";
+
+    #[test]
+    fn save_output_is_parsed_per_chain() {
+        let saved = parse_save(LIVE);
+        let nat = &saved["nat"];
+        assert_eq!(
+            nat.chains,
+            ["PREROUTING", "OUTPUT", "ISTIO_OUTPUT", "ISTIO_OLD"]
+        );
+        assert_eq!(nat.rules_of("OUTPUT"), ["-j ISTIO_OUTPUT", "-j ISTIO_OLD"]);
+        assert_eq!(
+            nat.our_chains().collect::<Vec<_>>(),
+            ["ISTIO_OUTPUT", "ISTIO_OLD"]
+        );
+        assert!(nat.text.starts_with("*nat\n") && nat.text.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn comparison_finds_absent_in_place_and_drift() {
+        let rules = vec![
+            rule(
+                Table::Nat,
+                Chain::Output,
+                vec![],
+                Target::Jump(Chain::IstioOutput),
+            ),
+            rule(Table::Nat, Chain::IstioOutput, vec![], Target::Return),
+        ];
+        let expected = expected_tables(&rules, &no_groups).unwrap();
+        assert_eq!(compare(&Saved::new(), &expected), State::Absent);
+        let foreign = parse_save("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j RETURN\nCOMMIT\n");
+        assert_eq!(compare(&foreign, &expected), State::Absent);
+        let exact = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -j RETURN\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
+        );
+        assert_eq!(compare(&exact, &expected), State::InPlace);
+        let State::Drifted(diffs) = compare(&parse_save(LIVE), &expected) else {
+            panic!("drift expected")
+        };
+        let text = diffs.join("\n");
+        assert!(
+            text.contains("ISTIO_OLD exists but is not planned"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn replacing_flushes_ours_removes_stale_and_keeps_foreign_rules() {
+        let rules = vec![
+            rule(
+                Table::Nat,
+                Chain::Output,
+                vec![],
+                Target::Jump(Chain::IstioOutput),
+            ),
+            rule(Table::Nat, Chain::IstioOutput, vec![], Target::Return),
+        ];
+        let expected = expected_tables(&rules, &no_groups).unwrap();
+        let text = replace_text(&parse_save(LIVE), &rules, &expected);
+        assert_eq!(
+            text,
+            "*nat\n:ISTIO_OUTPUT - [0:0]\n:ISTIO_OLD - [0:0]\n-D OUTPUT -j ISTIO_OUTPUT\n\
+             -D OUTPUT -j ISTIO_OLD\n-X ISTIO_OLD\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n"
+        );
+        let text = cleanup_text(&parse_save(LIVE), &expected);
+        assert_eq!(
+            text,
+            "*nat\n:ISTIO_OUTPUT - [0:0]\n:ISTIO_OLD - [0:0]\n-D OUTPUT -j ISTIO_OUTPUT\n\
+             -D OUTPUT -j ISTIO_OLD\n-X ISTIO_OUTPUT\n-X ISTIO_OLD\nCOMMIT\n"
+        );
+        assert_eq!(tables_in(&text), ["nat"]);
+        let tables = ["nat".to_string(), "raw".to_string()];
+        assert_eq!(
+            rollback_text(&parse_save(LIVE), &tables),
+            format!("{}*raw\nCOMMIT\n", parse_save(LIVE)["nat"].text)
+        );
+    }
+}
