@@ -77,13 +77,14 @@ pub fn parse_save(text: &str) -> Saved {
 pub type GroupResolver<'a> = &'a dyn Fn(&str) -> Option<u32>;
 
 /// Formats an address as glibc's `inet_ntop` does (what iptables-save prints): like Rust's
-/// form, except IPv4-compatible addresses (`::a.b.c.d`) keep their dotted tail.
+/// form, except that an address whose only zero run is exactly the first six groups
+/// (`::a.b.c.d`, IPv4-compatible) keeps a dotted tail.
 fn ntop(addr: IpAddr) -> String {
     match addr {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => {
             let s = a.segments();
-            let compatible = s[..6] == [0; 6] && (s[6] != 0 || s[7] > 1);
+            let compatible = s[..6] == [0; 6] && s[6] != 0;
             if compatible {
                 let o = a.octets();
                 format!("::{}", Ipv4Addr::new(o[12], o[13], o[14], o[15]))
@@ -315,18 +316,24 @@ pub fn compare(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> State
         }
         for (chain, rules) in &want.chains {
             let name = chain.name();
-            let live_rules: Vec<&String> = if chain.is_builtin() {
-                ours_in_builtin(live_table, name, rules)
-            } else if live_table.chains.iter().any(|c| c == name) {
-                live_table.rules_of(name).iter().collect()
-            } else {
+            let want_rules: Vec<&String> = rules.iter().collect();
+            if chain.is_builtin() {
+                // Built-in chains also hold other owners' rules, possibly identical to ours:
+                // ours must all be there in order, and the jumps into our chains exactly.
+                let live_rules = ours_in_builtin(live_table, name, rules);
+                let live_jumps = live_rules.iter().filter(|s| jumps_to_ours(s)).count();
+                let want_jumps = rules.iter().filter(|s| jumps_to_ours(s)).count();
+                any_ours |= live_jumps > 0;
+                if live_jumps != want_jumps || !is_subsequence(&want_rules, &live_rules) {
+                    diffs.push(describe_chain_diff(t, name, &live_rules, &want_rules));
+                }
+                continue;
+            }
+            if !live_table.chains.iter().any(|c| c == name) {
                 diffs.push(format!("{t}: chain {name} is missing"));
                 continue;
-            };
-            if !live_rules.is_empty() {
-                any_ours = true;
             }
-            let want_rules: Vec<&String> = rules.iter().collect();
+            let live_rules: Vec<&String> = live_table.rules_of(name).iter().collect();
             if live_rules != want_rules {
                 diffs.push(describe_chain_diff(t, name, &live_rules, &want_rules));
             }
@@ -357,6 +364,12 @@ pub fn compare(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> State
     } else {
         State::Drifted(diffs)
     }
+}
+
+/// Whether `want` appears in `live` in order (other elements may sit in between).
+fn is_subsequence(want: &[&String], live: &[&String]) -> bool {
+    let mut live = live.iter();
+    want.iter().all(|w| live.any(|l| l == w))
 }
 
 fn describe_chain_diff(table: &str, chain: &str, live: &[&String], want: &[&String]) -> String {
@@ -433,7 +446,15 @@ fn transaction_text(
                 .filter(|(c, _)| c.name() == chain)
                 .flat_map(|(_, r)| r.clone())
                 .collect();
+            // Every jump into our chains goes; a rule equal to a planned one goes once per
+            // planned copy, so an identical rule of another owner stays.
+            let mut planned_left = planned_here.clone();
             for spec in ours_in_builtin(live_table, chain, &planned_here) {
+                if let Some(i) = planned_left.iter().position(|p| p == spec) {
+                    planned_left.remove(i);
+                } else if !jumps_to_ours(spec) {
+                    continue;
+                }
                 lines.push(format!("-D {chain} {spec}"));
             }
         }
@@ -501,6 +522,8 @@ mod tests {
         assert_eq!(n("::127.0.0.53/128"), "::127.0.0.53/128");
         assert_eq!(n("::ffff:1.2.3.4/128"), "::ffff:1.2.3.4/128");
         assert_eq!(n("::1/128"), "::1/128");
+        assert_eq!(n("::6/128"), "::6/128");
+        assert_eq!(n("::1:0/128"), "::0.1.0.0/128");
         assert_eq!(n("2001:db8::1:0:0:1/128"), "2001:db8::1:0:0:1/128");
         assert_eq!(n("2001:db8::1/32"), "2001:db8::/32");
     }
