@@ -444,3 +444,54 @@ fn missing_tools_and_capabilities_stop_before_any_change() {
     assert_eq!(all_rules(&lab.pod), before);
     let _ = BTreeMap::<(), ()>::new();
 }
+
+#[test]
+fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
+    if !require_root("concurrent_instances_all_succeed_and_leave_one_ruleset") {
+        return;
+    }
+    for variant in VARIANTS {
+        let lab = Lab::new().expect("lab");
+        let mut args = strings(DEFAULT_ARGS);
+        args.extend(strings(&[
+            "--redirect-dns",
+            "--capture-all-dns",
+            "--drop-invalid",
+        ]));
+        args.push(format!("--force-iptables-binary={variant}"));
+        args.push(format!("--network-namespace={}", lab.pod.path().display()));
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_meshinit"))
+                    .args(&args)
+                    .env_clear()
+                    .env("PATH", path_env().1)
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("starts")
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().expect("finishes");
+            assert!(
+                out.status.success(),
+                "{variant}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let plan = plan_for(&args, &[]);
+        for (family, fam) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
+            let live = parse_save(&String::from_utf8_lossy(
+                &lab.pod
+                    .run(&[&format!("{fam}-{variant}-save")], None)
+                    .stdout,
+            ));
+            let expected = expected_tables(plan.rules(family), &|_| None).unwrap();
+            assert_eq!(
+                compare(&live, &expected),
+                State::InPlace,
+                "{variant} {family:?}: not exactly one ruleset"
+            );
+        }
+    }
+}

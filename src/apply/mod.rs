@@ -4,6 +4,7 @@
 
 pub mod exec;
 pub mod iptables;
+pub mod lock;
 pub mod privileges;
 
 use std::collections::BTreeMap;
@@ -65,6 +66,7 @@ pub fn apply(
 ) -> Result<Changes, ApplyError> {
     privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
         .map_err(ApplyError::Precondition)?;
+    let _lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
     let groups = load_groups();
     let resolve = |name: &str| groups.get(name).copied();
 
@@ -149,6 +151,7 @@ pub fn cleanup(
 ) -> Result<Changes, ApplyError> {
     privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
         .map_err(ApplyError::Precondition)?;
+    let _lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
     let groups = load_groups();
     let resolve = |name: &str| groups.get(name).copied();
     // Plan as if IPv6 were on, so IPv6 leftovers are recognised too.
