@@ -20,5 +20,6 @@ pub mod config;
 pub mod log;
 pub mod plan;
 mod run;
+pub mod validate;
 
 pub use run::{exit_code, run};

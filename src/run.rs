@@ -12,7 +12,7 @@ use crate::config::{
     Config, ConfigError, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
 };
 use crate::log::Log;
-use crate::{backend, plan};
+use crate::{backend, plan, validate};
 
 /// The exit codes, documented in the README.
 pub mod exit_code {
@@ -123,10 +123,38 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         }
     };
     if code == exit_code::SUCCESS && run.run_validation {
-        log.error("--run-validation is not implemented yet");
-        return exit_code::FAILURE;
+        return run_validation(&config, &log);
     }
     code
+}
+
+/// `--run-validation`: the IPv4 probe, and the IPv6 one when IPv6 is on.
+fn run_validation(config: &Config, log: &Log) -> u8 {
+    let c = &config.capture;
+    let ports = [c.proxy_port, c.inbound_capture_port];
+    let mut probes = vec![validate::Probe::v4()];
+    if c.ipv6 {
+        probes.push(validate::Probe::v6());
+    }
+    for probe in probes {
+        if let Err(e) = validate::validate(
+            probe,
+            &ports,
+            config.run.probe_port,
+            config.run.probe_timeout,
+        ) {
+            log.error(&format!(
+                "validation failed: {e}\n{}",
+                validate::FAILURE_ADVICE
+            ));
+            return exit_code::VALIDATION_FAILED;
+        }
+        log.info(&format!(
+            "validation passed for {}: probe redirected to a capture port",
+            probe.target
+        ));
+    }
+    exit_code::SUCCESS
 }
 
 fn print_stdout(text: &str) -> u8 {

@@ -1,0 +1,186 @@
+//! The redirection self-test (`--run-validation`), with Istio's semantics: listen where the
+//! proxy would (outbound and inbound capture ports on localhost), connect as this process to
+//! the passthrough address on the probe port, and pass when a connection lands on a listener
+//! with the probe port as its original destination. Needs no capabilities.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    bind, connect, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog,
+    SockFlag, SockType, SockaddrStorage,
+};
+use nix::sys::time::TimeVal;
+
+use crate::config::types::Port;
+
+/// One family's probe: where the listeners bind and where the probe connects.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    /// Localhost of the family: listeners bind here and the client binds here.
+    pub listen: IpAddr,
+    /// The passthrough address (127.0.0.6 or ::6): loopback traffic the rules must capture.
+    pub target: IpAddr,
+}
+
+impl Probe {
+    pub fn v4() -> Probe {
+        Probe {
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            target: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
+        }
+    }
+    pub fn v6() -> Probe {
+        Probe {
+            listen: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            target: IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+        }
+    }
+}
+
+/// Why validation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationError {
+    #[error("no listener available on {0}: {1}")]
+    NoListener(IpAddr, String),
+    #[error("no connection to {target}:{port} was redirected to a capture port within {timeout:?} (last error: {last})")]
+    Timeout {
+        target: IpAddr,
+        port: Port,
+        timeout: Duration,
+        last: String,
+    },
+}
+
+fn family_of(addr: IpAddr) -> AddressFamily {
+    if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+/// A TCP listener with SO_REUSEADDR and SO_REUSEPORT, as Istio's validator opens it, so a
+/// proxy already listening does not make validation fail.
+fn listen_on(addr: SocketAddr) -> nix::Result<TcpListener> {
+    let fd: OwnedFd = socket(
+        family_of(addr.ip()),
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    listen(&fd, Backlog::new(128)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// The original destination port of a redirected connection.
+fn original_port(stream: &TcpStream, ipv6: bool) -> nix::Result<u16> {
+    if ipv6 {
+        getsockopt(stream, sockopt::Ip6tOriginalDst).map(|a| u16::from_be(a.sin6_port))
+    } else {
+        getsockopt(stream, sockopt::OriginalDst).map(|a| u16::from_be(a.sin_port))
+    }
+}
+
+/// One connection attempt: bind the family's localhost, connect to the target, close.
+fn probe_once(probe: Probe, port: Port, timeout: Duration) -> Result<(), String> {
+    let fd: OwnedFd = socket(
+        family_of(probe.listen),
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    let tv = TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
+    setsockopt(&fd, sockopt::SendTimeout, &tv).map_err(|e| e.to_string())?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    bind(
+        raw,
+        &SockaddrStorage::from(SocketAddr::new(probe.listen, 0)),
+    )
+    .map_err(|e| e.to_string())?;
+    connect(
+        raw,
+        &SockaddrStorage::from(SocketAddr::new(probe.target, port.get())),
+    )
+    .map_err(|e| format!("connecting to {}:{port}: {e}", probe.target))
+}
+
+/// Runs one family's probe: listeners on `ports`, a connection attempt every second, success
+/// when one lands with `probe_port` as its original destination.
+pub fn validate(
+    probe: Probe,
+    ports: &[Port],
+    probe_port: Port,
+    timeout: Duration,
+) -> Result<(), ValidationError> {
+    let (landed, wait) = mpsc::channel::<()>();
+    let mut errors = Vec::new();
+    let mut listening = 0;
+    for &port in ports {
+        match listen_on(SocketAddr::new(probe.listen, port.get())) {
+            Ok(listener) => {
+                listening += 1;
+                let landed = landed.clone();
+                let ipv6 = probe.listen.is_ipv6();
+                std::thread::spawn(move || {
+                    for mut stream in listener.incoming().flatten() {
+                        let Ok(original) = original_port(&stream, ipv6) else {
+                            continue;
+                        };
+                        let _ = writeln!(stream, "{original}");
+                        if original == probe_port.get() {
+                            let _ = landed.send(());
+                        }
+                    }
+                });
+            }
+            Err(e) => errors.push(format!("{}:{port}: {e}", probe.listen)),
+        }
+    }
+    if listening == 0 {
+        return Err(ValidationError::NoListener(probe.listen, errors.join("; ")));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut last = "no attempt".to_string();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ValidationError::Timeout {
+                target: probe.target,
+                port: probe_port,
+                timeout,
+                last,
+            });
+        }
+        let attempt = left.min(Duration::from_secs(1));
+        let started = Instant::now();
+        match probe_once(probe, probe_port, attempt) {
+            Ok(()) => last = "connected, but not to a capture port".to_string(),
+            Err(e) => last = e,
+        }
+        let pause = Duration::from_secs(1)
+            .saturating_sub(started.elapsed())
+            .min(left);
+        if wait
+            .recv_timeout(pause.max(Duration::from_millis(50)))
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// What to do about a failed validation, for the operator reading the pod's logs.
+pub const FAILURE_ADVICE: &str = "traffic is not redirected to the proxy, so this workload is not ready for the mesh. \
+With Istio CNI this happens when the pod was scheduled before the node's CNI plugin was ready: \
+delete the pod so it is scheduled again (istio-cni's repair controller does this when cni.repair.deletePods=true).";

@@ -1,0 +1,85 @@
+//! `--run-validation` on a real kernel, run as the proxy user without capabilities (as Istio's
+//! istio-validation container runs): passes when the rules redirect, exits 126 when they don't.
+
+mod common;
+mod support;
+
+use support::netlab::{Lab, Netns};
+use support::require_root;
+
+const ARGS: &[&str] = &[
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
+
+/// Runs meshinit inside the pod namespace as uid/gid 1337 with no capabilities.
+fn as_proxy_user(pod: &Netns, extra: &[&str]) -> (Option<i32>, String) {
+    let mut argv = vec![
+        "setpriv",
+        "--reuid=1337",
+        "--regid=1337",
+        "--clear-groups",
+        "--inh-caps=-all",
+        env!("CARGO_BIN_EXE_meshinit"),
+    ];
+    argv.extend(ARGS);
+    argv.extend(extra);
+    let out = pod.exec(&argv, None).expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn install(pod: &Netns, extra: &[&str]) {
+    let mut argv = vec![env!("CARGO_BIN_EXE_meshinit")];
+    argv.extend(ARGS);
+    argv.extend(extra);
+    pod.run(&argv, None);
+}
+
+#[test]
+fn validation_fails_with_126_without_rules_and_passes_with_them() {
+    if !require_root("validation_fails_with_126_without_rules_and_passes_with_them") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let flags = [
+        "--run-validation",
+        "--skip-rule-apply",
+        "--probe-timeout=1500ms",
+        "--ipv6=false",
+    ];
+    let (code, stderr) = as_proxy_user(&lab.pod, &flags);
+    assert_eq!(code, Some(126), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.6:15002") && stderr.contains("not ready for the mesh"),
+        "{stderr}"
+    );
+
+    install(&lab.pod, &["--ipv6=false"]);
+    let (code, stderr) = as_proxy_user(&lab.pod, &flags);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("validation passed"), "{stderr}");
+
+    // Another probe port is honoured.
+    let (code, stderr) = as_proxy_user(
+        &lab.pod,
+        &[&flags[..], &["--iptables-probe-port=15999"]].concat(),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
