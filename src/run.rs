@@ -73,7 +73,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
 
     let plan = plan::plan(&config.capture);
     for family in plan.families() {
-        for rule in plan.rules(family) {
+        for rule in &plan.rules(family) {
             log.debug(&format!("{family:?} {rule}"));
         }
     }

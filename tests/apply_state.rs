@@ -166,7 +166,7 @@ fn every_case_applies_reads_back_reruns_as_no_op_and_cleans_up() {
                         .stdout,
                 ));
                 let expected =
-                    expected_tables(plan.rules(family), &|_| None).expect("numeric groups");
+                    expected_tables(&plan.rules(family), &|_| None).expect("numeric groups");
                 assert_eq!(
                     compare(&live, &expected),
                     State::InPlace,
@@ -330,7 +330,7 @@ fn drift_is_refused_without_changes_and_reconcile_replaces_it() {
             let live = parse_save(&String::from_utf8_lossy(
                 &lab.pod.run(&[&tool(fam)], None).stdout,
             ));
-            let expected = expected_tables(plan.rules(family), &|_| None).unwrap();
+            let expected = expected_tables(&plan.rules(family), &|_| None).unwrap();
             assert_eq!(
                 compare(&live, &expected),
                 State::InPlace,
@@ -486,7 +486,7 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
                     .run(&[&format!("{fam}-{variant}-save")], None)
                     .stdout,
             ));
-            let expected = expected_tables(plan.rules(family), &|_| None).unwrap();
+            let expected = expected_tables(&plan.rules(family), &|_| None).unwrap();
             assert_eq!(
                 compare(&live, &expected),
                 State::InPlace,

@@ -84,7 +84,7 @@ pub fn apply(
         ));
         let before =
             iptables::save(runner, tools).map_err(|e| ApplyError::Precondition(e.to_string()))?;
-        let rules = plan.rules(family);
+        let rules = &plan.rules(family);
         let expected = expected_tables(rules, &resolve).map_err(ApplyError::Precondition)?;
         let (text, fresh) = match compare(&before, &expected) {
             State::InPlace if !opts.force_apply => {
@@ -166,7 +166,7 @@ pub fn cleanup(
     let mut transactions = Vec::new();
     for family in [Family::V4, Family::V6] {
         let expected =
-            expected_tables(full.rules(family), &resolve).map_err(ApplyError::Precondition)?;
+            expected_tables(&full.rules(family), &resolve).map_err(ApplyError::Precondition)?;
         for &variant in &variants {
             let tools = Tools { family, variant };
             // A missing tool cannot have installed anything.

@@ -163,7 +163,7 @@ pub fn dry_run_text(plan: &Plan) -> String {
         out.push_str(&format!(
             "# meshinit dry run: {name} rules, as input to `{tool} --noflush`\n"
         ));
-        out.push_str(&restore_text(plan.rules(family)));
+        out.push_str(&restore_text(&plan.rules(family)));
     }
     out
 }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::{
-    Chain, CtState, Family, Match, Owner, Plan, Protocol, Rule, Table, Target, TproxyRoute,
+    Chain, CtState, Family, Match, Owner, Plan, Protocol, Rule, Scope, Table, Target, TproxyRoute,
     DNS_PORT, DNS_PROXY_PORT, OUTBOUND_MARK,
 };
 use crate::config::types::{Cidr, GroupRef, IfName, Port};
@@ -23,31 +23,28 @@ struct FamilyAddrs {
     passthrough: Cidr,
 }
 
-/// Collects rules for both families in generation order.
+/// Collects rules in generation order, each with its family scope.
 struct Rules {
-    v4: Vec<Rule>,
-    v6: Option<Vec<Rule>>,
+    list: Vec<Rule>,
+    ipv6: bool,
     v4_addrs: FamilyAddrs,
     v6_addrs: FamilyAddrs,
 }
 
 impl Rules {
     fn both(&mut self, rule: Rule) {
-        if let Some(v6) = &mut self.v6 {
-            v6.push(rule.clone());
-        }
-        self.v4.push(rule);
+        self.list.push(rule);
     }
 
+    /// A rule for one family; IPv6-only rules are dropped when IPv6 is off.
     fn only(&mut self, family: Family, rule: Rule) {
-        match family {
-            Family::V4 => self.v4.push(rule),
-            Family::V6 => {
-                if let Some(v6) = &mut self.v6 {
-                    v6.push(rule);
-                }
-            }
+        if family == Family::V6 && !self.ipv6 {
+            return;
         }
+        self.list.push(Rule {
+            scope: Scope::Only(family),
+            ..rule
+        });
     }
 
     /// A rule for both families that refers to a family-specific address.
@@ -113,8 +110,8 @@ fn not_owner(owner: &Owner) -> Match {
 /// Computes the plan for a configuration. Pure: same configuration, same plan.
 pub fn plan(c: &Capture) -> Plan {
     let mut r = Rules {
-        v4: Vec::new(),
-        v6: c.ipv6.then(Vec::new),
+        list: Vec::new(),
+        ipv6: c.ipv6,
         v4_addrs: FamilyAddrs {
             loopback: c.loopback_v4.clone(),
             passthrough: Cidr::host(IpAddr::from([127, 0, 0, 6])),
@@ -465,8 +462,8 @@ pub fn plan(c: &Capture) -> Plan {
         table: c.route_table,
     });
     Plan {
-        v4: r.v4,
-        v6: r.v6,
+        rules: r.list,
+        ipv6: c.ipv6,
         tproxy_route,
     }
 }

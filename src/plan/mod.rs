@@ -152,9 +152,26 @@ pub enum Target {
     ConntrackZone(u16),
 }
 
+/// Which families a rule is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Both,
+    Only(Family),
+}
+
+impl Scope {
+    pub fn includes(self, family: Family) -> bool {
+        match self {
+            Scope::Both => true,
+            Scope::Only(f) => f == family,
+        }
+    }
+}
+
 /// One rule of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    pub scope: Scope,
     pub table: Table,
     pub chain: Chain,
     pub position: Position,
@@ -174,6 +191,7 @@ impl Rule {
         target: Target,
     ) -> Rule {
         Rule {
+            scope: Scope::Both,
             table,
             chain,
             position: Position::Append,
@@ -219,13 +237,15 @@ impl fmt::Display for Rule {
     }
 }
 
-/// Everything to install: the rules of each family, in Istio's generation order, plus the
-/// TPROXY policy routes and the IPv6 passthrough address.
+/// Everything to install: the rules in Istio's generation order, each scoped to both families
+/// or one (a family-specific pair sits side by side, IPv4 first), plus the TPROXY policy
+/// routes. An iptables family's ruleset is the rules in its scope; nftables takes the whole list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    pub v4: Vec<Rule>,
-    /// `None` when IPv6 is off: nothing is installed for IPv6 at all.
-    pub v6: Option<Vec<Rule>>,
+    pub rules: Vec<Rule>,
+    /// Whether IPv6 is on; when off, no rule is scoped to IPv6 alone and nothing is installed
+    /// for IPv6.
+    pub ipv6: bool,
     /// `ip rule fwmark <mark> lookup <table>` + a local default route, for each family in use.
     pub tproxy_route: Option<TproxyRoute>,
 }
@@ -238,18 +258,22 @@ pub struct TproxyRoute {
 }
 
 impl Plan {
-    /// The rules of one family (empty for IPv6 when it is off).
-    pub fn rules(&self, family: Family) -> &[Rule] {
-        match family {
-            Family::V4 => &self.v4,
-            Family::V6 => self.v6.as_deref().unwrap_or(&[]),
+    /// The rules of one family, in order (none for IPv6 when it is off).
+    pub fn rules(&self, family: Family) -> Vec<Rule> {
+        if family == Family::V6 && !self.ipv6 {
+            return Vec::new();
         }
+        self.rules
+            .iter()
+            .filter(|r| r.scope.includes(family))
+            .cloned()
+            .collect()
     }
 
     /// The families the plan installs rules for.
     pub fn families(&self) -> Vec<Family> {
         let mut out = vec![Family::V4];
-        if self.v6.is_some() {
+        if self.ipv6 {
             out.push(Family::V6);
         }
         out
