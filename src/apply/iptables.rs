@@ -157,6 +157,14 @@ fn holds_ours(saved: &Saved) -> bool {
     saved.values().any(|t| t.our_chains().next().is_some())
 }
 
+/// The variant chosen for a family, why, and its live rules (read while choosing).
+#[derive(Debug)]
+pub struct Chosen {
+    pub tools: Tools,
+    pub reason: String,
+    pub state: Saved,
+}
+
 /// Picks the iptables variant for a family and says why:
 /// `--force-iptables-binary` wins; else the variant that already holds our chains; else legacy
 /// when its tables hold rules; else nft when it can create a rule in the nat table (the probe
@@ -165,7 +173,7 @@ pub fn choose_variant(
     runner: &dyn Runner,
     family: Family,
     forced: Option<IptablesVariant>,
-) -> Result<(Tools, String), IptablesError> {
+) -> Result<Chosen, IptablesError> {
     let legacy = Tools {
         family,
         variant: IptablesVariant::Legacy,
@@ -174,27 +182,44 @@ pub fn choose_variant(
         family,
         variant: IptablesVariant::Nft,
     };
+    let chosen = |tools, reason: &str, state| Chosen {
+        tools,
+        reason: reason.to_string(),
+        state,
+    };
     if let Some(variant) = forced {
         let tools = Tools { family, variant };
-        save(runner, tools)?;
-        return Ok((tools, "forced by --force-iptables-binary".to_string()));
+        return Ok(chosen(
+            tools,
+            "forced by --force-iptables-binary",
+            save(runner, tools)?,
+        ));
     }
     let legacy_saved = save(runner, legacy);
     let nft_saved = save(runner, nft);
     if let Ok(saved) = &nft_saved {
         if holds_ours(saved) {
-            return Ok((nft, "our chains are already in the nft tables".to_string()));
+            return Ok(chosen(
+                nft,
+                "our chains are already in the nft tables",
+                saved.clone(),
+            ));
         }
     }
     if let Ok(saved) = &legacy_saved {
         if holds_ours(saved) {
-            return Ok((
+            return Ok(chosen(
                 legacy,
-                "our chains are already in the legacy tables".to_string(),
+                "our chains are already in the legacy tables",
+                saved.clone(),
             ));
         }
         if holds_rules(saved) {
-            return Ok((legacy, "the legacy tables already hold rules".to_string()));
+            return Ok(chosen(
+                legacy,
+                "the legacy tables already hold rules",
+                saved.clone(),
+            ));
         }
     }
     let nft_probe = match &nft_saved {
@@ -202,8 +227,17 @@ pub fn choose_variant(
         Err(e) => Err(e.to_string()),
     };
     match (nft_probe, legacy_saved) {
-        (Ok(()), _) => Ok((nft, "nft works (nat table probe)".to_string())),
-        (Err(nft_err), Ok(_)) => Ok((legacy, format!("nft does not work ({nft_err})"))),
+        // Re-read: the probe may have created the nat table.
+        (Ok(()), _) => Ok(chosen(
+            nft,
+            "nft works (nat table probe)",
+            save(runner, nft)?,
+        )),
+        (Err(nft_err), Ok(saved)) => Ok(Chosen {
+            tools: legacy,
+            reason: format!("nft does not work ({nft_err})"),
+            state: saved,
+        }),
         (Err(nft_err), Err(legacy_err)) => Err(IptablesError::NoVariant(format!(
             "no usable iptables for {family:?}: nft: {nft_err}; legacy: {legacy_err}"
         ))),
@@ -277,7 +311,7 @@ mod tests {
     const OURS: &str = "*nat\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\nCOMMIT\n";
 
     fn pick(fake: &Fake) -> Result<IptablesVariant, IptablesError> {
-        choose_variant(fake, Family::V4, None).map(|(t, _)| t.variant)
+        choose_variant(fake, Family::V4, None).map(|c| c.tools.variant)
     }
 
     #[test]
@@ -340,10 +374,9 @@ mod tests {
             err.contains("ip6tables-nft-save") && err.contains("not installed"),
             "{err}"
         );
-        let (tools, why) =
-            choose_variant(&fake, Family::V6, Some(IptablesVariant::Legacy)).unwrap();
-        assert_eq!(tools.restore(), "ip6tables-legacy-restore");
-        assert!(why.contains("forced"));
+        let chosen = choose_variant(&fake, Family::V6, Some(IptablesVariant::Legacy)).unwrap();
+        assert_eq!(chosen.tools.restore(), "ip6tables-legacy-restore");
+        assert!(chosen.reason.contains("forced"));
     }
 
     #[test]

@@ -75,15 +75,15 @@ pub fn apply(
     let mut drift = Vec::new();
     let mut changes = Changes::new();
     for family in plan.families() {
-        let (tools, why) = iptables::choose_variant(runner, family, opts.force_iptables_binary)
+        let chosen = iptables::choose_variant(runner, family, opts.force_iptables_binary)
             .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+        let (tools, before) = (chosen.tools, chosen.state);
         log.info(&format!(
-            "{}: using {} ({why})",
+            "{}: using {} ({})",
             family_name(family),
-            tools.restore()
+            tools.restore(),
+            chosen.reason
         ));
-        let before =
-            iptables::save(runner, tools).map_err(|e| ApplyError::Precondition(e.to_string()))?;
         let rules = &plan.rules(family);
         let expected = expected_tables(rules, &resolve).map_err(ApplyError::Precondition)?;
         let (text, fresh) = match compare(&before, &expected) {
