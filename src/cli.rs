@@ -175,6 +175,8 @@ pub static FLAGS: &[FlagSpec] = &[
         "DNS servers to capture (default: nameservers of /etc/resolv.conf)"),
     flag!("xtables-wait", None, Value, "30s", ["MESHINIT_XTABLES_WAIT"], Meshinit,
         "how long legacy iptables waits for the xtables lock"),
+    flag!("check", None, Bool, "false", ["MESHINIT_CHECK"], Meshinit,
+        "compare the live rules with this configuration; change nothing (exit 3 when they differ)"),
 ];
 
 /// Environment-only settings (no flag), as in Istio.
@@ -451,7 +453,8 @@ pub fn usage() -> String {
         ));
     }
     out.push_str(
-        "\nExit codes: 0 success, 1 runtime failure, 2 invalid input, 126 validation failed.\n",
+        "\nExit codes: 0 success, 1 runtime failure, 2 invalid input, 3 --check found differences,\n\
+         126 validation failed.\n",
     );
     out
 }

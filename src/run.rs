@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::apply::{self, exec::SystemRunner, ApplyError};
 use crate::cli::{self, Command, Env};
@@ -22,13 +22,75 @@ pub mod exit_code {
     pub const FAILURE: u8 = 1;
     /// Bad input: unknown flag, invalid value. Nothing was changed.
     pub const INVALID_INPUT: u8 = 2;
+    /// `--check` found that the live rules differ from the configuration.
+    pub const CHECK_DIFFERS: u8 = 3;
     /// `--run-validation` found that traffic is not redirected (Istio's code).
     pub const VALIDATION_FAILED: u8 = 126;
 }
 
+/// What the last log line of every run reports.
+struct Summary {
+    started: Instant,
+    phases: Vec<(&'static str, Duration)>,
+    backend: String,
+    families: String,
+    rules: usize,
+    outcome: String,
+}
+
+impl Summary {
+    fn new() -> Summary {
+        Summary {
+            started: Instant::now(),
+            phases: Vec::new(),
+            backend: "iptables".to_string(),
+            families: "-".to_string(),
+            rules: 0,
+            outcome: "nothing changed".to_string(),
+        }
+    }
+
+    /// Records the time since the previous phase ended.
+    fn phase(&mut self, name: &'static str) {
+        let done: Duration = self.phases.iter().map(|(_, d)| *d).sum();
+        self.phases
+            .push((name, self.started.elapsed().saturating_sub(done)));
+    }
+
+    fn finish(mut self, log: &Log, code: u8) -> u8 {
+        self.phase("end");
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .filter(|(name, _)| *name != "end")
+            .map(|(name, d)| format!("{name} {:.1}ms", d.as_secs_f64() * 1000.0))
+            .collect();
+        log.info(&format!(
+            "summary: exit {code}; backend {}; families {}; {} rules planned; {}; time {}",
+            self.backend,
+            self.families,
+            self.rules,
+            self.outcome,
+            if phases.is_empty() {
+                "-".to_string()
+            } else {
+                phases.join(", ")
+            }
+        ));
+        code
+    }
+}
+
 /// Runs meshinit with these arguments and environment; returns the exit code.
 pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
-    let log = Log::default();
+    let mut summary = Summary::new();
+    // Until the configuration is read, log as JSON if the flag is anywhere on the line.
+    let mut log = Log {
+        json: argv
+            .iter()
+            .any(|a| a == "--log_as_json" || a == "--log_as_json=true"),
+        ..Log::default()
+    };
     let raw = match cli::parse(argv, env) {
         Ok(Command::Run(raw)) => raw,
         Ok(Command::Help) => return print_stdout(&cli::usage()),
@@ -37,7 +99,8 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         }
         Err(e) => {
             log.error(&format!("{e} (see --help)"));
-            return exit_code::INVALID_INPUT;
+            summary.outcome = "nothing changed: invalid command line".to_string();
+            return summary.finish(&log, exit_code::INVALID_INPUT);
         }
     };
     // Detection and everything after it must see the pod's namespace: enter it first, while
@@ -46,22 +109,22 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     if !netns.is_empty() {
         if let Err(e) = apply::privileges::enter_netns(Path::new(netns)) {
             log.error(&e);
-            return exit_code::FAILURE;
+            return summary.finish(&log, exit_code::FAILURE);
         }
     }
-    let started = Instant::now();
     let config = match Config::build(&raw, host) {
         Ok(config) => config,
-        Err(e @ ConfigError::Invalid { .. }) => {
+        Err(e) => {
             log.error(&e.to_string());
-            return exit_code::INVALID_INPUT;
-        }
-        Err(e @ ConfigError::Detection(_)) => {
-            log.error(&e.to_string());
-            return exit_code::FAILURE;
+            summary.outcome = "nothing changed".to_string();
+            let code = match e {
+                ConfigError::Invalid { .. } => exit_code::INVALID_INPUT,
+                ConfigError::Detection(_) => exit_code::FAILURE,
+            };
+            return summary.finish(&log, code);
         }
     };
-    let log = Log {
+    log = Log {
         level: config.run.log_level,
         json: config.run.log_json,
     };
@@ -69,7 +132,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     for warning in &config.warnings {
         log.warn(warning);
     }
-    let configured = started.elapsed();
+    summary.phase("configure");
 
     let plan = plan::plan(&config.capture);
     for family in plan.families() {
@@ -77,39 +140,72 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             log.debug(&format!("{family:?} {rule}"));
         }
     }
-    let planned = started.elapsed() - configured;
-    if config.run.dry_run {
-        return print_stdout(&backend::iptables::dry_run_text(&plan));
+    summary.families = format!("{:?}", plan.families());
+    summary.rules = plan.families().iter().map(|f| plan.rules(*f).len()).sum();
+    summary.phase("plan");
+    let run = &config.run;
+    if run.native_nftables {
+        summary.backend = "nftables".to_string();
+    }
+    if run.dry_run {
+        summary.outcome = "dry run: printed, nothing changed".to_string();
+        let text = if run.native_nftables {
+            format!(
+                "# meshinit dry run: nftables script, as input to `nft -f`\n{}",
+                backend::nftables::nft_script(&plan)
+            )
+        } else {
+            backend::iptables::dry_run_text(&plan)
+        };
+        let code = print_stdout(&text);
+        return summary.finish(&log, code);
+    }
+    if run.native_nftables {
+        log.error("applying with the native nftables backend is not implemented yet; nothing was changed (use --dry-run to print the nft script, or the iptables backend)");
+        return summary.finish(&log, exit_code::FAILURE);
+    }
+    if run.check {
+        let code = match apply::check(&plan, run, &SystemRunner) {
+            Ok(diffs) if diffs.is_empty() => {
+                summary.outcome = "check: rules in place".to_string();
+                exit_code::SUCCESS
+            }
+            Ok(diffs) => {
+                log.warn(&format!(
+                    "the live rules differ from this configuration:\n{}",
+                    diffs.join("\n")
+                ));
+                summary.outcome = "check: rules differ".to_string();
+                exit_code::CHECK_DIFFERS
+            }
+            Err(e) => {
+                log.error(&format!("cannot check: {e}"));
+                exit_code::FAILURE
+            }
+        };
+        summary.phase("check");
+        return summary.finish(&log, code);
     }
 
-    let run = &config.run;
     let result = if run.cleanup_only {
         apply::cleanup(&config.capture, run, &SystemRunner, &log)
     } else if run.skip_rule_apply {
-        Ok(vec!["rules not applied (--skip-rule-apply)".to_string()])
+        Ok(apply::Report {
+            changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
+            ..apply::Report::default()
+        })
     } else {
         apply::apply(&plan, run, &SystemRunner, &log)
     };
-    let applied = started.elapsed() - configured - planned;
+    summary.phase("apply");
     let code = match result {
-        Ok(changes) => {
-            let rules = plan
-                .families()
-                .iter()
-                .map(|f| plan.rules(*f).len())
-                .sum::<usize>();
-            let changes = if changes.is_empty() {
-                "nothing changed".to_string()
-            } else {
-                changes.join("; ")
-            };
-            log.info(&format!(
-                "summary: backend iptables, families {:?}, {rules} rules planned; {changes}; time: configure {:?}, plan {:?}, apply {:?}",
-                plan.families(),
-                configured,
-                planned,
-                applied
-            ));
+        Ok(report) => {
+            if !report.tools.is_empty() {
+                summary.backend = format!("iptables ({})", report.tools.join(", "));
+            }
+            if !report.changes.is_empty() {
+                summary.outcome = report.changes.join("; ");
+            }
             exit_code::SUCCESS
         }
         Err(e) => {
@@ -119,13 +215,16 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
                 ApplyError::Failed(_) => "applying failed",
             };
             log.error(&format!("{kind}: {e}"));
+            summary.outcome = "nothing changed".to_string();
             exit_code::FAILURE
         }
     };
     if code == exit_code::SUCCESS && run.run_validation {
-        return run_validation(&config, &log);
+        let code = run_validation(&config, &log);
+        summary.phase("validate");
+        return summary.finish(&log, code);
     }
-    code
+    summary.finish(&log, code)
 }
 
 /// `--run-validation`: the IPv4 probe, and the IPv6 one when IPv6 is on.

@@ -73,6 +73,9 @@ fn rules_of(pod: &Netns, family: Family, variant: &str) -> String {
     kept
 }
 
+/// Everything meshinit may change in a namespace: both variants' rules of both families, the
+/// policy-routing rules, every routing table and lo's addresses (read with `ip`, which tests
+/// may use; meshinit itself does not).
 fn all_rules(pod: &Netns) -> String {
     let mut out = String::new();
     for family in [Family::V4, Family::V6] {
@@ -82,6 +85,22 @@ fn all_rules(pod: &Netns) -> String {
                 rules_of(pod, family, variant)
             ));
         }
+    }
+    for argv in [
+        &["ip", "rule", "show"][..],
+        &["ip", "-6", "rule", "show"],
+        &["ip", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "-6", "addr", "show", "dev", "lo"],
+    ] {
+        let shown = String::from_utf8_lossy(&pod.run(argv, None).stdout).into_owned();
+        // Address lifetimes count down between reads; they are not state.
+        let shown: String = shown
+            .lines()
+            .filter(|l| !l.contains("valid_lft"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out.push_str(&format!("== {}\n{shown}", argv.join(" ")));
     }
     out
 }
@@ -493,5 +512,69 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
                 "{variant} {family:?}: not exactly one ruleset"
             );
         }
+    }
+}
+
+#[test]
+fn check_reports_drift_with_exit_3_and_changes_nothing() {
+    if !require_root("check_reports_drift_with_exit_3_and_changes_nothing") {
+        return;
+    }
+    for variant in VARIANTS {
+        let lab = Lab::new().expect("lab");
+        let mut args = strings(DEFAULT_ARGS);
+        args.push(format!("--force-iptables-binary={variant}"));
+        let mut check = args.clone();
+        check.push("--check".to_string());
+
+        let out = meshinit(&lab.pod, &check, &[]);
+        assert_eq!(
+            out.code,
+            Some(3),
+            "{variant}: nothing installed yet: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("none of our rules are installed"),
+            "{}",
+            out.stderr
+        );
+
+        assert_ok(&meshinit(&lab.pod, &args, &[]), variant);
+        let out = meshinit(&lab.pod, &check, &[]);
+        assert_eq!(out.code, Some(0), "{variant}: {}", out.stderr);
+
+        // Someone edits one of our chains: --check says what, and touches nothing.
+        lab.pod.run(
+            &[
+                &format!("iptables-{variant}"),
+                "-t",
+                "nat",
+                "-I",
+                "ISTIO_OUTPUT",
+                "1",
+                "-j",
+                "RETURN",
+            ],
+            None,
+        );
+        let tampered = all_rules(&lab.pod);
+        let out = meshinit(&lab.pod, &check, &[]);
+        assert_eq!(out.code, Some(3), "{variant}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("unexpected: -A ISTIO_OUTPUT -j RETURN"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(all_rules(&lab.pod), tampered, "--check changed something");
+        assert!(
+            out.stderr
+                .lines()
+                .last()
+                .unwrap_or("")
+                .contains("summary: exit 3"),
+            "{}",
+            out.stderr
+        );
     }
 }

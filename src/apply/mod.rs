@@ -5,9 +5,11 @@
 pub mod exec;
 pub mod iptables;
 pub mod lock;
+pub mod netlink;
 pub mod privileges;
 
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use caps::Capability;
@@ -22,6 +24,96 @@ use crate::log::Log;
 use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
 use iptables::Tools;
+use netlink::{Changed, Netlink};
+
+/// The address the proxy's inbound passthrough binds to under IPv6; IPv6 loopback is a /128,
+/// so it must be added to `lo` (Istio does the same).
+const PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
+/// A netlink object this run added, so a failure can take it away again.
+#[derive(Clone, Copy, Debug)]
+enum Added {
+    LoAddress,
+    FwmarkRule(Family, u32, u32),
+    LocalRoute(Family, u32),
+}
+
+/// Adds the IPv6 passthrough address and the TPROXY policy routes the plan needs, each only if
+/// missing; returns what was added. On failure, what this call added is removed again.
+fn ensure_routing(plan: &Plan, nl: &mut Netlink) -> Result<Vec<Added>, ApplyError> {
+    let mut added = Vec::new();
+    let step =
+        |added: &mut Vec<Added>, what: Added, result: Result<Changed, netlink::NetlinkError>| {
+            match result {
+                Ok(Changed::Yes) => {
+                    added.push(what);
+                    Ok(())
+                }
+                Ok(Changed::No) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+    let mut result = Ok(());
+    if plan.ipv6 {
+        result = step(
+            &mut added,
+            Added::LoAddress,
+            nl.ensure_lo_address_v6(PASSTHROUGH_V6),
+        );
+    }
+    if let (Ok(()), Some(route)) = (&result, plan.tproxy_route) {
+        for family in plan.families() {
+            result = step(
+                &mut added,
+                Added::FwmarkRule(family, route.mark, route.table),
+                nl.ensure_fwmark_rule(family, route.mark, route.table),
+            )
+            .and_then(|()| {
+                step(
+                    &mut added,
+                    Added::LocalRoute(family, route.table),
+                    nl.ensure_local_default_route(family, route.table),
+                )
+            });
+            if result.is_err() {
+                break;
+            }
+        }
+    }
+    match result {
+        Ok(()) => Ok(added),
+        Err(e) => {
+            remove_added(nl, &added);
+            Err(ApplyError::Failed(format!("{e}; nothing was left changed")))
+        }
+    }
+}
+
+/// Takes away what `ensure_routing` added, newest first.
+fn remove_added(nl: &mut Netlink, added: &[Added]) {
+    for what in added.iter().rev() {
+        // Best effort: a failure here is reported by the caller's error already.
+        let _ = match *what {
+            Added::LoAddress => nl.remove_lo_address_v6(PASSTHROUGH_V6),
+            Added::FwmarkRule(family, mark, table) => nl.remove_fwmark_rule(family, mark, table),
+            Added::LocalRoute(family, table) => nl.remove_local_default_route(family, table),
+        };
+    }
+}
+
+fn describe_added(added: &Added) -> String {
+    match added {
+        Added::LoAddress => "added ::6/128 to lo".to_string(),
+        Added::FwmarkRule(f, mark, table) => format!(
+            "{}: added rule fwmark {mark} lookup {table}",
+            family_name(*f)
+        ),
+        Added::LocalRoute(f, table) => format!(
+            "{}: added local default route in table {table}",
+            family_name(*f)
+        ),
+    }
+}
 
 /// Why applying or cleaning up stopped. In every case the namespace is as it was before.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +129,14 @@ pub enum ApplyError {
     Failed(String),
 }
 
-/// What a run changed, one line per change, for the summary.
-pub type Changes = Vec<String>;
+/// What a run did, for the summary line.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The iptables tools used per family, e.g. `IPv4 iptables-nft`.
+    pub tools: Vec<String>,
+    /// One line per change; empty when nothing changed.
+    pub changes: Vec<String>,
+}
 
 /// One family's pending restore: the tools, the state before, the input to feed.
 struct Transaction {
@@ -63,7 +161,7 @@ pub fn apply(
     opts: &RunOptions,
     runner: &dyn Runner,
     log: &Log,
-) -> Result<Changes, ApplyError> {
+) -> Result<Report, ApplyError> {
     privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
         .map_err(ApplyError::Precondition)?;
     let _lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
@@ -73,11 +171,14 @@ pub fn apply(
     // Decide everything for every family before writing anything.
     let mut transactions = Vec::new();
     let mut drift = Vec::new();
-    let mut changes = Changes::new();
+    let mut report = Report::default();
     for family in plan.families() {
         let chosen = iptables::choose_variant(runner, family, opts.force_iptables_binary)
             .map_err(|e| ApplyError::Precondition(e.to_string()))?;
         let (tools, before) = (chosen.tools, chosen.state);
+        report
+            .tools
+            .push(format!("{} {}", family_name(family), tools.main()));
         log.info(&format!(
             "{}: using {} ({})",
             family_name(family),
@@ -124,9 +225,15 @@ pub fn apply(
         )));
     }
 
-    commit(&transactions, runner, opts.xtables_wait, log)?;
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let added = ensure_routing(plan, &mut nl)?;
+    if let Err(e) = commit(&transactions, runner, opts.xtables_wait, log) {
+        remove_added(&mut nl, &added);
+        return Err(e);
+    }
+    report.changes.extend(added.iter().map(describe_added));
     for t in &transactions {
-        changes.push(format!(
+        report.changes.push(format!(
             "{}: {} {}",
             family_name(t.tools.family),
             if t.fresh {
@@ -138,7 +245,76 @@ pub fn apply(
         ));
     }
     verify(&transactions, runner, log);
-    Ok(changes)
+    Ok(report)
+}
+
+/// Compares the live rules with the plan without changing anything: the differences, one
+/// entry per family that differs (empty when everything is in place). Reads both variants and
+/// never probes, so it is safe as a readiness check.
+pub fn check(
+    plan: &Plan,
+    opts: &RunOptions,
+    runner: &dyn Runner,
+) -> Result<Vec<String>, ApplyError> {
+    let groups = load_groups();
+    let resolve = |name: &str| groups.get(name).copied();
+    let variants = match opts.force_iptables_binary {
+        Some(v) => vec![v],
+        None => vec![IptablesVariant::Nft, IptablesVariant::Legacy],
+    };
+    let mut differences = Vec::new();
+    for family in plan.families() {
+        let expected =
+            expected_tables(&plan.rules(family), &resolve).map_err(ApplyError::Precondition)?;
+        let mut found = Vec::new();
+        for &variant in &variants {
+            let tools = Tools { family, variant };
+            let Ok(live) = iptables::save(runner, tools) else {
+                continue;
+            };
+            match compare(&live, &expected) {
+                State::Absent => {}
+                state => found.push((tools, state)),
+            }
+        }
+        let name = family_name(family);
+        match found.as_slice() {
+            [] => differences.push(format!("{name}: none of our rules are installed")),
+            [(_, State::InPlace)] => {}
+            [(tools, State::Drifted(diffs))] => {
+                differences.push(format!("{name} ({}):\n{}", tools.save(), diffs.join("\n")))
+            }
+            _ => differences.push(format!(
+                "{name}: rules of ours are installed in both the legacy and the nft tables"
+            )),
+        }
+    }
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let mut expect = |what: String, present: Result<bool, netlink::NetlinkError>| match present {
+        Ok(true) => {}
+        Ok(false) => differences.push(format!("missing: {what}")),
+        Err(e) => differences.push(format!("cannot check {what}: {e}")),
+    };
+    if plan.ipv6 {
+        expect(
+            "::6/128 on lo".to_string(),
+            nl.has_lo_address_v6(PASSTHROUGH_V6),
+        );
+    }
+    if let Some(route) = plan.tproxy_route {
+        for family in plan.families() {
+            let name = family_name(family);
+            expect(
+                format!("{name} rule fwmark {} lookup {}", route.mark, route.table),
+                nl.has_fwmark_rule(family, route.mark, route.table),
+            );
+            expect(
+                format!("{name} local default route in table {}", route.table),
+                nl.has_local_default_route(family, route.table),
+            );
+        }
+    }
+    Ok(differences)
 }
 
 /// Removes everything of ours that this configuration would install, in both families and
@@ -148,7 +324,7 @@ pub fn cleanup(
     opts: &RunOptions,
     runner: &dyn Runner,
     log: &Log,
-) -> Result<Changes, ApplyError> {
+) -> Result<Report, ApplyError> {
     privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
         .map_err(ApplyError::Precondition)?;
     let _lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
@@ -187,16 +363,61 @@ pub fn cleanup(
         }
     }
     commit(&transactions, runner, opts.xtables_wait, log)?;
-    Ok(transactions
-        .iter()
-        .map(|t| {
-            format!(
-                "{}: removed rules with {}",
-                family_name(t.tools.family),
-                t.tools.restore()
-            )
-        })
-        .collect())
+    let mut removed = Vec::new();
+    let routing = plan::plan(capture);
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
+    let mut remove = |what: String, result: Result<Changed, netlink::NetlinkError>| match result {
+        Ok(Changed::Yes) => {
+            removed.push(what);
+            Ok(())
+        }
+        Ok(Changed::No) => Ok(()),
+        Err(e) => Err(ApplyError::Failed(format!(
+            "{e} (the rules are already removed)"
+        ))),
+    };
+    if let Some(route) = routing.tproxy_route {
+        for family in routing.families() {
+            let name = family_name(family);
+            remove(
+                format!(
+                    "{name}: removed local default route in table {}",
+                    route.table
+                ),
+                nl.remove_local_default_route(family, route.table),
+            )?;
+            remove(
+                format!(
+                    "{name}: removed rule fwmark {} lookup {}",
+                    route.mark, route.table
+                ),
+                nl.remove_fwmark_rule(family, route.mark, route.table),
+            )?;
+        }
+    }
+    if routing.ipv6 {
+        remove(
+            "removed ::6/128 from lo".to_string(),
+            nl.remove_lo_address_v6(PASSTHROUGH_V6),
+        )?;
+    }
+    Ok(Report {
+        tools: transactions
+            .iter()
+            .map(|t| format!("{} {}", family_name(t.tools.family), t.tools.main()))
+            .collect(),
+        changes: transactions
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}: removed rules with {}",
+                    family_name(t.tools.family),
+                    t.tools.restore()
+                )
+            })
+            .chain(removed)
+            .collect(),
+    })
 }
 
 /// Feeds each transaction in turn. If one fails, every table already written is put back as

@@ -3,3 +3,4 @@
 
 pub mod iptables;
 pub mod iptables_save;
+pub mod nftables;

@@ -130,6 +130,7 @@ pub struct RunOptions {
     pub native_nftables: bool,
     pub force_iptables_binary: Option<IptablesVariant>,
     pub xtables_wait: Duration,
+    pub check: bool,
     pub log_level: LogLevel,
     pub log_json: bool,
 }
@@ -311,6 +312,7 @@ impl Config {
                 }
                 Ok(wait)
             })?,
+            check: r.bool("check")?,
             log_level: r.flag("log_output_level", parse_log_level)?,
             log_json: r.bool("log_as_json")?,
         };

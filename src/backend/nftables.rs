@@ -1,0 +1,704 @@
+//! Plan → nftables: the `nft -f` script Istio's native nftables backend (`--native-nftables`,
+//! Istio ≥ 1.27) writes for the same configuration — inet tables `istio-proxy-nat`,
+//! `istio-proxy-mangle`, `istio-proxy-raw`, their chains and one line per rule, byte for byte.
+//! Pure text; loading it with `nft` belongs to `apply`.
+
+use std::collections::HashMap;
+
+use crate::config::types::Cidr;
+use crate::plan::{
+    Chain, CtState, Family, Match, Owner, Plan, Position, Protocol, Rule, Scope, Table, Target,
+};
+
+/// The tables in the order Istio's nftables backend writes them: nat, mangle, raw (its fixed
+/// order, not sorted by name as under iptables). Istio has no filter table; the plan never
+/// uses one, but should it, it goes last rather than being lost.
+const TABLE_ORDER: [Table; 4] = [Table::Nat, Table::Mangle, Table::Raw, Table::Filter];
+
+/// The nftables table that stands for an iptables table: `istio-proxy-<name>`.
+pub fn table_name(table: Table) -> String {
+    format!("istio-proxy-{}", table.name())
+}
+
+/// A chain's nftables name: Istio's upper-case name lower-cased with `_` → `-`
+/// (`ISTIO_OUTPUT_DNS` → `istio-output-dns`, `PREROUTING` → `prerouting`).
+pub fn chain_name(chain: Chain) -> String {
+    chain.name().to_ascii_lowercase().replace('_', "-")
+}
+
+/// Istio's chain list per table, in declaration order. Only those that receive rules are
+/// declared; jump targets without rules are not (Istio never jumps to an empty chain).
+fn declared_chains(table: Table) -> &'static [Chain] {
+    use Chain::*;
+    match table {
+        Table::Nat => &[
+            Prerouting,
+            Output,
+            IstioInbound,
+            IstioRedirect,
+            IstioInRedirect,
+            IstioOutput,
+            IstioOutputDns,
+        ],
+        Table::Mangle => &[
+            Prerouting,
+            Output,
+            IstioDivert,
+            IstioTproxy,
+            IstioInbound,
+            IstioDrop,
+        ],
+        Table::Raw => &[Prerouting, Output, IstioInbound, IstioOutputDns],
+        Table::Filter => &[Prerouting, Output],
+    }
+}
+
+/// The `{ type … hook … priority … ; }` of a base chain, or `None` for a regular chain.
+fn base_chain_spec(table: Table, chain: Chain) -> Option<String> {
+    let hook = match chain {
+        Chain::Prerouting => "prerouting",
+        Chain::Output => "output",
+        _ => return None,
+    };
+    let (kind, priority) = match (table, chain) {
+        // dstnat priority, as iptables' nat table.
+        (Table::Nat, _) => ("nat", -100),
+        // Marks set in mangle/OUTPUT must re-route the packet (TPROXY's policy routing), which
+        // only a `route` chain does; prerouting is an ordinary filter chain.
+        (Table::Mangle, Chain::Output) => ("route", -150),
+        (Table::Mangle, _) => ("filter", -150),
+        (Table::Raw, _) => ("filter", -300),
+        (Table::Filter, _) => ("filter", 0),
+    };
+    Some(format!(
+        "{{ type {kind} hook {hook} priority {priority} ; }}"
+    ))
+}
+
+/// The rules nftables gets, in plan order: those of IPv4 and of both families, IPv6-only ones
+/// when IPv6 is on — minus an IPv6-only rule whose text repeats an IPv4-only one. In an inet
+/// table a rule without an address match covers both families, so where iptables needs one
+/// copy per family (`ISTIO_OUTPUT → ISTIO_OUTPUT_DNS`, raw `PREROUTING → ISTIO_INBOUND`, the
+/// include-all `→ ISTIO_REDIRECT` and its VM-interface inserts) Istio writes it once.
+fn nft_rules(plan: &Plan) -> Vec<&Rule> {
+    let mut v4_texts: Vec<(Table, Chain, Position, String)> = Vec::new();
+    let mut out = Vec::new();
+    for rule in &plan.rules {
+        let key = || (rule.table, rule.chain, rule.position, rule_body(rule));
+        match rule.scope {
+            Scope::Both => {}
+            Scope::Only(Family::V4) => v4_texts.push(key()),
+            Scope::Only(Family::V6) => {
+                if !plan.ipv6 || v4_texts.contains(&key()) {
+                    continue;
+                }
+            }
+        }
+        out.push(rule);
+    }
+    out
+}
+
+/// The 0-based index an insert goes to, or `None` when it must be an append: iptables
+/// positions are 1-based, and nft refuses an index into an empty chain or at/after its end,
+/// which Istio turns into `add rule` (`chain_len` = rules the chain has at that point).
+pub fn insert_index(position: Position, chain_len: usize) -> Option<usize> {
+    match position {
+        Position::Append => None,
+        Position::Insert(n) => {
+            let index = (n as usize).saturating_sub(1);
+            (chain_len > 0 && index < chain_len).then_some(index)
+        }
+    }
+}
+
+/// The whole `nft -f` script for a plan: per table with rules (nat, mangle, raw), `add table`
+/// and `flush table`, the chains that receive rules, then the rules in generation order
+/// (`add rule …` or `insert rule … index N …`). Empty when nothing is planned.
+pub fn nft_script(plan: &Plan) -> String {
+    let rules = nft_rules(plan);
+    let mut out = String::new();
+    for table in TABLE_ORDER {
+        let rules: Vec<&Rule> = rules.iter().copied().filter(|r| r.table == table).collect();
+        if rules.is_empty() {
+            continue;
+        }
+        let t = table_name(table);
+        out.push_str(&format!("add table inet {t}\nflush table inet {t}\n"));
+        for chain in chains_with_rules(table, &rules) {
+            let name = chain_name(chain);
+            match base_chain_spec(table, chain) {
+                Some(spec) => out.push_str(&format!("add chain inet {t} {name} {spec}\n")),
+                None => out.push_str(&format!("add chain inet {t} {name}\n")),
+            }
+        }
+        let mut chain_len: HashMap<Chain, usize> = HashMap::new();
+        for rule in rules {
+            let len = chain_len.entry(rule.chain).or_default();
+            let chain = chain_name(rule.chain);
+            let body = rule_body(rule);
+            match insert_index(rule.position, *len) {
+                Some(i) => {
+                    out.push_str(&format!("insert rule inet {t} {chain} index {i} {body}\n"))
+                }
+                None => out.push_str(&format!("add rule inet {t} {chain} {body}\n")),
+            }
+            *len += 1;
+        }
+    }
+    out
+}
+
+/// The chains of a table that receive rules, in Istio's declaration order; a chain Istio's
+/// list lacks (not planned today) follows, in order of first use, so the script still loads.
+fn chains_with_rules(table: Table, rules: &[&Rule]) -> Vec<Chain> {
+    let used = |c: &Chain| rules.iter().any(|r| r.chain == *c);
+    let known = declared_chains(table);
+    let mut out: Vec<Chain> = known.iter().copied().filter(used).collect();
+    for rule in rules {
+        if !known.contains(&rule.chain) && !out.contains(&rule.chain) {
+            out.push(rule.chain);
+        }
+    }
+    out
+}
+
+/// A rule's text after its chain: the matches in nftables' order, `counter`, the statement.
+pub fn rule_body(rule: &Rule) -> String {
+    let mut words: Vec<(u8, String)> = Vec::new();
+    if let Some(words_l4) = l4proto(rule) {
+        words.push((RANK_L4PROTO, words_l4));
+    }
+    for m in &rule.matches {
+        if let Some(word) = match_text(rule, m) {
+            words.push(word);
+        }
+    }
+    // Istio writes matches in one fixed order whatever iptables' order was; a stable sort
+    // keeps lists of one kind (owner-group include lists) as given.
+    words.sort_by_key(|(rank, _)| *rank);
+    let mut out: Vec<String> = words.into_iter().map(|(_, w)| w).collect();
+    out.push(statement(rule));
+    out.join(" ")
+}
+
+// The order of match kinds in Istio's nft rules: interface, `meta l4proto`, `ct state`,
+// (conn)mark, address, port, socket owner. The raw table is the exception (see `port_rank`).
+const RANK_IFACE: u8 = 0;
+const RANK_L4PROTO: u8 = 1;
+const RANK_CTSTATE: u8 = 2;
+const RANK_MARK: u8 = 3;
+const RANK_ADDR: u8 = 4;
+const RANK_PORT: u8 = 5;
+const RANK_OWNER: u8 = 6;
+
+/// Ports sort after addresses, except in raw, where Istio's conntrack-zone rules start with
+/// the port (`udp dport 53 ip daddr …`, `udp sport 53 ip saddr …`).
+fn port_rank(rule: &Rule) -> u8 {
+    if rule.table == Table::Raw {
+        RANK_L4PROTO
+    } else {
+        RANK_PORT
+    }
+}
+
+/// The `meta l4proto tcp` word, where Istio writes one. A port match (`tcp dport …`) already
+/// implies the protocol, and Istio leaves the `meta l4proto` out of: every UDP rule; the
+/// ISTIO_OUTPUT rules on a plain destination port (excluded `-o` and included `-q` ports);
+/// the per-server DNS redirects (only the capture-all one has it). Everywhere else TCP rules
+/// carry it — including the invalid-drop rule, which under nftables is TCP-only although the
+/// plan (like iptables) matches every protocol.
+fn l4proto(rule: &Rule) -> Option<String> {
+    let has_port = rule.matches.iter().any(|m| {
+        matches!(
+            m,
+            Match::DestinationPort { .. } | Match::SourcePort(_) | Match::DestinationPortNotIn(_)
+        )
+    });
+    let positive_dport = rule
+        .matches
+        .iter()
+        .any(|m| matches!(m, Match::DestinationPort { negate: false, .. }));
+    let has_destination = rule
+        .matches
+        .iter()
+        .any(|m| matches!(m, Match::Destination { .. }));
+    let proto = match rule.protocol() {
+        Some(p) => p,
+        None if is_invalid_drop(rule) => Protocol::Tcp,
+        None => return None,
+    };
+    let name = protocol_name(proto);
+    if !has_port {
+        return Some(format!("meta l4proto {name}"));
+    }
+    let written = match proto {
+        Protocol::Udp => false,
+        Protocol::Tcp => match rule.chain {
+            Chain::IstioOutput => !positive_dport,
+            Chain::IstioOutputDns => !has_destination,
+            _ => true,
+        },
+    };
+    written.then(|| format!("meta l4proto {name}"))
+}
+
+fn is_invalid_drop(rule: &Rule) -> bool {
+    rule.matches
+        .iter()
+        .any(|m| matches!(m, Match::ConntrackState(CtState::Invalid)))
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn neq(negate: bool) -> &'static str {
+    if negate {
+        "!= "
+    } else {
+        ""
+    }
+}
+
+fn ip_word(net: &Cidr) -> &'static str {
+    if net.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+
+/// One match as nft text with its rank; `None` for the protocol, which `l4proto` and the
+/// port matches express.
+fn match_text(rule: &Rule, m: &Match) -> Option<(u8, String)> {
+    // Port expressions name their protocol (`tcp dport`); the plan's rules with ports always
+    // name one, TCP being Istio's default.
+    let proto = protocol_name(rule.protocol().unwrap_or(Protocol::Tcp));
+    let word = match m {
+        Match::Protocol(_) => return None,
+        Match::InInterface(name) => (RANK_IFACE, format!("iifname {name}")),
+        Match::OutInterface(name) => (RANK_IFACE, format!("oifname {name}")),
+        Match::Source(net) => (RANK_ADDR, format!("{} saddr {net}", ip_word(net))),
+        Match::Destination { net, negate } => (
+            RANK_ADDR,
+            format!("{} daddr {}{net}", ip_word(net), neq(*negate)),
+        ),
+        Match::DestinationPort { port, negate } => (
+            port_rank(rule),
+            format!("{proto} dport {}{port}", neq(*negate)),
+        ),
+        Match::SourcePort(port) => (port_rank(rule), format!("{proto} sport {port}")),
+        // An anonymous set: `tcp dport != { 53, 15008 }`.
+        Match::DestinationPortNotIn(ports) => {
+            let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+            (
+                port_rank(rule),
+                format!("{proto} dport != {{ {} }}", list.join(", ")),
+            )
+        }
+        Match::Owner { owner, negate } => {
+            // Istio spells the socket owner `meta skuid` in raw and bare `skuid` elsewhere;
+            // nft accepts both.
+            let meta = if rule.table == Table::Raw {
+                "meta "
+            } else {
+                ""
+            };
+            let (key, id) = match owner {
+                Owner::Uid(uid) => ("skuid", uid.to_string()),
+                Owner::Gid(group) => ("skgid", group.as_str().to_string()),
+            };
+            (RANK_OWNER, format!("{meta}{key} {}{id}", neq(*negate)))
+        }
+        Match::ConntrackState(state) => {
+            let state = match state {
+                CtState::Invalid => "invalid",
+                CtState::RelatedEstablished => "related,established",
+            };
+            (RANK_CTSTATE, format!("ct state {state}"))
+        }
+        Match::Mark { mark, negate } => (RANK_MARK, format!("mark {}{mark}", neq(*negate))),
+        Match::ConnMark(mark) => (RANK_MARK, format!("ct mark {mark}")),
+    };
+    Some(word)
+}
+
+/// The family a TPROXY rule diverts: that of its address match, else its scope.
+fn tproxy_family(rule: &Rule) -> &'static str {
+    let from_match = rule.matches.iter().find_map(|m| match m {
+        Match::Destination { net, .. } | Match::Source(net) => Some(ip_word(net)),
+        _ => None,
+    });
+    from_match.unwrap_or(match rule.scope {
+        Scope::Only(Family::V6) => "ip6",
+        _ => "ip",
+    })
+}
+
+/// `counter` and the statement. `counter` comes right before the verdict or statement, except
+/// for TPROXY, where Istio writes it between the mark and `accept`.
+fn statement(rule: &Rule) -> String {
+    match &rule.target {
+        Target::Jump(chain) => format!("counter jump {}", chain_name(*chain)),
+        Target::Return => "counter return".to_string(),
+        Target::Accept => "counter accept".to_string(),
+        Target::Drop => "counter drop".to_string(),
+        Target::Redirect(port) => format!("counter redirect to :{port}"),
+        Target::Tproxy { mark, port } => format!(
+            "tproxy {} to :{port} meta mark set {mark} counter accept",
+            tproxy_family(rule)
+        ),
+        Target::SetMark(mark) => format!("counter meta mark set {mark}"),
+        // CONNMARK --save-mark / --restore-mark.
+        Target::SaveMark => "counter ct mark set mark".to_string(),
+        Target::RestoreMark => "counter meta mark set ct mark".to_string(),
+        Target::ConntrackZone(zone) => format!("counter ct zone set {zone}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::types::{GroupRef, Port};
+
+    fn rule(table: Table, chain: Chain, matches: Vec<Match>, target: Target) -> Rule {
+        Rule::new(table, chain, "test", matches, target)
+    }
+
+    fn only(family: Family, r: Rule) -> Rule {
+        Rule {
+            scope: Scope::Only(family),
+            ..r
+        }
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn plan(rules: Vec<Rule>, ipv6: bool) -> Plan {
+        Plan {
+            rules,
+            ipv6,
+            tproxy_route: None,
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(table_name(Table::Mangle), "istio-proxy-mangle");
+        assert_eq!(chain_name(Chain::IstioOutputDns), "istio-output-dns");
+        assert_eq!(chain_name(Chain::IstioInRedirect), "istio-in-redirect");
+        assert_eq!(chain_name(Chain::Prerouting), "prerouting");
+    }
+
+    #[test]
+    fn insert_positions_are_zero_based_and_become_appends_past_the_end() {
+        assert_eq!(insert_index(Position::Append, 3), None);
+        // Into an empty chain: nft refuses index 0, so it is an append.
+        assert_eq!(insert_index(Position::Insert(1), 0), None);
+        assert_eq!(insert_index(Position::Insert(1), 1), Some(0));
+        // At or beyond the end: append.
+        assert_eq!(insert_index(Position::Insert(2), 1), None);
+        assert_eq!(insert_index(Position::Insert(3), 2), None);
+        assert_eq!(insert_index(Position::Insert(3), 4), Some(2));
+    }
+
+    #[test]
+    fn inserts_count_the_rules_already_in_the_chain() {
+        let ret = |iface: &str| {
+            rule(
+                Table::Nat,
+                Chain::Prerouting,
+                vec![Match::InInterface(iface.parse().unwrap())],
+                Target::Return,
+            )
+            .at(1)
+        };
+        let script = nft_script(&plan(vec![ret("eth1"), ret("eth2")], false));
+        let lines: Vec<&str> = script.lines().filter(|l| l.contains(" rule ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "add rule inet istio-proxy-nat prerouting iifname eth1 counter return",
+                "insert rule inet istio-proxy-nat prerouting index 0 iifname eth2 counter return",
+            ]
+        );
+    }
+
+    #[test]
+    fn owner_group_include_list_keeps_its_order() {
+        let not_gid = |g: &str| Match::Owner {
+            owner: Owner::Gid(g.parse::<GroupRef>().unwrap()),
+            negate: true,
+        };
+        let r = rule(
+            Table::Nat,
+            Chain::IstioOutput,
+            vec![not_gid("java"), not_gid("202")],
+            Target::Return,
+        );
+        assert_eq!(rule_body(&r), "skgid != java skgid != 202 counter return");
+    }
+
+    #[test]
+    fn owner_is_meta_skuid_in_raw_only() {
+        let m = vec![
+            Match::Protocol(Protocol::Udp),
+            Match::DestinationPort {
+                port: Port::new_const(53),
+                negate: false,
+            },
+            Match::Owner {
+                owner: Owner::Uid(3),
+                negate: false,
+            },
+        ];
+        let raw = rule(
+            Table::Raw,
+            Chain::IstioOutputDns,
+            m.clone(),
+            Target::ConntrackZone(1),
+        );
+        assert_eq!(
+            rule_body(&raw),
+            "udp dport 53 meta skuid 3 counter ct zone set 1"
+        );
+        let nat = rule(Table::Nat, Chain::IstioOutput, m, Target::Return);
+        assert_eq!(rule_body(&nat), "udp dport 53 skuid 3 counter return");
+    }
+
+    #[test]
+    fn matches_follow_nft_order_not_iptables_order() {
+        // iptables: `! -d 127.0.0.1/32 -p tcp -j TPROXY …`
+        let r = only(
+            Family::V6,
+            rule(
+                Table::Mangle,
+                Chain::IstioTproxy,
+                vec![
+                    Match::Destination {
+                        net: cidr("::1/128"),
+                        negate: true,
+                    },
+                    Match::Protocol(Protocol::Tcp),
+                ],
+                Target::Tproxy {
+                    mark: 1337,
+                    port: Port::new_const(15006),
+                },
+            ),
+        );
+        assert_eq!(
+            rule_body(&r),
+            "meta l4proto tcp ip6 daddr != ::1/128 tproxy ip6 to :15006 meta mark set 1337 counter accept"
+        );
+        // Address before port in nat, port before address in raw.
+        let dns = |table| {
+            rule(
+                table,
+                Chain::IstioOutputDns,
+                vec![
+                    Match::Protocol(Protocol::Udp),
+                    Match::DestinationPort {
+                        port: Port::new_const(53),
+                        negate: false,
+                    },
+                    Match::Destination {
+                        net: cidr("127.0.0.53/32"),
+                        negate: false,
+                    },
+                ],
+                Target::ConntrackZone(2),
+            )
+        };
+        assert!(rule_body(&dns(Table::Nat)).starts_with("ip daddr 127.0.0.53/32 udp dport 53 "));
+        assert!(rule_body(&dns(Table::Raw)).starts_with("udp dport 53 ip daddr 127.0.0.53/32 "));
+    }
+
+    #[test]
+    fn l4proto_where_istio_writes_it() {
+        let tcp_dport = |chain| {
+            rule(
+                Table::Nat,
+                chain,
+                vec![
+                    Match::Protocol(Protocol::Tcp),
+                    Match::DestinationPort {
+                        port: Port::new_const(32000),
+                        negate: false,
+                    },
+                ],
+                Target::Return,
+            )
+        };
+        assert_eq!(
+            rule_body(&tcp_dport(Chain::IstioInbound)),
+            "meta l4proto tcp tcp dport 32000 counter return"
+        );
+        assert_eq!(
+            rule_body(&tcp_dport(Chain::IstioOutput)),
+            "tcp dport 32000 counter return"
+        );
+        let invalid = rule(
+            Table::Mangle,
+            Chain::Prerouting,
+            vec![Match::ConntrackState(CtState::Invalid)],
+            Target::Jump(Chain::IstioDrop),
+        );
+        assert_eq!(
+            rule_body(&invalid),
+            "meta l4proto tcp ct state invalid counter jump istio-drop"
+        );
+    }
+
+    #[test]
+    fn per_family_copies_without_addresses_are_written_once() {
+        let jump = rule(
+            Table::Nat,
+            Chain::IstioOutput,
+            vec![],
+            Target::Jump(Chain::IstioOutputDns),
+        );
+        let dns = |net: &str| {
+            rule(
+                Table::Nat,
+                Chain::IstioOutputDns,
+                vec![Match::Destination {
+                    net: cidr(net),
+                    negate: false,
+                }],
+                Target::Redirect(Port::new_const(15053)),
+            )
+        };
+        let p = plan(
+            vec![
+                only(Family::V4, jump.clone()),
+                only(Family::V6, jump.clone()),
+                only(Family::V4, dns("10.0.0.1/32")),
+                only(Family::V6, dns("::1/128")),
+            ],
+            true,
+        );
+        let kept = nft_rules(&p);
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept[0].scope, Scope::Only(Family::V4));
+        // An IPv6-only rule alone stays; with IPv6 off it goes.
+        let p = plan(vec![only(Family::V6, jump)], true);
+        assert_eq!(nft_rules(&p).len(), 1);
+        let p = Plan { ipv6: false, ..p };
+        assert!(nft_rules(&p).is_empty());
+        assert_eq!(nft_script(&p), "");
+    }
+
+    /// The rule lines of the script for a command line (IPv6 and DNS servers given, so
+    /// nothing is detected from the host).
+    fn script_rules(args: &[&str]) -> Vec<String> {
+        use crate::cli::{parse, Command, Env};
+        use crate::config::{detect::SystemHost, Config};
+        let mut argv = vec!["meshinit".to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let Command::Run(raw) = parse(&argv, &Env::new()).unwrap() else {
+            panic!("not a run")
+        };
+        let config = Config::build(&raw, &SystemHost).unwrap();
+        nft_script(&crate::plan::plan(&config.capture))
+            .lines()
+            .filter(|l| l.contains(" rule "))
+            .map(String::from)
+            .collect()
+    }
+
+    // The paths below have no golden; the expected text is what Istio's nftables Run()
+    // generates for them.
+    #[test]
+    fn capture_all_dns_keeps_l4proto_on_tcp_only() {
+        let rules = script_rules(&[
+            "--redirect-dns=true",
+            "--capture-all-dns=true",
+            "--ipv6=true",
+            "--dns-servers=",
+        ]);
+        let nat_dns = "add rule inet istio-proxy-nat istio-output-dns";
+        let raw = "add rule inet istio-proxy-raw";
+        for line in [
+            format!("{nat_dns} meta l4proto tcp tcp dport 53 counter redirect to :15053"),
+            format!("{nat_dns} udp dport 53 counter redirect to :15053"),
+            format!("{raw} prerouting counter jump istio-inbound"),
+            format!("{raw} istio-output-dns udp dport 53 counter ct zone set 2"),
+            format!("{raw} istio-inbound udp sport 53 counter ct zone set 1"),
+        ] {
+            assert_eq!(rules.iter().filter(|r| **r == line).count(), 1, "{line}");
+        }
+        let jumps = "add rule inet istio-proxy-nat istio-output counter jump istio-output-dns";
+        assert_eq!(rules.iter().filter(|r| *r == jumps).count(), 1);
+    }
+
+    #[test]
+    fn excluded_ports() {
+        let rules = script_rules(&[
+            "--istio-inbound-ports=*",
+            "--istio-local-exclude-ports=7000",
+            "--istio-local-outbound-ports-exclude=8000",
+            "--ipv6=false",
+            "--dns-servers=",
+        ]);
+        let nat = "add rule inet istio-proxy-nat";
+        for line in [
+            format!("{nat} istio-inbound meta l4proto tcp tcp dport 7000 counter return"),
+            format!("{nat} istio-inbound meta l4proto tcp counter jump istio-in-redirect"),
+            format!("{nat} istio-output tcp dport 8000 counter return"),
+            format!("{nat} istio-output udp dport 8000 counter return"),
+        ] {
+            assert!(rules.contains(&line), "{line} missing from {rules:#?}");
+        }
+    }
+
+    #[test]
+    fn include_all_with_vm_interfaces_is_written_once_for_both_families() {
+        let rules = script_rules(&[
+            "--istio-service-cidr=*",
+            "--kube-virt-interfaces=eth1",
+            "--ipv6=true",
+            "--dns-servers=",
+        ]);
+        let tail = &rules[rules.len() - 2..];
+        assert_eq!(
+            tail,
+            [
+                "add rule inet istio-proxy-nat istio-output counter jump istio-redirect",
+                "insert rule inet istio-proxy-nat prerouting index 0 iifname eth1 counter jump istio-redirect",
+            ]
+        );
+    }
+
+    #[test]
+    fn only_chains_with_rules_are_declared_in_istios_order() {
+        let r = |chain, target| rule(Table::Raw, chain, vec![], target);
+        let p = plan(
+            vec![
+                r(Chain::Output, Target::Jump(Chain::IstioOutputDns)),
+                r(Chain::IstioOutputDns, Target::ConntrackZone(1)),
+                r(Chain::Prerouting, Target::Jump(Chain::IstioInbound)),
+            ],
+            false,
+        );
+        let chains: Vec<String> = nft_script(&p)
+            .lines()
+            .filter(|l| l.starts_with("add chain"))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            chains,
+            [
+                "add chain inet istio-proxy-raw prerouting { type filter hook prerouting priority -300 ; }",
+                "add chain inet istio-proxy-raw output { type filter hook output priority -300 ; }",
+                "add chain inet istio-proxy-raw istio-output-dns",
+            ]
+        );
+    }
+}
