@@ -1,12 +1,12 @@
 //! The binary end to end, without privileges: Istio's default istio-init invocation, exit codes
 //! and error messages for bad input, help.
 
-mod common;
+mod support;
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use common::{diff, run_meshinit};
+use support::{diff, run_meshinit};
 
 /// The rules newest Istio installs for the default sidecar (reference §3.11, newest form).
 const DEFAULT_SIDECAR_RULES: &str = "\

@@ -1,9 +1,9 @@
 //! Istio's own 27 iptables test cases, read in place from `../shared/conformance/iptables`:
 //! `meshinit --dry-run` with each case's arguments must print exactly Istio's restore input.
 
-mod common;
+mod support;
 
-use common::{conformance_cases, diff, run_meshinit};
+use support::{conformance_cases, diff, run_meshinit};
 
 #[test]
 fn every_iptables_case_matches_istio_byte_for_byte() {

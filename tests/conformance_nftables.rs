@@ -3,9 +3,9 @@
 //! must print exactly the nft script Istio's native nftables backend writes (`ruleset.nft`,
 //! `#` lines ignored).
 
-mod common;
+mod support;
 
-use common::{conformance_cases, diff, run_meshinit};
+use support::{conformance_cases, diff, run_meshinit};
 
 /// Drops the lines nft ignores anyway (`#` comments), keeping every other line as is.
 fn without_comments(text: &str) -> String {

@@ -3,8 +3,8 @@
 //! independent string-level model of Istio's generator (`tests/istio_model`), must agree byte
 //! for byte. A failure prints the case in the conformance `args` format.
 
-mod common;
 mod istio_model;
+mod support;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -145,8 +145,8 @@ proptest! {
             ours_v4 == model_v4 && ours_v6 == model_v6,
             "case:\n{}\nIPv4:\n{}\nIPv6:\n{}",
             to_case_args(&cfg),
-            common::diff(&model_v4, &ours_v4),
-            common::diff(&model_v6, &ours_v6)
+            support::diff(&model_v4, &ours_v4),
+            support::diff(&model_v6, &ours_v6)
         );
     }
 }

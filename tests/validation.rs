@@ -1,7 +1,6 @@
 //! `--run-validation` on a real kernel, run as the proxy user without capabilities (as Istio's
 //! istio-validation container runs): passes when the rules redirect, exits 126 when they don't.
 
-mod common;
 mod support;
 
 use support::netlab::{Lab, Netns};

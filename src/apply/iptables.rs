@@ -77,10 +77,16 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
     if out.success() {
         return Ok(out);
     }
+    let hint = if out.stderr.contains("xtables lock") {
+        " (another program holds the xtables lock, /run/xtables.lock, longer than --xtables-wait)"
+            .to_string()
+    } else {
+        kernel_hint(&out.stderr)
+    };
     Err(IptablesError::Tool {
         program: program.to_string(),
         code: out.code,
-        hint: kernel_hint(&out.stderr),
+        hint,
         stderr: out.stderr.trim().to_string(),
     })
 }

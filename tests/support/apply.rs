@@ -1,0 +1,168 @@
+//! Helpers for the tests that apply rules in a lab namespace: running meshinit there, reading
+//! back everything it may change, the plan for a command line, and tool directories with one
+//! tool broken on purpose.
+
+use std::path::Path;
+
+use meshinit::backend::iptables_save::parse_save;
+use meshinit::cli::{self, Command};
+use meshinit::config::detect::SystemHost;
+use meshinit::config::Config;
+use meshinit::plan::{self, Family};
+
+use super::netlab::Netns;
+use super::{run_meshinit, Output};
+
+pub const VARIANTS: [&str; 2] = ["legacy", "nft"];
+
+pub fn path_env() -> (String, String) {
+    (
+        "PATH".to_string(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+    )
+}
+
+/// Runs meshinit in the lab's pod namespace with these arguments and environment (plus PATH).
+pub fn meshinit(pod: &Netns, args: &[String], env: &[(String, String)]) -> Output {
+    let mut full = args.to_vec();
+    full.push(format!("--network-namespace={}", pod.path().display()));
+    let mut env = env.to_vec();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(path_env());
+    }
+    run_meshinit(&full, &env)
+}
+
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// One family's rules as the kernel holds them, normalised: no comments or counters, and no
+/// tables that hold nothing (an empty table has no effect, and loading one cannot be undone
+/// with legacy iptables).
+pub fn rules_of(pod: &Netns, family: Family, variant: &str) -> String {
+    let tool = match family {
+        Family::V4 => format!("iptables-{variant}-save"),
+        Family::V6 => format!("ip6tables-{variant}-save"),
+    };
+    let out = pod.run(&[&tool], None);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut kept = String::new();
+    for (name, table) in parse_save(&text) {
+        let has_content = !table.rules.is_empty()
+            || table.chains.iter().any(|c| {
+                !["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"].contains(&c.as_str())
+            });
+        if has_content {
+            kept.push_str(&format!("table {name}\n"));
+            for line in table.text.lines().filter(|l| !l.starts_with('*')) {
+                let line = match line.find(" [") {
+                    Some(i) if line.starts_with(':') => &line[..i],
+                    _ => line,
+                };
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    kept
+}
+
+/// Everything meshinit may change in a namespace: both variants' rules of both families, the
+/// policy-routing rules, every routing table and lo's addresses (read with `ip`, which tests
+/// may use; meshinit itself does not).
+pub fn all_rules(pod: &Netns) -> String {
+    let mut out = String::new();
+    for family in [Family::V4, Family::V6] {
+        for variant in VARIANTS {
+            out.push_str(&format!(
+                "== {family:?} {variant}\n{}",
+                rules_of(pod, family, variant)
+            ));
+        }
+    }
+    for argv in [
+        &["ip", "rule", "show"][..],
+        &["ip", "-6", "rule", "show"],
+        &["ip", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "-6", "addr", "show", "dev", "lo"],
+    ] {
+        let shown = String::from_utf8_lossy(&pod.run(argv, None).stdout).into_owned();
+        // Address lifetimes count down between reads; they are not state.
+        let shown: String = shown
+            .lines()
+            .filter(|l| !l.contains("valid_lft"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out.push_str(&format!("== {}\n{shown}", argv.join(" ")));
+    }
+    out
+}
+
+/// The plan meshinit makes for these arguments, built through the library.
+pub fn plan_for(args: &[String], env: &[(String, String)]) -> plan::Plan {
+    let argv: Vec<String> = std::iter::once("meshinit".to_string())
+        .chain(args.iter().cloned())
+        .collect();
+    let env: cli::Env = env.iter().cloned().collect();
+    let Ok(Command::Run(raw)) = cli::parse(&argv, &env) else {
+        panic!("args parse")
+    };
+    let config = Config::build(&raw, &SystemHost).expect("valid config");
+    plan::plan(&config.capture)
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{what}: meshinit failed:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("read-back differs"),
+        "{what}: {}",
+        out.stderr
+    );
+}
+
+pub const DEFAULT_ARGS: &[&str] = &[
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+    "--ipv6=true",
+];
+
+/// A directory whose tools are the real ones, except `broken`, which always fails.
+pub fn tools_with_broken(dir: &Path, broken: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir("/usr/sbin").unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.contains("tables") && name != broken {
+            let _ = std::os::unix::fs::symlink(&path, dir.join(&name));
+        }
+    }
+    let script = dir.join(broken);
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncat >/dev/null\necho 'simulated failure' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir.display().to_string()
+}
