@@ -189,7 +189,9 @@ fn invalid_input_exits_2_and_changes_nothing() {
     }
     let lab = Lab::new().expect("lab");
     let before = all_rules(&lab.pod);
-    let bad: &[(&[&str], &[(&str, &str)])] = &[
+    // (extra arguments, environment)
+    type Input<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    let bad: &[Input] = &[
         (&["-p", "0"], &[]),
         (&["-i", "10.0.0.0/33"], &[]),
         (&["-k", "bad/name"], &[]),
