@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use meshinit::backend::iptables_save::{compare, expected_tables, parse_save, State};
 use meshinit::plan::Family;
 use support::apply::{
-    all_rules, assert_ok, meshinit, path_env, plan_for, strings, tools_with_broken, DEFAULT_ARGS,
+    all_rules, assert_ok, default_args, meshinit, path_env, plan_for, strings, tools_with_broken,
     VARIANTS,
 };
 use support::netlab::{Lab, Netns};
@@ -134,7 +134,7 @@ fn foreign_rules_survive_install_and_cleanup_exactly() {
         let lab = Lab::new().expect("lab");
         add_foreign_rules(&lab.pod, variant);
         let before = all_rules(&lab.pod);
-        let mut args = strings(DEFAULT_ARGS);
+        let mut args = default_args();
         args.extend(strings(&[
             "--redirect-dns",
             "--dns-servers=10.96.0.10",
@@ -179,7 +179,7 @@ fn drift_is_refused_without_changes_and_reconcile_replaces_it() {
     for variant in VARIANTS {
         let lab = Lab::new().expect("lab");
         let force = format!("--force-iptables-binary={variant}");
-        let mut first = strings(DEFAULT_ARGS);
+        let mut first = default_args();
         first.extend(strings(&[
             "--redirect-dns",
             "--capture-all-dns",
@@ -190,7 +190,7 @@ fn drift_is_refused_without_changes_and_reconcile_replaces_it() {
         assert_ok(&meshinit(&lab.pod, &first, &[]), variant);
         let installed = all_rules(&lab.pod);
 
-        let mut second = strings(DEFAULT_ARGS);
+        let mut second = default_args();
         second.extend(strings(&["-i", "10.0.0.0/8", "-q", "443", &force]));
         let refused = meshinit(&lab.pod, &second, &[]);
         assert_eq!(refused.code, Some(1), "{variant}: {}", refused.stderr);
@@ -248,7 +248,7 @@ fn a_failing_ipv6_half_rolls_back_the_ipv4_half() {
         ));
         let path = tools_with_broken(&dir, &format!("ip6tables-{variant}-restore"));
         let env = vec![("PATH".to_string(), format!("{path}:/usr/bin:/bin"))];
-        let mut args = strings(DEFAULT_ARGS);
+        let mut args = default_args();
         args.push(format!("--force-iptables-binary={variant}"));
         let out = meshinit(&lab.pod, &args, &env);
         std::fs::remove_dir_all(&dir).ok();
@@ -278,7 +278,7 @@ fn missing_tools_and_capabilities_stop_before_any_change() {
     let empty = PathBuf::from(format!("/tmp/meshinit-test-empty-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
     let env = vec![("PATH".to_string(), empty.display().to_string())];
-    let out = meshinit(&lab.pod, &strings(DEFAULT_ARGS), &env);
+    let out = meshinit(&lab.pod, &default_args(), &env);
     std::fs::remove_dir_all(&empty).ok();
     assert_eq!(out.code, Some(1));
     assert!(
@@ -296,7 +296,8 @@ fn missing_tools_and_capabilities_stop_before_any_change() {
         "--clear-groups",
         meshinit_bin,
     ];
-    argv.extend(DEFAULT_ARGS);
+    let args = default_args();
+    argv.extend(args.iter().map(String::as_str));
     let out = lab.pod.exec(&argv, None).expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -314,7 +315,7 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
     }
     for variant in VARIANTS {
         let lab = Lab::new().expect("lab");
-        let mut args = strings(DEFAULT_ARGS);
+        let mut args = default_args();
         args.extend(strings(&[
             "--redirect-dns",
             "--capture-all-dns",
@@ -365,7 +366,7 @@ fn check_reports_drift_with_exit_3_and_changes_nothing() {
     }
     for variant in VARIANTS {
         let lab = Lab::new().expect("lab");
-        let mut args = strings(DEFAULT_ARGS);
+        let mut args = default_args();
         args.push(format!("--force-iptables-binary={variant}"));
         let mut check = args.clone();
         check.push("--check".to_string());

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 
 use support::netlab::{Client, ClientError, Creds, Lab, Landing, Listener, ListenerSpec, Netns};
-use support::require_root;
+use support::{require_root, ISTIO_INIT_ARGS};
 
 const PROXY: u32 = 1337;
 const APP: u32 = 1000;
@@ -23,26 +23,6 @@ const OUTBOUND_PORT: u16 = 15001;
 const INBOUND_PORT: u16 = 15006;
 const TUNNEL_PORT: u16 = 15008;
 const DNS_PROXY_PORT: u16 = 15053;
-
-/// Istio's default istio-init arguments (injection template), without the log flag.
-const ISTIO_DEFAULTS: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
 
 /// The iptables variant meshinit is forced to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,7 +382,7 @@ fn default_sidecar(lab: &Lab, variant: Variant) {
     ls.tcp(peer_ns, "peer-80", any4(80))
         .udp(peer_ns, "peer-udp-80", any4(80));
 
-    let m = Meshinit::new(lab, variant, false, ISTIO_DEFAULTS);
+    let m = Meshinit::new(lab, variant, false, ISTIO_INIT_ARGS);
     m.apply_and_check(|| {
         let out = lab.peer4(80);
         tcp_lands("app->peer:80", app().tcp(pod, out), "outbound", out);
@@ -471,7 +451,7 @@ fn dual_stack(lab: &Lab, variant: Variant) {
         .tcp(peer_ns, "peer-80", any4(80))
         .tcp(peer_ns, "peer6-80", any6(80));
 
-    let m = Meshinit::new(lab, variant, true, ISTIO_DEFAULTS);
+    let m = Meshinit::new(lab, variant, true, ISTIO_INIT_ARGS);
     m.apply_and_check(|| {
         let out6 = lab.peer6(80);
         tcp_lands("app->[peer]:80", app().tcp(pod, out6), "outbound6", out6);
@@ -519,7 +499,7 @@ fn ipv6_passthrough_source(lab: &Lab, variant: Variant) {
     let mut ls = Listeners::default();
     ls.tcp(pod, "inbound6", any6(INBOUND_PORT))
         .tcp(pod, "app6-8080", any6(8080));
-    let m = Meshinit::new(lab, variant, true, ISTIO_DEFAULTS);
+    let m = Meshinit::new(lab, variant, true, ISTIO_INIT_ARGS);
     m.apply_and_check(|| {
         let in6 = lab.pod6(8080);
         let passthrough = addr(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6), 0);
@@ -755,7 +735,7 @@ fn excluded_interface(lab: &Lab, variant: Variant) {
         .tcp(pod, "inbound", any4(INBOUND_PORT))
         .tcp(pod, "app-8080", any4(8080))
         .tcp(peer_ns, "peer-80", any4(80));
-    let mut args = ISTIO_DEFAULTS.to_vec();
+    let mut args = ISTIO_INIT_ARGS.to_vec();
     args.extend(["-c", "eth0"]);
 
     let m = Meshinit::new(lab, variant, false, &args);
@@ -792,7 +772,7 @@ fn owner_groups_exclude(lab: &Lab, variant: Variant) {
     ls.tcp(pod, "outbound", any4(OUTBOUND_PORT))
         .tcp(peer_ns, "peer-80", any4(80));
 
-    let m = Meshinit::new(lab, variant, false, ISTIO_DEFAULTS)
+    let m = Meshinit::new(lab, variant, false, ISTIO_INIT_ARGS)
         .env("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "2000");
     m.apply_and_check(|| {
         let dst = lab.peer4(80);
@@ -821,7 +801,7 @@ fn owner_groups_include(lab: &Lab, variant: Variant) {
         .tcp(peer_ns, "peer-80", any4(80))
         .tcp(peer_ns, "peer6-80", any6(80));
 
-    let m = Meshinit::new(lab, variant, true, ISTIO_DEFAULTS)
+    let m = Meshinit::new(lab, variant, true, ISTIO_INIT_ARGS)
         .env("ISTIO_OUTBOUND_OWNER_GROUPS", "3000");
     m.apply_and_check(|| {
         for (dst, captured, direct) in [
@@ -892,7 +872,7 @@ fn dns_listed_servers(lab: &Lab, variant: Variant) {
         .expect("extra peer address");
     let _ls = dns_listeners(lab, true, unlisted);
     let servers = format!("--dns-servers={},{}", lab.peer_v4, lab.peer_v6);
-    let mut args = ISTIO_DEFAULTS.to_vec();
+    let mut args = ISTIO_INIT_ARGS.to_vec();
     args.extend(["--redirect-dns", &servers]);
 
     let m = Meshinit::new(lab, variant, true, &args);
@@ -949,7 +929,7 @@ fn dns_capture_all(lab: &Lab, variant: Variant) {
     lab.add_peer_addr(other_server.into())
         .expect("extra peer address");
     let _ls = dns_listeners(lab, false, other_server);
-    let mut args = ISTIO_DEFAULTS.to_vec();
+    let mut args = ISTIO_INIT_ARGS.to_vec();
     args.extend(["--redirect-dns", "--capture-all-dns", "--dns-servers="]);
 
     let m = Meshinit::new(lab, variant, false, &args);

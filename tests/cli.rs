@@ -6,7 +6,7 @@ mod support;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use support::{diff, run_meshinit};
+use support::{diff, run_meshinit, without_comments};
 
 /// The rules newest Istio installs for the default sidecar (reference §3.11, newest form).
 const DEFAULT_SIDECAR_RULES: &str = "\
@@ -36,40 +36,21 @@ const DEFAULT_SIDECAR_RULES: &str = "\
 COMMIT
 ";
 
-/// Istio's injection template, verbatim (the shell quoting resolved), plus `--dry-run`.
-const ISTIO_INIT_ARGS: &[&str] = &[
-    "istio-iptables",
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-    "--log_output_level=default:info",
-    "--dry-run",
-    "--ipv6=false",
-];
-
-fn without_comments(text: &str) -> String {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect()
+/// Istio's default istio-init arguments with its log flag, as a dry run of an IPv4 pod.
+fn istio_init_dry_run() -> Vec<&'static str> {
+    let mut args = vec!["istio-iptables"];
+    args.extend(support::ISTIO_INIT_ARGS);
+    args.extend([
+        "--log_output_level=default:info",
+        "--dry-run",
+        "--ipv6=false",
+    ]);
+    args
 }
 
 #[test]
 fn default_istio_init_arguments_print_istios_rules() {
-    let out = run_meshinit(ISTIO_INIT_ARGS, &[]);
+    let out = run_meshinit(&istio_init_dry_run(), &[]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     let printed = without_comments(&out.stdout);
     assert!(
@@ -88,7 +69,7 @@ fn default_istio_init_arguments_print_istios_rules() {
 fn dry_run_needs_no_privileges() {
     // As root here, drop to nobody to prove it; as a normal user, this is simply unprivileged.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshinit"));
-    cmd.args(ISTIO_INIT_ARGS).env_clear();
+    cmd.args(istio_init_dry_run()).env_clear();
     if nix::unistd::geteuid().is_root() {
         cmd.uid(65534).gid(65534);
     }
@@ -109,9 +90,8 @@ fn dry_run_needs_no_privileges() {
 fn ipv6_auto_detection_runs_unprivileged() {
     // Without --ipv6 meshinit looks at this machine's addresses; either answer is fine, but it
     // must not need privileges or fail on a machine that has a usable address.
-    let args: Vec<&str> = ISTIO_INIT_ARGS
-        .iter()
-        .copied()
+    let args: Vec<&str> = istio_init_dry_run()
+        .into_iter()
         .filter(|a| *a != "--ipv6=false")
         .collect();
     let out = run_meshinit(&args, &[]);
@@ -204,7 +184,7 @@ fn help_and_version_exit_0() {
 
 #[test]
 fn json_logs_are_json_lines_only() {
-    let mut args = ISTIO_INIT_ARGS.to_vec();
+    let mut args = istio_init_dry_run();
     args.push("--log_as_json");
     let out = run_meshinit(&args, &[]);
     assert_eq!(out.code, Some(0));

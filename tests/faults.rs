@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use support::apply::{all_rules, meshinit, strings, tools_with_broken, DEFAULT_ARGS};
+use support::apply::{all_rules, default_args, meshinit, strings, tools_with_broken};
 use support::netlab::Lab;
 use support::{diff, require_root};
 
@@ -33,7 +33,7 @@ fn a_conflicting_ipv6_half_stops_everything_before_ipv4_is_touched() {
         Some("*nat\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n"),
     );
     let before = all_rules(&lab.pod);
-    let mut args = strings(DEFAULT_ARGS);
+    let mut args = default_args();
     args.push("--force-iptables-binary=nft".to_string());
     let out = meshinit(&lab.pod, &args, &[]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
@@ -66,7 +66,7 @@ fn missing_ipv6_tools_with_ipv6_on_change_nothing() {
         }
     }
     let env = vec![("PATH".to_string(), format!("{path}:/usr/bin:/bin"))];
-    let out = meshinit(&lab.pod, &strings(DEFAULT_ARGS), &env);
+    let out = meshinit(&lab.pod, &default_args(), &env);
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     assert!(
@@ -92,7 +92,7 @@ fn a_held_xtables_lock_is_waited_for_then_reported() {
         .open("/run/xtables.lock")
         .unwrap();
     let held = Flock::lock(file, FlockArg::LockExclusive).expect("take the xtables lock");
-    let mut args = strings(DEFAULT_ARGS);
+    let mut args = default_args();
     args.extend(strings(&[
         "--force-iptables-binary=legacy",
         "--xtables-wait=1s",
@@ -135,7 +135,7 @@ fn a_held_meshinit_lock_is_waited_for_then_reported() {
         .open(&path)
         .unwrap();
     let held = Flock::lock(file, FlockArg::LockExclusive).expect("take meshinit's lock");
-    let mut args = strings(DEFAULT_ARGS);
+    let mut args = default_args();
     args.push("--xtables-wait=1s".to_string());
     let out = meshinit(&lab.pod, &args, &[]);
     drop(held);
@@ -168,7 +168,7 @@ fn a_missing_kernel_piece_is_named_and_nothing_is_left() {
     )
     .unwrap();
     let env = vec![("PATH".to_string(), format!("{path}:/usr/bin:/bin"))];
-    let mut args = strings(DEFAULT_ARGS);
+    let mut args = default_args();
     args.extend(strings(&["-m", "TPROXY", "--force-iptables-binary=nft"]));
     let out = meshinit(&lab.pod, &args, &env);
     std::fs::remove_dir_all(&dir).ok();
@@ -201,7 +201,7 @@ fn invalid_input_exits_2_and_changes_nothing() {
         (&["--no-such-flag"], &[]),
     ];
     for (extra, env) in bad {
-        let mut args = strings(DEFAULT_ARGS);
+        let mut args = default_args();
         args.extend(strings(extra));
         let env: Vec<(String, String)> = env
             .iter()

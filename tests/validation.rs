@@ -4,26 +4,7 @@
 mod support;
 
 use support::netlab::{Lab, Netns};
-use support::require_root;
-
-const ARGS: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-];
+use support::{require_root, ISTIO_INIT_ARGS as ARGS};
 
 /// Runs meshinit inside the pod namespace as uid/gid 1337 with no capabilities.
 fn as_proxy_user(pod: &Netns, extra: &[&str]) -> (Option<i32>, String) {

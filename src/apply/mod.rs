@@ -155,6 +155,17 @@ fn family_name(family: Family) -> &'static str {
     }
 }
 
+/// What applying and cleaning up both need before reading anything: the capabilities, the
+/// namespace lock (held until the returned guard drops), and the group names for owner matches.
+fn prepare(
+    opts: &RunOptions,
+) -> Result<(Option<lock::NetnsLock>, BTreeMap<String, u32>), ApplyError> {
+    privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
+        .map_err(ApplyError::Precondition)?;
+    let lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
+    Ok((lock, load_groups()))
+}
+
 /// Installs the plan's rules.
 pub fn apply(
     plan: &Plan,
@@ -162,10 +173,7 @@ pub fn apply(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
-        .map_err(ApplyError::Precondition)?;
-    let _lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
-    let groups = load_groups();
+    let (_lock, groups) = prepare(opts)?;
     let resolve = |name: &str| groups.get(name).copied();
 
     // Decide everything for every family before writing anything.
@@ -325,10 +333,7 @@ pub fn cleanup(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
-        .map_err(ApplyError::Precondition)?;
-    let _lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
-    let groups = load_groups();
+    let (_lock, groups) = prepare(opts)?;
     let resolve = |name: &str| groups.get(name).copied();
     // Plan as if IPv6 were on, so IPv6 leftovers are recognised too.
     let full = plan::plan(&Capture {

@@ -127,25 +127,12 @@ pub fn assert_ok(out: &Output, what: &str) {
     );
 }
 
-pub const DEFAULT_ARGS: &[&str] = &[
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-    "--ipv6=true",
-];
+/// Istio's default arguments with IPv6 on, so both families are exercised.
+pub fn default_args() -> Vec<String> {
+    let mut args = strings(super::ISTIO_INIT_ARGS);
+    args.push("--ipv6=true".to_string());
+    args
+}
 
 /// A directory whose tools are the real ones, except `broken`, which always fails.
 pub fn tools_with_broken(dir: &Path, broken: &str) -> String {

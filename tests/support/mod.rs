@@ -11,6 +11,27 @@ pub mod netlab;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Istio's default istio-init arguments, as its injection template passes them (the shell
+/// quoting resolved; `-x ""` is an explicit empty value), without the log flag.
+pub const ISTIO_INIT_ARGS: &[&str] = &[
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+];
+
 /// True when the test may use network namespaces. Without root the test is skipped with a
 /// note, unless `CI` is set: CI must prove the traffic behaviour, so a silent skip there
 /// would hide a misconfigured runner.
@@ -123,4 +144,47 @@ pub fn diff(expected: &str, actual: &str) -> String {
         .unified_diff()
         .header("expected", "meshinit")
         .to_string()
+}
+
+/// Runs `meshinit --dry-run` for every case of a backend and compares what it prints
+/// (without `#` lines) with `expected(case)`; reports every differing case at once.
+pub fn check_dry_run_cases(backend: &str, count: usize, expected: impl Fn(&Case) -> String) {
+    let cases = conformance_cases(backend);
+    assert_eq!(
+        cases.len(),
+        count,
+        "expected Istio's {count} {backend} cases"
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let expected = without_comments(&expected(case));
+        let mut args = case.args.clone();
+        args.push("--dry-run".to_string());
+        let out = run_meshinit(&args, &case.env);
+        let printed = without_comments(&out.stdout);
+        if out.code != Some(0) || printed != expected {
+            failures.push(format!(
+                "case {} (exit {:?}, stderr: {})\n{}",
+                case.name,
+                out.code,
+                out.stderr.trim(),
+                diff(&expected, &printed)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// The text without `#` lines (comments for iptables-restore and nft alike).
+pub fn without_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
