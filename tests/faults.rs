@@ -212,3 +212,43 @@ fn invalid_input_exits_2_and_changes_nothing() {
         assert_unchanged(&before, &all_rules(&lab.pod), &format!("{extra:?}"));
     }
 }
+
+#[test]
+fn a_non_root_user_with_file_capabilities_can_apply() {
+    if !require_root("a_non_root_user_with_file_capabilities_can_apply") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    // A copy of the binary carrying NET_ADMIN and NET_RAW as file capabilities, run as nobody:
+    // the iptables tools it starts get the capabilities only through the ambient set.
+    let dir = PathBuf::from(format!("/tmp/meshinit-filecaps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("meshinit");
+    std::fs::copy(env!("CARGO_BIN_EXE_meshinit"), &binary).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let status = std::process::Command::new("setcap")
+        .args(["cap_net_admin,cap_net_raw+ep", binary.to_str().unwrap()])
+        .status()
+        .expect("setcap (libcap2-bin) is installed");
+    assert!(status.success());
+    let mut argv = vec![
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        binary.to_str().unwrap(),
+    ];
+    let args = default_args();
+    argv.extend(args.iter().map(String::as_str));
+    // nft: legacy would also need write access to /run/xtables.lock, which nobody lacks.
+    argv.push("--force-iptables-binary=nft");
+    let out = lab.pod.exec(&argv, None).expect("runs");
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let rules = all_rules(&lab.pod);
+    assert!(
+        rules.contains("ISTIO_OUTPUT") && rules.contains("::6/128"),
+        "{rules}"
+    );
+}

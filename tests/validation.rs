@@ -63,3 +63,27 @@ fn validation_fails_with_126_without_rules_and_passes_with_them() {
     );
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn validation_probes_ipv6_too_when_ipv6_is_on() {
+    if !require_root("validation_probes_ipv6_too_when_ipv6_is_on") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    // Only IPv4 rules: the IPv6 probe to ::6 must fail.
+    install(&lab.pod, &["--ipv6=false"]);
+    let flags = [
+        "--run-validation",
+        "--skip-rule-apply",
+        "--probe-timeout=1500ms",
+        "--ipv6=true",
+    ];
+    let (code, stderr) = as_proxy_user(&lab.pod, &flags);
+    assert_eq!(code, Some(126), "{stderr}");
+    assert!(stderr.contains("::6"), "{stderr}");
+    // Both families (the IPv6 rules and ::6 on lo): passes.
+    install(&lab.pod, &["--ipv6=true", "--reconcile"]);
+    let (code, stderr) = as_proxy_user(&lab.pod, &flags);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("validation passed for ::6"), "{stderr}");
+}
