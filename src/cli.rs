@@ -175,6 +175,8 @@ pub static FLAGS: &[FlagSpec] = &[
         "DNS servers to capture (default: nameservers of /etc/resolv.conf)"),
     flag!("xtables-wait", None, Value, "30s", ["MESHINIT_XTABLES_WAIT"], Meshinit,
         "how long legacy iptables waits for the xtables lock"),
+    flag!("backend", None, Value, "auto", ["MESHINIT_BACKEND"], Meshinit,
+        "auto|iptables|nftables; auto is iptables unless no iptables tool is installed"),
     flag!("check", None, Bool, "false", ["MESHINIT_CHECK"], Meshinit,
         "compare the live rules with this configuration; change nothing (exit 3 when they differ)"),
 ];

@@ -9,7 +9,8 @@ use crate::apply::{self, exec::SystemRunner, ApplyError};
 use crate::cli::{self, Command, Env};
 use crate::config::detect::Host;
 use crate::config::{
-    Config, ConfigError, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
+    BackendChoice, Config, ConfigError, DnsCapture, InboundCapture, InterceptMode, OutboundInclude,
+    OwnerGroups,
 };
 use crate::log::Log;
 use crate::{backend, plan, validate};
@@ -144,12 +145,13 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     summary.rules = plan.families().iter().map(|f| plan.rules(*f).len()).sum();
     summary.phase("plan");
     let run = &config.run;
-    if run.native_nftables {
+    let nftables = run.backend == BackendChoice::Nftables;
+    if nftables {
         summary.backend = "nftables".to_string();
     }
     if run.dry_run {
         summary.outcome = "dry run: printed, nothing changed".to_string();
-        let text = if run.native_nftables {
+        let text = if nftables {
             format!(
                 "# meshinit dry run: nftables script, as input to `nft -f`\n{}",
                 backend::nftables::nft_script(&plan)
@@ -160,7 +162,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let code = print_stdout(&text);
         return summary.finish(&log, code);
     }
-    if run.native_nftables {
+    if nftables {
         log.error("applying with the native nftables backend is not implemented yet; nothing was changed (use --dry-run to print the nft script, or the iptables backend)");
         return summary.finish(&log, exit_code::FAILURE);
     }
@@ -311,7 +313,7 @@ fn describe(config: &Config) -> String {
          owner groups: {groups}; localhost {lb}\n\
          interfaces: excluded {xi}, VM {vi}\n\
          dns capture: {dns}; drop invalid: {di}; ipv6: {ipv6}\n\
-         run: dry-run {dry}, skip-rule-apply {skip}, validation {val}, reconcile {rec}, cleanup-only {clean}, force-apply {force}, native-nftables {nft}",
+         run: dry-run {dry}, skip-rule-apply {skip}, validation {val}, reconcile {rec}, cleanup-only {clean}, force-apply {force}, backend {nft:?}",
         version = env!("CARGO_PKG_VERSION"),
         out = c.proxy_port,
         inp = c.inbound_capture_port,
@@ -334,6 +336,6 @@ fn describe(config: &Config) -> String {
         rec = r.reconcile,
         clean = r.cleanup_only,
         force = r.force_apply,
-        nft = r.native_nftables,
+        nft = r.backend,
     )
 }

@@ -97,6 +97,15 @@ pub struct Capture {
     pub ipv6: bool,
 }
 
+/// Which backend installs the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Istio's default, iptables, unless no iptables tool is installed and nftables is there.
+    Auto,
+    Iptables,
+    Nftables,
+}
+
 /// Which iptables variant to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IptablesVariant {
@@ -127,7 +136,8 @@ pub struct RunOptions {
     pub reconcile: bool,
     pub cleanup_only: bool,
     pub force_apply: bool,
-    pub native_nftables: bool,
+    /// `--backend`, with Istio's `--native-nftables` folded in.
+    pub backend: BackendChoice,
     pub force_iptables_binary: Option<IptablesVariant>,
     pub xtables_wait: Duration,
     pub check: bool,
@@ -298,7 +308,18 @@ impl Config {
             reconcile: r.bool("reconcile")?,
             cleanup_only: r.bool("cleanup-only")?,
             force_apply: r.bool("force-apply")?,
-            native_nftables: r.bool("native-nftables")?,
+            backend: {
+                let native = r.bool("native-nftables")?;
+                r.flag("backend", |s| match (s, native) {
+                    ("auto", false) => Ok(BackendChoice::Auto),
+                    ("auto" | "nftables", true) | ("nftables", false) => {
+                        Ok(BackendChoice::Nftables)
+                    }
+                    ("iptables", false) => Ok(BackendChoice::Iptables),
+                    ("iptables", true) => Err("contradicts --native-nftables=true".to_string()),
+                    _ => Err("expected auto, iptables or nftables".to_string()),
+                })?
+            },
             force_iptables_binary: r.flag("force-iptables-binary", |s| match s {
                 "" => Ok(None),
                 "legacy" => Ok(Some(IptablesVariant::Legacy)),

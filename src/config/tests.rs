@@ -197,7 +197,8 @@ fn each_flag_reaches_the_capture_config() {
     .unwrap()
     .run;
     assert!(run.dry_run && run.skip_rule_apply && run.run_validation && run.cni_mode);
-    assert!(run.reconcile && run.cleanup_only && run.force_apply && run.native_nftables);
+    assert!(run.reconcile && run.cleanup_only && run.force_apply);
+    assert_eq!(run.backend, BackendChoice::Nftables);
     assert_eq!(run.probe_port.get(), 1);
     assert_eq!(run.probe_timeout, Duration::from_secs(60));
     assert_eq!(run.network_namespace, Some(PathBuf::from("/run/netns/x")));
@@ -499,6 +500,37 @@ fn bad_bools_durations_and_choices_are_rejected() {
         &[],
         &["--log_output_level"],
     );
+}
+
+#[test]
+fn backend_choice_folds_in_native_nftables() {
+    let backend = |args: &[&str]| build(args, &[]).map(|c| c.run.backend);
+    assert_eq!(backend(&[]).unwrap(), BackendChoice::Auto);
+    assert_eq!(
+        backend(&["--native-nftables"]).unwrap(),
+        BackendChoice::Nftables
+    );
+    assert_eq!(
+        backend(&["--backend=nftables"]).unwrap(),
+        BackendChoice::Nftables
+    );
+    assert_eq!(
+        backend(&["--backend=iptables"]).unwrap(),
+        BackendChoice::Iptables
+    );
+    assert_eq!(
+        build(&[], &[("NATIVE_NFTABLES", "true")])
+            .unwrap()
+            .run
+            .backend,
+        BackendChoice::Nftables
+    );
+    rejected(
+        &["--backend=iptables", "--native-nftables"],
+        &[],
+        &["--backend", "contradicts"],
+    );
+    rejected(&["--backend=nft"], &[], &["--backend", "MESHINIT_BACKEND"]);
 }
 
 #[test]
