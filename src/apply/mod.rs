@@ -7,9 +7,9 @@ pub mod iptables;
 pub mod lock;
 pub mod netlink;
 pub mod privileges;
+pub mod routing;
 
 use std::collections::BTreeMap;
-use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use caps::Capability;
@@ -25,95 +25,6 @@ use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
 use iptables::Tools;
 use netlink::{Changed, Netlink};
-
-/// The address the proxy's inbound passthrough binds to under IPv6; IPv6 loopback is a /128,
-/// so it must be added to `lo` (Istio does the same).
-const PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
-
-/// A netlink object this run added, so a failure can take it away again.
-#[derive(Clone, Copy, Debug)]
-enum Added {
-    LoAddress,
-    FwmarkRule(Family, u32, u32),
-    LocalRoute(Family, u32),
-}
-
-/// Adds the IPv6 passthrough address and the TPROXY policy routes the plan needs, each only if
-/// missing; returns what was added. On failure, what this call added is removed again.
-fn ensure_routing(plan: &Plan, nl: &mut Netlink) -> Result<Vec<Added>, ApplyError> {
-    let mut added = Vec::new();
-    let step =
-        |added: &mut Vec<Added>, what: Added, result: Result<Changed, netlink::NetlinkError>| {
-            match result {
-                Ok(Changed::Yes) => {
-                    added.push(what);
-                    Ok(())
-                }
-                Ok(Changed::No) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-    let mut result = Ok(());
-    if plan.ipv6 {
-        result = step(
-            &mut added,
-            Added::LoAddress,
-            nl.ensure_lo_address_v6(PASSTHROUGH_V6),
-        );
-    }
-    if let (Ok(()), Some(route)) = (&result, plan.tproxy_route) {
-        for family in plan.families() {
-            result = step(
-                &mut added,
-                Added::FwmarkRule(family, route.mark, route.table),
-                nl.ensure_fwmark_rule(family, route.mark, route.table),
-            )
-            .and_then(|()| {
-                step(
-                    &mut added,
-                    Added::LocalRoute(family, route.table),
-                    nl.ensure_local_default_route(family, route.table),
-                )
-            });
-            if result.is_err() {
-                break;
-            }
-        }
-    }
-    match result {
-        Ok(()) => Ok(added),
-        Err(e) => {
-            remove_added(nl, &added);
-            Err(ApplyError::Failed(format!("{e}; nothing was left changed")))
-        }
-    }
-}
-
-/// Takes away what `ensure_routing` added, newest first.
-fn remove_added(nl: &mut Netlink, added: &[Added]) {
-    for what in added.iter().rev() {
-        // Best effort: a failure here is reported by the caller's error already.
-        let _ = match *what {
-            Added::LoAddress => nl.remove_lo_address_v6(PASSTHROUGH_V6),
-            Added::FwmarkRule(family, mark, table) => nl.remove_fwmark_rule(family, mark, table),
-            Added::LocalRoute(family, table) => nl.remove_local_default_route(family, table),
-        };
-    }
-}
-
-fn describe_added(added: &Added) -> String {
-    match added {
-        Added::LoAddress => "added ::6/128 to lo".to_string(),
-        Added::FwmarkRule(f, mark, table) => format!(
-            "{}: added rule fwmark {mark} lookup {table}",
-            family_name(*f)
-        ),
-        Added::LocalRoute(f, table) => format!(
-            "{}: added local default route in table {table}",
-            family_name(*f)
-        ),
-    }
-}
 
 /// Why applying or cleaning up stopped. In every case the namespace is as it was before.
 #[derive(Debug, thiserror::Error)]
@@ -233,13 +144,18 @@ pub fn apply(
         )));
     }
 
+    // Routing first: without its rules it changes nothing, while rules without their routes
+    // would lose TPROXY'd connections.
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let added = ensure_routing(plan, &mut nl)?;
+    let added = routing::ensure_all(&mut nl, plan)
+        .map_err(|e| ApplyError::Failed(format!("{e}; nothing was left changed")))?;
     if let Err(e) = commit(&transactions, runner, opts.xtables_wait, log) {
-        remove_added(&mut nl, &added);
+        routing::remove_all(&mut nl, &added);
         return Err(e);
     }
-    report.changes.extend(added.iter().map(describe_added));
+    report
+        .changes
+        .extend(added.iter().map(|o| format!("added {o}")));
     for t in &transactions {
         report.changes.push(format!(
             "{}: {} {}",
@@ -298,28 +214,11 @@ pub fn check(
         }
     }
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let mut expect = |what: String, present: Result<bool, netlink::NetlinkError>| match present {
-        Ok(true) => {}
-        Ok(false) => differences.push(format!("missing: {what}")),
-        Err(e) => differences.push(format!("cannot check {what}: {e}")),
-    };
-    if plan.ipv6 {
-        expect(
-            "::6/128 on lo".to_string(),
-            nl.has_lo_address_v6(PASSTHROUGH_V6),
-        );
-    }
-    if let Some(route) = plan.tproxy_route {
-        for family in plan.families() {
-            let name = family_name(family);
-            expect(
-                format!("{name} rule fwmark {} lookup {}", route.mark, route.table),
-                nl.has_fwmark_rule(family, route.mark, route.table),
-            );
-            expect(
-                format!("{name} local default route in table {}", route.table),
-                nl.has_local_default_route(family, route.table),
-            );
+    for object in routing::objects(plan) {
+        match routing::present(&mut nl, object) {
+            Ok(true) => {}
+            Ok(false) => differences.push(format!("missing: {object}")),
+            Err(e) => differences.push(format!("cannot check {object}: {e}")),
         }
     }
     Ok(differences)
@@ -369,42 +268,17 @@ pub fn cleanup(
     }
     commit(&transactions, runner, opts.xtables_wait, log)?;
     let mut removed = Vec::new();
-    let routing = plan::plan(capture);
     let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
-    let mut remove = |what: String, result: Result<Changed, netlink::NetlinkError>| match result {
-        Ok(Changed::Yes) => {
-            removed.push(what);
-            Ok(())
+    for object in routing::objects(&plan::plan(capture)).into_iter().rev() {
+        match routing::remove(&mut nl, object) {
+            Ok(Changed::Yes) => removed.push(format!("removed {object}")),
+            Ok(Changed::No) => {}
+            Err(e) => {
+                return Err(ApplyError::Failed(format!(
+                    "removing {object}: {e} (the rules are already removed)"
+                )))
+            }
         }
-        Ok(Changed::No) => Ok(()),
-        Err(e) => Err(ApplyError::Failed(format!(
-            "{e} (the rules are already removed)"
-        ))),
-    };
-    if let Some(route) = routing.tproxy_route {
-        for family in routing.families() {
-            let name = family_name(family);
-            remove(
-                format!(
-                    "{name}: removed local default route in table {}",
-                    route.table
-                ),
-                nl.remove_local_default_route(family, route.table),
-            )?;
-            remove(
-                format!(
-                    "{name}: removed rule fwmark {} lookup {}",
-                    route.mark, route.table
-                ),
-                nl.remove_fwmark_rule(family, route.mark, route.table),
-            )?;
-        }
-    }
-    if routing.ipv6 {
-        remove(
-            "removed ::6/128 from lo".to_string(),
-            nl.remove_lo_address_v6(PASSTHROUGH_V6),
-        )?;
     }
     Ok(Report {
         tools: transactions
