@@ -162,12 +162,20 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let code = print_stdout(&text);
         return summary.finish(&log, code);
     }
-    if nftables {
-        log.error("applying with the native nftables backend is not implemented yet; nothing was changed (use --dry-run to print the nft script, or the iptables backend)");
-        return summary.finish(&log, exit_code::FAILURE);
-    }
+    let (backend, why) = apply::resolve_backend(run.backend, &SystemRunner);
+    let nftables = backend == apply::Backend::Nftables;
+    log.info(&format!(
+        "backend: {} ({why})",
+        if nftables { "nftables" } else { "iptables" }
+    ));
+    summary.backend = if nftables { "nftables" } else { "iptables" }.to_string();
     if run.check {
-        let code = match apply::check(&plan, run, &SystemRunner) {
+        let checked = if nftables {
+            apply::check_nftables(&plan)
+        } else {
+            apply::check(&plan, run, &SystemRunner)
+        };
+        let code = match checked {
             Ok(diffs) if diffs.is_empty() => {
                 summary.outcome = "check: rules in place".to_string();
                 exit_code::SUCCESS
@@ -189,21 +197,21 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         return summary.finish(&log, code);
     }
 
-    let result = if run.cleanup_only {
-        apply::cleanup(&config.capture, run, &SystemRunner, &log)
-    } else if run.skip_rule_apply {
-        Ok(apply::Report {
+    let result = match (run.cleanup_only, run.skip_rule_apply, nftables) {
+        (true, _, true) => apply::cleanup_nftables(&config.capture, run),
+        (true, _, false) => apply::cleanup(&config.capture, run, &SystemRunner, &log),
+        (false, true, _) => Ok(apply::Report {
             changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
             ..apply::Report::default()
-        })
-    } else {
-        apply::apply(&plan, run, &SystemRunner, &log)
+        }),
+        (false, false, true) => apply::apply_nftables(&plan, run),
+        (false, false, false) => apply::apply(&plan, run, &SystemRunner, &log),
     };
     summary.phase("apply");
     let code = match result {
         Ok(report) => {
             if !report.tools.is_empty() {
-                summary.backend = format!("iptables ({})", report.tools.join(", "));
+                summary.backend = format!("{} ({})", summary.backend, report.tools.join(", "));
             }
             if !report.changes.is_empty() {
                 summary.outcome = report.changes.join("; ");

@@ -278,14 +278,30 @@ fn missing_tools_and_capabilities_stop_before_any_change() {
     let empty = PathBuf::from(format!("/tmp/meshinit-test-empty-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
     let env = vec![("PATH".to_string(), empty.display().to_string())];
-    let out = meshinit(&lab.pod, &default_args(), &env);
-    std::fs::remove_dir_all(&empty).ok();
+    let mut iptables_only = default_args();
+    iptables_only.push("--backend=iptables".to_string());
+    let out = meshinit(&lab.pod, &iptables_only, &env);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr.contains("no usable iptables") && out.stderr.contains("not installed"),
         "{}",
         out.stderr
     );
+    assert_eq!(all_rules(&lab.pod), before);
+
+    // With the default `--backend auto`, no iptables tool means the native nftables backend.
+    let out = meshinit(&lab.pod, &default_args(), &env);
+    std::fs::remove_dir_all(&empty).ok();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("backend: nftables (no iptables tool is installed"),
+        "{}",
+        out.stderr
+    );
+    let mut cleanup = default_args();
+    cleanup.push("--cleanup-only".to_string());
+    assert_ok(&meshinit(&lab.pod, &cleanup, &env), "native cleanup");
 
     // Without capabilities (as nobody, inside the pod namespace).
     let meshinit_bin = env!("CARGO_BIN_EXE_meshinit");

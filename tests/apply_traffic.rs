@@ -24,11 +24,13 @@ const INBOUND_PORT: u16 = 15006;
 const TUNNEL_PORT: u16 = 15008;
 const DNS_PROXY_PORT: u16 = 15053;
 
-/// The iptables variant meshinit is forced to use.
+/// How meshinit installs the rules: one of the iptables variants (forced), or the native
+/// nftables backend with no iptables or nft tool on PATH at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
     Legacy,
     Nft,
+    Native,
 }
 
 impl Variant {
@@ -36,13 +38,16 @@ impl Variant {
         match self {
             Variant::Legacy => "legacy",
             Variant::Nft => "nft",
+            Variant::Native => "native",
         }
     }
 
-    fn other(self) -> Variant {
+    /// The iptables variants that must hold nothing of ours after an install.
+    fn others(self) -> Vec<Variant> {
         match self {
-            Variant::Legacy => Variant::Nft,
-            Variant::Nft => Variant::Legacy,
+            Variant::Legacy => vec![Variant::Nft],
+            Variant::Nft => vec![Variant::Legacy],
+            Variant::Native => vec![Variant::Legacy, Variant::Nft],
         }
     }
 
@@ -58,7 +63,7 @@ impl fmt::Display for Variant {
     }
 }
 
-/// Turns each scenario function into a `legacy::` and an `nft::` test. Attributes written
+/// Turns each scenario function into a `legacy::`, an `nft::` and a `native::` test. Attributes written
 /// before a name (e.g. `#[ignore]`) go on both tests.
 macro_rules! scenarios {
     (@variant $module:ident $variant:ident $($(#[$attr:meta])* $name:ident),+) => {
@@ -75,6 +80,7 @@ macro_rules! scenarios {
     ($($(#[$attr:meta])* $name:ident),+ $(,)?) => {
         scenarios!(@variant legacy Legacy $($(#[$attr])* $name),+);
         scenarios!(@variant nft Nft $($(#[$attr])* $name),+);
+        scenarios!(@variant native Native $($(#[$attr])* $name),+);
     };
 }
 
@@ -127,7 +133,10 @@ impl<'a> Meshinit<'a> {
         let mut all = vec!["istio-iptables".to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
         all.push(format!("--network-namespace={}", lab.pod.path().display()));
-        all.push(format!("--force-iptables-binary={variant}"));
+        match variant {
+            Variant::Native => all.push("--native-nftables".to_string()),
+            _ => all.push(format!("--force-iptables-binary={variant}")),
+        }
         all.push(format!("--ipv6={ipv6}"));
         Meshinit {
             lab,
@@ -143,13 +152,22 @@ impl<'a> Meshinit<'a> {
         self
     }
 
-    /// Runs meshinit with only PATH (to find the iptables tools) and the scenario's env, so
-    /// nothing from the test runner's environment changes the configuration.
+    /// Runs meshinit with only PATH (to find the iptables tools; an empty directory for the
+    /// native backend, which must need no tool) and the scenario's env, so nothing from the
+    /// test runner's environment changes the configuration.
     fn run(&self) -> (Option<i32>, String) {
+        let path = match self.variant {
+            Variant::Native => {
+                let empty = std::env::temp_dir().join("meshinit-empty-path");
+                std::fs::create_dir_all(&empty).expect("an empty PATH directory");
+                empty.into_os_string()
+            }
+            _ => std::env::var_os("PATH").unwrap_or_default(),
+        };
         let out = Command::new(env!("CARGO_BIN_EXE_meshinit"))
             .args(&self.args)
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PATH", path)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("running meshinit");
@@ -181,26 +199,35 @@ impl<'a> Meshinit<'a> {
         );
         let after = snapshot(&self.lab.pod);
         let ours = |tool: &str| after[tool].contains(":ISTIO_");
-        let (v4, v6) = (self.variant.save_tool(false), self.variant.save_tool(true));
-        assert!(
-            ours(&v4),
-            "{}: no chains of ours in {v4}\n{log}",
-            self.describe()
-        );
-        assert_eq!(
-            ours(&v6),
-            self.ipv6,
-            "{}: chains of ours in {v6} must exist exactly when IPv6 is on\n{log}",
-            self.describe()
-        );
-        for v6 in [false, true] {
-            let other = self.variant.other().save_tool(v6);
+        if self.variant == Variant::Native {
             assert!(
-                !ours(&other),
-                "{}: forced to {} but chains of ours appeared in {other}\n{log}",
-                self.describe(),
-                self.variant
+                after["nft"].contains("table inet istio-proxy-nat"),
+                "{}: no tables of ours in nft\n{log}",
+                self.describe()
             );
+        } else {
+            let (v4, v6) = (self.variant.save_tool(false), self.variant.save_tool(true));
+            assert!(
+                ours(&v4),
+                "{}: no chains of ours in {v4}\n{log}",
+                self.describe()
+            );
+            assert_eq!(
+                ours(&v6),
+                self.ipv6,
+                "{}: chains of ours in {v6} must exist exactly when IPv6 is on\n{log}",
+                self.describe()
+            );
+        }
+        for other in self.variant.others() {
+            for v6 in [false, true] {
+                let tool = other.save_tool(v6);
+                assert!(
+                    !ours(&tool),
+                    "{}: chains of ours appeared in {tool}\n{log}",
+                    self.describe()
+                );
+            }
         }
         after
     }
@@ -215,26 +242,30 @@ impl<'a> Meshinit<'a> {
             "{}: second run, expected exit 0\n{log}",
             self.describe()
         );
-        let families: &[&str] = if self.ipv6 {
-            &["IPv4", "IPv6"]
-        } else {
-            &["IPv4"]
-        };
-        for family in families {
+        // The native backend replaces its tables atomically on every run (idempotent by
+        // construction); the iptables backend finds the rules in place and writes nothing.
+        if self.variant != Variant::Native {
+            let families: &[&str] = if self.ipv6 {
+                &["IPv4", "IPv6"]
+            } else {
+                &["IPv4"]
+            };
+            for family in families {
+                assert!(
+                    log.lines()
+                        .any(|l| l.contains(family) && l.contains("nothing to do")),
+                    "{}: second run must report nothing to do for {family}\n{log}",
+                    self.describe()
+                );
+            }
             assert!(
-                log.lines()
-                    .any(|l| l.contains(family) && l.contains("nothing to do")),
-                "{}: second run must report nothing to do for {family}\n{log}",
+                log.contains("nothing changed")
+                    && !log.contains("installed rules")
+                    && !log.contains("replaced rules"),
+                "{}: second run must change nothing\n{log}",
                 self.describe()
             );
         }
-        assert!(
-            log.contains("nothing changed")
-                && !log.contains("installed rules")
-                && !log.contains("replaced rules"),
-            "{}: second run must change nothing\n{log}",
-            self.describe()
-        );
         let after = snapshot(&self.lab.pod);
         if &after != before {
             let diff = similar::TextDiff::from_lines(&dump(before), &dump(&after))
@@ -261,6 +292,10 @@ impl<'a> Meshinit<'a> {
 /// two snapshots differ only when rules or chains do.
 fn snapshot(pod: &Netns) -> Snapshot {
     let mut out = Snapshot::new();
+    let nft =
+        String::from_utf8_lossy(&pod.run(&["nft", "list", "ruleset"], None).stdout).into_owned();
+    let nft: Vec<String> = nft.lines().map(without_counter_values).collect();
+    out.insert("nft".to_string(), nft.join("\n"));
     for variant in [Variant::Legacy, Variant::Nft] {
         for v6 in [false, true] {
             let tool = variant.save_tool(v6);
@@ -277,6 +312,20 @@ fn snapshot(pod: &Netns) -> Snapshot {
         }
     }
     out
+}
+
+/// `counter packets 3 bytes 180` → `counter`: counters count traffic, not rules.
+fn without_counter_values(line: &str) -> String {
+    let mut words = line.split(' ').peekable();
+    let mut out = Vec::new();
+    while let Some(word) = words.next() {
+        out.push(word);
+        if word.trim_start() == "counter" && words.peek() == Some(&"packets") {
+            // Skip "packets N bytes M".
+            words.nth(3);
+        }
+    }
+    out.join(" ")
 }
 
 fn dump(s: &Snapshot) -> String {

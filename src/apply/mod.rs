@@ -6,6 +6,7 @@ pub mod exec;
 pub mod iptables;
 pub mod lock;
 pub mod netlink;
+pub mod nftables;
 pub mod privileges;
 pub mod routing;
 
@@ -19,12 +20,13 @@ use crate::backend::iptables_save::{
     cleanup_text, compare, expected_tables, replace_text, rollback_text, tables_in, ExpectedTable,
     Saved, State,
 };
-use crate::config::{Capture, IptablesVariant, RunOptions};
+use crate::config::{BackendChoice, Capture, IptablesVariant, RunOptions};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
 use iptables::Tools;
 use netlink::{Changed, Netlink};
+use nftables::NfTables;
 
 /// Why applying or cleaning up stopped. In every case the namespace is as it was before.
 #[derive(Debug, thiserror::Error)]
@@ -66,15 +68,136 @@ fn family_name(family: Family) -> &'static str {
     }
 }
 
+/// The capabilities the iptables tools need (NET_RAW for the legacy variant's sockets).
+const IPTABLES_CAPS: &[Capability] = &[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW];
+/// nf_tables and rtnetlink need only NET_ADMIN.
+const NETLINK_CAPS: &[Capability] = &[Capability::CAP_NET_ADMIN];
+
 /// What applying and cleaning up both need before reading anything: the capabilities, the
 /// namespace lock (held until the returned guard drops), and the group names for owner matches.
 fn prepare(
     opts: &RunOptions,
+    caps: &[Capability],
 ) -> Result<(Option<lock::NetnsLock>, BTreeMap<String, u32>), ApplyError> {
-    privileges::require_capabilities(&[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW])
-        .map_err(ApplyError::Precondition)?;
+    privileges::require_capabilities(caps).map_err(ApplyError::Precondition)?;
     let lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
     Ok((lock, load_groups()))
+}
+
+/// Which backend `--backend auto` means on this machine, and why: iptables (Istio's default)
+/// unless no iptables tool is installed and the kernel answers nf_tables requests.
+pub fn resolve_backend(choice: BackendChoice, runner: &dyn Runner) -> (Backend, String) {
+    match choice {
+        BackendChoice::Iptables => (Backend::Iptables, "chosen with --backend".to_string()),
+        BackendChoice::Nftables => (
+            Backend::Nftables,
+            "chosen with --native-nftables or --backend".to_string(),
+        ),
+        BackendChoice::Auto => {
+            let tools = ["iptables-nft-save", "iptables-legacy-save"];
+            if tools.iter().any(|t| runner.run(t, &[], None).is_ok()) {
+                return (
+                    Backend::Iptables,
+                    "iptables tools are installed (Istio's default)".to_string(),
+                );
+            }
+            match NfTables::open().and_then(|mut n| n.inet_tables()) {
+                Ok(_) => (
+                    Backend::Nftables,
+                    "no iptables tool is installed and the kernel has nf_tables".to_string(),
+                ),
+                Err(e) => (
+                    Backend::Iptables,
+                    format!(
+                        "no iptables tool is installed, and nf_tables does not answer either ({e})"
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// The backend that installs the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Iptables,
+    Nftables,
+}
+
+/// Installs the plan natively with nf_tables: our tables replaced in one atomic batch
+/// (idempotent by construction), after the routing objects; if the batch is rejected, the
+/// routing objects this run added are removed again.
+pub fn apply_nftables(plan: &Plan, opts: &RunOptions) -> Result<Report, ApplyError> {
+    let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
+    let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let added = routing::ensure_all(&mut nl, plan)
+        .map_err(|e| ApplyError::Failed(format!("{e}; nothing was left changed")))?;
+    let applied = nft.apply(plan).map_err(|e| {
+        routing::remove_all(&mut nl, &added);
+        ApplyError::Failed(format!(
+            "{e}; the batch was rejected as a whole, nothing was left changed"
+        ))
+    })?;
+    let mut changes: Vec<String> = added.iter().map(|o| format!("added {o}")).collect();
+    changes.push(format!(
+        "replaced tables {} ({} rules, {} netlink messages in one batch)",
+        applied.tables.join(", "),
+        applied.rules,
+        applied.messages
+    ));
+    Ok(Report {
+        tools: vec!["nf_tables netlink".to_string()],
+        changes,
+    })
+}
+
+/// Removes our nftables tables and routing objects, nothing else.
+pub fn cleanup_nftables(capture: &Capture, opts: &RunOptions) -> Result<Report, ApplyError> {
+    let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
+    let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let present = nft
+        .managed_tables_present()
+        .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    nft.cleanup()
+        .map_err(|e| ApplyError::Failed(e.to_string()))?;
+    let mut changes: Vec<String> = present
+        .iter()
+        .map(|t| format!("deleted table inet {t}"))
+        .collect();
+    changes.extend(remove_routing(capture)?);
+    Ok(Report {
+        tools: vec!["nf_tables netlink".to_string()],
+        changes,
+    })
+}
+
+/// `--check` for the nftables backend: our tables that should be there are, no others of ours
+/// are, and the routing objects are in place. (Rule-level comparison is done by the iptables
+/// backend's check only.)
+pub fn check_nftables(plan: &Plan) -> Result<Vec<String>, ApplyError> {
+    let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let present = nft
+        .managed_tables_present()
+        .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let wanted: Vec<String> = crate::backend::nftables::ruleset(plan)
+        .tables
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let mut differences: Vec<String> = wanted
+        .iter()
+        .filter(|t| !present.contains(t))
+        .map(|t| format!("missing: table inet {t}"))
+        .chain(
+            present
+                .iter()
+                .filter(|t| !wanted.contains(t))
+                .map(|t| format!("unexpected: table inet {t}")),
+        )
+        .collect();
+    differences.extend(check_routing(plan)?);
+    Ok(differences)
 }
 
 /// Installs the plan's rules.
@@ -84,7 +207,7 @@ pub fn apply(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    let (_lock, groups) = prepare(opts)?;
+    let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
     let resolve = |name: &str| groups.get(name).copied();
 
     // Decide everything for every family before writing anything.
@@ -213,14 +336,7 @@ pub fn check(
             )),
         }
     }
-    let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    for object in routing::objects(plan) {
-        match routing::present(&mut nl, object) {
-            Ok(true) => {}
-            Ok(false) => differences.push(format!("missing: {object}")),
-            Err(e) => differences.push(format!("cannot check {object}: {e}")),
-        }
-    }
+    differences.extend(check_routing(plan)?);
     Ok(differences)
 }
 
@@ -232,7 +348,7 @@ pub fn cleanup(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    let (_lock, groups) = prepare(opts)?;
+    let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
     let resolve = |name: &str| groups.get(name).copied();
     // Plan as if IPv6 were on, so IPv6 leftovers are recognised too.
     let full = plan::plan(&Capture {
@@ -267,19 +383,7 @@ pub fn cleanup(
         }
     }
     commit(&transactions, runner, opts.xtables_wait, log)?;
-    let mut removed = Vec::new();
-    let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
-    for object in routing::objects(&plan::plan(capture)).into_iter().rev() {
-        match routing::remove(&mut nl, object) {
-            Ok(Changed::Yes) => removed.push(format!("removed {object}")),
-            Ok(Changed::No) => {}
-            Err(e) => {
-                return Err(ApplyError::Failed(format!(
-                    "removing {object}: {e} (the rules are already removed)"
-                )))
-            }
-        }
-    }
+    let removed = remove_routing(capture)?;
     Ok(Report {
         tools: transactions
             .iter()
@@ -297,6 +401,38 @@ pub fn cleanup(
             .chain(removed)
             .collect(),
     })
+}
+
+/// The routing objects of the plan that are missing.
+fn check_routing(plan: &Plan) -> Result<Vec<String>, ApplyError> {
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let mut differences = Vec::new();
+    for object in routing::objects(plan) {
+        match routing::present(&mut nl, object) {
+            Ok(true) => {}
+            Ok(false) => differences.push(format!("missing: {object}")),
+            Err(e) => differences.push(format!("cannot check {object}: {e}")),
+        }
+    }
+    Ok(differences)
+}
+
+/// Removes the routing objects this configuration installs, newest first; returns what went.
+fn remove_routing(capture: &Capture) -> Result<Vec<String>, ApplyError> {
+    let mut removed = Vec::new();
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
+    for object in routing::objects(&plan::plan(capture)).into_iter().rev() {
+        match routing::remove(&mut nl, object) {
+            Ok(Changed::Yes) => removed.push(format!("removed {object}")),
+            Ok(Changed::No) => {}
+            Err(e) => {
+                return Err(ApplyError::Failed(format!(
+                    "removing {object}: {e} (the rules are already removed)"
+                )))
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Feeds each transaction in turn. If one fails, every table already written is put back as

@@ -3,4 +3,5 @@
 
 pub mod iptables;
 pub mod iptables_save;
+pub mod nft_netlink;
 pub mod nftables;

@@ -1,11 +1,17 @@
-//! Plan → nftables: the `nft -f` script Istio's native nftables backend (`--native-nftables`,
+//! Plan → nftables: the ruleset Istio's native nftables backend (`--native-nftables`,
 //! Istio ≥ 1.27) writes for the same configuration — inet tables `istio-proxy-nat`,
-//! `istio-proxy-mangle`, `istio-proxy-raw`, their chains and one line per rule, byte for byte.
-//! Pure text; loading it with `nft` belongs to `apply`.
+//! `istio-proxy-mangle`, `istio-proxy-raw`, their chains and rules.
+//!
+//! The plan is first turned into a [`Ruleset`]: tables, chains and rules made of typed
+//! [`Stmt`]s in nft's order. That list is the single source of truth for what each rule
+//! means; [`nft_script`] renders it as the `nft -f` script (byte for byte Istio's), and
+//! [`super::nft_netlink`] encodes the same list as nf_tables netlink messages. Pure data;
+//! loading it belongs to `apply`.
 
 use std::collections::HashMap;
+use std::fmt;
 
-use crate::config::types::Cidr;
+use crate::config::types::{Cidr, IfName, Port};
 use crate::plan::{
     Chain, CtState, Family, Match, Owner, Plan, Position, Protocol, Rule, Scope, Table, Target,
 };
@@ -14,6 +20,10 @@ use crate::plan::{
 /// order, not sorted by name as under iptables). Istio has no filter table; the plan never
 /// uses one, but should it, it goes last rather than being lost.
 const TABLE_ORDER: [Table; 4] = [Table::Nat, Table::Mangle, Table::Raw, Table::Filter];
+
+/// The tables meshinit owns under nftables: an apply replaces them, a cleanup deletes them,
+/// and nothing else in the ruleset is touched.
+pub const MANAGED_TABLES: [&str; 3] = ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"];
 
 /// The nftables table that stands for an iptables table: `istio-proxy-<name>`.
 pub fn table_name(table: Table) -> String {
@@ -53,26 +63,305 @@ fn declared_chains(table: Table) -> &'static [Chain] {
     }
 }
 
-/// The `{ type … hook … priority … ; }` of a base chain, or `None` for a regular chain.
-fn base_chain_spec(table: Table, chain: Chain) -> Option<String> {
+/// The whole ruleset of a plan: the tables that receive rules (nat, mangle, raw), each with
+/// the chains that receive rules and its rules in generation order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Only tables with at least one rule; a table the plan does not use is absent.
+    pub tables: Vec<NftTable>,
+}
+
+/// One `inet` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftTable {
+    /// `istio-proxy-nat`, …
+    pub name: String,
+    /// In declaration order; base chains first.
+    pub chains: Vec<NftChain>,
+    /// In the order they are added (an insert names its index at that moment).
+    pub rules: Vec<NftRule>,
+}
+
+/// A chain: regular, or a base chain attached to a hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftChain {
+    pub name: String,
+    /// `None` for a regular chain (reached only by jumps).
+    pub base: Option<BaseChain>,
+}
+
+/// The hook of a base chain. The policy is always `accept` (nft's default, which Istio keeps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    pub kind: ChainKind,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+/// An nftables chain type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainKind {
+    Filter,
+    Nat,
+    /// A filter chain that re-routes packets whose mark or addresses it changed (output only).
+    Route,
+}
+
+impl ChainKind {
+    /// The name nft and the kernel use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainKind::Filter => "filter",
+            ChainKind::Nat => "nat",
+            ChainKind::Route => "route",
+        }
+    }
+}
+
+/// A netfilter hook of the inet family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Output,
+}
+
+impl Hook {
+    /// The name nft uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Output => "output",
+        }
+    }
+}
+
+/// One rule: where it goes and its statements, matches first, in nft's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftRule {
+    pub chain: String,
+    /// `Some(i)`: `insert rule … index i` (before the rule at 0-based index `i` at that
+    /// moment); `None`: appended.
+    pub index: Option<usize>,
+    pub stmts: Vec<Stmt>,
+    /// Why the rule exists (the plan's purpose), for logs and error messages.
+    pub purpose: &'static str,
+}
+
+impl NftRule {
+    /// The rule's text after its chain (and index), as in the script.
+    pub fn body(&self) -> String {
+        let words: Vec<String> = self.stmts.iter().map(Stmt::to_string).collect();
+        words.join(" ")
+    }
+}
+
+/// Which interface of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Source address or port, input interface.
+    Source,
+    /// Destination address or port, output interface.
+    Destination,
+}
+
+/// One statement of a rule: a match or an action. Each has one nft spelling and one fixed
+/// netlink encoding; the implicit protocol dependencies nft adds are the encoder's business.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stmt {
+    /// `iifname NAME` (`Source`) / `oifname NAME` (`Destination`). A trailing `+` (iptables'
+    /// wildcard) matches every name with that prefix.
+    Interface { dir: Direction, name: IfName },
+    /// `meta l4proto tcp`.
+    L4Proto(Protocol),
+    /// `ct state invalid` / `ct state related,established`.
+    CtState(CtState),
+    /// `mark [!=] M`: the packet mark.
+    Mark { mark: u32, negate: bool },
+    /// `ct mark M`: the connection mark.
+    CtMark(u32),
+    /// `ip[6] saddr|daddr [!=] NET`.
+    Address {
+        dir: Direction,
+        net: Cidr,
+        negate: bool,
+    },
+    /// `tcp|udp sport|dport [!=] P`.
+    Port {
+        proto: Protocol,
+        dir: Direction,
+        port: Port,
+        negate: bool,
+    },
+    /// `tcp|udp dport != { P, Q }`: an anonymous set.
+    PortNotIn { proto: Protocol, ports: Vec<Port> },
+    /// `[meta] skuid|skgid [!=] ID`; `meta` is only spelling (Istio writes it in raw).
+    Owner {
+        owner: Owner,
+        negate: bool,
+        meta: bool,
+    },
+    /// `counter`.
+    Counter,
+    /// `jump CHAIN`.
+    Jump(String),
+    /// `return`.
+    Return,
+    /// `accept`.
+    Accept,
+    /// `drop`.
+    Drop,
+    /// `redirect to :P`.
+    Redirect(Port),
+    /// `tproxy ip|ip6 to :P`.
+    Tproxy { family: Family, port: Port },
+    /// `meta mark set M`.
+    SetMark(u32),
+    /// `ct mark set mark` (CONNMARK --save-mark).
+    SaveMark,
+    /// `meta mark set ct mark` (CONNMARK --restore-mark).
+    RestoreMark,
+    /// `ct zone set Z`.
+    CtZone(u16),
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn neq(negate: bool) -> &'static str {
+    if negate {
+        "!= "
+    } else {
+        ""
+    }
+}
+
+fn family_word(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+/// The family of an address.
+pub fn cidr_family(net: &Cidr) -> Family {
+    if net.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
+/// The prefix an iptables-style wildcard name (`eth+`) matches, or `None` for a plain name.
+pub fn wildcard_prefix(name: &IfName) -> Option<&str> {
+    name.as_str().strip_suffix('+')
+}
+
+impl fmt::Display for Stmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stmt::Interface { dir, name } => {
+                let key = match dir {
+                    Direction::Source => "iifname",
+                    Direction::Destination => "oifname",
+                };
+                // Istio writes `eth+` verbatim, which nft refuses (a syntax error); nft's
+                // own wildcard is a quoted `*` suffix.
+                match wildcard_prefix(name) {
+                    Some(prefix) => write!(f, "{key} \"{prefix}*\""),
+                    None => write!(f, "{key} {name}"),
+                }
+            }
+            Stmt::L4Proto(p) => write!(f, "meta l4proto {}", protocol_name(*p)),
+            Stmt::CtState(CtState::Invalid) => f.write_str("ct state invalid"),
+            Stmt::CtState(CtState::RelatedEstablished) => {
+                f.write_str("ct state related,established")
+            }
+            Stmt::Mark { mark, negate } => write!(f, "mark {}{mark}", neq(*negate)),
+            Stmt::CtMark(mark) => write!(f, "ct mark {mark}"),
+            Stmt::Address { dir, net, negate } => {
+                let key = match dir {
+                    Direction::Source => "saddr",
+                    Direction::Destination => "daddr",
+                };
+                let fam = family_word(cidr_family(net));
+                write!(f, "{fam} {key} {}{net}", neq(*negate))
+            }
+            Stmt::Port {
+                proto,
+                dir,
+                port,
+                negate,
+            } => {
+                let key = match dir {
+                    Direction::Source => "sport",
+                    Direction::Destination => "dport",
+                };
+                write!(f, "{} {key} {}{port}", protocol_name(*proto), neq(*negate))
+            }
+            Stmt::PortNotIn { proto, ports } => {
+                let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+                write!(
+                    f,
+                    "{} dport != {{ {} }}",
+                    protocol_name(*proto),
+                    list.join(", ")
+                )
+            }
+            Stmt::Owner {
+                owner,
+                negate,
+                meta,
+            } => {
+                let meta = if *meta { "meta " } else { "" };
+                let (key, id) = match owner {
+                    Owner::Uid(uid) => ("skuid", uid.to_string()),
+                    Owner::Gid(group) => ("skgid", group.as_str().to_string()),
+                };
+                write!(f, "{meta}{key} {}{id}", neq(*negate))
+            }
+            Stmt::Counter => f.write_str("counter"),
+            Stmt::Jump(chain) => write!(f, "jump {chain}"),
+            Stmt::Return => f.write_str("return"),
+            Stmt::Accept => f.write_str("accept"),
+            Stmt::Drop => f.write_str("drop"),
+            Stmt::Redirect(port) => write!(f, "redirect to :{port}"),
+            Stmt::Tproxy { family, port } => {
+                write!(f, "tproxy {} to :{port}", family_word(*family))
+            }
+            Stmt::SetMark(mark) => write!(f, "meta mark set {mark}"),
+            Stmt::SaveMark => f.write_str("ct mark set mark"),
+            Stmt::RestoreMark => f.write_str("meta mark set ct mark"),
+            Stmt::CtZone(zone) => write!(f, "ct zone set {zone}"),
+        }
+    }
+}
+
+/// The base-chain spec of a chain, or `None` for a regular chain.
+fn base_chain(table: Table, chain: Chain) -> Option<BaseChain> {
     let hook = match chain {
-        Chain::Prerouting => "prerouting",
-        Chain::Output => "output",
+        Chain::Prerouting => Hook::Prerouting,
+        Chain::Output => Hook::Output,
         _ => return None,
     };
     let (kind, priority) = match (table, chain) {
         // dstnat priority, as iptables' nat table.
-        (Table::Nat, _) => ("nat", -100),
+        (Table::Nat, _) => (ChainKind::Nat, -100),
         // Marks set in mangle/OUTPUT must re-route the packet (TPROXY's policy routing), which
         // only a `route` chain does; prerouting is an ordinary filter chain.
-        (Table::Mangle, Chain::Output) => ("route", -150),
-        (Table::Mangle, _) => ("filter", -150),
-        (Table::Raw, _) => ("filter", -300),
-        (Table::Filter, _) => ("filter", 0),
+        (Table::Mangle, Chain::Output) => (ChainKind::Route, -150),
+        (Table::Mangle, _) => (ChainKind::Filter, -150),
+        (Table::Raw, _) => (ChainKind::Filter, -300),
+        (Table::Filter, _) => (ChainKind::Filter, 0),
     };
-    Some(format!(
-        "{{ type {kind} hook {hook} priority {priority} ; }}"
-    ))
+    Some(BaseChain {
+        kind,
+        hook,
+        priority,
+    })
 }
 
 /// The rules nftables gets, in plan order: those of IPv4 and of both families, IPv6-only ones
@@ -112,38 +401,77 @@ pub fn insert_index(position: Position, chain_len: usize) -> Option<usize> {
     }
 }
 
-/// The whole `nft -f` script for a plan: per table with rules (nat, mangle, raw), `add table`
-/// and `flush table`, the chains that receive rules, then the rules in generation order
-/// (`add rule …` or `insert rule … index N …`). Empty when nothing is planned.
-pub fn nft_script(plan: &Plan) -> String {
+/// The plan as nftables tables, chains and rules (see [`Ruleset`]).
+pub fn ruleset(plan: &Plan) -> Ruleset {
     let rules = nft_rules(plan);
-    let mut out = String::new();
+    let mut tables = Vec::new();
     for table in TABLE_ORDER {
         let rules: Vec<&Rule> = rules.iter().copied().filter(|r| r.table == table).collect();
         if rules.is_empty() {
             continue;
         }
-        let t = table_name(table);
+        let chains = chains_with_rules(table, &rules)
+            .into_iter()
+            .map(|chain| NftChain {
+                name: chain_name(chain),
+                base: base_chain(table, chain),
+            })
+            .collect();
+        let mut chain_len: HashMap<Chain, usize> = HashMap::new();
+        let mut nft_rules = Vec::new();
+        for rule in rules {
+            let len = chain_len.entry(rule.chain).or_default();
+            nft_rules.push(NftRule {
+                chain: chain_name(rule.chain),
+                index: insert_index(rule.position, *len),
+                stmts: rule_stmts(rule),
+                purpose: rule.purpose,
+            });
+            *len += 1;
+        }
+        tables.push(NftTable {
+            name: table_name(table),
+            chains,
+            rules: nft_rules,
+        });
+    }
+    Ruleset { tables }
+}
+
+/// The whole `nft -f` script for a plan: per table with rules (nat, mangle, raw), `add table`
+/// and `flush table`, the chains that receive rules, then the rules in generation order
+/// (`add rule …` or `insert rule … index N …`). Empty when nothing is planned.
+pub fn nft_script(plan: &Plan) -> String {
+    script(&ruleset(plan))
+}
+
+/// A ruleset as `nft -f` text (see [`nft_script`]).
+pub fn script(ruleset: &Ruleset) -> String {
+    let mut out = String::new();
+    for table in &ruleset.tables {
+        let t = &table.name;
         out.push_str(&format!("add table inet {t}\nflush table inet {t}\n"));
-        for chain in chains_with_rules(table, &rules) {
-            let name = chain_name(chain);
-            match base_chain_spec(table, chain) {
-                Some(spec) => out.push_str(&format!("add chain inet {t} {name} {spec}\n")),
+        for chain in &table.chains {
+            let name = &chain.name;
+            match chain.base {
+                Some(b) => out.push_str(&format!(
+                    "add chain inet {t} {name} {{ type {} hook {} priority {} ; }}\n",
+                    b.kind.name(),
+                    b.hook.name(),
+                    b.priority
+                )),
                 None => out.push_str(&format!("add chain inet {t} {name}\n")),
             }
         }
-        let mut chain_len: HashMap<Chain, usize> = HashMap::new();
-        for rule in rules {
-            let len = chain_len.entry(rule.chain).or_default();
-            let chain = chain_name(rule.chain);
-            let body = rule_body(rule);
-            match insert_index(rule.position, *len) {
+        for rule in &table.rules {
+            let chain = &rule.chain;
+            let body = rule.body();
+            match rule.index {
                 Some(i) => {
                     out.push_str(&format!("insert rule inet {t} {chain} index {i} {body}\n"))
                 }
                 None => out.push_str(&format!("add rule inet {t} {chain} {body}\n")),
             }
-            *len += 1;
         }
     }
     out
@@ -165,21 +493,28 @@ fn chains_with_rules(table: Table, rules: &[&Rule]) -> Vec<Chain> {
 
 /// A rule's text after its chain: the matches in nftables' order, `counter`, the statement.
 pub fn rule_body(rule: &Rule) -> String {
-    let mut words: Vec<(u8, String)> = Vec::new();
-    if let Some(words_l4) = l4proto(rule) {
-        words.push((RANK_L4PROTO, words_l4));
+    let words: Vec<String> = rule_stmts(rule).iter().map(Stmt::to_string).collect();
+    words.join(" ")
+}
+
+/// A plan rule as nft statements: the matches in Istio's nftables order, then `counter` and
+/// the action.
+pub fn rule_stmts(rule: &Rule) -> Vec<Stmt> {
+    let mut ranked: Vec<(u8, Stmt)> = Vec::new();
+    if let Some(proto) = l4proto(rule) {
+        ranked.push((RANK_L4PROTO, Stmt::L4Proto(proto)));
     }
     for m in &rule.matches {
-        if let Some(word) = match_text(rule, m) {
-            words.push(word);
+        if let Some(stmt) = match_stmt(rule, m) {
+            ranked.push(stmt);
         }
     }
     // Istio writes matches in one fixed order whatever iptables' order was; a stable sort
     // keeps lists of one kind (owner-group include lists) as given.
-    words.sort_by_key(|(rank, _)| *rank);
-    let mut out: Vec<String> = words.into_iter().map(|(_, w)| w).collect();
-    out.push(statement(rule));
-    out.join(" ")
+    ranked.sort_by_key(|(rank, _)| *rank);
+    let mut out: Vec<Stmt> = ranked.into_iter().map(|(_, s)| s).collect();
+    out.extend(action(rule));
+    out
 }
 
 // The order of match kinds in Istio's nft rules: interface, `meta l4proto`, `ct state`,
@@ -202,13 +537,13 @@ fn port_rank(rule: &Rule) -> u8 {
     }
 }
 
-/// The `meta l4proto tcp` word, where Istio writes one. A port match (`tcp dport …`) already
-/// implies the protocol, and Istio leaves the `meta l4proto` out of: every UDP rule; the
-/// ISTIO_OUTPUT rules on a plain destination port (excluded `-o` and included `-q` ports);
-/// the per-server DNS redirects (only the capture-all one has it). Everywhere else TCP rules
-/// carry it — including the invalid-drop rule, which under nftables is TCP-only although the
-/// plan (like iptables) matches every protocol.
-fn l4proto(rule: &Rule) -> Option<String> {
+/// The protocol of the `meta l4proto` word, where Istio writes one. A port match
+/// (`tcp dport …`) already implies the protocol, and Istio leaves the `meta l4proto` out of:
+/// every UDP rule; the ISTIO_OUTPUT rules on a plain destination port (excluded `-o` and
+/// included `-q` ports); the per-server DNS redirects (only the capture-all one has it).
+/// Everywhere else TCP rules carry it — including the invalid-drop rule, which under nftables
+/// is TCP-only although the plan (like iptables) matches every protocol.
+fn l4proto(rule: &Rule) -> Option<Protocol> {
     let has_port = rule.matches.iter().any(|m| {
         matches!(
             m,
@@ -228,9 +563,8 @@ fn l4proto(rule: &Rule) -> Option<String> {
         None if is_invalid_drop(rule) => Protocol::Tcp,
         None => return None,
     };
-    let name = protocol_name(proto);
     if !has_port {
-        return Some(format!("meta l4proto {name}"));
+        return Some(proto);
     }
     let written = match proto {
         Protocol::Udp => false,
@@ -240,7 +574,7 @@ fn l4proto(rule: &Rule) -> Option<String> {
             _ => true,
         },
     };
-    written.then(|| format!("meta l4proto {name}"))
+    written.then_some(proto)
 }
 
 fn is_invalid_drop(rule: &Rule) -> bool {
@@ -249,114 +583,128 @@ fn is_invalid_drop(rule: &Rule) -> bool {
         .any(|m| matches!(m, Match::ConntrackState(CtState::Invalid)))
 }
 
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
-fn neq(negate: bool) -> &'static str {
-    if negate {
-        "!= "
-    } else {
-        ""
-    }
-}
-
-fn ip_word(net: &Cidr) -> &'static str {
-    if net.is_ipv4() {
-        "ip"
-    } else {
-        "ip6"
-    }
-}
-
-/// One match as nft text with its rank; `None` for the protocol, which `l4proto` and the
+/// One match as a statement with its rank; `None` for the protocol, which `l4proto` and the
 /// port matches express.
-fn match_text(rule: &Rule, m: &Match) -> Option<(u8, String)> {
+fn match_stmt(rule: &Rule, m: &Match) -> Option<(u8, Stmt)> {
     // Port expressions name their protocol (`tcp dport`); the plan's rules with ports always
     // name one, TCP being Istio's default.
-    let proto = protocol_name(rule.protocol().unwrap_or(Protocol::Tcp));
-    let word = match m {
+    let proto = rule.protocol().unwrap_or(Protocol::Tcp);
+    let stmt = match m {
         Match::Protocol(_) => return None,
-        Match::InInterface(name) => (RANK_IFACE, format!("iifname {name}")),
-        Match::OutInterface(name) => (RANK_IFACE, format!("oifname {name}")),
-        Match::Source(net) => (RANK_ADDR, format!("{} saddr {net}", ip_word(net))),
+        Match::InInterface(name) => (
+            RANK_IFACE,
+            Stmt::Interface {
+                dir: Direction::Source,
+                name: name.clone(),
+            },
+        ),
+        Match::OutInterface(name) => (
+            RANK_IFACE,
+            Stmt::Interface {
+                dir: Direction::Destination,
+                name: name.clone(),
+            },
+        ),
+        Match::Source(net) => (
+            RANK_ADDR,
+            Stmt::Address {
+                dir: Direction::Source,
+                net: net.clone(),
+                negate: false,
+            },
+        ),
         Match::Destination { net, negate } => (
             RANK_ADDR,
-            format!("{} daddr {}{net}", ip_word(net), neq(*negate)),
+            Stmt::Address {
+                dir: Direction::Destination,
+                net: net.clone(),
+                negate: *negate,
+            },
         ),
         Match::DestinationPort { port, negate } => (
             port_rank(rule),
-            format!("{proto} dport {}{port}", neq(*negate)),
+            Stmt::Port {
+                proto,
+                dir: Direction::Destination,
+                port: *port,
+                negate: *negate,
+            },
         ),
-        Match::SourcePort(port) => (port_rank(rule), format!("{proto} sport {port}")),
-        // An anonymous set: `tcp dport != { 53, 15008 }`.
-        Match::DestinationPortNotIn(ports) => {
-            let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
-            (
-                port_rank(rule),
-                format!("{proto} dport != {{ {} }}", list.join(", ")),
-            )
-        }
-        Match::Owner { owner, negate } => {
-            // Istio spells the socket owner `meta skuid` in raw and bare `skuid` elsewhere;
-            // nft accepts both.
-            let meta = if rule.table == Table::Raw {
-                "meta "
-            } else {
-                ""
-            };
-            let (key, id) = match owner {
-                Owner::Uid(uid) => ("skuid", uid.to_string()),
-                Owner::Gid(group) => ("skgid", group.as_str().to_string()),
-            };
-            (RANK_OWNER, format!("{meta}{key} {}{id}", neq(*negate)))
-        }
-        Match::ConntrackState(state) => {
-            let state = match state {
-                CtState::Invalid => "invalid",
-                CtState::RelatedEstablished => "related,established",
-            };
-            (RANK_CTSTATE, format!("ct state {state}"))
-        }
-        Match::Mark { mark, negate } => (RANK_MARK, format!("mark {}{mark}", neq(*negate))),
-        Match::ConnMark(mark) => (RANK_MARK, format!("ct mark {mark}")),
+        Match::SourcePort(port) => (
+            port_rank(rule),
+            Stmt::Port {
+                proto,
+                dir: Direction::Source,
+                port: *port,
+                negate: false,
+            },
+        ),
+        Match::DestinationPortNotIn(ports) => (
+            port_rank(rule),
+            Stmt::PortNotIn {
+                proto,
+                ports: ports.clone(),
+            },
+        ),
+        // Istio spells the socket owner `meta skuid` in raw and bare `skuid` elsewhere;
+        // nft accepts both and compiles them alike.
+        Match::Owner { owner, negate } => (
+            RANK_OWNER,
+            Stmt::Owner {
+                owner: owner.clone(),
+                negate: *negate,
+                meta: rule.table == Table::Raw,
+            },
+        ),
+        Match::ConntrackState(state) => (RANK_CTSTATE, Stmt::CtState(*state)),
+        Match::Mark { mark, negate } => (
+            RANK_MARK,
+            Stmt::Mark {
+                mark: *mark,
+                negate: *negate,
+            },
+        ),
+        Match::ConnMark(mark) => (RANK_MARK, Stmt::CtMark(*mark)),
     };
-    Some(word)
+    Some(stmt)
 }
 
 /// The family a TPROXY rule diverts: that of its address match, else its scope.
-fn tproxy_family(rule: &Rule) -> &'static str {
+fn tproxy_family(rule: &Rule) -> Family {
     let from_match = rule.matches.iter().find_map(|m| match m {
-        Match::Destination { net, .. } | Match::Source(net) => Some(ip_word(net)),
+        Match::Destination { net, .. } | Match::Source(net) => Some(cidr_family(net)),
         _ => None,
     });
     from_match.unwrap_or(match rule.scope {
-        Scope::Only(Family::V6) => "ip6",
-        _ => "ip",
+        Scope::Only(Family::V6) => Family::V6,
+        _ => Family::V4,
     })
 }
 
-/// `counter` and the statement. `counter` comes right before the verdict or statement, except
+/// `counter` and the action. `counter` comes right before the verdict or statement, except
 /// for TPROXY, where Istio writes it between the mark and `accept`.
-fn statement(rule: &Rule) -> String {
+fn action(rule: &Rule) -> Vec<Stmt> {
+    let counted = |stmt: Stmt| vec![Stmt::Counter, stmt];
     match &rule.target {
-        Target::Jump(chain) => format!("counter jump {}", chain_name(*chain)),
-        Target::Return => "counter return".to_string(),
-        Target::Accept => "counter accept".to_string(),
-        Target::Drop => "counter drop".to_string(),
-        Target::Redirect(port) => format!("counter redirect to :{port}"),
-        Target::Tproxy { mark, port } => format!(
-            "tproxy {} to :{port} meta mark set {mark} counter accept",
-            tproxy_family(rule)
-        ),
-        Target::SetMark(mark) => format!("counter meta mark set {mark}"),
+        Target::Jump(chain) => counted(Stmt::Jump(chain_name(*chain))),
+        Target::Return => counted(Stmt::Return),
+        Target::Accept => counted(Stmt::Accept),
+        Target::Drop => counted(Stmt::Drop),
+        Target::Redirect(port) => counted(Stmt::Redirect(*port)),
+        Target::Tproxy { mark, port } => vec![
+            Stmt::Tproxy {
+                family: tproxy_family(rule),
+                port: *port,
+            },
+            Stmt::SetMark(*mark),
+            Stmt::Counter,
+            Stmt::Accept,
+        ],
+        Target::SetMark(mark) => counted(Stmt::SetMark(*mark)),
         // CONNMARK --save-mark / --restore-mark.
-        Target::SaveMark => "counter ct mark set mark".to_string(),
-        Target::RestoreMark => "counter meta mark set ct mark".to_string(),
-        Target::ConntrackZone(zone) => format!("counter ct zone set {zone}"),
+        Target::SaveMark => counted(Stmt::SaveMark),
+        Target::RestoreMark => counted(Stmt::RestoreMark),
+        Target::ConntrackZone(zone) => counted(Stmt::CtZone(*zone)),
     }
 }
 

@@ -1,0 +1,432 @@
+//! Installs the nftables ruleset natively: one nf_tables batch over a `NETLINK_NETFILTER`
+//! socket, no `nft` binary and no libnftnl. The kernel applies a batch as one transaction —
+//! every message or none — so a rejected rule leaves the ruleset exactly as it was.
+//!
+//! The batch replaces our tables (`istio-proxy-nat`, `-mangle`, `-raw`) as a whole; tables of
+//! other owners are never named. A failing message's sequence number is mapped back to the
+//! rule (or chain, or table) it came from, so the error reads e.g. "rule 7 of
+//! istio-proxy-nat/istio-output (…) `…`: Operation not supported".
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+    SockFlag, SockProtocol, SockType,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
+
+use crate::backend::nft_netlink::{
+    self, cleanup_batch, getgen_request, gettable_dump_request, replace_batch, Batch, EncodeError,
+};
+use crate::backend::nftables::{ruleset, Ruleset, MANAGED_TABLES};
+use crate::plan::Plan;
+
+/// The kernel answers a batch while `sendmsg` runs; this only guards against a bug.
+const RECV_TIMEOUT_SECS: i64 = 10;
+/// `sizeof(struct nlmsghdr)`.
+const NLMSG_HDRLEN: usize = 16;
+/// Where group names are looked up (no NSS, as for the proxy user).
+pub const GROUP_FILE: &str = "/etc/group";
+/// `NFT_MSG_NEWTABLE`, the type of each table in a `GETTABLE` dump.
+const NFT_MSG_NEWTABLE: u16 = 0;
+
+/// Why applying or reading the nftables ruleset failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The kernel rejected a message of the batch, so none of it was applied. `origin` names
+    /// the first failing message; later messages may fail as a consequence.
+    #[error("{origin}: {}{}", errno.desc(), more(*others))]
+    Rejected {
+        /// The rule, chain or table the first failing message came from.
+        origin: String,
+        /// The kernel's errno for it.
+        errno: Errno,
+        /// How many further messages of the batch failed.
+        others: usize,
+    },
+    /// The socket itself failed (open, bind, send, receive).
+    #[error("{op}: {}", errno.desc())]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The errno of the failing system call.
+        errno: Errno,
+    },
+    /// The kernel's reply could not be understood.
+    #[error("{op}: malformed netlink reply: {detail}")]
+    Malformed {
+        /// What was being done.
+        op: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The ruleset cannot be expressed (e.g. a group name that does not exist).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The group database could not be read.
+    #[error("reading {path}: {detail}")]
+    Groups {
+        /// The file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+fn more(others: usize) -> String {
+    match others {
+        0 => String::new(),
+        n => format!(" (and {n} later message(s) of the same batch failed)"),
+    }
+}
+
+type Result<T> = std::result::Result<T, NftError>;
+
+/// Group names and their gids, from a group file.
+#[derive(Clone, Debug, Default)]
+pub struct Groups(HashMap<String, u32>);
+
+impl Groups {
+    /// Parses `/etc/group` syntax (`name:password:gid:members`); malformed lines are skipped,
+    /// and the first entry of a name wins, as getgrnam does.
+    pub fn parse(text: &str) -> Groups {
+        let mut map = HashMap::new();
+        for line in text.lines() {
+            let mut fields = line.split(':');
+            let (Some(name), Some(_), Some(gid)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            if let Ok(gid) = gid.parse::<u32>() {
+                if !name.is_empty() && !name.starts_with('#') {
+                    map.entry(name.to_string()).or_insert(gid);
+                }
+            }
+        }
+        Groups(map)
+    }
+
+    /// Reads a group file; a missing file is an empty database (names then fail by name).
+    pub fn load(path: &Path) -> Result<Groups> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Groups::parse(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Groups::default()),
+            Err(e) => Err(NftError::Groups {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// The gid of a group name.
+    pub fn gid(&self, name: &str) -> Option<u32> {
+        self.0.get(name).copied()
+    }
+}
+
+/// What an apply installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The tables now in place, in order.
+    pub tables: Vec<String>,
+    /// Number of rules installed.
+    pub rules: usize,
+    /// Number of messages in the batch (without begin/end).
+    pub messages: usize,
+}
+
+/// One `NETLINK_NETFILTER` socket. It acts in the network namespace it was opened in, so open
+/// it from a thread that is in the pod's namespace.
+#[derive(Debug)]
+pub struct NfTables {
+    fd: OwnedFd,
+    seq: u32,
+}
+
+impl NfTables {
+    /// Opens the socket in the calling thread's network namespace.
+    pub fn open() -> Result<NfTables> {
+        let io = |op: &'static str| {
+            move |errno| NftError::Io {
+                op: op.to_string(),
+                errno,
+            }
+        };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )
+        .map_err(io("opening a NETLINK_NETFILTER socket"))?;
+        // Port id 0: the kernel picks one; no multicast groups, only our replies.
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
+            .map_err(io("binding the NETLINK_NETFILTER socket"))?;
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &TimeVal::seconds(RECV_TIMEOUT_SECS),
+        )
+        .map_err(io("setting the netlink receive timeout"))?;
+        Ok(NfTables { fd, seq: 1 })
+    }
+
+    /// The sequence number the next batch should start at (see [`NfTables::send_batch`]).
+    pub fn next_seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Makes our tables exactly what the plan says, in one transaction: tables the plan uses
+    /// are replaced, ours it does not use are deleted, nothing else is touched. Group names
+    /// are resolved from `/etc/group`.
+    pub fn apply(&mut self, plan: &Plan) -> Result<Applied> {
+        let groups = Groups::load(Path::new(GROUP_FILE))?;
+        self.apply_ruleset(&ruleset(plan), &groups)
+    }
+
+    /// [`NfTables::apply`] for a ruleset already built, with a given group database.
+    pub fn apply_ruleset(&mut self, ruleset: &Ruleset, groups: &Groups) -> Result<Applied> {
+        let batch = replace_batch(ruleset, &|name| groups.gid(name), self.seq)?;
+        self.send_batch(&batch)?;
+        Ok(Applied {
+            tables: ruleset.tables.iter().map(|t| t.name.clone()).collect(),
+            rules: ruleset.tables.iter().map(|t| t.rules.len()).sum(),
+            messages: batch.len(),
+        })
+    }
+
+    /// Deletes our three tables where they exist, in one transaction; nothing else.
+    pub fn cleanup(&mut self) -> Result<()> {
+        let batch = cleanup_batch(self.seq);
+        self.send_batch(&batch)
+    }
+
+    /// Sends a batch built with sequence numbers from [`NfTables::next_seq`] and waits for
+    /// the kernel's verdict. On any error nothing of it is applied; the error names the
+    /// first failing message's origin.
+    pub fn send_batch(&mut self, batch: &Batch) -> Result<()> {
+        const OP: &str = "sending the nf_tables batch";
+        let bytes = batch.bytes();
+        // The whole batch must fit in one datagram; the default send buffer (~200 KiB)
+        // already holds Istio's largest ruleset, so only raise it when needed.
+        if bytes.len() > 128 * 1024 {
+            setsockopt(&self.fd, sockopt::SndBuf, &(bytes.len() + 4096)).map_err(|errno| {
+                NftError::Io {
+                    op: "raising the netlink send buffer".into(),
+                    errno,
+                }
+            })?;
+        }
+        self.send(OP, &bytes)?;
+        // The kernel processes the batch inside sendmsg and queues its errors before
+        // anything sent later is answered: the reply to this request closes the batch.
+        let sentinel = batch.next_seq();
+        self.seq = sentinel.wrapping_add(1);
+        self.send(OP, &getgen_request(sentinel))?;
+        let mut failures: Vec<(u32, Errno)> = Vec::new();
+        'recv: loop {
+            for msg in self.receive(OP)? {
+                if msg.seq == sentinel {
+                    break 'recv;
+                }
+                if msg.kind == libc::NLMSG_ERROR as u16 {
+                    match error_code(&msg.payload) {
+                        Some(0) => {}
+                        Some(code) if batch.origin(msg.seq).is_some() => {
+                            failures.push((msg.seq, Errno::from_raw(-code)))
+                        }
+                        // Left over from an earlier exchange on this socket.
+                        Some(_) => {}
+                        None => return Err(malformed(OP, "truncated NLMSG_ERROR".into())),
+                    }
+                }
+            }
+        }
+        failures.sort_by_key(|(seq, _)| *seq);
+        match failures.first() {
+            None => Ok(()),
+            Some(&(seq, errno)) => Err(NftError::Rejected {
+                origin: batch
+                    .origin(seq)
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| format!("message {seq}")),
+                errno,
+                others: failures.len() - 1,
+            }),
+        }
+    }
+
+    /// The names of the inet tables in this namespace (read-only).
+    pub fn inet_tables(&mut self) -> Result<Vec<String>> {
+        const OP: &str = "listing the nftables tables";
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.send(OP, &gettable_dump_request(seq))?;
+        let mut names = Vec::new();
+        loop {
+            for msg in self.receive(OP)? {
+                if msg.seq != seq {
+                    continue;
+                }
+                match i32::from(msg.kind) {
+                    libc::NLMSG_DONE => return Ok(names),
+                    libc::NLMSG_ERROR => match error_code(&msg.payload) {
+                        Some(0) => {}
+                        Some(code) => {
+                            return Err(NftError::Io {
+                                op: OP.into(),
+                                errno: Errno::from_raw(-code),
+                            })
+                        }
+                        None => return Err(malformed(OP, "truncated NLMSG_ERROR".into())),
+                    },
+                    _ if msg.kind == nft_netlink::nft_type(NFT_MSG_NEWTABLE) => {
+                        let name = nft_netlink::table_name_of(&msg.payload)
+                            .ok_or_else(|| malformed(OP, "table without a name".into()))?;
+                        names.push(name);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Which of our tables exist (read-only); empty after a cleanup.
+    pub fn managed_tables_present(&mut self) -> Result<Vec<String>> {
+        let present = self.inet_tables()?;
+        Ok(MANAGED_TABLES
+            .iter()
+            .filter(|t| present.iter().any(|p| p == *t))
+            .map(|t| t.to_string())
+            .collect())
+    }
+
+    fn send(&self, op: &str, buf: &[u8]) -> Result<()> {
+        let kernel = NetlinkAddr::new(0, 0);
+        loop {
+            match sendto(self.fd.as_raw_fd(), buf, &kernel, MsgFlags::empty()) {
+                Ok(n) if n == buf.len() => return Ok(()),
+                Ok(n) => return Err(malformed(op, format!("sent {n} of {} bytes", buf.len()))),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    return Err(NftError::Io {
+                        op: op.to_string(),
+                        errno,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Reads one datagram and returns its messages.
+    fn receive(&self, op: &str) -> Result<Vec<Msg>> {
+        let io = |errno| NftError::Io {
+            op: op.to_string(),
+            errno,
+        };
+        let fd = self.fd.as_raw_fd();
+        // Peek with MSG_TRUNC to learn the datagram's size, so nothing is cut short.
+        let mut buf = vec![0u8; 0];
+        let size = retry_eintr(|| recv(fd, &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC))
+            .map_err(io)?;
+        buf.resize(size, 0);
+        let n = retry_eintr(|| recv(fd, &mut buf, MsgFlags::empty())).map_err(io)?;
+        buf.truncate(n);
+        parse_messages(&buf).map_err(|detail| malformed(op, detail))
+    }
+}
+
+/// One message of a received datagram.
+#[derive(Debug)]
+struct Msg {
+    kind: u16,
+    seq: u32,
+    payload: Vec<u8>,
+}
+
+fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+fn malformed(op: &str, detail: String) -> NftError {
+    NftError::Malformed {
+        op: op.to_string(),
+        detail,
+    }
+}
+
+fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
+}
+
+/// The errno field that starts an `NLMSG_ERROR` payload (0 for an acknowledgement).
+fn error_code(payload: &[u8]) -> Option<i32> {
+    Some(i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?))
+}
+
+fn parse_messages(buf: &[u8]) -> std::result::Result<Vec<Msg>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let len = u32_at(buf, at).ok_or("truncated message header")? as usize;
+        if len < NLMSG_HDRLEN || at + len > buf.len() {
+            return Err(format!(
+                "message length {len} at offset {at} of a {}-byte datagram",
+                buf.len()
+            ));
+        }
+        out.push(Msg {
+            kind: u16_at(buf, at + 4).ok_or("truncated message header")?,
+            seq: u32_at(buf, at + 8).ok_or("truncated message header")?,
+            payload: buf[at + NLMSG_HDRLEN..at + len].to_vec(),
+        });
+        at += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_file_is_parsed_without_nss() {
+        let groups = Groups::parse(
+            "root:x:0:\n# comment:x:5:\nbroken line\njava:x:1001:a,b\njava:x:7:\nftp:*:50:\n",
+        );
+        assert_eq!(groups.gid("root"), Some(0));
+        assert_eq!(groups.gid("java"), Some(1001), "first entry wins");
+        assert_eq!(groups.gid("ftp"), Some(50));
+        assert_eq!(groups.gid("nobody-here"), None);
+    }
+
+    #[test]
+    fn replies_are_split_into_messages_and_truncation_is_an_error() {
+        let mut buf = Vec::new();
+        for seq in [7u32, 8] {
+            buf.extend_from_slice(&20u32.to_ne_bytes());
+            buf.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
+            buf.extend_from_slice(&0u16.to_ne_bytes());
+            buf.extend_from_slice(&seq.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&(-95i32).to_ne_bytes());
+        }
+        let msgs = parse_messages(&buf).unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[1].seq, 8);
+        assert_eq!(error_code(&msgs[0].payload), Some(-95));
+        assert!(parse_messages(&buf[..30]).is_err());
+    }
+}

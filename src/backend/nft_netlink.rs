@@ -1,0 +1,1338 @@
+//! nftables ruleset → nf_tables netlink messages: one batch (`NFNL_MSG_BATCH_BEGIN` …
+//! `NFNL_MSG_BATCH_END`) that the kernel applies as a single transaction. Pure encoding, no
+//! socket; sending it belongs to `apply::nftables`.
+//!
+//! The expressions are those `nft` 1.0 generates for the same text (checked with
+//! `nft --debug=netlink` and `--debug=mnl`), including what nft adds implicitly: `meta nfproto`
+//! before an address match in an inet table, `meta l4proto` before a port match when the rule
+//! has not matched the protocol yet, a shortened load for a byte-aligned prefix and a bitwise
+//! mask for any other one, and an anonymous set (created in the same batch) for a port list.
+//! So the kernel ends up with exactly what `nft -f` of the script would give it.
+//!
+//! Messages are plain byte vectors: netlink headers in host order, nf_tables attribute values
+//! in network order (`NLA_U32` fields are big-endian), register data as the packet or the
+//! kernel holds it (ports and addresses big-endian, marks, uids and zones host-endian).
+
+use std::fmt;
+
+use crate::backend::nftables::{
+    cidr_family, wildcard_prefix, Direction, Hook, NftRule, NftTable, Ruleset, Stmt, MANAGED_TABLES,
+};
+use crate::config::types::Cidr;
+use crate::plan::{CtState, Family, Owner, Protocol};
+
+// nfnetlink (<linux/netfilter/nfnetlink.h>).
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 16;
+const NFNL_MSG_BATCH_END: u16 = 17;
+const NFNETLINK_V0: u8 = 0;
+
+// Netfilter protocol families (<linux/netfilter.h>).
+const NFPROTO_UNSPEC: u8 = 0;
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+
+// Hooks (<linux/netfilter.h>).
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
+
+// Message types (enum nf_tables_msg_types).
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETGEN: u16 = 16;
+
+// Table, chain and hook attributes.
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+
+// Rule attributes.
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_ID: u16 = 9;
+const NFTA_RULE_POSITION_ID: u16 = 10;
+
+// Set and set-element attributes.
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+const NFTA_SET_KEY_TYPE: u16 = 4;
+const NFTA_SET_KEY_LEN: u16 = 5;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_USERDATA: u16 = 13;
+const NFTA_SET_DESC_SIZE: u16 = 1;
+const NFT_SET_ANONYMOUS: u32 = 0x1;
+const NFT_SET_CONSTANT: u32 = 0x2;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+/// nft's datatype number for `inet_service` (a port); informational for the kernel, used by
+/// nft to print the set.
+const TYPE_INET_SERVICE: u32 = 13;
+/// The name the kernel completes with a free number (`__set0`, …), as nft names anonymous sets.
+const ANON_SET_NAME: &str = "__set%d";
+
+// Generic list, expression, data and verdict attributes.
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+// Verdict codes (<linux/netfilter.h>, enum nft_verdicts).
+const NF_DROP: i32 = 0;
+const NF_ACCEPT: i32 = 1;
+const NFT_JUMP: i32 = -3;
+const NFT_RETURN: i32 = -5;
+
+// Registers: nft uses the verdict register and the first 16-byte data register.
+const NFT_REG_VERDICT: u32 = 0;
+const NFT_REG_1: u32 = 1;
+
+// Expression attributes.
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_META_SREG: u16 = 3;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_NEQ: u32 = 1;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_SREG: u16 = 2;
+const NFTA_LOOKUP_SET_ID: u16 = 4;
+const NFTA_LOOKUP_FLAGS: u16 = 5;
+const NFT_LOOKUP_F_INV: u32 = 1;
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_SREG: u16 = 4;
+const NFTA_REDIR_REG_PROTO_MIN: u16 = 1;
+const NFTA_REDIR_FLAGS: u16 = 3;
+/// `NF_NAT_RANGE_PROTO_SPECIFIED`: the redirect names a port.
+const NF_NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+const NFTA_TPROXY_FAMILY: u16 = 1;
+const NFTA_TPROXY_REG_PORT: u16 = 3;
+
+// Meta and conntrack keys.
+const NFT_META_MARK: u32 = 3;
+const NFT_META_IIFNAME: u32 = 6;
+const NFT_META_OIFNAME: u32 = 7;
+const NFT_META_SKUID: u32 = 10;
+const NFT_META_SKGID: u32 = 11;
+const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_L4PROTO: u32 = 16;
+const NFT_CT_STATE: u32 = 0;
+const NFT_CT_MARK: u32 = 3;
+const NFT_CT_ZONE: u32 = 17;
+
+// Conntrack state bits as `ct state` sees them (<linux/netfilter/nf_conntrack_common.h>).
+const CT_STATE_INVALID: u32 = 1;
+const CT_STATE_ESTABLISHED: u32 = 1 << 1;
+const CT_STATE_RELATED: u32 = 1 << 2;
+
+// Netlink framing.
+const NLMSG_HDRLEN: usize = 16;
+const NFGENMSG_LEN: usize = 4;
+const NLA_HDRLEN: usize = 4;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+/// `IFNAMSIZ`: nft compares a whole interface name as 16 zero-padded bytes.
+const IFNAMSIZ: usize = 16;
+
+/// Why a ruleset cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A group name (`skgid java`) that the group database does not know; the kernel only
+    /// takes numeric gids.
+    #[error("{rule}: group {group:?} does not exist (not in the group database)")]
+    UnknownGroup {
+        /// The group as written.
+        group: String,
+        /// The rule that names it.
+        rule: String,
+    },
+    /// An insert refers to an index its chain does not have at that point.
+    #[error("{rule}: index {index} is beyond the end of the chain ({len} rules)")]
+    BadIndex {
+        /// The rule being inserted.
+        rule: String,
+        /// The requested 0-based index.
+        index: usize,
+        /// How many rules the chain had.
+        len: usize,
+    },
+}
+
+/// What a table message of the batch does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableOp {
+    /// `NEWTABLE` so that the following delete finds the table even when it did not exist.
+    Ensure,
+    /// `DELTABLE`: removes the table with everything in it.
+    Delete,
+    /// `NEWTABLE` of the fresh table.
+    Create,
+}
+
+/// Which part of the ruleset a message of the batch comes from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `NFNL_MSG_BATCH_BEGIN`/`END`; an error here concerns the whole transaction.
+    Batch,
+    /// A table message.
+    Table {
+        /// The table's name.
+        table: String,
+        /// What the message does.
+        op: TableOp,
+    },
+    /// A chain declaration.
+    Chain {
+        /// The table's name.
+        table: String,
+        /// The chain's name.
+        chain: String,
+    },
+    /// A rule, or the anonymous set one of its matches uses.
+    Rule(RuleOrigin),
+}
+
+/// A rule of the batch, as a person finds it in the script.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleOrigin {
+    /// The table's name.
+    pub table: String,
+    /// The chain's name.
+    pub chain: String,
+    /// 1-based: the n-th rule added to this chain by the batch (the n-th `add`/`insert
+    /// rule` line of the chain in the script).
+    pub number: usize,
+    /// Why the rule exists.
+    pub purpose: &'static str,
+    /// The rule's nft text (after the chain).
+    pub text: String,
+    /// True for the anonymous set the rule uses rather than the rule itself.
+    pub set: bool,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Batch => f.write_str("the nf_tables transaction"),
+            Origin::Table { table, op } => {
+                let what = match op {
+                    TableOp::Ensure => "adding",
+                    TableOp::Delete => "deleting",
+                    TableOp::Create => "creating",
+                };
+                write!(f, "{what} table inet {table}")
+            }
+            Origin::Chain { table, chain } => write!(f, "chain {table}/{chain}"),
+            Origin::Rule(r) => {
+                let set = if r.set { "the port set of " } else { "" };
+                write!(
+                    f,
+                    "{set}rule {} of {}/{} ({}) `{}`",
+                    r.number, r.table, r.chain, r.purpose, r.text
+                )
+            }
+        }
+    }
+}
+
+/// One message of a batch: its complete bytes, sequence number and origin.
+#[derive(Clone, Debug)]
+pub struct BatchMessage {
+    /// The sequence number in the header; the kernel's error for it carries the same.
+    pub seq: u32,
+    /// The complete netlink message (header included), 4-byte aligned.
+    pub bytes: Vec<u8>,
+    /// Where it comes from.
+    pub origin: Origin,
+}
+
+/// A complete nf_tables batch, sent in one `sendmsg`.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    messages: Vec<BatchMessage>,
+}
+
+impl Batch {
+    /// The messages, `BATCH_BEGIN` first and `BATCH_END` last.
+    pub fn messages(&self) -> &[BatchMessage] {
+        &self.messages
+    }
+
+    /// All messages back to back: what is sent.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.messages
+            .iter()
+            .flat_map(|m| m.bytes.iter().copied())
+            .collect()
+    }
+
+    /// The origin of the message with this sequence number.
+    pub fn origin(&self, seq: u32) -> Option<&Origin> {
+        self.messages
+            .iter()
+            .find(|m| m.seq == seq)
+            .map(|m| &m.origin)
+    }
+
+    /// The sequence number after the last message's.
+    pub fn next_seq(&self) -> u32 {
+        self.messages.last().map_or(0, |m| m.seq.wrapping_add(1))
+    }
+
+    /// Number of messages between `BATCH_BEGIN` and `BATCH_END`.
+    pub fn len(&self) -> usize {
+        self.messages.len().saturating_sub(2)
+    }
+
+    /// True when the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The batch that makes our tables exactly `ruleset`: for every managed table (and any other
+/// table the ruleset has) `NEWTABLE` + `DELTABLE` — removing what an earlier run left, or a
+/// no-op pair when there was nothing — then, for the tables the ruleset has, `NEWTABLE`, the
+/// chains, and the rules (each port set right before its rule). Applying it twice leaves the
+/// same ruleset. `gid_of` resolves group names (`skgid java`); numeric groups need nothing.
+/// Sequence numbers start at `first_seq`.
+pub fn replace_batch(
+    ruleset: &Ruleset,
+    gid_of: &dyn Fn(&str) -> Option<u32>,
+    first_seq: u32,
+) -> Result<Batch, EncodeError> {
+    let mut b = Builder::new(first_seq);
+    let mut names: Vec<&str> = MANAGED_TABLES.to_vec();
+    for t in &ruleset.tables {
+        if !names.contains(&t.name.as_str()) {
+            names.push(&t.name);
+        }
+    }
+    for name in names {
+        b.remove_table(name);
+        if let Some(table) = ruleset.tables.iter().find(|t| t.name == name) {
+            b.table(table, gid_of)?;
+        }
+    }
+    Ok(b.finish())
+}
+
+/// The batch that deletes our three tables if they exist (`NEWTABLE` + `DELTABLE` each),
+/// and nothing else.
+pub fn cleanup_batch(first_seq: u32) -> Batch {
+    let mut b = Builder::new(first_seq);
+    for name in MANAGED_TABLES {
+        b.remove_table(name);
+    }
+    b.finish()
+}
+
+/// `NFT_MSG_GETGEN`: a request whose reply marks the end of everything the kernel says about
+/// a batch sent before it.
+pub fn getgen_request(seq: u32) -> Vec<u8> {
+    message(NFT_MSG_GETGEN, NLM_F_REQUEST, seq, NFPROTO_UNSPEC, &[])
+}
+
+/// `NFT_MSG_GETTABLE` dump of the inet tables.
+pub fn gettable_dump_request(seq: u32) -> Vec<u8> {
+    message(
+        NFT_MSG_GETTABLE,
+        NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK,
+        seq,
+        NFPROTO_INET,
+        &[],
+    )
+}
+
+/// The name in an `NFT_MSG_NEWTABLE` message's payload (after the netlink header), if any.
+pub fn table_name_of(payload: &[u8]) -> Option<String> {
+    let mut at = NFGENMSG_LEN;
+    while at + NLA_HDRLEN <= payload.len() {
+        let len = usize::from(u16::from_ne_bytes([payload[at], payload[at + 1]]));
+        let kind = u16::from_ne_bytes([payload[at + 2], payload[at + 3]]) & 0x3fff;
+        if len < NLA_HDRLEN || at + len > payload.len() {
+            return None;
+        }
+        if kind == NFTA_TABLE_NAME {
+            let raw = &payload[at + NLA_HDRLEN..at + len];
+            let raw = raw.split(|&b| b == 0).next().unwrap_or(raw);
+            return String::from_utf8(raw.to_vec()).ok();
+        }
+        at += align4(len);
+    }
+    None
+}
+
+/// The full message type of an nf_tables message (subsystem in the high byte).
+pub fn nft_type(msg: u16) -> u16 {
+    (NFNL_SUBSYS_NFTABLES << 8) | msg
+}
+
+/// Builds a batch message by message.
+struct Builder {
+    messages: Vec<BatchMessage>,
+    seq: u32,
+    /// Transaction-local ids of rules and of sets (two separate spaces, as in the kernel),
+    /// each counting from 1 as nft does.
+    next_rule_id: u32,
+    next_set_id: u32,
+}
+
+impl Builder {
+    fn new(first_seq: u32) -> Builder {
+        let mut b = Builder {
+            messages: Vec::new(),
+            seq: first_seq,
+            next_rule_id: 1,
+            next_set_id: 1,
+        };
+        b.push(batch_marker(NFNL_MSG_BATCH_BEGIN, first_seq), Origin::Batch);
+        b
+    }
+
+    fn push(&mut self, bytes: Vec<u8>, origin: Origin) {
+        self.messages.push(BatchMessage {
+            seq: self.seq,
+            bytes,
+            origin,
+        });
+        self.seq = self.seq.wrapping_add(1);
+    }
+
+    fn nft(&mut self, kind: u16, flags: u16, body: Attrs, origin: Origin) {
+        let bytes = message(kind, NLM_F_REQUEST | flags, self.seq, NFPROTO_INET, &body.0);
+        self.push(bytes, origin);
+    }
+
+    fn rule_id(&mut self) -> u32 {
+        self.next_rule_id += 1;
+        self.next_rule_id - 1
+    }
+
+    fn set_id(&mut self) -> u32 {
+        self.next_set_id += 1;
+        self.next_set_id - 1
+    }
+
+    fn finish(mut self) -> Batch {
+        let end = batch_marker(NFNL_MSG_BATCH_END, self.seq);
+        self.push(end, Origin::Batch);
+        Batch {
+            messages: self.messages,
+        }
+    }
+
+    /// `NEWTABLE` (creates it when missing, else changes nothing) + `DELTABLE`.
+    fn remove_table(&mut self, name: &str) {
+        for (kind, flags, op) in [
+            (NFT_MSG_NEWTABLE, NLM_F_CREATE, TableOp::Ensure),
+            (NFT_MSG_DELTABLE, 0, TableOp::Delete),
+        ] {
+            let mut body = Attrs::default();
+            body.str(NFTA_TABLE_NAME, name);
+            if kind == NFT_MSG_NEWTABLE {
+                body.u32(NFTA_TABLE_FLAGS, 0);
+            }
+            let origin = Origin::Table {
+                table: name.to_string(),
+                op,
+            };
+            self.nft(kind, flags, body, origin);
+        }
+    }
+
+    fn table(
+        &mut self,
+        table: &NftTable,
+        gid_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<(), EncodeError> {
+        let name = &table.name;
+        let mut body = Attrs::default();
+        body.str(NFTA_TABLE_NAME, name);
+        body.u32(NFTA_TABLE_FLAGS, 0);
+        let origin = Origin::Table {
+            table: name.clone(),
+            op: TableOp::Create,
+        };
+        self.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, body, origin);
+
+        for chain in &table.chains {
+            let mut body = Attrs::default();
+            body.str(NFTA_CHAIN_TABLE, name);
+            body.str(NFTA_CHAIN_NAME, &chain.name);
+            if let Some(base) = chain.base {
+                // No NFTA_CHAIN_POLICY, as nft: the kernel's default policy is accept.
+                body.str(NFTA_CHAIN_TYPE, base.kind.name());
+                body.nest(NFTA_CHAIN_HOOK, |h| {
+                    let hooknum = match base.hook {
+                        Hook::Prerouting => NF_INET_PRE_ROUTING,
+                        Hook::Output => NF_INET_LOCAL_OUT,
+                    };
+                    h.u32(NFTA_HOOK_HOOKNUM, hooknum);
+                    h.u32(NFTA_HOOK_PRIORITY, base.priority as u32);
+                });
+            }
+            let origin = Origin::Chain {
+                table: name.clone(),
+                chain: chain.name.clone(),
+            };
+            self.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, body, origin);
+        }
+
+        // Each chain's rules as batch ids in their current order: an insert names the rule it
+        // goes before by that rule's id (NFTA_RULE_POSITION_ID), since none of them has a
+        // handle yet — what nft does for `insert … index N` into a chain it is filling.
+        let mut chains: Vec<(&str, Vec<u32>, usize)> = Vec::new();
+        for rule in &table.rules {
+            let slot = match chains.iter().position(|(c, _, _)| *c == rule.chain) {
+                Some(i) => i,
+                None => {
+                    chains.push((&rule.chain, Vec::new(), 0));
+                    chains.len() - 1
+                }
+            };
+            chains[slot].2 += 1;
+            let origin = RuleOrigin {
+                table: name.clone(),
+                chain: rule.chain.clone(),
+                number: chains[slot].2,
+                purpose: rule.purpose,
+                text: rule.body(),
+                set: false,
+            };
+            let id = self.rule_id();
+            let before = match rule.index {
+                None => None,
+                Some(index) => {
+                    let order = &chains[slot].1;
+                    let Some(&target) = order.get(index) else {
+                        return Err(EncodeError::BadIndex {
+                            rule: Origin::Rule(origin).to_string(),
+                            index,
+                            len: order.len(),
+                        });
+                    };
+                    Some((index, target))
+                }
+            };
+            self.rule(name, rule, id, before.map(|(_, t)| t), &origin, gid_of)?;
+            let order = &mut chains[slot].1;
+            match before {
+                Some((index, _)) => order.insert(index, id),
+                None => order.push(id),
+            }
+        }
+        Ok(())
+    }
+
+    /// The rule's sets (if any), then the rule itself.
+    fn rule(
+        &mut self,
+        table: &str,
+        rule: &NftRule,
+        id: u32,
+        before: Option<u32>,
+        origin: &RuleOrigin,
+        gid_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<(), EncodeError> {
+        let mut exprs = Attrs::default();
+        let mut deps = Deps::default();
+        for stmt in &rule.stmts {
+            self.stmt(&mut exprs, &mut deps, stmt, table, origin, gid_of)?;
+        }
+        let mut body = Attrs::default();
+        body.str(NFTA_RULE_TABLE, table);
+        body.str(NFTA_RULE_CHAIN, &rule.chain);
+        body.raw_nest(NFTA_RULE_EXPRESSIONS, &exprs.0);
+        body.u32(NFTA_RULE_ID, id);
+        let flags = match before {
+            // Without NLM_F_APPEND the rule goes before the one named.
+            Some(target) => {
+                body.u32(NFTA_RULE_POSITION_ID, target);
+                NLM_F_CREATE
+            }
+            None => NLM_F_CREATE | NLM_F_APPEND,
+        };
+        self.nft(NFT_MSG_NEWRULE, flags, body, Origin::Rule(origin.clone()));
+        Ok(())
+    }
+
+    /// Appends one statement's expressions, with the protocol dependencies nft would add.
+    fn stmt(
+        &mut self,
+        e: &mut Attrs,
+        deps: &mut Deps,
+        stmt: &Stmt,
+        table: &str,
+        origin: &RuleOrigin,
+        gid_of: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<(), EncodeError> {
+        match stmt {
+            Stmt::Interface { dir, name } => {
+                let key = match dir {
+                    Direction::Source => NFT_META_IIFNAME,
+                    Direction::Destination => NFT_META_OIFNAME,
+                };
+                // A whole name is compared as 16 zero-padded bytes; a wildcard `eth+` only on
+                // its prefix, as nft compiles `"eth*"`.
+                let value = match wildcard_prefix(name) {
+                    Some(prefix) => prefix.as_bytes().to_vec(),
+                    None => {
+                        let mut v = name.as_str().as_bytes().to_vec();
+                        v.resize(IFNAMSIZ, 0);
+                        v
+                    }
+                };
+                // An empty prefix (`+`) matches every interface: no expression at all.
+                if !value.is_empty() {
+                    meta_load(e, key);
+                    cmp(e, NFT_CMP_EQ, &value);
+                }
+            }
+            Stmt::L4Proto(proto) => {
+                meta_load(e, NFT_META_L4PROTO);
+                cmp(e, NFT_CMP_EQ, &[ip_proto(*proto)]);
+                deps.l4 = Some(*proto);
+            }
+            Stmt::CtState(state) => {
+                let bits = match state {
+                    CtState::Invalid => CT_STATE_INVALID,
+                    CtState::RelatedEstablished => CT_STATE_RELATED | CT_STATE_ESTABLISHED,
+                };
+                ct_load(e, NFT_CT_STATE);
+                bitwise(e, &bits.to_ne_bytes(), &[0; 4]);
+                cmp(e, NFT_CMP_NEQ, &[0; 4]);
+            }
+            Stmt::Mark { mark, negate } => {
+                meta_load(e, NFT_META_MARK);
+                cmp(e, op(*negate), &mark.to_ne_bytes());
+            }
+            Stmt::CtMark(mark) => {
+                ct_load(e, NFT_CT_MARK);
+                cmp(e, NFT_CMP_EQ, &mark.to_ne_bytes());
+            }
+            Stmt::Address { dir, net, negate } => {
+                let family = cidr_family(net);
+                deps.network(e, family);
+                address(e, *dir, net, *negate);
+            }
+            Stmt::Port {
+                proto,
+                dir,
+                port,
+                negate,
+            } => {
+                deps.transport(e, *proto);
+                let offset = match dir {
+                    Direction::Source => 0,
+                    Direction::Destination => 2,
+                };
+                payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2);
+                cmp(e, op(*negate), &port.get().to_be_bytes());
+            }
+            Stmt::PortNotIn { proto, ports } => {
+                deps.transport(e, *proto);
+                payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+                let ports: Vec<u16> = ports.iter().map(|p| p.get()).collect();
+                // nft turns a one-element list into a plain comparison. A longer list becomes
+                // a set even when its elements repeat (`{ 53, 53 }` when the tunnel port is
+                // 53); nft sends every element and the kernel keeps one of each.
+                if let [port] = ports[..] {
+                    cmp(e, NFT_CMP_NEQ, &port.to_be_bytes());
+                } else {
+                    let set_id = self.set_id();
+                    self.port_set(table, set_id, *proto, &ports, origin);
+                    expr(e, "lookup", |a| {
+                        a.u32(NFTA_LOOKUP_SREG, NFT_REG_1);
+                        a.str(NFTA_LOOKUP_SET, ANON_SET_NAME);
+                        a.u32(NFTA_LOOKUP_SET_ID, set_id);
+                        a.u32(NFTA_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
+                    });
+                }
+            }
+            Stmt::Owner { owner, negate, .. } => {
+                let (key, id) =
+                    match owner {
+                        Owner::Uid(uid) => (NFT_META_SKUID, *uid),
+                        Owner::Gid(group) => {
+                            let gid = group.gid().or_else(|| gid_of(group.as_str())).ok_or_else(
+                                || EncodeError::UnknownGroup {
+                                    group: group.as_str().to_string(),
+                                    rule: Origin::Rule(origin.clone()).to_string(),
+                                },
+                            )?;
+                            (NFT_META_SKGID, gid)
+                        }
+                    };
+                meta_load(e, key);
+                cmp(e, op(*negate), &id.to_ne_bytes());
+            }
+            Stmt::Counter => expr(e, "counter", |_| {}),
+            Stmt::Jump(chain) => verdict(e, NFT_JUMP, Some(chain)),
+            Stmt::Return => verdict(e, NFT_RETURN, None),
+            Stmt::Accept => verdict(e, NF_ACCEPT, None),
+            Stmt::Drop => verdict(e, NF_DROP, None),
+            Stmt::Redirect(port) => {
+                immediate(e, &port.get().to_be_bytes());
+                expr(e, "redir", |a| {
+                    a.u32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+                    a.u32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+                });
+            }
+            Stmt::Tproxy { family, port } => {
+                immediate(e, &port.get().to_be_bytes());
+                expr(e, "tproxy", |a| {
+                    a.u32(NFTA_TPROXY_FAMILY, u32::from(nfproto(*family)));
+                    a.u32(NFTA_TPROXY_REG_PORT, NFT_REG_1);
+                });
+            }
+            Stmt::SetMark(mark) => {
+                immediate(e, &mark.to_ne_bytes());
+                meta_set(e, NFT_META_MARK);
+            }
+            Stmt::SaveMark => {
+                meta_load(e, NFT_META_MARK);
+                ct_set(e, NFT_CT_MARK);
+            }
+            Stmt::RestoreMark => {
+                ct_load(e, NFT_CT_MARK);
+                meta_set(e, NFT_META_MARK);
+            }
+            Stmt::CtZone(zone) => {
+                immediate(e, &zone.to_ne_bytes());
+                ct_set(e, NFT_CT_ZONE);
+            }
+        }
+        Ok(())
+    }
+
+    /// A constant anonymous set of ports (`NEWSET` + `NEWSETELEM`), as nft creates for
+    /// `tcp dport != { 53, 15008 }`; the kernel names it and frees it with its rule.
+    fn port_set(
+        &mut self,
+        table: &str,
+        set_id: u32,
+        proto: Protocol,
+        ports: &[u16],
+        origin: &RuleOrigin,
+    ) {
+        let origin = Origin::Rule(RuleOrigin {
+            set: true,
+            ..origin.clone()
+        });
+        let mut body = Attrs::default();
+        body.str(NFTA_SET_TABLE, table);
+        body.str(NFTA_SET_NAME, ANON_SET_NAME);
+        body.u32(NFTA_SET_FLAGS, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT);
+        body.u32(NFTA_SET_KEY_TYPE, TYPE_INET_SERVICE);
+        body.u32(NFTA_SET_KEY_LEN, 2);
+        body.u32(NFTA_SET_ID, set_id);
+        body.nest(NFTA_SET_DESC, |d| {
+            d.u32(NFTA_SET_DESC_SIZE, ports.len() as u32)
+        });
+        body.put(NFTA_SET_USERDATA, &set_userdata(proto));
+        self.nft(NFT_MSG_NEWSET, NLM_F_CREATE, body, origin.clone());
+
+        let mut body = Attrs::default();
+        body.str(NFTA_SET_ELEM_LIST_TABLE, table);
+        body.str(NFTA_SET_ELEM_LIST_SET, ANON_SET_NAME);
+        body.u32(NFTA_SET_ELEM_LIST_SET_ID, set_id);
+        body.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+            // nft numbers the list entries (1, 2, …); the kernel ignores the type here.
+            for (i, port) in ports.iter().enumerate() {
+                list.nest(i as u16 + 1, |el| {
+                    el.nest(NFTA_SET_ELEM_KEY, |k| {
+                        k.put(NFTA_DATA_VALUE, &port.to_be_bytes())
+                    });
+                });
+            }
+        });
+        self.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE, body, origin);
+    }
+}
+
+/// Which protocols a rule has matched so far; nft adds a match for a protocol a payload
+/// expression needs only when the rule has not matched it already.
+#[derive(Default)]
+struct Deps {
+    l3: Option<Family>,
+    l4: Option<Protocol>,
+}
+
+impl Deps {
+    /// `meta nfproto ipv4|ipv6` before the first address of that family (the table is inet).
+    fn network(&mut self, e: &mut Attrs, family: Family) {
+        if self.l3 != Some(family) {
+            meta_load(e, NFT_META_NFPROTO);
+            cmp(e, NFT_CMP_EQ, &[nfproto(family)]);
+            self.l3 = Some(family);
+        }
+    }
+
+    /// `meta l4proto tcp|udp` before the first port of that protocol.
+    fn transport(&mut self, e: &mut Attrs, proto: Protocol) {
+        if self.l4 != Some(proto) {
+            meta_load(e, NFT_META_L4PROTO);
+            cmp(e, NFT_CMP_EQ, &[ip_proto(proto)]);
+            self.l4 = Some(proto);
+        }
+    }
+}
+
+fn ip_proto(proto: Protocol) -> u8 {
+    match proto {
+        Protocol::Tcp => libc::IPPROTO_TCP as u8,
+        Protocol::Udp => libc::IPPROTO_UDP as u8,
+    }
+}
+
+fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::V4 => NFPROTO_IPV4,
+        Family::V6 => NFPROTO_IPV6,
+    }
+}
+
+fn op(negate: bool) -> u32 {
+    if negate {
+        NFT_CMP_NEQ
+    } else {
+        NFT_CMP_EQ
+    }
+}
+
+/// nft's user data for an anonymous port set (read back only by nft, to print it): key byte
+/// order big-endian, and "typeof tcp|udp dport" — the payload expression (7), its protocol
+/// (nft's description id: udp 6, tcp 8) and field (dport, 2). Type-length-value, one byte each
+/// for type and length, values host-endian.
+fn set_userdata(proto: Protocol) -> Vec<u8> {
+    let desc: u32 = match proto {
+        Protocol::Udp => 6,
+        Protocol::Tcp => 8,
+    };
+    let tlv = |kind: u8, value: &[u8]| {
+        let mut v = vec![kind, value.len() as u8];
+        v.extend_from_slice(value);
+        v
+    };
+    let payload_desc = [tlv(0, &desc.to_ne_bytes()), tlv(1, &2u32.to_ne_bytes())].concat();
+    let key_typeof = [tlv(0, &7u32.to_ne_bytes()), tlv(1, &payload_desc)].concat();
+    [tlv(0, &2u32.to_ne_bytes()), tlv(3, &key_typeof)].concat()
+}
+
+/// The address match: the shortest load that holds the prefix when it is a whole number of
+/// bytes, otherwise the whole address under a bitwise mask — nft's choice, which decides how
+/// the rule reads back.
+fn address(e: &mut Attrs, dir: Direction, net: &Cidr, negate: bool) {
+    let (octets, offset) = match (net.addr(), dir) {
+        (std::net::IpAddr::V4(a), Direction::Source) => (a.octets().to_vec(), 12),
+        (std::net::IpAddr::V4(a), Direction::Destination) => (a.octets().to_vec(), 16),
+        (std::net::IpAddr::V6(a), Direction::Source) => (a.octets().to_vec(), 8),
+        (std::net::IpAddr::V6(a), Direction::Destination) => (a.octets().to_vec(), 24),
+    };
+    let full = octets.len();
+    let len = usize::from(net.prefix_len());
+    if len == full * 8 || (len > 0 && len % 8 == 0) {
+        let bytes = len / 8;
+        payload(e, NFT_PAYLOAD_NETWORK_HEADER, offset, bytes as u32);
+        cmp(e, op(negate), &octets[..bytes]);
+    } else {
+        let mask: Vec<u8> = (0..full)
+            .map(|i| {
+                let bits = len.saturating_sub(i * 8).min(8);
+                (0xff00u16 >> bits) as u8
+            })
+            .collect();
+        let masked: Vec<u8> = octets.iter().zip(&mask).map(|(a, m)| a & m).collect();
+        payload(e, NFT_PAYLOAD_NETWORK_HEADER, offset, full as u32);
+        bitwise(e, &mask, &vec![0; full]);
+        cmp(e, op(negate), &masked);
+    }
+}
+
+fn expr(e: &mut Attrs, name: &str, data: impl FnOnce(&mut Attrs)) {
+    e.nest(NFTA_LIST_ELEM, |el| {
+        el.str(NFTA_EXPR_NAME, name);
+        el.nest(NFTA_EXPR_DATA, data);
+    });
+}
+
+fn meta_load(e: &mut Attrs, key: u32) {
+    expr(e, "meta", |a| {
+        a.u32(NFTA_META_KEY, key);
+        a.u32(NFTA_META_DREG, NFT_REG_1);
+    });
+}
+
+fn meta_set(e: &mut Attrs, key: u32) {
+    expr(e, "meta", |a| {
+        a.u32(NFTA_META_KEY, key);
+        a.u32(NFTA_META_SREG, NFT_REG_1);
+    });
+}
+
+fn ct_load(e: &mut Attrs, key: u32) {
+    expr(e, "ct", |a| {
+        a.u32(NFTA_CT_KEY, key);
+        a.u32(NFTA_CT_DREG, NFT_REG_1);
+    });
+}
+
+fn ct_set(e: &mut Attrs, key: u32) {
+    expr(e, "ct", |a| {
+        a.u32(NFTA_CT_KEY, key);
+        a.u32(NFTA_CT_SREG, NFT_REG_1);
+    });
+}
+
+fn cmp(e: &mut Attrs, op: u32, value: &[u8]) {
+    expr(e, "cmp", |a| {
+        a.u32(NFTA_CMP_SREG, NFT_REG_1);
+        a.u32(NFTA_CMP_OP, op);
+        a.nest(NFTA_CMP_DATA, |d| d.put(NFTA_DATA_VALUE, value));
+    });
+}
+
+fn payload(e: &mut Attrs, base: u32, offset: u32, len: u32) {
+    expr(e, "payload", |a| {
+        a.u32(NFTA_PAYLOAD_DREG, NFT_REG_1);
+        a.u32(NFTA_PAYLOAD_BASE, base);
+        a.u32(NFTA_PAYLOAD_OFFSET, offset);
+        a.u32(NFTA_PAYLOAD_LEN, len);
+    });
+}
+
+fn bitwise(e: &mut Attrs, mask: &[u8], xor: &[u8]) {
+    expr(e, "bitwise", |a| {
+        a.u32(NFTA_BITWISE_SREG, NFT_REG_1);
+        a.u32(NFTA_BITWISE_DREG, NFT_REG_1);
+        a.u32(NFTA_BITWISE_LEN, mask.len() as u32);
+        a.nest(NFTA_BITWISE_MASK, |d| d.put(NFTA_DATA_VALUE, mask));
+        a.nest(NFTA_BITWISE_XOR, |d| d.put(NFTA_DATA_VALUE, xor));
+    });
+}
+
+fn immediate(e: &mut Attrs, value: &[u8]) {
+    expr(e, "immediate", |a| {
+        a.u32(NFTA_IMMEDIATE_DREG, NFT_REG_1);
+        a.nest(NFTA_IMMEDIATE_DATA, |d| d.put(NFTA_DATA_VALUE, value));
+    });
+}
+
+fn verdict(e: &mut Attrs, code: i32, chain: Option<&str>) {
+    expr(e, "immediate", |a| {
+        a.u32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+        a.nest(NFTA_IMMEDIATE_DATA, |d| {
+            d.nest(NFTA_DATA_VERDICT, |v| {
+                v.u32(NFTA_VERDICT_CODE, code as u32);
+                if let Some(chain) = chain {
+                    v.str(NFTA_VERDICT_CHAIN, chain);
+                }
+            });
+        });
+    });
+}
+
+/// A sequence of netlink attributes being built.
+#[derive(Default)]
+struct Attrs(Vec<u8>);
+
+impl Attrs {
+    fn put(&mut self, kind: u16, data: &[u8]) {
+        let len = NLA_HDRLEN + data.len();
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&kind.to_ne_bytes());
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len() + align4(len) - len, 0);
+    }
+
+    /// A NUL-terminated string (`NLA_STRING`/`NLA_NUL_STRING`).
+    fn str(&mut self, kind: u16, s: &str) {
+        let mut data = s.as_bytes().to_vec();
+        data.push(0);
+        self.put(kind, &data);
+    }
+
+    /// A 32-bit number in network order, as every nf_tables `NLA_U32` is.
+    fn u32(&mut self, kind: u16, value: u32) {
+        self.put(kind, &value.to_be_bytes());
+    }
+
+    fn raw_nest(&mut self, kind: u16, inner: &[u8]) {
+        self.put(kind | NLA_F_NESTED, inner);
+    }
+
+    fn nest(&mut self, kind: u16, build: impl FnOnce(&mut Attrs)) {
+        let mut inner = Attrs::default();
+        build(&mut inner);
+        self.raw_nest(kind, &inner.0);
+    }
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// A complete nfnetlink message: `nlmsghdr` (port id 0) + `nfgenmsg` + attributes.
+fn message(kind: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
+    let mut buf = Vec::with_capacity(align4(len));
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&nft_type(kind).to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: family, version, res_id (big-endian; 0 for nf_tables messages).
+    buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
+    buf.extend_from_slice(attrs);
+    buf.resize(align4(len), 0);
+    buf
+}
+
+/// `BATCH_BEGIN`/`END`: a bare nfgenmsg whose res_id names the nf_tables subsystem.
+fn batch_marker(kind: u16, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NFGENMSG_LEN;
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf.push(NFPROTO_UNSPEC);
+    buf.push(NFNETLINK_V0);
+    buf.extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::nftables::{BaseChain, ChainKind, NftChain, NftRule, NftTable};
+    use crate::config::types::{GroupRef, Port};
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn table(rules: Vec<NftRule>) -> Ruleset {
+        let mut chains = vec![NftChain {
+            name: "output".into(),
+            base: Some(BaseChain {
+                kind: ChainKind::Nat,
+                hook: Hook::Output,
+                priority: -100,
+            }),
+        }];
+        for r in &rules {
+            if !chains.iter().any(|c| c.name == r.chain) {
+                chains.push(NftChain {
+                    name: r.chain.clone(),
+                    base: None,
+                });
+            }
+        }
+        Ruleset {
+            tables: vec![NftTable {
+                name: "istio-proxy-nat".into(),
+                chains,
+                rules,
+            }],
+        }
+    }
+
+    fn rule(chain: &str, index: Option<usize>, stmts: Vec<Stmt>) -> NftRule {
+        NftRule {
+            chain: chain.into(),
+            index,
+            stmts,
+            purpose: "test",
+        }
+    }
+
+    fn no_groups(_: &str) -> Option<u32> {
+        None
+    }
+
+    /// The messages of a batch by type (without the subsystem byte), payload after the
+    /// netlink header.
+    fn payloads(batch: &Batch, msg: u16) -> Vec<Vec<u8>> {
+        batch
+            .messages()
+            .iter()
+            .filter(|m| m.bytes[4..6] == nft_type(msg).to_ne_bytes())
+            .map(|m| m.bytes[NLMSG_HDRLEN..].to_vec())
+            .collect()
+    }
+
+    /// `nft --debug=mnl` (nft 1.0.6) for `add rule inet istio-proxy-nat istio-output oifname
+    /// lo meta l4proto tcp ip daddr != 127.0.0.1/32 tcp dport != { 53, 15008 } skuid 1337
+    /// counter return`: the set, its elements and the rule, after the netlink header.
+    const NFT_SET: &str = "0100000014000100697374696f2d70726f78792d6e6174000c0002005f5f7365742564000800030000000003080004000000000d080005000000000208000a00000000010c000980080001000000000220000d000004020000000314000407000000010c000408000000010402000000";
+    const NFT_ELEMS: &str = "0100000014000100697374696f2d70726f78792d6e6174000c0002005f5f736574256400080004000000000124000380100001800c0001800600010000350000100002800c000180060001003aa00000";
+    const NFT_RULE: &str = "0100000014000100697374696f2d70726f78792d6e61740011000200697374696f2d6f7574707574000000006002048024000180090001006d6574610000000014000280080002000000000708000100000000013800018008000100636d70002c0002800800010000000001080002000000000018000380140001006c6f000000000000000000000000000024000180090001006d6574610000000014000280080002000000001008000100000000012c00018008000100636d700020000280080001000000000108000200000000000c000380050001000600000024000180090001006d6574610000000014000280080002000000000f08000100000000012c00018008000100636d700020000280080001000000000108000200000000000c0003800500010002000000340001800c0001007061796c6f6164002400028008000100000000010800020000000001080003000000001008000400000000042c00018008000100636d700020000280080001000000000108000200000000010c000380080001007f000001340001800c0001007061796c6f616400240002800800010000000001080002000000000208000300000000020800040000000002380001800b0001006c6f6f6b757000002800028008000200000000010c0001005f5f7365742564000800040000000001080005000000000124000180090001006d6574610000000014000280080002000000000a08000100000000012c00018008000100636d700020000280080001000000000108000200000000000c0003800800010039050000140001800c000100636f756e7465720004000280300001800e000100696d6d6564696174650000001c0002800800010000000000100002800c00028008000100fffffffb";
+
+    // The reference bytes hold host-endian netlink headers and values.
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn a_rule_with_a_port_set_is_byte_for_byte_what_nft_sends() {
+        let stmts = vec![
+            Stmt::Interface {
+                dir: Direction::Destination,
+                name: "lo".parse().unwrap(),
+            },
+            Stmt::L4Proto(Protocol::Tcp),
+            Stmt::Address {
+                dir: Direction::Destination,
+                net: "127.0.0.1/32".parse().unwrap(),
+                negate: true,
+            },
+            Stmt::PortNotIn {
+                proto: Protocol::Tcp,
+                ports: vec![Port::new_const(53), Port::new_const(15008)],
+            },
+            Stmt::Owner {
+                owner: Owner::Uid(1337),
+                negate: false,
+                meta: false,
+            },
+            Stmt::Counter,
+            Stmt::Return,
+        ];
+        let rs = table(vec![rule("istio-output", None, stmts)]);
+        let batch = replace_batch(&rs, &no_groups, 0).unwrap();
+        assert_eq!(hex(&payloads(&batch, NFT_MSG_NEWSET)[0]), NFT_SET);
+        assert_eq!(hex(&payloads(&batch, NFT_MSG_NEWSETELEM)[0]), NFT_ELEMS);
+        // meshinit adds NFTA_RULE_ID (1) to every rule; nft only to rules an insert names.
+        let mut ours = payloads(&batch, NFT_MSG_NEWRULE).remove(0);
+        let id = ours.split_off(ours.len() - 8);
+        assert_eq!(hex(&ours), NFT_RULE);
+        assert_eq!(hex(&id), "0800090000000001");
+    }
+
+    #[test]
+    fn batch_replaces_every_managed_table_and_frames_the_transaction() {
+        let rs = table(vec![rule(
+            "output",
+            None,
+            vec![Stmt::Counter, Stmt::Accept],
+        )]);
+        let batch = replace_batch(&rs, &no_groups, 100).unwrap();
+        let kinds: Vec<(u16, &Origin)> = batch
+            .messages()
+            .iter()
+            .map(|m| (u16::from_ne_bytes([m.bytes[4], m.bytes[5]]), &m.origin))
+            .collect();
+        let t = |msg| nft_type(msg);
+        let expected_types = [
+            NFNL_MSG_BATCH_BEGIN,
+            t(NFT_MSG_NEWTABLE),
+            t(NFT_MSG_DELTABLE),
+            t(NFT_MSG_NEWTABLE),
+            t(NFT_MSG_NEWCHAIN),
+            t(NFT_MSG_NEWRULE),
+            t(NFT_MSG_NEWTABLE),
+            t(NFT_MSG_DELTABLE),
+            t(NFT_MSG_NEWTABLE),
+            t(NFT_MSG_DELTABLE),
+            NFNL_MSG_BATCH_END,
+        ];
+        assert_eq!(
+            kinds.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            expected_types
+        );
+        // Sequence numbers are consecutive from the first one given.
+        let seqs: Vec<u32> = batch.messages().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (100..111).collect::<Vec<_>>());
+        assert_eq!(batch.next_seq(), 111);
+        assert_eq!(
+            batch.origin(108).unwrap().to_string(),
+            "adding table inet istio-proxy-raw"
+        );
+        assert_eq!(
+            batch.origin(105).unwrap().to_string(),
+            "rule 1 of istio-proxy-nat/output (test) `counter accept`"
+        );
+        let cleanup = cleanup_batch(1);
+        assert_eq!(cleanup.len(), 6);
+        for name in MANAGED_TABLES {
+            assert!(cleanup.messages().iter().any(|m| m.origin
+                == Origin::Table {
+                    table: name.into(),
+                    op: TableOp::Delete
+                }));
+        }
+    }
+
+    /// The value of the `NFTA_RULE_POSITION_ID` attribute of a NEWRULE payload, if any.
+    fn position_id(payload: &[u8]) -> Option<u32> {
+        let mut at = NFGENMSG_LEN;
+        while at + 4 <= payload.len() {
+            let len = usize::from(u16::from_ne_bytes([payload[at], payload[at + 1]]));
+            let kind = u16::from_ne_bytes([payload[at + 2], payload[at + 3]]);
+            if kind == NFTA_RULE_POSITION_ID {
+                return Some(u32::from_be_bytes(
+                    payload[at + 4..at + 8].try_into().unwrap(),
+                ));
+            }
+            at += align4(len);
+        }
+        None
+    }
+
+    #[test]
+    fn inserts_name_the_rule_they_go_before_by_its_batch_id() {
+        // The mangle istio-inbound inserts of the tproxy case: two appends (ids 1, 2), then
+        // index 0, 1, 1, 2 — each goes before whatever rule is at that index at that moment.
+        let r = |index| rule("c", index, vec![Stmt::Counter, Stmt::Return]);
+        let rs = table(vec![
+            r(None),
+            r(None),
+            r(Some(0)),
+            r(Some(1)),
+            r(Some(1)),
+            r(Some(2)),
+        ]);
+        let batch = replace_batch(&rs, &no_groups, 0).unwrap();
+        let rules = payloads(&batch, NFT_MSG_NEWRULE);
+        let positions: Vec<Option<u32>> = rules.iter().map(|p| position_id(p)).collect();
+        // Chain after each step: [1] [1 2] [3 1 2] [3 4 1 2] [3 5 4 1 2] [3 5 6 4 1 2].
+        assert_eq!(positions, [None, None, Some(1), Some(1), Some(4), Some(4)]);
+        // Appends carry NLM_F_APPEND, inserts do not.
+        let flags: Vec<u16> = batch
+            .messages()
+            .iter()
+            .filter(|m| m.bytes[4..6] == nft_type(NFT_MSG_NEWRULE).to_ne_bytes())
+            .map(|m| u16::from_ne_bytes([m.bytes[6], m.bytes[7]]) & NLM_F_APPEND)
+            .collect();
+        assert_eq!(flags, [NLM_F_APPEND, NLM_F_APPEND, 0, 0, 0, 0]);
+        // An index past the end cannot be expressed.
+        let bad = table(vec![r(None), r(Some(1))]);
+        let err = replace_batch(&bad, &no_groups, 0).unwrap_err();
+        assert!(matches!(
+            err,
+            EncodeError::BadIndex {
+                index: 1,
+                len: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn group_names_are_resolved_and_an_unknown_one_is_named() {
+        let owner = |g: &str| Stmt::Owner {
+            owner: Owner::Gid(g.parse::<GroupRef>().unwrap()),
+            negate: true,
+            meta: false,
+        };
+        let rs = table(vec![rule(
+            "istio-output",
+            None,
+            vec![owner("java"), owner("202"), Stmt::Counter, Stmt::Return],
+        )]);
+        let java = |g: &str| (g == "java").then_some(4242);
+        let batch = replace_batch(&rs, &java, 0).unwrap();
+        let rule = hex(&payloads(&batch, NFT_MSG_NEWRULE)[0]);
+        // cmp data attributes holding the host-endian gids.
+        assert!(rule.contains(&format!("08000100{}", hex(&4242u32.to_ne_bytes()))));
+        assert!(rule.contains(&format!("08000100{}", hex(&202u32.to_ne_bytes()))));
+        let err = replace_batch(&rs, &no_groups, 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rule 1 of istio-proxy-nat/istio-output (test) `skgid != java skgid != 202 counter \
+             return`: group \"java\" does not exist (not in the group database)"
+        );
+    }
+
+    /// The expressions of the only rule of a one-rule batch, as (name, payload hex) pairs.
+    fn exprs_of(stmts: Vec<Stmt>) -> String {
+        let rs = table(vec![rule("c", None, stmts)]);
+        let batch = replace_batch(&rs, &no_groups, 0).unwrap();
+        hex(&payloads(&batch, NFT_MSG_NEWRULE)[0])
+    }
+
+    #[test]
+    fn prefixes_load_whole_bytes_or_mask() {
+        let addr = |net: &str| {
+            vec![Stmt::Address {
+                dir: Direction::Destination,
+                net: net.parse().unwrap(),
+                negate: false,
+            }]
+        };
+        let payload_len = |n: u32| format!("08000400{}", hex(&n.to_be_bytes()));
+        // /8: one byte, no mask, the host bits dropped.
+        let eight = exprs_of(addr("127.0.0.1/8"));
+        assert!(eight.contains(&payload_len(1)));
+        assert!(!eight.contains(&hex(b"bitwise")));
+        assert!(eight.contains("050001007f"), "{eight}");
+        // /12: four bytes under a mask.
+        let twelve = exprs_of(addr("10.16.0.0/12"));
+        assert!(twelve.contains(&payload_len(4)));
+        assert!(twelve.contains(&hex(b"bitwise")));
+        assert!(twelve.contains("08000100fff00000"), "{twelve}");
+        // /0 is masked to nothing, as nft does, rather than loading zero bytes.
+        let zero = exprs_of(addr("0.0.0.0/0"));
+        assert!(zero.contains(&payload_len(4)));
+        assert!(zero.contains("0800010000000000"));
+        // Each address family match is preceded by its nfproto once.
+        let nfproto = hex(&[NFPROTO_IPV4]);
+        let two = exprs_of([addr("10.0.0.0/8"), addr("10.0.0.1/32")].concat());
+        assert_eq!(two.matches(&format!("05000100{nfproto}000000")).count(), 1);
+    }
+
+    #[test]
+    fn a_single_port_list_is_a_comparison_and_ports_imply_their_protocol() {
+        let stmts = vec![Stmt::PortNotIn {
+            proto: Protocol::Udp,
+            ports: vec![Port::new_const(53)],
+        }];
+        let rs = table(vec![rule("c", None, stmts)]);
+        let batch = replace_batch(&rs, &no_groups, 0).unwrap();
+        assert!(payloads(&batch, NFT_MSG_NEWSET).is_empty());
+        let rule = hex(&payloads(&batch, NFT_MSG_NEWRULE)[0]);
+        assert!(!rule.contains(&hex(b"lookup")));
+        // meta l4proto udp, then dport != 53.
+        assert!(rule.contains("0500010011000000"));
+        assert!(rule.contains("060001000035"));
+    }
+}

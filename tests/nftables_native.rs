@@ -1,0 +1,352 @@
+//! The native nftables backend on a real kernel, judged by `nft list ruleset`: for every one
+//! of Istio's 28 nftables cases, the ruleset applied over netlink lists exactly like the same
+//! case's script loaded with `nft -f`; re-applying changes nothing; switching configurations
+//! leaves only the new tables; cleanup removes our tables and nothing else; a batch the kernel
+//! rejects changes nothing and the error names the rule.
+
+mod support;
+
+use std::fs::File;
+use std::os::fd::AsFd;
+
+use meshinit::apply::nftables::{Groups, NfTables, NftError, GROUP_FILE};
+use meshinit::backend::nft_netlink::replace_batch;
+use meshinit::backend::nftables::{ruleset, NftRule, Ruleset, Stmt};
+use nix::sched::{setns, CloneFlags};
+use support::apply::plan_for;
+use support::netlab::{Lab, Netns};
+use support::{conformance_cases, diff, nftables_case, require_root, Case};
+
+/// Gids for the group names Istio's cases use (`java`, `ftp`) when this machine lacks them;
+/// the nft side of the comparison gets the same numbers.
+const STAND_IN_GROUPS: &str = "java:x:4242:\nftp:x:4343:\n";
+
+/// This machine's groups, plus stand-ins for names it does not have.
+fn groups() -> Groups {
+    let real = std::fs::read_to_string(GROUP_FILE).unwrap_or_default();
+    // The first entry of a name wins, so a real group keeps its own gid.
+    Groups::parse(&format!("{real}\n{STAND_IN_GROUPS}"))
+}
+
+/// A case's script with every group name replaced by its gid, so `nft` (which resolves names
+/// through NSS) loads the same numbers meshinit resolved.
+fn script_with_gids(script: &str, groups: &Groups) -> String {
+    let words: Vec<String> = script
+        .lines()
+        .map(|line| {
+            let mut out: Vec<String> = Vec::new();
+            let mut after_skgid = false;
+            for word in line.split(' ') {
+                let word = match (after_skgid, groups.gid(word)) {
+                    (true, Some(gid)) if word != "!=" => gid.to_string(),
+                    _ => word.to_string(),
+                };
+                after_skgid = word == "skgid" || (after_skgid && word == "!=");
+                out.push(word);
+            }
+            out.join(" ")
+        })
+        .collect();
+    words.join("\n") + "\n"
+}
+
+/// Runs `f` on a thread that alone enters `ns` (a netlink socket opened there belongs to it).
+fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = ns.path();
+    let joined = std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns into the lab namespace");
+        f()
+    })
+    .join();
+    joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn apply(ns: &Netns, rs: &Ruleset) -> Result<(), String> {
+    let rs = rs.clone();
+    let groups = groups();
+    in_netns(ns, move || {
+        let mut nft = NfTables::open().map_err(|e| e.to_string())?;
+        nft.apply_ruleset(&rs, &groups)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn cleanup(ns: &Netns) {
+    in_netns(ns, || NfTables::open().and_then(|mut n| n.cleanup()))
+        .unwrap_or_else(|e| panic!("cleanup: {e}"));
+}
+
+/// `nft list ruleset` with counter values dropped (traffic such as IPv6 neighbour discovery
+/// may pass through output hooks at any time).
+fn listing(ns: &Netns) -> String {
+    let out = ns.run(&["nft", "list", "ruleset"], None);
+    let text = String::from_utf8(out.stdout).expect("nft output is UTF-8");
+    text.lines()
+        .map(|line| {
+            let mut words: Vec<&str> = Vec::new();
+            let mut it = line.split(' ').peekable();
+            while let Some(w) = it.next() {
+                words.push(w);
+                if w.trim_start() == "counter" && it.peek() == Some(&"packets") {
+                    // `packets N bytes M`
+                    for _ in 0..4 {
+                        it.next();
+                    }
+                }
+            }
+            words.join(" ") + "\n"
+        })
+        .collect()
+}
+
+fn case(name: &str) -> Case {
+    conformance_cases("nftables")
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+fn case_ruleset(case: &Case) -> Ruleset {
+    ruleset(&plan_for(&case.args, &case.env))
+}
+
+/// What `nft -f` of the case's script lists in a fresh namespace.
+fn nft_listing(case: &Case) -> String {
+    let lab = Lab::new().expect("lab");
+    lab.peer
+        .nft_apply(&script_with_gids(&nftables_case(&case.name), &groups()));
+    listing(&lab.peer)
+}
+
+#[test]
+fn every_case_lists_exactly_like_nft_f_of_istios_script() {
+    if !require_root("every_case_lists_exactly_like_nft_f_of_istios_script") {
+        return;
+    }
+    let cases = conformance_cases("nftables");
+    assert_eq!(cases.len(), 28);
+    let mut failures = Vec::new();
+    for case in &cases {
+        // Pod: native; peer: nft. Both are fresh namespaces built alike.
+        let lab = Lab::new().expect("lab");
+        let script = script_with_gids(&nftables_case(&case.name), &groups());
+        lab.peer.nft_apply(&script);
+        let expected = listing(&lab.peer);
+        if let Err(e) = apply(&lab.pod, &case_ruleset(case)) {
+            failures.push(format!("case {}: {e}", case.name));
+            continue;
+        }
+        let actual = listing(&lab.pod);
+        assert!(
+            expected.contains("table inet istio-proxy-nat"),
+            "{expected}"
+        );
+        if actual != expected {
+            failures.push(format!("case {}:\n{}", case.name, diff(&expected, &actual)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 28 cases differ from nft:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn applying_twice_leaves_the_same_ruleset() {
+    if !require_root("applying_twice_leaves_the_same_ruleset") {
+        return;
+    }
+    let tproxy = case("tproxy");
+    let lab = Lab::new().expect("lab");
+    apply(&lab.pod, &case_ruleset(&tproxy)).unwrap();
+    let once = listing(&lab.pod);
+    apply(&lab.pod, &case_ruleset(&tproxy)).unwrap();
+    assert_eq!(listing(&lab.pod), once);
+    assert_eq!(once, nft_listing(&tproxy));
+}
+
+#[test]
+fn switching_configuration_leaves_exactly_the_new_tables() {
+    if !require_root("switching_configuration_leaves_exactly_the_new_tables") {
+        return;
+    }
+    // tproxy uses nat, mangle and raw; empty only nat, with other chains.
+    let (a, b) = (case("tproxy"), case("empty"));
+    let lab = Lab::new().expect("lab");
+    apply(&lab.pod, &case_ruleset(&a)).unwrap();
+    assert!(listing(&lab.pod).contains("table inet istio-proxy-raw"));
+    apply(&lab.pod, &case_ruleset(&b)).unwrap();
+    assert_eq!(listing(&lab.pod), nft_listing(&b));
+    // And back.
+    apply(&lab.pod, &case_ruleset(&a)).unwrap();
+    assert_eq!(listing(&lab.pod), nft_listing(&a));
+}
+
+const FOREIGN: &str = "table inet foreign {
+    chain c { type filter hook input priority 0; }
+}
+table ip nat {
+    chain POSTROUTING { type nat hook postrouting priority 100; }
+    chain c { ip daddr 10.9.9.9 counter accept; }
+}
+";
+
+#[test]
+fn cleanup_removes_our_tables_and_nothing_else() {
+    if !require_root("cleanup_removes_our_tables_and_nothing_else") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    // On an empty ruleset: nothing to remove, nothing created.
+    cleanup(&lab.pod);
+    assert_eq!(listing(&lab.pod), "");
+
+    lab.pod.nft_apply(FOREIGN);
+    let foreign = listing(&lab.pod);
+    let tproxy = case("tproxy");
+    apply(&lab.pod, &case_ruleset(&tproxy)).unwrap();
+    let both = listing(&lab.pod);
+    assert!(
+        both.starts_with(&foreign),
+        "foreign tables changed:\n{both}"
+    );
+    let present = in_netns(&lab.pod, || {
+        NfTables::open()
+            .and_then(|mut n| n.managed_tables_present())
+            .unwrap()
+    });
+    assert_eq!(
+        present,
+        ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"]
+    );
+
+    cleanup(&lab.pod);
+    assert_eq!(listing(&lab.pod), foreign);
+    cleanup(&lab.pod);
+    assert_eq!(listing(&lab.pod), foreign);
+    let present = in_netns(&lab.pod, || {
+        NfTables::open()
+            .and_then(|mut n| n.managed_tables_present())
+            .unwrap()
+    });
+    assert!(present.is_empty());
+}
+
+/// The `empty` case's ruleset with one more rule in istio-output, jumping to a chain that
+/// does not exist: the kernel refuses that message.
+fn with_bad_jump(mut rs: Ruleset) -> (Ruleset, usize) {
+    let nat = &mut rs.tables[0];
+    let bad = NftRule {
+        chain: "istio-output".into(),
+        index: None,
+        stmts: vec![Stmt::Counter, Stmt::Jump("no-such-chain".into())],
+        purpose: "test: a jump to a missing chain",
+    };
+    nat.rules.push(bad);
+    let number = nat
+        .rules
+        .iter()
+        .filter(|r| r.chain == "istio-output")
+        .count();
+    (rs, number)
+}
+
+#[test]
+fn a_rejected_batch_changes_nothing_and_names_the_rule() {
+    if !require_root("a_rejected_batch_changes_nothing_and_names_the_rule") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let (bad, number) = with_bad_jump(case_ruleset(&case("empty")));
+
+    // Into an empty namespace: nothing appears.
+    let err = apply(&lab.pod, &bad).unwrap_err();
+    assert!(
+        err.starts_with(&format!(
+            "rule {number} of istio-proxy-nat/istio-output (test: a jump to a missing chain) \
+             `counter jump no-such-chain`: "
+        )),
+        "{err}"
+    );
+    assert_eq!(listing(&lab.pod), "");
+
+    // Over an installed configuration with a foreign table: all of it stays as it was,
+    // although the failing rule comes after the deletion of our tables in the batch.
+    lab.pod.nft_apply(FOREIGN);
+    let tproxy = case("tproxy");
+    apply(&lab.pod, &case_ruleset(&tproxy)).unwrap();
+    let before = listing(&lab.pod);
+    let err = apply(&lab.pod, &bad).unwrap_err();
+    assert!(err.contains("istio-proxy-nat/istio-output"), "{err}");
+    assert_eq!(listing(&lab.pod), before);
+
+    // The typed error carries the errno.
+    let bad2 = bad.clone();
+    let groups = groups();
+    let typed = in_netns(&lab.pod, move || {
+        let mut nft = NfTables::open().unwrap();
+        let batch = replace_batch(&bad2, &|g| groups.gid(g), nft.next_seq()).unwrap();
+        nft.send_batch(&batch).unwrap_err()
+    });
+    match typed {
+        NftError::Rejected { errno, .. } => assert_eq!(errno, nix::errno::Errno::ENOENT),
+        other => panic!("unexpected error: {other}"),
+    }
+    assert_eq!(listing(&lab.pod), before);
+}
+
+/// Configurations Istio's cases do not cover — wildcard interfaces, prefixes that are not a
+/// whole number of bytes, /0, IPv6 prefixes, a DNS port equal to the tunnel port — list the
+/// same applied natively as meshinit's own script loaded with `nft -f`.
+#[test]
+fn other_configurations_list_like_their_script() {
+    if !require_root("other_configurations_list_like_their_script") {
+        return;
+    }
+    let configs: &[&[&str]] = &[
+        &[
+            "--istio-exclude-interfaces=eth+,veth0",
+            "--kube-virt-interfaces=vm+",
+            "--istio-service-cidr=10.16.0.0/12,0.0.0.0/0,2001:db8::/33",
+            "--istio-service-exclude-cidr=10.16.32.0/20,192.168.0.0/31",
+            "--ipv6=true",
+            "--dns-servers=",
+        ],
+        &[
+            "--istio-inbound-interception-mode=TPROXY",
+            "--istio-inbound-ports=*",
+            "--istio-local-exclude-ports=7000,7001",
+            "--istio-outbound-ports=80,443",
+            "--istio-local-outbound-ports-exclude=9000",
+            "--inbound-tunnel-port=53",
+            "--redirect-dns=true",
+            "--capture-all-dns=true",
+            "--drop-invalid=true",
+            "--ipv6=true",
+            "--dns-servers=10.0.0.10,fd00::10",
+        ],
+    ];
+    for args in configs {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env = vec![(
+            "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR".to_string(),
+            "127.0.0.1/8".to_string(),
+        )];
+        let rs = ruleset(&plan_for(&args, &env));
+        let lab = Lab::new().expect("lab");
+        lab.peer
+            .nft_apply(&meshinit::backend::nftables::script(&rs));
+        apply(&lab.pod, &rs).unwrap();
+        let expected = listing(&lab.peer);
+        assert_eq!(
+            listing(&lab.pod),
+            expected,
+            "{args:?}\n{}",
+            diff(&expected, &listing(&lab.pod))
+        );
+    }
+}
