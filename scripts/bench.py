@@ -25,18 +25,20 @@ def sh(*cmd, stdin=None):
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True)
 
 
-def measure(cmd, stdin=None):
-    """Wall time (ms) and peak RSS (KiB) of one child process (its own, from wait4)."""
+GNU_TIME = "/usr/bin/time"
+
+
+def measure(cmd, stdin=None, rss=False):
+    """Wall time (ms) of one run; with rss=True, the peak RSS (KiB) of the largest process of
+    its tree instead, from GNU time (apt install time). Python's own rusage of the child would
+    count the fork before exec, which still holds Python's memory."""
+    if rss:
+        out = subprocess.run([GNU_TIME, "-f", "%M", *cmd], input=stdin or "",
+                             capture_output=True, text=True, check=True)
+        return int(out.stderr.strip().splitlines()[-1])
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, text=True)
-    child.stdin.write(stdin or "")
-    child.stdin.close()
-    _, status, usage = os.wait4(child.pid, 0)
-    ms = (time.perf_counter() - start) * 1000
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {cmd}")
-    return ms, usage.ru_maxrss
+    subprocess.run(cmd, input=stdin or "", capture_output=True, text=True, check=True)
+    return (time.perf_counter() - start) * 1000
 
 
 def fresh_ns(i):
@@ -64,44 +66,69 @@ def main():
         elif line != "COMMIT":
             per_rule.append(["iptables-nft", "-t", table] + line.split())
 
-    results = {"baseline: iptables-nft-restore": [], "meshinit (fresh install)": [],
-               "meshinit (re-run, no-op)": [], "one iptables process per rule": []}
-    rss = {k: 0 for k in results}
+    native = [a for a in ARGS if not a.startswith("--force-iptables-binary")] + ["--native-nftables"]
+
+    def baseline(ns, rss=False):
+        return measure(["ip", "netns", "exec", ns, "iptables-nft-restore", "--noflush"], rules, rss)
+
+    def fresh_install(ns, rss=False):
+        return measure([binary, *ARGS, f"--network-namespace=/run/netns/{ns}"], rss=rss)
+
+    def rerun(ns, rss=False):
+        fresh_install(ns)
+        return fresh_install(ns, rss)
+
+    def native_install(ns, rss=False):
+        return measure([binary, *native, f"--network-namespace=/run/netns/{ns}"], rss=rss)
+
+    def per_rule_processes(ns, rss=False):
+        start = time.perf_counter()
+        peak = 0
+        for cmd in per_rule:
+            full = ["ip", "netns", "exec", ns] + cmd
+            if rss:
+                peak = max(peak, measure(full, rss=True))
+            else:
+                subprocess.run(full, capture_output=True, check=True)
+        return peak if rss else (time.perf_counter() - start) * 1000
+
+    rows = [("baseline: iptables-nft-restore", baseline),
+            ("meshinit (fresh install)", fresh_install),
+            ("meshinit (re-run, no-op)", lambda ns, rss=False: rerun(ns, rss)),
+            ("meshinit native nftables", native_install),
+            ("one iptables process per rule", per_rule_processes)]
+    times = {name: [] for name, _ in rows}
+    peaks = {name: 0 for name, _ in rows}
+    with_rss = os.path.exists(GNU_TIME)
     for i in range(a.samples):
-        ns = fresh_ns(i)
-        try:
-            ms, r = measure(["ip", "netns", "exec", ns, "iptables-nft-restore", "--noflush"], rules)
-            results["baseline: iptables-nft-restore"].append(ms)
-            rss["baseline: iptables-nft-restore"] = max(rss["baseline: iptables-nft-restore"], r)
-            sh("ip", "netns", "del", ns)
+        for name, run in rows:
             ns = fresh_ns(i)
-            ms, r = measure([binary, *ARGS, f"--network-namespace=/run/netns/{ns}"])
-            results["meshinit (fresh install)"].append(ms)
-            rss["meshinit (fresh install)"] = max(rss["meshinit (fresh install)"], r)
-            ms, r = measure([binary, *ARGS, f"--network-namespace=/run/netns/{ns}"])
-            results["meshinit (re-run, no-op)"].append(ms)
-            rss["meshinit (re-run, no-op)"] = max(rss["meshinit (re-run, no-op)"], r)
-            sh("ip", "netns", "del", ns)
-            ns = fresh_ns(i)
-            start = time.perf_counter()
-            for cmd in per_rule:
-                subprocess.run(["ip", "netns", "exec", ns] + cmd, capture_output=True, check=True)
-            results["one iptables process per rule"].append((time.perf_counter() - start) * 1000)
-        finally:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    base = statistics.median(results["baseline: iptables-nft-restore"])
-    base_rss = rss["baseline: iptables-nft-restore"]
+            try:
+                if name == "meshinit (re-run, no-op)":
+                    fresh_install(ns)
+                    times[name].append(fresh_install(ns))
+                else:
+                    times[name].append(run(ns))
+            finally:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    if with_rss:
+        for name, run in rows:
+            ns = fresh_ns(a.samples)
+            try:
+                peaks[name] = run(ns, rss=True)
+            finally:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+    base = statistics.median(times["baseline: iptables-nft-restore"])
+    base_rss = peaks["baseline: iptables-nft-restore"]
     print(f"{len(lines)} restore lines, {len(per_rule)} rules, {a.samples} samples each")
     print(f"{'what':34} {'median ms':>10} {'time ratio':>11} {'peak RSS KiB':>13} {'RSS ratio':>10}")
-    for name, samples in results.items():
-        med = statistics.median(samples)
-        if rss[name]:
-            mem = f"{rss[name]:13} {rss[name] / base_rss:10.2f}"
-        else:
-            mem = f"{'-':>13} {'-':>10}"
+    for name, _ in rows:
+        med = statistics.median(times[name])
+        mem = f"{peaks[name]:13} {peaks[name] / base_rss:10.2f}" if with_rss else f"{'-':>13} {'-':>10}"
         print(f"{name:34} {med:10.2f} {med / base:11.2f} {mem}")
-    print("peak RSS: the largest process of the measured tree (wait4 counts waited-for children,")
-    print("so for meshinit it is usually the iptables tool it runs, not meshinit itself).")
+    print("peak RSS: the largest process of the measured tree, by GNU time (for meshinit with")
+    print("iptables that is usually the iptables tool it runs; the native backend runs none).")
 
 
 if __name__ == "__main__":

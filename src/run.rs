@@ -169,6 +169,11 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         if nftables { "nftables" } else { "iptables" }
     ));
     summary.backend = if nftables { "nftables" } else { "iptables" }.to_string();
+    if nftables {
+        // One inet rule serves both families where iptables needs one per family.
+        let ruleset = backend::nftables::ruleset(&plan);
+        summary.rules = ruleset.tables.iter().map(|t| t.rules.len()).sum();
+    }
     if run.check {
         let checked = if nftables {
             apply::check_nftables(&plan)

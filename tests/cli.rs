@@ -218,3 +218,26 @@ fn readme_compatibility_table_names_every_flag_and_env_var() {
         );
     }
 }
+
+#[test]
+fn json_logs_stay_json_when_the_input_is_rejected() {
+    for args in [
+        &["--log_as_json", "-p", "0"][..],
+        &["--log_as_json", "--bogus"],
+    ] {
+        let out = run_meshinit(args, &[]);
+        assert_eq!(out.code, Some(2));
+        assert!(!out.stderr.is_empty());
+        for line in out.stderr.lines() {
+            assert!(
+                line.starts_with("{\"time\":\"") && line.ends_with('}'),
+                "{line}"
+            );
+        }
+        let last = out.stderr.lines().last().unwrap();
+        assert!(
+            last.contains("summary: exit 2"),
+            "the last line is the summary: {last}"
+        );
+    }
+}

@@ -289,7 +289,8 @@ fn a_rejected_batch_changes_nothing_and_names_the_rule() {
     let groups = groups();
     let typed = in_netns(&lab.pod, move || {
         let mut nft = NfTables::open().unwrap();
-        let batch = replace_batch(&bad2, &|g| groups.gid(g), nft.next_seq()).unwrap();
+        let existing = nft.managed_tables_present().unwrap();
+        let batch = replace_batch(&bad2, &|g| groups.gid(g), nft.next_seq(), &existing).unwrap();
         nft.send_batch(&batch).unwrap_err()
     });
     match typed {

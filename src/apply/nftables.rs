@@ -189,7 +189,8 @@ impl NfTables {
 
     /// [`NfTables::apply`] for a ruleset already built, with a given group database.
     pub fn apply_ruleset(&mut self, ruleset: &Ruleset, groups: &Groups) -> Result<Applied> {
-        let batch = replace_batch(ruleset, &|name| groups.gid(name), self.seq)?;
+        let existing = self.managed_tables_present()?;
+        let batch = replace_batch(ruleset, &|name| groups.gid(name), self.seq, &existing)?;
         self.send_batch(&batch)?;
         Ok(Applied {
             tables: ruleset.tables.iter().map(|t| t.name.clone()).collect(),

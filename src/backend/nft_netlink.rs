@@ -329,16 +329,17 @@ impl Batch {
     }
 }
 
-/// The batch that makes our tables exactly `ruleset`: for every managed table (and any other
-/// table the ruleset has) `NEWTABLE` + `DELTABLE` — removing what an earlier run left, or a
-/// no-op pair when there was nothing — then, for the tables the ruleset has, `NEWTABLE`, the
-/// chains, and the rules (each port set right before its rule). Applying it twice leaves the
+/// The batch that makes our tables exactly `ruleset`: for every managed table in `existing`
+/// `NEWTABLE` + `DELTABLE` — removing what an earlier run left (the pair is safe even if the
+/// table vanished meanwhile) — then, for the tables the ruleset has, `NEWTABLE`, the chains,
+/// and the rules (each port set right before its rule). Applying it twice leaves the
 /// same ruleset. `gid_of` resolves group names (`skgid java`); numeric groups need nothing.
 /// Sequence numbers start at `first_seq`.
 pub fn replace_batch(
     ruleset: &Ruleset,
     gid_of: &dyn Fn(&str) -> Option<u32>,
     first_seq: u32,
+    existing: &[String],
 ) -> Result<Batch, EncodeError> {
     let mut b = Builder::new(first_seq);
     let mut names: Vec<&str> = MANAGED_TABLES.to_vec();
@@ -348,7 +349,11 @@ pub fn replace_batch(
         }
     }
     for name in names {
-        b.remove_table(name);
+        // Deleting a table costs the commit an RCU grace period (~10 ms, paid when the socket
+        // closes), so only tables that exist are deleted; a fresh install adds only.
+        if existing.iter().any(|e| e == name) {
+            b.remove_table(name);
+        }
         if let Some(table) = ruleset.tables.iter().find(|t| t.name == name) {
             b.table(table, gid_of)?;
         }
@@ -1046,6 +1051,11 @@ fn batch_marker(kind: u16, seq: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As if all our tables existed: every table is replaced.
+    fn managed() -> Vec<String> {
+        MANAGED_TABLES.iter().map(|t| t.to_string()).collect()
+    }
     use crate::backend::nftables::{BaseChain, ChainKind, NftChain, NftRule, NftTable};
     use crate::config::types::{GroupRef, Port};
 
@@ -1138,7 +1148,7 @@ mod tests {
             Stmt::Return,
         ];
         let rs = table(vec![rule("istio-output", None, stmts)]);
-        let batch = replace_batch(&rs, &no_groups, 0).unwrap();
+        let batch = replace_batch(&rs, &no_groups, 0, &managed()).unwrap();
         assert_eq!(hex(&payloads(&batch, NFT_MSG_NEWSET)[0]), NFT_SET);
         assert_eq!(hex(&payloads(&batch, NFT_MSG_NEWSETELEM)[0]), NFT_ELEMS);
         // meshinit adds NFTA_RULE_ID (1) to every rule; nft only to rules an insert names.
@@ -1155,7 +1165,7 @@ mod tests {
             None,
             vec![Stmt::Counter, Stmt::Accept],
         )]);
-        let batch = replace_batch(&rs, &no_groups, 100).unwrap();
+        let batch = replace_batch(&rs, &no_groups, 100, &managed()).unwrap();
         let kinds: Vec<(u16, &Origin)> = batch
             .messages()
             .iter()
@@ -1231,7 +1241,7 @@ mod tests {
             r(Some(1)),
             r(Some(2)),
         ]);
-        let batch = replace_batch(&rs, &no_groups, 0).unwrap();
+        let batch = replace_batch(&rs, &no_groups, 0, &managed()).unwrap();
         let rules = payloads(&batch, NFT_MSG_NEWRULE);
         let positions: Vec<Option<u32>> = rules.iter().map(|p| position_id(p)).collect();
         // Chain after each step: [1] [1 2] [3 1 2] [3 4 1 2] [3 5 4 1 2] [3 5 6 4 1 2].
@@ -1246,7 +1256,7 @@ mod tests {
         assert_eq!(flags, [NLM_F_APPEND, NLM_F_APPEND, 0, 0, 0, 0]);
         // An index past the end cannot be expressed.
         let bad = table(vec![r(None), r(Some(1))]);
-        let err = replace_batch(&bad, &no_groups, 0).unwrap_err();
+        let err = replace_batch(&bad, &no_groups, 0, &managed()).unwrap_err();
         assert!(matches!(
             err,
             EncodeError::BadIndex {
@@ -1270,12 +1280,12 @@ mod tests {
             vec![owner("java"), owner("202"), Stmt::Counter, Stmt::Return],
         )]);
         let java = |g: &str| (g == "java").then_some(4242);
-        let batch = replace_batch(&rs, &java, 0).unwrap();
+        let batch = replace_batch(&rs, &java, 0, &managed()).unwrap();
         let rule = hex(&payloads(&batch, NFT_MSG_NEWRULE)[0]);
         // cmp data attributes holding the host-endian gids.
         assert!(rule.contains(&format!("08000100{}", hex(&4242u32.to_ne_bytes()))));
         assert!(rule.contains(&format!("08000100{}", hex(&202u32.to_ne_bytes()))));
-        let err = replace_batch(&rs, &no_groups, 0).unwrap_err();
+        let err = replace_batch(&rs, &no_groups, 0, &managed()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "rule 1 of istio-proxy-nat/istio-output (test) `skgid != java skgid != 202 counter \
@@ -1286,7 +1296,7 @@ mod tests {
     /// The expressions of the only rule of a one-rule batch, as (name, payload hex) pairs.
     fn exprs_of(stmts: Vec<Stmt>) -> String {
         let rs = table(vec![rule("c", None, stmts)]);
-        let batch = replace_batch(&rs, &no_groups, 0).unwrap();
+        let batch = replace_batch(&rs, &no_groups, 0, &managed()).unwrap();
         hex(&payloads(&batch, NFT_MSG_NEWRULE)[0])
     }
 
@@ -1327,7 +1337,7 @@ mod tests {
             ports: vec![Port::new_const(53)],
         }];
         let rs = table(vec![rule("c", None, stmts)]);
-        let batch = replace_batch(&rs, &no_groups, 0).unwrap();
+        let batch = replace_batch(&rs, &no_groups, 0, &managed()).unwrap();
         assert!(payloads(&batch, NFT_MSG_NEWSET).is_empty());
         let rule = hex(&payloads(&batch, NFT_MSG_NEWRULE)[0]);
         assert!(!rule.contains(&hex(b"lookup")));
