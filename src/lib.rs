@@ -18,6 +18,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod log;
+pub mod netlink_wire;
 pub mod plan;
 mod run;
 pub mod validate;

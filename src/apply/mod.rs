@@ -7,6 +7,7 @@ pub mod iptables;
 pub mod lock;
 pub mod netlink;
 pub mod nftables;
+pub mod nlsocket;
 pub mod privileges;
 pub mod routing;
 

@@ -11,14 +11,12 @@
 //! attributes), so the module needs no unsafe code.
 
 use std::net::Ipv6Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
-    SockFlag, SockProtocol, SockType,
-};
-use nix::sys::time::{TimeVal, TimeValLike};
+use nix::sys::socket::SockProtocol;
+
+use super::nlsocket::{NlSocket, SocketError};
+use crate::netlink_wire::{error_code, message, parse_attrs, put_attr, u32_at, Msg};
 
 use crate::plan::Family;
 
@@ -43,19 +41,11 @@ const FR_ACT_TO_TBL: u8 = 1;
 /// `FIB_RULE_INVERT`: the rule is negated (`ip rule add not fwmark ...`).
 const FIB_RULE_INVERT: u32 = 0x2;
 
-/// `sizeof(struct nlmsghdr)`, already 4-byte aligned.
-const NLMSG_HDRLEN: usize = 16;
-/// `sizeof(struct nlattr)`.
-const NLA_HDRLEN: usize = 4;
-/// The two top bits of `nla_type` are flags (nested, network byte order), not the type.
-const NLA_TYPE_MASK: u16 = 0x3fff;
 /// `sizeof(struct fib_rule_hdr)` and `sizeof(struct rtmsg)`: both are 12 bytes.
 const RULE_HDRLEN: usize = 12;
 const RTMSG_LEN: usize = 12;
 /// `sizeof(struct ifaddrmsg)`.
 const IFADDRMSG_LEN: usize = 8;
-/// The kernel answers synchronously; this only guards against waiting forever on a bug.
-const RECV_TIMEOUT_SECS: i64 = 10;
 /// How often a dump that the kernel flags as interrupted (`NLM_F_DUMP_INTR`) is retried.
 const DUMP_ATTEMPTS: usize = 5;
 /// The address prefix length used for the loopback address: a single host address.
@@ -132,7 +122,7 @@ type Result<T> = std::result::Result<T, NetlinkError>;
 /// in, whichever thread uses it later, so open it from a thread that is in the pod's namespace.
 #[derive(Debug)]
 pub struct Netlink {
-    fd: OwnedFd,
+    sock: NlSocket,
     seq: u32,
     /// `lo`'s index in this socket's namespace, looked up at open time for the same reason.
     lo_index: u32,
@@ -244,30 +234,14 @@ impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket in the calling thread's network namespace and looks up
     /// that namespace's `lo`.
     pub fn open() -> Result<Self> {
-        let io = |op: &str| {
-            let op = op.to_string();
-            move |errno| NetlinkError::Io { op, errno }
-        };
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
-        )
-        .map_err(io("opening a NETLINK_ROUTE socket"))?;
-        // Port id 0: the kernel picks a free one; no multicast groups, only our replies.
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
-            .map_err(io("binding the NETLINK_ROUTE socket"))?;
-        setsockopt(
-            &fd,
-            sockopt::ReceiveTimeout,
-            &TimeVal::seconds(RECV_TIMEOUT_SECS),
-        )
-        .map_err(io("setting the netlink receive timeout"))?;
-        let lo_index =
-            nix::net::if_::if_nametoindex("lo").map_err(io("looking up the index of lo"))?;
+        let sock = NlSocket::open(SockProtocol::NetlinkRoute)
+            .map_err(|e| socket_error("opening a NETLINK_ROUTE socket", e))?;
+        let lo_index = nix::net::if_::if_nametoindex("lo").map_err(|errno| NetlinkError::Io {
+            op: "looking up the index of lo".to_string(),
+            errno,
+        })?;
         Ok(Self {
-            fd,
+            sock,
             seq: 0,
             lo_index,
         })
@@ -564,41 +538,15 @@ impl Netlink {
     }
 
     fn send(&self, op: &str, buf: &[u8]) -> Result<()> {
-        let kernel = NetlinkAddr::new(0, 0);
-        loop {
-            match sendto(self.fd.as_raw_fd(), buf, &kernel, MsgFlags::empty()) {
-                Ok(n) if n == buf.len() => return Ok(()),
-                Ok(n) => return Err(malformed(op, format!("sent {n} of {} bytes", buf.len()))),
-                Err(Errno::EINTR) => continue,
-                Err(errno) => {
-                    return Err(NetlinkError::Io {
-                        op: op.to_string(),
-                        errno,
-                    })
-                }
-            }
-        }
+        self.sock.send(buf).map_err(|e| socket_error(op, e))
     }
 
     /// Reads one datagram and returns its messages that answer `seq`. Messages with an older
     /// sequence number are left over from an earlier request that was abandoned on an error,
     /// and are dropped; a newer one means the stream is out of step.
     fn receive(&self, op: &str, seq: u32) -> Result<Vec<Msg>> {
-        let io = |errno| NetlinkError::Io {
-            op: op.to_string(),
-            errno,
-        };
-        let fd = self.fd.as_raw_fd();
-        // Peek with MSG_TRUNC to learn the datagram's full size, so a large dump part is
-        // never cut short.
-        let mut buf = vec![0u8; 0];
-        let size = retry_eintr(|| recv(fd, &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC))
-            .map_err(io)?;
-        buf.resize(size, 0);
-        let n = retry_eintr(|| recv(fd, &mut buf, MsgFlags::empty())).map_err(io)?;
-        buf.truncate(n);
         let mut out = Vec::new();
-        for msg in parse_messages(&buf).map_err(|detail| malformed(op, detail))? {
+        for msg in self.sock.receive().map_err(|e| socket_error(op, e))? {
             if msg.seq == seq {
                 out.push(msg);
             } else if msg.seq > seq {
@@ -612,12 +560,14 @@ impl Netlink {
     }
 }
 
-fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
-    loop {
-        match f() {
-            Err(Errno::EINTR) => continue,
-            other => return other,
-        }
+/// Adds what was being done to a socket error.
+fn socket_error(op: &str, e: SocketError) -> NetlinkError {
+    match e {
+        SocketError::Io(_, errno) => NetlinkError::Io {
+            op: op.to_string(),
+            errno,
+        },
+        SocketError::Malformed(detail) => malformed(op, detail),
     }
 }
 
@@ -681,13 +631,13 @@ fn rule_message(family: Family, mark: u32, table: u32, priority: Option<u32>) ->
         FR_ACT_TO_TBL,
     ];
     body.extend_from_slice(&0u32.to_ne_bytes());
-    put_u32(&mut body, FRA_FWMARK, mark);
+    put_attr_u32(&mut body, FRA_FWMARK, mark);
     // Explicit full mask: what the kernel defaults to for a non-zero mark, and it makes a
     // mark of 0 mean "mark is 0" instead of "no mark selector".
-    put_u32(&mut body, FRA_FWMASK, u32::MAX);
-    put_u32(&mut body, FRA_TABLE, table);
+    put_attr_u32(&mut body, FRA_FWMASK, u32::MAX);
+    put_attr_u32(&mut body, FRA_TABLE, table);
     if let Some(priority) = priority {
-        put_u32(&mut body, FRA_PRIORITY, priority);
+        put_attr_u32(&mut body, FRA_PRIORITY, priority);
     }
     body
 }
@@ -706,12 +656,12 @@ fn route_message(family: Family, route: &Route, scope: u8) -> Vec<u8> {
         route.kind,
     ];
     body.extend_from_slice(&0u32.to_ne_bytes());
-    put_u32(&mut body, libc::RTA_TABLE, route.table);
+    put_attr_u32(&mut body, libc::RTA_TABLE, route.table);
     if let Some(oif) = route.oif {
-        put_u32(&mut body, libc::RTA_OIF, oif);
+        put_attr_u32(&mut body, libc::RTA_OIF, oif);
     }
     if let Some(priority) = route.priority {
-        put_u32(&mut body, libc::RTA_PRIORITY, priority);
+        put_attr_u32(&mut body, libc::RTA_PRIORITY, priority);
     }
     body
 }
@@ -726,94 +676,9 @@ fn address_message(index: u32, addr: Ipv6Addr) -> Vec<u8> {
     body
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn put_attr(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    let len = NLA_HDRLEN + data.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(data);
-    buf.resize(buf.len() + align4(len) - len, 0);
-}
-
-fn put_u32(buf: &mut Vec<u8>, kind: u16, value: u32) {
+/// A native-order u32 attribute, as rtnetlink takes them.
+fn put_attr_u32(buf: &mut Vec<u8>, kind: u16, value: u32) {
     put_attr(buf, kind, &value.to_ne_bytes());
-}
-
-/// A complete netlink message: header (port id 0, the kernel fills in ours) + body.
-fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + body.len();
-    let mut buf = Vec::with_capacity(align4(len));
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.extend_from_slice(body);
-    buf.resize(align4(len), 0);
-    buf
-}
-
-/// One message out of a received datagram.
-#[derive(Debug)]
-struct Msg {
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    payload: Vec<u8>,
-}
-
-fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// The errno field that starts `NLMSG_ERROR` (and, for dumps, `NLMSG_DONE`) payloads.
-fn error_code(payload: &[u8]) -> Option<i32> {
-    Some(i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?))
-}
-
-fn parse_messages(buf: &[u8]) -> std::result::Result<Vec<Msg>, String> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        let len = u32_at(buf, at).ok_or("truncated message header")? as usize;
-        if len < NLMSG_HDRLEN || at + len > buf.len() {
-            return Err(format!(
-                "message length {len} at offset {at} of a {}-byte datagram",
-                buf.len()
-            ));
-        }
-        out.push(Msg {
-            kind: u16_at(buf, at + 4).ok_or("truncated message header")?,
-            flags: u16_at(buf, at + 6).ok_or("truncated message header")?,
-            seq: u32_at(buf, at + 8).ok_or("truncated message header")?,
-            payload: buf[at + NLMSG_HDRLEN..at + len].to_vec(),
-        });
-        at += align4(len);
-    }
-    Ok(out)
-}
-
-/// The attributes that follow a fixed header, as (type, payload) pairs.
-fn parse_attrs(buf: &[u8]) -> std::result::Result<Vec<(u16, &[u8])>, String> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + NLA_HDRLEN <= buf.len() {
-        let len = usize::from(u16_at(buf, at).ok_or("truncated attribute")?);
-        let kind = u16_at(buf, at + 2).ok_or("truncated attribute")? & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN || at + len > buf.len() {
-            return Err(format!("attribute {kind} has length {len} at offset {at}"));
-        }
-        out.push((kind, &buf[at + NLA_HDRLEN..at + len]));
-        at += align4(len);
-    }
-    Ok(out)
 }
 
 fn attr_u32(kind: u16, data: &[u8]) -> std::result::Result<u32, String> {
@@ -898,6 +763,7 @@ fn parse_address(payload: &[u8]) -> std::result::Result<Address, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink_wire::{parse_messages, u16_at};
     use std::process::Command;
 
     use nix::sched::{unshare, CloneFlags};
@@ -999,7 +865,7 @@ mod tests {
     fn encodes_attributes_4_byte_aligned() {
         let mut buf = Vec::new();
         put_attr(&mut buf, 3, b"lo");
-        put_u32(&mut buf, 15, 1000);
+        put_attr_u32(&mut buf, 15, 1000);
         // Length 6 (header + 2 bytes), padded to 8; then a plain 8-byte u32 attribute.
         assert_eq!(buf.len(), 16);
         assert_eq!(u16_at(&buf, 0), Some(6));

@@ -8,15 +8,13 @@
 //! istio-proxy-nat/istio-output (…) `…`: Operation not supported".
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
-    SockFlag, SockProtocol, SockType,
-};
-use nix::sys::time::{TimeVal, TimeValLike};
+use nix::sys::socket::SockProtocol;
+
+use super::nlsocket::{NlSocket, SocketError};
+use crate::netlink_wire::{error_code, Msg};
 
 use crate::backend::nft_netlink::{
     self, cleanup_batch, getgen_request, gettable_dump_request, replace_batch, Batch, EncodeError,
@@ -24,10 +22,6 @@ use crate::backend::nft_netlink::{
 use crate::backend::nftables::{ruleset, Ruleset, MANAGED_TABLES};
 use crate::plan::Plan;
 
-/// The kernel answers a batch while `sendmsg` runs; this only guards against a bug.
-const RECV_TIMEOUT_SECS: i64 = 10;
-/// `sizeof(struct nlmsghdr)`.
-const NLMSG_HDRLEN: usize = 16;
 /// Where group names are looked up (no NSS, as for the proxy user).
 pub const GROUP_FILE: &str = "/etc/group";
 /// `NFT_MSG_NEWTABLE`, the type of each table in a `GETTABLE` dump.
@@ -142,36 +136,16 @@ pub struct Applied {
 /// it from a thread that is in the pod's namespace.
 #[derive(Debug)]
 pub struct NfTables {
-    fd: OwnedFd,
+    sock: NlSocket,
     seq: u32,
 }
 
 impl NfTables {
     /// Opens the socket in the calling thread's network namespace.
     pub fn open() -> Result<NfTables> {
-        let io = |op: &'static str| {
-            move |errno| NftError::Io {
-                op: op.to_string(),
-                errno,
-            }
-        };
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )
-        .map_err(io("opening a NETLINK_NETFILTER socket"))?;
-        // Port id 0: the kernel picks one; no multicast groups, only our replies.
-        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
-            .map_err(io("binding the NETLINK_NETFILTER socket"))?;
-        setsockopt(
-            &fd,
-            sockopt::ReceiveTimeout,
-            &TimeVal::seconds(RECV_TIMEOUT_SECS),
-        )
-        .map_err(io("setting the netlink receive timeout"))?;
-        Ok(NfTables { fd, seq: 1 })
+        let sock = NlSocket::open(SockProtocol::NetlinkNetFilter)
+            .map_err(|e| socket_error("opening a NETLINK_NETFILTER socket", e))?;
+        Ok(NfTables { sock, seq: 1 })
     }
 
     /// The sequence number the next batch should start at (see [`NfTables::send_batch`]).
@@ -214,12 +188,9 @@ impl NfTables {
         // The whole batch must fit in one datagram; the default send buffer (~200 KiB)
         // already holds Istio's largest ruleset, so only raise it when needed.
         if bytes.len() > 128 * 1024 {
-            setsockopt(&self.fd, sockopt::SndBuf, &(bytes.len() + 4096)).map_err(|errno| {
-                NftError::Io {
-                    op: "raising the netlink send buffer".into(),
-                    errno,
-                }
-            })?;
+            self.sock
+                .reserve_send(bytes.len())
+                .map_err(|e| socket_error(OP, e))?;
         }
         self.send(OP, &bytes)?;
         // The kernel processes the batch inside sendmsg and queues its errors before
@@ -306,54 +277,23 @@ impl NfTables {
     }
 
     fn send(&self, op: &str, buf: &[u8]) -> Result<()> {
-        let kernel = NetlinkAddr::new(0, 0);
-        loop {
-            match sendto(self.fd.as_raw_fd(), buf, &kernel, MsgFlags::empty()) {
-                Ok(n) if n == buf.len() => return Ok(()),
-                Ok(n) => return Err(malformed(op, format!("sent {n} of {} bytes", buf.len()))),
-                Err(Errno::EINTR) => continue,
-                Err(errno) => {
-                    return Err(NftError::Io {
-                        op: op.to_string(),
-                        errno,
-                    })
-                }
-            }
-        }
+        self.sock.send(buf).map_err(|e| socket_error(op, e))
     }
 
     /// Reads one datagram and returns its messages.
     fn receive(&self, op: &str) -> Result<Vec<Msg>> {
-        let io = |errno| NftError::Io {
-            op: op.to_string(),
-            errno,
-        };
-        let fd = self.fd.as_raw_fd();
-        // Peek with MSG_TRUNC to learn the datagram's size, so nothing is cut short.
-        let mut buf = vec![0u8; 0];
-        let size = retry_eintr(|| recv(fd, &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC))
-            .map_err(io)?;
-        buf.resize(size, 0);
-        let n = retry_eintr(|| recv(fd, &mut buf, MsgFlags::empty())).map_err(io)?;
-        buf.truncate(n);
-        parse_messages(&buf).map_err(|detail| malformed(op, detail))
+        self.sock.receive().map_err(|e| socket_error(op, e))
     }
 }
 
-/// One message of a received datagram.
-#[derive(Debug)]
-struct Msg {
-    kind: u16,
-    seq: u32,
-    payload: Vec<u8>,
-}
-
-fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
-    loop {
-        match f() {
-            Err(Errno::EINTR) => continue,
-            other => return other,
-        }
+/// Adds what was being done to a socket error.
+fn socket_error(op: &str, e: SocketError) -> NftError {
+    match e {
+        SocketError::Io(_, errno) => NftError::Io {
+            op: op.to_string(),
+            errno,
+        },
+        SocketError::Malformed(detail) => malformed(op, detail),
     }
 }
 
@@ -364,43 +304,10 @@ fn malformed(op: &str, detail: String) -> NftError {
     }
 }
 
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
-}
-
-/// The errno field that starts an `NLMSG_ERROR` payload (0 for an acknowledgement).
-fn error_code(payload: &[u8]) -> Option<i32> {
-    Some(i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?))
-}
-
-fn parse_messages(buf: &[u8]) -> std::result::Result<Vec<Msg>, String> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        let len = u32_at(buf, at).ok_or("truncated message header")? as usize;
-        if len < NLMSG_HDRLEN || at + len > buf.len() {
-            return Err(format!(
-                "message length {len} at offset {at} of a {}-byte datagram",
-                buf.len()
-            ));
-        }
-        out.push(Msg {
-            kind: u16_at(buf, at + 4).ok_or("truncated message header")?,
-            seq: u32_at(buf, at + 8).ok_or("truncated message header")?,
-            payload: buf[at + NLMSG_HDRLEN..at + len].to_vec(),
-        });
-        at += (len + 3) & !3;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink_wire::parse_messages;
 
     #[test]
     fn group_file_is_parsed_without_nss() {

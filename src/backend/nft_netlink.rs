@@ -19,6 +19,7 @@ use crate::backend::nftables::{
     cidr_family, wildcard_prefix, Direction, Hook, NftRule, NftTable, Ruleset, Stmt, MANAGED_TABLES,
 };
 use crate::config::types::Cidr;
+use crate::netlink_wire::{self, parse_attrs, put_attr};
 use crate::plan::{CtState, Family, Owner, Protocol};
 
 // nfnetlink (<linux/netfilter/nfnetlink.h>).
@@ -160,10 +161,8 @@ const CT_STATE_INVALID: u32 = 1;
 const CT_STATE_ESTABLISHED: u32 = 1 << 1;
 const CT_STATE_RELATED: u32 = 1 << 2;
 
-// Netlink framing.
-const NLMSG_HDRLEN: usize = 16;
+// Netlink framing (the generic parts are in `netlink_wire`).
 const NFGENMSG_LEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
 const NLA_F_NESTED: u16 = 0x8000;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
@@ -390,21 +389,12 @@ pub fn gettable_dump_request(seq: u32) -> Vec<u8> {
 
 /// The name in an `NFT_MSG_NEWTABLE` message's payload (after the netlink header), if any.
 pub fn table_name_of(payload: &[u8]) -> Option<String> {
-    let mut at = NFGENMSG_LEN;
-    while at + NLA_HDRLEN <= payload.len() {
-        let len = usize::from(u16::from_ne_bytes([payload[at], payload[at + 1]]));
-        let kind = u16::from_ne_bytes([payload[at + 2], payload[at + 3]]) & 0x3fff;
-        if len < NLA_HDRLEN || at + len > payload.len() {
-            return None;
-        }
-        if kind == NFTA_TABLE_NAME {
-            let raw = &payload[at + NLA_HDRLEN..at + len];
-            let raw = raw.split(|&b| b == 0).next().unwrap_or(raw);
-            return String::from_utf8(raw.to_vec()).ok();
-        }
-        at += align4(len);
-    }
-    None
+    let attrs = parse_attrs(payload.get(NFGENMSG_LEN..)?).ok()?;
+    let (_, raw) = attrs
+        .into_iter()
+        .find(|(kind, _)| *kind == NFTA_TABLE_NAME)?;
+    let raw = raw.split(|&b| b == 0).next().unwrap_or(raw);
+    String::from_utf8(raw.to_vec()).ok()
 }
 
 /// The full message type of an nf_tables message (subsystem in the high byte).
@@ -983,11 +973,7 @@ struct Attrs(Vec<u8>);
 
 impl Attrs {
     fn put(&mut self, kind: u16, data: &[u8]) {
-        let len = NLA_HDRLEN + data.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(data);
-        self.0.resize(self.0.len() + align4(len) - len, 0);
+        put_attr(&mut self.0, kind, data);
     }
 
     /// A NUL-terminated string (`NLA_STRING`/`NLA_NUL_STRING`).
@@ -1013,44 +999,25 @@ impl Attrs {
     }
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 /// A complete nfnetlink message: `nlmsghdr` (port id 0) + `nfgenmsg` + attributes.
 fn message(kind: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + NFGENMSG_LEN + attrs.len();
-    let mut buf = Vec::with_capacity(align4(len));
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&nft_type(kind).to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: family, version, res_id (big-endian; 0 for nf_tables messages).
-    buf.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
-    buf.extend_from_slice(attrs);
-    buf.resize(align4(len), 0);
-    buf
+    let mut body = vec![family, NFNETLINK_V0, 0, 0];
+    body.extend_from_slice(attrs);
+    netlink_wire::message(nft_type(kind), flags, seq, &body)
 }
 
 /// `BATCH_BEGIN`/`END`: a bare nfgenmsg whose res_id names the nf_tables subsystem.
 fn batch_marker(kind: u16, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + NFGENMSG_LEN;
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(&(len as u32).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.push(NFPROTO_UNSPEC);
-    buf.push(NFNETLINK_V0);
-    buf.extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
-    buf
+    let mut body = vec![NFPROTO_UNSPEC, NFNETLINK_V0];
+    body.extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+    netlink_wire::message(kind, NLM_F_REQUEST, seq, &body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink_wire::{align4, NLMSG_HDRLEN};
 
     /// As if all our tables existed: every table is replaced.
     fn managed() -> Vec<String> {
