@@ -24,12 +24,25 @@ pub trait Runner {
     /// Runs `program` with `args`, feeding `stdin`. A program that cannot be started is an
     /// `io::Error` (`NotFound` when it is not installed).
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output>;
+
+    /// Whether `program` can be started, without starting it.
+    fn installed(&self, program: &str) -> bool;
 }
 
 /// Runs real processes, found on `PATH`, with meshinit's environment.
 pub struct SystemRunner;
 
 impl Runner for SystemRunner {
+    fn installed(&self, program: &str) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| {
+                std::fs::metadata(dir.join(program))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+    }
+
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
         let mut child = Command::new(program)
             .args(args)

@@ -302,6 +302,10 @@ mod tests {
     }
 
     impl Runner for Fake {
+        fn installed(&self, program: &str) -> bool {
+            self.answers.contains_key(program)
+        }
+
         fn run(&self, program: &str, args: &[&str], _: Option<&str>) -> std::io::Result<Output> {
             self.calls
                 .borrow_mut()

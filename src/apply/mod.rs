@@ -96,7 +96,7 @@ pub fn resolve_backend(choice: BackendChoice, runner: &dyn Runner) -> (Backend, 
         ),
         BackendChoice::Auto => {
             let tools = ["iptables-nft-save", "iptables-legacy-save"];
-            if tools.iter().any(|t| runner.run(t, &[], None).is_ok()) {
+            if tools.iter().any(|t| runner.installed(t)) {
                 return (
                     Backend::Iptables,
                     "iptables tools are installed (Istio's default)".to_string(),
