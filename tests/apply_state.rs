@@ -329,7 +329,7 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
     if !require_root("concurrent_instances_all_succeed_and_leave_one_ruleset") {
         return;
     }
-    for variant in VARIANTS {
+    for variant in VARIANTS.iter().chain(&["native"]) {
         let lab = Lab::new().expect("lab");
         let mut args = default_args();
         args.extend(strings(&[
@@ -337,7 +337,11 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
             "--capture-all-dns",
             "--drop-invalid",
         ]));
-        args.push(format!("--force-iptables-binary={variant}"));
+        if *variant == "native" {
+            args.push("--native-nftables".to_string());
+        } else {
+            args.push(format!("--force-iptables-binary={variant}"));
+        }
         args.push(format!("--network-namespace={}", lab.pod.path().display()));
         let children: Vec<_> = (0..6)
             .map(|_| {
@@ -357,6 +361,31 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
                 "{variant}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+        if *variant == "native" {
+            // Exactly the script a single run would load, once: nft's own listing of our
+            // tables matches the nft script's table, chain and rule counts.
+            let listing =
+                String::from_utf8_lossy(&lab.pod.run(&["nft", "list", "ruleset"], None).stdout)
+                    .into_owned();
+            let plan = plan_for(&args, &[]);
+            let ruleset = meshinit::backend::nftables::ruleset(&plan);
+            for table in &ruleset.tables {
+                assert_eq!(
+                    listing
+                        .matches(&format!("table inet {} {{", table.name))
+                        .count(),
+                    1,
+                    "{listing}"
+                );
+            }
+            let rules: usize = ruleset.tables.iter().map(|t| t.rules.len()).sum();
+            assert_eq!(
+                listing.matches("counter packets").count(),
+                rules,
+                "{listing}"
+            );
+            continue;
         }
         let plan = plan_for(&args, &[]);
         for (family, fam) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
