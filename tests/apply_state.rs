@@ -467,3 +467,72 @@ fn check_reports_drift_with_exit_3_and_changes_nothing() {
         );
     }
 }
+
+#[test]
+fn rules_installed_by_istio_itself_are_recognised_as_in_place() {
+    if !require_root("rules_installed_by_istio_itself_are_recognised_as_in_place") {
+        return;
+    }
+    // An upgrade from istio-init: Istio's exact restore input is already loaded; meshinit with
+    // the same configuration must find it in place and change nothing.
+    for case in conformance_cases("iptables") {
+        if !groups_resolvable(&case) {
+            continue;
+        }
+        let lab = Lab::new().expect("lab");
+        lab.pod.run(
+            &["iptables-nft-restore", "--noflush"],
+            Some(&case.read("ipv4.rules")),
+        );
+        let v6 = case.read("ipv6.rules");
+        if !v6.is_empty() {
+            lab.pod
+                .run(&["ip6tables-nft-restore", "--noflush"], Some(&v6));
+        }
+        let before = all_rules(&lab.pod);
+        let out = meshinit(&lab.pod, &case.args, &case.env);
+        assert_ok(&out, &case.name);
+        assert!(
+            out.stderr.contains("already in place"),
+            "{}: {}",
+            case.name,
+            out.stderr
+        );
+        let after = all_rules(&lab.pod);
+        // Only routing objects may be added (istio-init adds those outside iptables-restore).
+        let rules_only = |s: &str| s.split("== ip rule show").next().unwrap_or("").to_string();
+        assert_eq!(rules_only(&after), rules_only(&before), "{}", case.name);
+    }
+}
+
+#[test]
+fn force_apply_rewrites_rules_in_place_and_skip_rule_apply_writes_nothing() {
+    if !require_root("force_apply_rewrites_rules_in_place_and_skip_rule_apply_writes_nothing") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let mut args = default_args();
+    args.push("--force-iptables-binary=nft".to_string());
+    let mut skip = args.clone();
+    skip.push("--skip-rule-apply".to_string());
+    let before = all_rules(&lab.pod);
+    assert_ok(&meshinit(&lab.pod, &skip, &[]), "skip-rule-apply");
+    assert_eq!(
+        all_rules(&lab.pod),
+        before,
+        "--skip-rule-apply changed something"
+    );
+
+    assert_ok(&meshinit(&lab.pod, &args, &[]), "install");
+    let installed = all_rules(&lab.pod);
+    let mut force = args.clone();
+    force.push("--force-apply".to_string());
+    let out = meshinit(&lab.pod, &force, &[]);
+    assert_ok(&out, "force-apply");
+    assert!(out.stderr.contains("replaced rules"), "{}", out.stderr);
+    assert_eq!(
+        all_rules(&lab.pod),
+        installed,
+        "--force-apply must converge on the same rules"
+    );
+}
