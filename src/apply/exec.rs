@@ -21,9 +21,15 @@ impl Output {
 
 /// Runs programs.
 pub trait Runner {
-    /// Runs `program` with `args`, feeding `stdin`. A program that cannot be started is an
-    /// `io::Error` (`NotFound` when it is not installed).
-    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output>;
+    /// Runs `program` with `args` and these extra environment variables, feeding `stdin`. A
+    /// program that cannot be started is an `io::Error` (`NotFound` when it is not installed).
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> io::Result<Output>;
 
     /// Whether `program` can be started, without starting it.
     fn installed(&self, program: &str) -> bool;
@@ -43,9 +49,16 @@ impl Runner for SystemRunner {
         })
     }
 
-    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<Output> {
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> io::Result<Output> {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {

@@ -59,10 +59,11 @@ fn run(
     runner: &dyn Runner,
     program: &str,
     args: &[&str],
+    env: &[(&str, &str)],
     stdin: Option<&str>,
 ) -> Result<Output, IptablesError> {
     runner
-        .run(program, args, stdin)
+        .run(program, args, env, stdin)
         .map_err(|e| IptablesError::Spawn {
             program: program.to_string(),
             error: if e.kind() == std::io::ErrorKind::NotFound {
@@ -126,8 +127,19 @@ pub fn kernel_hint(stderr: &str) -> String {
 /// Reads the live rules of these tools.
 pub fn save(runner: &dyn Runner, tools: Tools) -> Result<Saved, IptablesError> {
     let program = tools.save();
-    let out = checked(&program, run(runner, &program, &[], None)?)?;
+    let out = checked(&program, run(runner, &program, &[], &[], None)?)?;
     Ok(parse_save(&out.stdout))
+}
+
+/// How legacy iptables serialises writers.
+#[derive(Clone, Debug)]
+pub struct XtablesLock {
+    /// How long to wait for it.
+    pub wait: Duration,
+    /// A lock file of this network namespace's own instead of the host-wide
+    /// /run/xtables.lock (`--cni-mode`): the tables of different namespaces are separate, so
+    /// a pod's setup need not wait for the host's kube-proxy (istio/istio#58507).
+    pub file: Option<std::path::PathBuf>,
 }
 
 /// Feeds a restore input. With `noflush` (applying) only the listed chains change; without
@@ -137,19 +149,23 @@ pub fn restore(
     tools: Tools,
     text: &str,
     noflush: bool,
-    lock_wait: Duration,
+    lock: &XtablesLock,
 ) -> Result<(), IptablesError> {
     let program = tools.restore();
     let mut args: Vec<String> = Vec::new();
+    let mut env: Vec<(&str, &str)> = Vec::new();
     if noflush {
         args.push("--noflush".to_string());
     }
     if tools.variant == IptablesVariant::Legacy {
-        // Legacy iptables serialises writers with /run/xtables.lock; wait for it, bounded.
-        args.push(format!("--wait={}", lock_wait.as_secs().max(1)));
+        // Legacy iptables serialises writers with a lock file; wait for it, bounded.
+        args.push(format!("--wait={}", lock.wait.as_secs().max(1)));
+        if let Some(file) = lock.file.as_ref().and_then(|f| f.to_str()) {
+            env.push(("XTABLES_LOCKFILE", file));
+        }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    checked(&program, run(runner, &program, &args, Some(text))?).map(|_| ())
+    checked(&program, run(runner, &program, &args, &env, Some(text))?).map(|_| ())
 }
 
 /// Whether the saved rules of a variant hold anything at all, or anything of ours.
@@ -254,7 +270,7 @@ pub fn choose_variant(
 fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
     let program = tools.main();
     let rule = ["-t", "nat", "-A", "OUTPUT", "-p", "255", "-j", "RETURN"];
-    let added = run(runner, &program, &rule, None).map_err(|e| e.to_string())?;
+    let added = run(runner, &program, &rule, &[], None).map_err(|e| e.to_string())?;
     if !added.success() {
         return Err(format!(
             "{}{}",
@@ -264,7 +280,7 @@ fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
     }
     let mut delete = rule;
     delete[2] = "-D";
-    let removed = run(runner, &program, &delete, None).map_err(|e| e.to_string())?;
+    let removed = run(runner, &program, &delete, &[], None).map_err(|e| e.to_string())?;
     if !removed.success() {
         return Err(format!("probe rule left behind: {}", removed.stderr.trim()));
     }
@@ -306,10 +322,19 @@ mod tests {
             self.answers.contains_key(program)
         }
 
-        fn run(&self, program: &str, args: &[&str], _: Option<&str>) -> std::io::Result<Output> {
-            self.calls
-                .borrow_mut()
-                .push(format!("{program} {}", args.join(" ")).trim().to_string());
+        fn run(
+            &self,
+            program: &str,
+            args: &[&str],
+            env: &[(&str, &str)],
+            _: Option<&str>,
+        ) -> std::io::Result<Output> {
+            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+            self.calls.borrow_mut().push(
+                format!("{}{program} {}", env.concat(), args.join(" "))
+                    .trim()
+                    .to_string(),
+            );
             self.answers.get(program).cloned().ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::NotFound, program.to_string())
             })
@@ -411,17 +436,29 @@ mod tests {
             family: Family::V4,
             variant: IptablesVariant::Legacy,
         };
-        restore(&fake, legacy, "", true, Duration::from_secs(30)).unwrap();
         let nft = Tools {
             family: Family::V6,
             variant: IptablesVariant::Nft,
         };
-        restore(&fake, nft, "", false, Duration::from_secs(30)).unwrap();
+        let host_lock = XtablesLock {
+            wait: Duration::from_secs(30),
+            file: None,
+        };
+        let pod_lock = XtablesLock {
+            file: Some("/run/meshinit/x.lock".into()),
+            ..host_lock.clone()
+        };
+        restore(&fake, legacy, "", true, &host_lock).unwrap();
+        restore(&fake, nft, "", false, &host_lock).unwrap();
+        restore(&fake, legacy, "", true, &pod_lock).unwrap();
+        restore(&fake, nft, "", true, &pod_lock).unwrap();
         assert_eq!(
             *fake.calls.borrow(),
             [
                 "iptables-legacy-restore --noflush --wait=30",
-                "ip6tables-nft-restore"
+                "ip6tables-nft-restore",
+                "XTABLES_LOCKFILE=/run/meshinit/x.lock iptables-legacy-restore --noflush --wait=30",
+                "ip6tables-nft-restore --noflush",
             ]
         );
     }

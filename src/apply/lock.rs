@@ -25,6 +25,14 @@ fn lock_path() -> std::io::Result<PathBuf> {
     )))
 }
 
+/// A legacy-iptables lock file for the current network namespace alone (`--cni-mode`), next
+/// to meshinit's own lock; `None` when /run/meshinit cannot be made.
+pub fn xtables_lock_path() -> Option<PathBuf> {
+    let path = lock_path().ok()?.with_extension("xtables.lock");
+    std::fs::create_dir_all(path.parent()?).ok()?;
+    Some(path)
+}
+
 /// Takes the lock, waiting at most `wait`. `Ok(None)` when no lock file can be made (e.g. a
 /// read-only /run): meshinit then relies on its conflict checks alone.
 pub fn lock_netns(wait: Duration) -> Result<Option<NetnsLock>, String> {

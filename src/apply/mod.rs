@@ -12,7 +12,6 @@ pub mod privileges;
 pub mod routing;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use caps::Capability;
 
@@ -25,7 +24,7 @@ use crate::config::{BackendChoice, Capture, IptablesVariant, RunOptions};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
-use iptables::Tools;
+use iptables::{Tools, XtablesLock};
 use netlink::{Changed, Netlink};
 use nftables::NfTables;
 
@@ -273,7 +272,7 @@ pub fn apply(
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let added = routing::ensure_all(&mut nl, plan)
         .map_err(|e| ApplyError::Failed(format!("{e}; nothing was left changed")))?;
-    if let Err(e) = commit(&transactions, runner, opts.xtables_wait, log) {
+    if let Err(e) = commit(&transactions, runner, &xtables_lock(opts), log) {
         routing::remove_all(&mut nl, &added);
         return Err(e);
     }
@@ -383,7 +382,7 @@ pub fn cleanup(
             });
         }
     }
-    commit(&transactions, runner, opts.xtables_wait, log)?;
+    commit(&transactions, runner, &xtables_lock(opts), log)?;
     let removed = remove_routing(capture)?;
     Ok(Report {
         tools: transactions
@@ -436,17 +435,30 @@ fn remove_routing(capture: &Capture) -> Result<Vec<String>, ApplyError> {
     Ok(removed)
 }
 
+/// The xtables lock legacy iptables should use: the host's, or under `--cni-mode` one of this
+/// network namespace's own.
+fn xtables_lock(opts: &RunOptions) -> XtablesLock {
+    XtablesLock {
+        wait: opts.xtables_wait,
+        file: if opts.cni_mode {
+            lock::xtables_lock_path()
+        } else {
+            None
+        },
+    }
+}
+
 /// Feeds each transaction in turn. If one fails, every table already written is put back as
 /// it was — so either all families change or none does.
 fn commit(
     transactions: &[Transaction],
     runner: &dyn Runner,
-    lock_wait: Duration,
+    lock: &XtablesLock,
     log: &Log,
 ) -> Result<(), ApplyError> {
     for (i, t) in transactions.iter().enumerate() {
         log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
-        let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock_wait) else {
+        let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock) else {
             continue;
         };
         // Another instance may have installed the same rules between our read and our write.
@@ -465,7 +477,7 @@ fn commit(
         for done in transactions[..=i].iter().rev() {
             let tables = tables_in(&done.text);
             let text = rollback_text(&done.before, &tables);
-            if let Err(rollback) = iptables::restore(runner, done.tools, &text, false, lock_wait) {
+            if let Err(rollback) = iptables::restore(runner, done.tools, &text, false, lock) {
                 message.push_str(&format!(
                     "\nrolling back {} tables {} also failed: {rollback}",
                     family_name(done.tools.family),
