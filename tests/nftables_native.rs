@@ -2,7 +2,9 @@
 //! of Istio's 28 nftables cases, the ruleset applied over netlink lists exactly like the same
 //! case's script loaded with `nft -f`; re-applying changes nothing; switching configurations
 //! leaves only the new tables; cleanup removes our tables and nothing else; a batch the kernel
-//! rejects changes nothing and the error names the rule.
+//! rejects changes nothing and the error names the rule. `--check`'s read-back comparison finds
+//! every case in place (applied natively or by `nft -f`), and names each kind of tampering
+//! without changing anything.
 
 mod support;
 
@@ -13,7 +15,7 @@ use meshinit::apply::nftables::{Groups, NfTables, NftError, GROUP_FILE};
 use meshinit::backend::nft_netlink::replace_batch;
 use meshinit::backend::nftables::{ruleset, NftRule, Ruleset, Stmt};
 use nix::sched::{setns, CloneFlags};
-use support::apply::plan_for;
+use support::apply::{assert_ok, default_args, meshinit, plan_for};
 use support::netlab::{Lab, Netns};
 use support::{conformance_cases, diff, nftables_case, require_root, Case};
 
@@ -81,7 +83,12 @@ fn cleanup(ns: &Netns) {
 /// `nft list ruleset` with counter values dropped (traffic such as IPv6 neighbour discovery
 /// may pass through output hooks at any time).
 fn listing(ns: &Netns) -> String {
-    let out = ns.run(&["nft", "list", "ruleset"], None);
+    without_counters(ns, &["nft", "list", "ruleset"])
+}
+
+/// What `argv` (an nft listing) prints, without counter values.
+fn without_counters(ns: &Netns, argv: &[&str]) -> String {
+    let out = ns.run(argv, None);
     let text = String::from_utf8(out.stdout).expect("nft output is UTF-8");
     text.lines()
         .map(|line| {
@@ -179,6 +186,12 @@ fn switching_configuration_leaves_exactly_the_new_tables() {
     let lab = Lab::new().expect("lab");
     apply(&lab.pod, &case_ruleset(&a)).unwrap();
     assert!(listing(&lab.pod).contains("table inet istio-proxy-raw"));
+    // Checked against the other configuration, the tables it does not use are named.
+    let lines = differences(&lab.pod, &case_ruleset(&b));
+    assert!(
+        lines.contains(&"unexpected: table inet istio-proxy-raw".to_string()),
+        "{lines:?}"
+    );
     apply(&lab.pod, &case_ruleset(&b)).unwrap();
     assert_eq!(listing(&lab.pod), nft_listing(&b));
     // And back.
@@ -342,6 +355,13 @@ fn other_configurations_list_like_their_script() {
         lab.peer
             .nft_apply(&meshinit::backend::nftables::script(&rs));
         apply(&lab.pod, &rs).unwrap();
+        // `--check`'s comparison finds both in place.
+        assert_eq!(differences(&lab.pod, &rs), Vec::<String>::new(), "{args:?}");
+        assert_eq!(
+            differences(&lab.peer, &rs),
+            Vec::<String>::new(),
+            "{args:?}"
+        );
         let expected = listing(&lab.peer);
         assert_eq!(
             listing(&lab.pod),
@@ -349,5 +369,209 @@ fn other_configurations_list_like_their_script() {
             "{args:?}\n{}",
             diff(&expected, &listing(&lab.pod))
         );
+    }
+}
+
+/// `NfTables::differences` for `rs`, run inside `ns`.
+fn differences(ns: &Netns, rs: &Ruleset) -> Vec<String> {
+    let rs = rs.clone();
+    let groups = groups();
+    in_netns(ns, move || {
+        NfTables::open()
+            .and_then(|mut n| n.differences(&rs, &groups))
+            .unwrap_or_else(|e| panic!("differences: {e}"))
+    })
+}
+
+#[test]
+fn every_case_checks_in_place_after_a_native_apply_and_after_nft_f() {
+    if !require_root("every_case_checks_in_place_after_a_native_apply_and_after_nft_f") {
+        return;
+    }
+    let cases = conformance_cases("nftables");
+    assert_eq!(cases.len(), 28);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let rs = case_ruleset(case);
+        let lab = Lab::new().expect("lab");
+        // Nothing installed: every planned table is missing.
+        let none = differences(&lab.pod, &rs);
+        assert_eq!(none.len(), rs.tables.len(), "{}: {none:?}", case.name);
+        assert!(none.iter().all(|l| l.starts_with("missing: table inet ")));
+        apply(&lab.pod, &rs).unwrap();
+        let native = differences(&lab.pod, &rs);
+        if !native.is_empty() {
+            failures.push(format!(
+                "case {} (native):\n{}",
+                case.name,
+                native.join("\n")
+            ));
+        }
+        // The same rules loaded by nft itself (as Istio would) are in place too.
+        lab.peer
+            .nft_apply(&script_with_gids(&nftables_case(&case.name), &groups()));
+        let by_nft = differences(&lab.peer, &rs);
+        if !by_nft.is_empty() {
+            failures.push(format!(
+                "case {} (nft -f):\n{}",
+                case.name,
+                by_nft.join("\n")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The ruleset with handles (counters dropped), so that `--check` changing anything at all
+/// (even re-creating an identical rule) would show.
+fn listing_with_handles(ns: &Netns) -> String {
+    without_counters(ns, &["nft", "-a", "list", "ruleset"])
+}
+
+/// The handle of the `n`-th (1-based) rule of a chain of ours, from `nft -a`.
+fn handle_of(ns: &Netns, table: &str, chain: &str, n: usize) -> (String, String) {
+    let out = ns.run(&["nft", "-a", "list", "chain", "inet", table, chain], None);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        // The table and chain lines carry handles too.
+        .filter(|l| l.contains(" # handle ") && !l.trim_end().ends_with('{') && !l.contains("{ #"))
+        .nth(n - 1)
+        .unwrap_or_else(|| panic!("no rule {n} in {chain}:\n{text}"));
+    let (body, handle) = line.trim().rsplit_once(" # handle ").unwrap();
+    (body.to_string(), handle.to_string())
+}
+
+/// `--check` of the binary (native nftables) after each kind of tampering with `nft`: exit 3,
+/// a line naming what differs, and the ruleset exactly as the tampering left it.
+#[test]
+fn check_reports_each_kind_of_tampering_and_changes_nothing() {
+    if !require_root("check_reports_each_kind_of_tampering_and_changes_nothing") {
+        return;
+    }
+    let mut args = default_args();
+    args.extend(
+        [
+            "--native-nftables",
+            "--redirect-dns=true",
+            "--dns-servers=10.0.0.10",
+        ]
+        .map(String::from),
+    );
+    let mut check = args.clone();
+    check.push("--check".to_string());
+    let lab = Lab::new().expect("lab");
+
+    let out = meshinit(&lab.pod, &check, &[]);
+    assert_eq!(out.code, Some(3), "nothing installed: {}", out.stderr);
+    assert!(
+        out.stderr.contains("missing: table inet istio-proxy-nat"),
+        "{}",
+        out.stderr
+    );
+
+    type Tamper = fn(&Netns);
+    let cases: &[(&str, Tamper, &[&str])] = &[
+        ("nothing", |_| {}, &[]),
+        (
+            "a rule inserted into istio-output",
+            |ns| {
+                let argv = [
+                    "nft", "insert", "rule", "inet", "istio-proxy-nat", "istio-output",
+                    "counter", "return",
+                ];
+                ns.run(&argv, None);
+            },
+            &["istio-proxy-nat/istio-output: unexpected rule (handle "],
+        ),
+        (
+            "a rule deleted",
+            |ns| {
+                let (_, handle) = handle_of(ns, "istio-proxy-nat", "istio-output", 2);
+                let argv = [
+                    "nft", "delete", "rule", "inet", "istio-proxy-nat", "istio-output",
+                    "handle", &handle,
+                ];
+                ns.run(&argv, None);
+            },
+            &["istio-proxy-nat/istio-output: missing rule 2 `"],
+        ),
+        (
+            "a port changed in a set",
+            |ns| {
+                // An anonymous set cannot be changed in place; its rule is replaced.
+                let (body, handle) = (1..)
+                    .map(|n| handle_of(ns, "istio-proxy-nat", "istio-output", n))
+                    .find(|(body, _)| body.contains("{ 53, 15008 }"))
+                    .unwrap();
+                let body = body.replace("{ 53, 15008 }", "{ 53, 15009 }");
+                let argv = [
+                    "nft", "replace", "rule", "inet", "istio-proxy-nat", "istio-output",
+                    "handle", &handle, &body,
+                ];
+                ns.run(&argv, None);
+            },
+            &["differs: expected `oifname lo meta l4proto tcp ip daddr != 127.0.0.1/32 tcp dport != { 53, 15008 } skuid 1337"],
+        ),
+        (
+            "a chain added",
+            |ns| {
+                ns.run(&["nft", "add", "chain", "inet", "istio-proxy-nat", "extra"], None);
+            },
+            &["istio-proxy-nat: unexpected chain extra (a regular chain, 0 rule(s))"],
+        ),
+        (
+            "a chain flushed",
+            |ns| {
+                let argv = ["nft", "flush", "chain", "inet", "istio-proxy-raw", "istio-output-dns"];
+                ns.run(&argv, None);
+            },
+            &[
+                "istio-proxy-raw/istio-output-dns: missing rule 1 `",
+                "istio-proxy-raw/istio-output-dns: missing rule 2 `",
+            ],
+        ),
+        (
+            "a base chain's policy changed",
+            |ns| {
+                let argv = [
+                    "nft", "add", "chain", "inet", "istio-proxy-nat", "output",
+                    "{ type nat hook output priority -100; policy drop; }",
+                ];
+                ns.run(&argv, None);
+            },
+            &["istio-proxy-nat: chain output is a base chain (type nat hook output priority -100 policy drop), expected a base chain (type nat hook output priority -100 policy accept)"],
+        ),
+        (
+            "a table deleted",
+            |ns| {
+                ns.run(&["nft", "delete", "table", "inet", "istio-proxy-raw"], None);
+            },
+            &["missing: table inet istio-proxy-raw"],
+        ),
+    ];
+    for (what, tamper, expected) in cases {
+        // A fresh install for each: the apply replaces our tables, whatever they hold.
+        assert_ok(&meshinit(&lab.pod, &args, &[]), what);
+        tamper(&lab.pod);
+        let before = listing_with_handles(&lab.pod);
+        let out = meshinit(&lab.pod, &check, &[]);
+        assert_eq!(
+            listing_with_handles(&lab.pod),
+            before,
+            "{what}: --check changed the ruleset"
+        );
+        if expected.is_empty() {
+            assert_eq!(out.code, Some(0), "{what}: {}", out.stderr);
+            continue;
+        }
+        assert_eq!(out.code, Some(3), "{what}: {}", out.stderr);
+        for line in *expected {
+            assert!(
+                out.stderr.contains(line),
+                "{what}: no {line:?} in\n{}",
+                out.stderr
+            );
+        }
     }
 }

@@ -173,29 +173,16 @@ pub fn cleanup_nftables(capture: &Capture, opts: &RunOptions) -> Result<Report, 
 }
 
 /// `--check` for the nftables backend: our tables that should be there are, no others of ours
-/// are, and the routing objects are in place. (Rule-level comparison is done by the iptables
-/// backend's check only.)
+/// are, each has exactly the planned chains and, chain by chain, the planned rules in order
+/// (compared expression by expression with the batch an apply would send), and the routing
+/// objects are in place.
 pub fn check_nftables(plan: &Plan) -> Result<Vec<String>, ApplyError> {
-    let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let present = nft
-        .managed_tables_present()
+    let groups = nftables::Groups::load(std::path::Path::new(nftables::GROUP_FILE))
         .map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let wanted: Vec<String> = crate::backend::nftables::ruleset(plan)
-        .tables
-        .into_iter()
-        .map(|t| t.name)
-        .collect();
-    let mut differences: Vec<String> = wanted
-        .iter()
-        .filter(|t| !present.contains(t))
-        .map(|t| format!("missing: table inet {t}"))
-        .chain(
-            present
-                .iter()
-                .filter(|t| !wanted.contains(t))
-                .map(|t| format!("unexpected: table inet {t}")),
-        )
-        .collect();
+    let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let mut differences = nft
+        .differences(&crate::backend::nftables::ruleset(plan), &groups)
+        .map_err(|e| ApplyError::Precondition(e.to_string()))?;
     differences.extend(check_routing(plan)?);
     Ok(differences)
 }

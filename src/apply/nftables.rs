@@ -6,6 +6,9 @@
 //! other owners are never named. A failing message's sequence number is mapped back to the
 //! rule (or chain, or table) it came from, so the error reads e.g. "rule 7 of
 //! istio-proxy-nat/istio-output (…) `…`: Operation not supported".
+//!
+//! `--check` reads the same tables back with dumps (tables, chains, rules, sets, set elements)
+//! and compares them with the batch an apply would send; it never sends a batch.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +20,8 @@ use super::nlsocket::{NlSocket, SocketError};
 use crate::netlink_wire::{error_code, Msg};
 
 use crate::backend::nft_netlink::{
-    self, cleanup_batch, getgen_request, gettable_dump_request, replace_batch, Batch, EncodeError,
+    self, cleanup_batch, getgen_request, gettable_dump_request, replace_batch, Batch, DumpKind,
+    EncodeError, FoundTable,
 };
 use crate::backend::nftables::{ruleset, Ruleset, MANAGED_TABLES};
 use crate::plan::Plan;
@@ -276,6 +280,164 @@ impl NfTables {
             .collect())
     }
 
+    /// Compares our tables with what [`NfTables::apply_ruleset`] would install for `ruleset`,
+    /// changing nothing: which of our tables exist, their flags, their chains (names, and a
+    /// base chain's type, hook, priority and policy), and every chain's rules in order,
+    /// expression by expression (sets by contents). The expected side is the batch an apply
+    /// would send, parsed back. Returns readable lines, empty when everything is in place.
+    /// The dumps are repeated if a transaction commits meanwhile, so they show one ruleset.
+    pub fn differences(&mut self, ruleset: &Ruleset, groups: &Groups) -> Result<Vec<String>> {
+        const OP: &str = "comparing the nftables ruleset";
+        let batch = replace_batch(ruleset, &|name| groups.gid(name), 0, &[])?;
+        let expected = nft_netlink::expected_tables(&batch).map_err(|d| malformed(OP, d))?;
+        let mut attempts = 0;
+        let found = loop {
+            attempts += 1;
+            let before = self.generation()?;
+            let found = self.dump_managed_tables()?;
+            if self.generation()? == before || attempts == 3 {
+                break found;
+            }
+        };
+        let mut lines = Vec::new();
+        for table in &expected {
+            if !found.iter().any(|f| f.name == table.name) {
+                lines.push(format!("missing: table inet {}", table.name));
+            }
+        }
+        for table in &found {
+            if !expected.iter().any(|e| e.name == table.name) {
+                lines.push(format!("unexpected: table inet {}", table.name));
+            }
+        }
+        for table in &expected {
+            if let Some(f) = found.iter().find(|f| f.name == table.name) {
+                lines.extend(nft_netlink::compare_table(table, &f.checked()));
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Dumps our tables that exist: flags, chains, rules and the sets their rules use.
+    fn dump_managed_tables(&mut self) -> Result<Vec<FoundTable>> {
+        const OP: &str = "reading the nftables ruleset";
+        let mut tables = Vec::new();
+        for msg in self.dump(OP, DumpKind::Tables, gettable_dump_request)? {
+            let (name, flags) = nft_netlink::parse_table(&msg).map_err(|d| malformed(OP, d))?;
+            if MANAGED_TABLES.contains(&name.as_str()) {
+                tables.push(FoundTable {
+                    name,
+                    flags,
+                    ..FoundTable::default()
+                });
+            }
+        }
+        if tables.is_empty() {
+            return Ok(tables);
+        }
+        for msg in self.dump(OP, DumpKind::Chains, nft_netlink::getchain_dump_request)? {
+            let chain = nft_netlink::parse_chain(&msg).map_err(|d| malformed(OP, d))?;
+            if let Some(t) = tables.iter_mut().find(|t| t.name == chain.table) {
+                t.chains.push(chain);
+            }
+        }
+        for table in &mut tables {
+            let name = table.name.clone();
+            for msg in self.dump(OP, DumpKind::Rules, |seq| {
+                nft_netlink::getrule_dump_request(seq, &name)
+            })? {
+                let rule = nft_netlink::parse_rule(&msg).map_err(|d| malformed(OP, d))?;
+                // The kernel filters by table; checked again in case an old one does not.
+                if rule.table == name {
+                    table.rules.push(rule);
+                }
+            }
+            let used = table.referenced_sets();
+            if used.is_empty() {
+                continue;
+            }
+            for msg in self.dump(OP, DumpKind::Sets, |seq| {
+                nft_netlink::getset_dump_request(seq, &name)
+            })? {
+                let (set, _, contents) =
+                    nft_netlink::parse_set(&msg).map_err(|d| malformed(OP, d))?;
+                if used.contains(&set) {
+                    table.sets.insert(set, contents);
+                }
+            }
+            for set in used {
+                let Some(mut contents) = table.sets.get(&set).cloned() else {
+                    continue;
+                };
+                for msg in self.dump(OP, DumpKind::SetElems, |seq| {
+                    nft_netlink::getsetelem_dump_request(seq, &name, &set)
+                })? {
+                    let elems = nft_netlink::parse_set_elems(&msg).map_err(|d| malformed(OP, d))?;
+                    contents.keys.extend(elems.keys);
+                }
+                contents.keys.sort();
+                contents.keys.dedup();
+                table.sets.insert(set, contents);
+            }
+        }
+        Ok(tables)
+    }
+
+    /// The ruleset's generation id, which every committed transaction changes.
+    fn generation(&mut self) -> Result<u32> {
+        const OP: &str = "reading the nftables generation";
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.send(OP, &getgen_request(seq))?;
+        loop {
+            for msg in self.receive(OP)? {
+                if msg.seq != seq {
+                    continue;
+                }
+                if msg.kind == libc::NLMSG_ERROR as u16 {
+                    return Err(dump_error(OP, &msg.payload));
+                }
+                return nft_netlink::gen_id_of(&msg.payload)
+                    .ok_or_else(|| malformed(OP, "generation reply without an id".into()));
+            }
+        }
+    }
+
+    /// Sends a dump request and collects the payloads of its `kind` replies until
+    /// `NLMSG_DONE`, however many datagrams that takes.
+    fn dump(
+        &mut self,
+        op: &str,
+        kind: DumpKind,
+        request: impl FnOnce(u32) -> Vec<u8>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        self.send(op, &request(seq))?;
+        let reply = nft_netlink::dump_reply_type(kind);
+        let mut out = Vec::new();
+        loop {
+            for msg in self.receive(op)? {
+                if msg.seq != seq {
+                    continue;
+                }
+                match i32::from(msg.kind) {
+                    libc::NLMSG_DONE => return Ok(out),
+                    libc::NLMSG_ERROR => match error_code(&msg.payload) {
+                        Some(0) => {}
+                        // A set that went away between the set and element dumps.
+                        Some(code) if kind == DumpKind::SetElems && -code == libc::ENOENT => {
+                            return Ok(out)
+                        }
+                        _ => return Err(dump_error(op, &msg.payload)),
+                    },
+                    _ if msg.kind == reply => out.push(msg.payload),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     fn send(&self, op: &str, buf: &[u8]) -> Result<()> {
         self.sock.send(buf).map_err(|e| socket_error(op, e))
     }
@@ -294,6 +456,17 @@ fn socket_error(op: &str, e: SocketError) -> NftError {
             errno,
         },
         SocketError::Malformed(detail) => malformed(op, detail),
+    }
+}
+
+/// The error of a failed request: the kernel's errno, or a malformed reply.
+fn dump_error(op: &str, payload: &[u8]) -> NftError {
+    match error_code(payload) {
+        Some(code) => NftError::Io {
+            op: op.to_string(),
+            errno: Errno::from_raw(-code),
+        },
+        None => malformed(op, "truncated NLMSG_ERROR".into()),
     }
 }
 

@@ -13,6 +13,7 @@
 //! in network order (`NLA_U32` fields are big-endian), register data as the packet or the
 //! kernel holds it (ports and addresses big-endian, marks, uids and zones host-endian).
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::backend::nftables::{
@@ -1014,6 +1015,842 @@ fn batch_marker(kind: u16, seq: u32) -> Vec<u8> {
     netlink_wire::message(kind, NLM_F_REQUEST, seq, &body)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Reading the ruleset back (`--check`): dump requests, parsing of what the kernel dumps, and
+// the comparison with a batch. The expected side is parsed out of the very batch an apply
+// would send, so the check can never disagree with the encoder about what a rule means.
+
+// Dump message types and the attributes only dumps carry.
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_GEN_ID: u16 = 1;
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+const NFTA_COUNTER_PAD: u16 = 3;
+const NFTA_BITWISE_OP: u16 = 6;
+const NFT_BITWISE_BOOL: u32 = 0;
+const NFTA_REDIR_REG_PROTO_MAX: u16 = 2;
+const NFTA_BITWISE_DATA: u16 = 7;
+
+/// `NFT_MSG_GETCHAIN` dump of every inet chain (the kernel filters chain dumps by family only).
+pub fn getchain_dump_request(seq: u32) -> Vec<u8> {
+    message(
+        NFT_MSG_GETCHAIN,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        NFPROTO_INET,
+        &[],
+    )
+}
+
+/// `NFT_MSG_GETRULE` dump of one inet table's rules, every chain, each chain in order.
+pub fn getrule_dump_request(seq: u32, table: &str) -> Vec<u8> {
+    let mut body = Attrs::default();
+    body.str(NFTA_RULE_TABLE, table);
+    message(
+        NFT_MSG_GETRULE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        NFPROTO_INET,
+        &body.0,
+    )
+}
+
+/// `NFT_MSG_GETSET` dump of one inet table's sets, anonymous ones included.
+pub fn getset_dump_request(seq: u32, table: &str) -> Vec<u8> {
+    let mut body = Attrs::default();
+    body.str(NFTA_SET_TABLE, table);
+    message(
+        NFT_MSG_GETSET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        NFPROTO_INET,
+        &body.0,
+    )
+}
+
+/// `NFT_MSG_GETSETELEM` dump of one set's elements.
+pub fn getsetelem_dump_request(seq: u32, table: &str, set: &str) -> Vec<u8> {
+    let mut body = Attrs::default();
+    body.str(NFTA_SET_ELEM_LIST_TABLE, table);
+    body.str(NFTA_SET_ELEM_LIST_SET, set);
+    message(
+        NFT_MSG_GETSETELEM,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        NFPROTO_INET,
+        &body.0,
+    )
+}
+
+/// The generation id in the reply to [`getgen_request`]: it changes with every committed
+/// transaction, so equal ids before and after a series of dumps mean they saw one ruleset.
+pub fn gen_id_of(payload: &[u8]) -> Option<u32> {
+    let attrs = parse_attrs(payload.get(NFGENMSG_LEN..)?).ok()?;
+    attrs
+        .into_iter()
+        .find(|(kind, _)| *kind == NFTA_GEN_ID)
+        .and_then(|(_, v)| be_u32(v))
+}
+
+/// The message type of a dump reply for a `GET*` request: the kernel answers with `NEW*`.
+pub fn dump_reply_type(kind: DumpKind) -> u16 {
+    nft_type(match kind {
+        DumpKind::Tables => NFT_MSG_NEWTABLE,
+        DumpKind::Chains => NFT_MSG_NEWCHAIN,
+        DumpKind::Rules => NFT_MSG_NEWRULE,
+        DumpKind::Sets => NFT_MSG_NEWSET,
+        DumpKind::SetElems => NFT_MSG_NEWSETELEM,
+    })
+}
+
+/// What a dump lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpKind {
+    Tables,
+    Chains,
+    Rules,
+    Sets,
+    SetElems,
+}
+
+/// One chain as the kernel holds it, or as a batch declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainInfo {
+    /// The table it belongs to.
+    pub table: String,
+    /// The chain's name.
+    pub name: String,
+    /// The hook of a base chain; `None` for a regular chain.
+    pub base: Option<BaseInfo>,
+}
+
+/// A base chain's attachment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseInfo {
+    /// `filter`, `nat`, `route`.
+    pub kind: String,
+    /// The netfilter hook number.
+    pub hook: u32,
+    /// The priority.
+    pub priority: i32,
+    /// The policy verdict (the kernel's default, accept, when a batch names none).
+    pub policy: u32,
+}
+
+impl fmt::Display for BaseInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hook = match self.hook {
+            0 => "prerouting".to_string(),
+            1 => "input".to_string(),
+            2 => "forward".to_string(),
+            3 => "output".to_string(),
+            4 => "postrouting".to_string(),
+            n => format!("{n}"),
+        };
+        let policy = match self.policy as i32 {
+            NF_ACCEPT => "accept".to_string(),
+            NF_DROP => "drop".to_string(),
+            n => format!("{n}"),
+        };
+        write!(
+            f,
+            "type {} hook {hook} priority {} policy {policy}",
+            self.kind, self.priority
+        )
+    }
+}
+
+/// Parses a `NEWCHAIN` payload (after the netlink header): a dump reply or a batch message.
+pub fn parse_chain(payload: &[u8]) -> Result<ChainInfo, String> {
+    let attrs = top_attrs(payload)?;
+    let table = string_attr(&attrs, NFTA_CHAIN_TABLE).ok_or("chain without a table")?;
+    let name = string_attr(&attrs, NFTA_CHAIN_NAME).ok_or("chain without a name")?;
+    let base = match attr(&attrs, NFTA_CHAIN_HOOK) {
+        None => None,
+        Some(hook) => {
+            let hook = parse_attrs(hook)?;
+            Some(BaseInfo {
+                kind: string_attr(&attrs, NFTA_CHAIN_TYPE).unwrap_or_default(),
+                hook: attr(&hook, NFTA_HOOK_HOOKNUM)
+                    .and_then(be_u32)
+                    .ok_or("base chain without a hook number")?,
+                priority: attr(&hook, NFTA_HOOK_PRIORITY)
+                    .and_then(be_u32)
+                    .ok_or("base chain without a priority")? as i32,
+                policy: attr(&attrs, NFTA_CHAIN_POLICY)
+                    .and_then(be_u32)
+                    .unwrap_or(NF_ACCEPT as u32),
+            })
+        }
+    };
+    Ok(ChainInfo { table, name, base })
+}
+
+/// The name and flags of a table in a `NEWTABLE` payload.
+pub fn parse_table(payload: &[u8]) -> Result<(String, u32), String> {
+    let attrs = top_attrs(payload)?;
+    let name = string_attr(&attrs, NFTA_TABLE_NAME).ok_or("table without a name")?;
+    let flags = attr(&attrs, NFTA_TABLE_FLAGS).and_then(be_u32).unwrap_or(0);
+    Ok((name, flags))
+}
+
+/// The contents of a set that a `lookup` consults: what decides whether a packet matches,
+/// independent of the set's (kernel-chosen) name or (transaction-local) id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SetContents {
+    /// `NFT_SET_*` flags.
+    pub flags: u32,
+    /// Key length in bytes.
+    pub key_len: u32,
+    /// Each distinct key once, sorted (the kernel keeps one copy of a repeated element).
+    pub keys: Vec<Vec<u8>>,
+}
+
+impl fmt::Display for SetContents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<String> = self.keys.iter().map(|k| show_bytes(k)).collect();
+        write!(f, "{{ {} }}", keys.join(", "))
+    }
+}
+
+/// A set's name, id (batch messages only), flags and key length, from a `NEWSET` payload.
+pub fn parse_set(payload: &[u8]) -> Result<(String, Option<u32>, SetContents), String> {
+    let attrs = top_attrs(payload)?;
+    let name = string_attr(&attrs, NFTA_SET_NAME).ok_or("set without a name")?;
+    let contents = SetContents {
+        flags: attr(&attrs, NFTA_SET_FLAGS).and_then(be_u32).unwrap_or(0),
+        key_len: attr(&attrs, NFTA_SET_KEY_LEN).and_then(be_u32).unwrap_or(0),
+        keys: Vec::new(),
+    };
+    Ok((name, attr(&attrs, NFTA_SET_ID).and_then(be_u32), contents))
+}
+
+/// The elements of a `NEWSETELEM` message and the set they belong to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetElems {
+    /// The set's name (`__set%d` in a batch).
+    pub set: String,
+    /// The set's transaction id (batch messages only).
+    pub set_id: Option<u32>,
+    /// The element keys, as listed.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Parses a `NEWSETELEM` payload (a dump reply or a batch message).
+pub fn parse_set_elems(payload: &[u8]) -> Result<SetElems, String> {
+    let attrs = top_attrs(payload)?;
+    let set = string_attr(&attrs, NFTA_SET_ELEM_LIST_SET).ok_or("elements without a set")?;
+    let mut keys = Vec::new();
+    if let Some(list) = attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS) {
+        for (_, elem) in parse_attrs(list)? {
+            let elem = parse_attrs(elem)?;
+            let key = attr(&elem, NFTA_SET_ELEM_KEY).ok_or("set element without a key")?;
+            let key = parse_attrs(key)?;
+            let value = attr(&key, NFTA_DATA_VALUE).ok_or("set element key without a value")?;
+            keys.push(value.to_vec());
+        }
+    }
+    Ok(SetElems {
+        set,
+        set_id: attr(&attrs, NFTA_SET_ELEM_LIST_SET_ID).and_then(be_u32),
+        keys,
+    })
+}
+
+/// One attribute value of an expression, decoded as far as the comparison needs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Value {
+    /// A plain value (a number in network order, a string, register data).
+    Bytes(Vec<u8>),
+    /// Nested attributes (`nft_data`, verdicts), sorted by type.
+    Nest(Vec<(u16, Value)>),
+    /// The set a `lookup` consults, by contents.
+    Set(SetContents),
+}
+
+/// One expression of a rule, normalised: attributes sorted by type, the kernel's run-time state
+/// and the attributes it fills in with their default values left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expr {
+    /// `meta`, `cmp`, `payload`, …
+    pub name: String,
+    /// The attributes that define what it does.
+    pub attrs: Vec<(u16, Value)>,
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}", self.name)?;
+        for (kind, value) in &self.attrs {
+            write!(f, " {kind}:{value}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bytes(b) => f.write_str(&show_bytes(b)),
+            Value::Set(s) => write!(f, "{s}"),
+            Value::Nest(attrs) => {
+                let inner: Vec<String> = attrs.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                write!(f, "{{{}}}", inner.join(" "))
+            }
+        }
+    }
+}
+
+/// A short readable form of a value: text for a NUL-terminated name, a signed number for a
+/// 32-bit network-order attribute (verdict codes are negative), hex otherwise.
+fn show_bytes(b: &[u8]) -> String {
+    if let Some(text) = b.strip_suffix(&[0]) {
+        if !text.is_empty() && text.iter().all(|c| c.is_ascii_graphic()) {
+            return String::from_utf8_lossy(text).into_owned();
+        }
+    }
+    if b.len() == 4 {
+        return i32::from_be_bytes([b[0], b[1], b[2], b[3]]).to_string();
+    }
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("0x{hex}")
+}
+
+/// A rule as found in a `NEWRULE` payload, its `lookup`s not yet resolved to set contents.
+#[derive(Clone, Debug)]
+pub struct RawRule {
+    /// The table.
+    pub table: String,
+    /// The chain.
+    pub chain: String,
+    /// The kernel's handle (dumps only).
+    pub handle: Option<u64>,
+    /// The batch id (batch messages only).
+    pub id: Option<u32>,
+    /// The batch id of the rule it is inserted before (batch messages only).
+    pub position_id: Option<u32>,
+    /// The expressions, normalised except for the set references.
+    pub exprs: Vec<Expr>,
+}
+
+/// Which set a `lookup` names before its contents are known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetRef {
+    /// By name (a dump names the set the kernel created).
+    Name(String),
+    /// By transaction id (a batch names a set it creates itself).
+    Id(u32),
+}
+
+/// Parses a `NEWRULE` payload (a dump reply or a batch message).
+pub fn parse_rule(payload: &[u8]) -> Result<RawRule, String> {
+    let attrs = top_attrs(payload)?;
+    let table = string_attr(&attrs, NFTA_RULE_TABLE).ok_or("rule without a table")?;
+    let chain = string_attr(&attrs, NFTA_RULE_CHAIN).ok_or("rule without a chain")?;
+    let handle =
+        attr(&attrs, NFTA_RULE_HANDLE).and_then(|v| Some(u64::from_be_bytes(v.try_into().ok()?)));
+    let mut exprs = Vec::new();
+    if let Some(list) = attr(&attrs, NFTA_RULE_EXPRESSIONS) {
+        for (_, elem) in parse_attrs(list)? {
+            exprs.push(parse_expr(elem)?);
+        }
+    }
+    Ok(RawRule {
+        table,
+        chain,
+        handle,
+        id: attr(&attrs, NFTA_RULE_ID).and_then(be_u32),
+        position_id: attr(&attrs, NFTA_RULE_POSITION_ID).and_then(be_u32),
+        exprs,
+    })
+}
+
+/// Decodes and normalises one `NFTA_LIST_ELEM` of a rule's expressions. What the kernel adds
+/// to or changes in a dump compared with what was sent (found by dumping what a batch
+/// installed) is brought back to the sent form here:
+/// - `counter`: its packets and bytes (and the padding before them) are run-time state;
+/// - `bitwise`: the kernel dumps its operation, boolean, which a batch leaves implicit;
+/// - `redir`: the kernel dumps the upper port register, equal to the lower one when a batch
+///   names only that;
+/// - `lookup`: the set is named by the kernel (`__set0`, …) and by id in a batch; both are
+///   replaced by the set's contents when the rule is resolved.
+///
+/// Every other attribute is compared as it is.
+fn parse_expr(elem: &[u8]) -> Result<Expr, String> {
+    let attrs = parse_attrs(elem)?;
+    let name = string_attr(&attrs, NFTA_EXPR_NAME).ok_or("expression without a name")?;
+    let data = match attr(&attrs, NFTA_EXPR_DATA) {
+        Some(data) => parse_attrs(data)?,
+        None => Vec::new(),
+    };
+    let mut out: Vec<(u16, Value)> = Vec::new();
+    for (kind, value) in data {
+        let nested_data = matches!(
+            (name.as_str(), kind),
+            ("cmp", NFTA_CMP_DATA)
+                | (
+                    "bitwise",
+                    NFTA_BITWISE_MASK | NFTA_BITWISE_XOR | NFTA_BITWISE_DATA
+                )
+                | ("immediate", NFTA_IMMEDIATE_DATA)
+        );
+        let skip = match (name.as_str(), kind) {
+            ("counter", NFTA_COUNTER_BYTES | NFTA_COUNTER_PACKETS | NFTA_COUNTER_PAD) => true,
+            ("bitwise", NFTA_BITWISE_OP) => be_u32(value) == Some(NFT_BITWISE_BOOL),
+            _ => false,
+        };
+        if skip {
+            continue;
+        }
+        let value = if nested_data {
+            Value::Nest(parse_data(value)?)
+        } else {
+            Value::Bytes(value.to_vec())
+        };
+        out.push((kind, value));
+    }
+    if name == "redir" {
+        let min = out
+            .iter()
+            .find(|(k, _)| *k == NFTA_REDIR_REG_PROTO_MIN)
+            .map(|(_, v)| v.clone());
+        if let Some(pos) = out.iter().position(|(k, _)| *k == NFTA_REDIR_REG_PROTO_MAX) {
+            if min.as_ref() == Some(&out[pos].1) {
+                out.remove(pos);
+            }
+        }
+    }
+    out.sort();
+    Ok(Expr { name, attrs: out })
+}
+
+/// An `nft_data` nest: a value, or a verdict (code and chain).
+fn parse_data(buf: &[u8]) -> Result<Vec<(u16, Value)>, String> {
+    let mut out = Vec::new();
+    for (kind, value) in parse_attrs(buf)? {
+        let value = if kind == NFTA_DATA_VERDICT {
+            let mut verdict: Vec<(u16, Value)> = parse_attrs(value)?
+                .into_iter()
+                .map(|(k, v)| (k, Value::Bytes(v.to_vec())))
+                .collect();
+            verdict.sort();
+            Value::Nest(verdict)
+        } else {
+            Value::Bytes(value.to_vec())
+        };
+        out.push((kind, value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl RawRule {
+    /// The sets its `lookup`s consult.
+    fn set_refs(&self) -> Vec<SetRef> {
+        let mut refs = Vec::new();
+        for e in self.exprs.iter().filter(|e| e.name == "lookup") {
+            let id = e.attrs.iter().find(|(k, _)| *k == NFTA_LOOKUP_SET_ID);
+            let name = e.attrs.iter().find(|(k, _)| *k == NFTA_LOOKUP_SET);
+            match (id, name) {
+                (Some((_, Value::Bytes(id))), _) => {
+                    if let Some(id) = be_u32(id) {
+                        refs.push(SetRef::Id(id));
+                    }
+                }
+                (None, Some((_, Value::Bytes(name)))) => {
+                    let name = name.split(|&b| b == 0).next().unwrap_or(name);
+                    refs.push(SetRef::Name(String::from_utf8_lossy(name).into_owned()));
+                }
+                _ => {}
+            }
+        }
+        refs
+    }
+
+    /// The expressions with each `lookup`'s set name and id replaced by the set's contents
+    /// (`None` contents: a set that could not be found, which then never compares equal).
+    fn resolved(&self, contents: &dyn Fn(&SetRef) -> Option<SetContents>) -> Vec<Expr> {
+        self.exprs
+            .iter()
+            .map(|e| {
+                if e.name != "lookup" {
+                    return e.clone();
+                }
+                let refs = RawRule {
+                    exprs: vec![e.clone()],
+                    ..self.clone()
+                }
+                .set_refs();
+                let set = refs.first().and_then(contents);
+                let mut attrs: Vec<(u16, Value)> = e
+                    .attrs
+                    .iter()
+                    .filter(|(k, _)| *k != NFTA_LOOKUP_SET && *k != NFTA_LOOKUP_SET_ID)
+                    .cloned()
+                    .collect();
+                attrs.push((
+                    NFTA_LOOKUP_SET,
+                    match set {
+                        Some(s) => Value::Set(s),
+                        None => Value::Bytes(b"missing set".to_vec()),
+                    },
+                ));
+                attrs.sort();
+                Expr {
+                    name: e.name.clone(),
+                    attrs,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A rule ready for comparison.
+#[derive(Clone, Debug)]
+pub struct CheckedRule {
+    /// Normalised expressions, sets by contents.
+    pub exprs: Vec<Expr>,
+    /// Expected rules: the nft text (`NftRule::body`); found rules: the kernel's handle.
+    pub label: String,
+}
+
+/// One table's contents for the comparison: chains in order, each chain's rules in order.
+#[derive(Clone, Debug, Default)]
+pub struct CheckedTable {
+    /// The table's name.
+    pub name: String,
+    /// The table's flags (dormant, …); a batch creates tables with none.
+    pub flags: u32,
+    /// The chains, in declaration (expected) or dump (found) order.
+    pub chains: Vec<ChainInfo>,
+    /// Per chain name, its rules in order.
+    pub rules: Vec<(String, Vec<CheckedRule>)>,
+}
+
+impl CheckedTable {
+    fn rules_of(&self, chain: &str) -> &[CheckedRule] {
+        self.rules
+            .iter()
+            .find(|(c, _)| c == chain)
+            .map_or(&[], |(_, r)| r.as_slice())
+    }
+
+    fn push_rule(&mut self, chain: &str, rule: CheckedRule) {
+        match self.rules.iter_mut().find(|(c, _)| c == chain) {
+            Some((_, rules)) => rules.push(rule),
+            None => self.rules.push((chain.to_string(), vec![rule])),
+        }
+    }
+}
+
+/// A chain's rules while a batch is replayed: table, chain, and per rule its batch id, the
+/// rule and its nft text.
+type ChainOrder = (String, String, Vec<(Option<u32>, RawRule, String)>);
+
+/// What `batch` (from [`replace_batch`]) leaves in the kernel, table by table: its chains and,
+/// per chain, its rules in the order they end up in after the batch's inserts.
+pub fn expected_tables(batch: &Batch) -> Result<Vec<CheckedTable>, String> {
+    let mut tables: Vec<CheckedTable> = Vec::new();
+    let mut sets: HashMap<u32, SetContents> = HashMap::new();
+    // Per (table, chain): the rules in their current order, with their batch ids.
+    let mut order: Vec<ChainOrder> = Vec::new();
+    for m in batch.messages() {
+        let Some(kind) = netlink_wire::u16_at(&m.bytes, 4) else {
+            continue;
+        };
+        let payload = &m.bytes[netlink_wire::NLMSG_HDRLEN..];
+        if kind == nft_type(NFT_MSG_NEWTABLE)
+            && matches!(
+                m.origin,
+                Origin::Table {
+                    op: TableOp::Create,
+                    ..
+                }
+            )
+        {
+            let (name, flags) = parse_table(payload)?;
+            tables.push(CheckedTable {
+                name,
+                flags,
+                ..CheckedTable::default()
+            });
+        } else if kind == nft_type(NFT_MSG_NEWCHAIN) {
+            let chain = parse_chain(payload)?;
+            let table = tables
+                .iter_mut()
+                .find(|t| t.name == chain.table)
+                .ok_or("chain before its table")?;
+            table.chains.push(chain);
+        } else if kind == nft_type(NFT_MSG_NEWSET) {
+            let (_, id, contents) = parse_set(payload)?;
+            sets.insert(id.ok_or("batch set without an id")?, contents);
+        } else if kind == nft_type(NFT_MSG_NEWSETELEM) {
+            let elems = parse_set_elems(payload)?;
+            let set = sets
+                .get_mut(&elems.set_id.ok_or("batch elements without a set id")?)
+                .ok_or("elements of an unknown set")?;
+            set.keys.extend(elems.keys);
+            set.keys.sort();
+            set.keys.dedup();
+        } else if kind == nft_type(NFT_MSG_NEWRULE) {
+            let rule = parse_rule(payload)?;
+            let text = match &m.origin {
+                Origin::Rule(r) => r.text.clone(),
+                other => other.to_string(),
+            };
+            let slot = match order
+                .iter()
+                .position(|(t, c, _)| *t == rule.table && *c == rule.chain)
+            {
+                Some(i) => i,
+                None => {
+                    order.push((rule.table.clone(), rule.chain.clone(), Vec::new()));
+                    order.len() - 1
+                }
+            };
+            let rules = &mut order[slot].2;
+            let flags = netlink_wire::u16_at(&m.bytes, 6).unwrap_or(0);
+            let at = match rule.position_id {
+                None => rules.len(),
+                Some(target) => {
+                    let i = rules
+                        .iter()
+                        .position(|(id, _, _)| *id == Some(target))
+                        .ok_or("insert before an unknown rule")?;
+                    // With NLM_F_APPEND a positioned rule goes after its target.
+                    if flags & NLM_F_APPEND != 0 {
+                        i + 1
+                    } else {
+                        i
+                    }
+                }
+            };
+            rules.insert(at, (rule.id, rule, text));
+        }
+    }
+    for (table, chain, rules) in order {
+        let t = tables
+            .iter_mut()
+            .find(|t| t.name == table)
+            .ok_or("rule before its table")?;
+        for (_, rule, text) in rules {
+            let exprs = rule.resolved(&|r| match r {
+                SetRef::Id(id) => sets.get(id).cloned(),
+                SetRef::Name(_) => None,
+            });
+            t.push_rule(&chain, CheckedRule { exprs, label: text });
+        }
+    }
+    Ok(tables)
+}
+
+/// What a dump of one table found, before its set references are resolved.
+#[derive(Clone, Debug, Default)]
+pub struct FoundTable {
+    /// The table's name.
+    pub name: String,
+    /// Its flags.
+    pub flags: u32,
+    /// Its chains, in dump order.
+    pub chains: Vec<ChainInfo>,
+    /// Its rules, in dump order (chain by chain, each chain in order).
+    pub rules: Vec<RawRule>,
+    /// Its sets by name, with their elements.
+    pub sets: HashMap<String, SetContents>,
+}
+
+impl FoundTable {
+    /// The names of the sets its rules consult (whose elements are to be dumped).
+    pub fn referenced_sets(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.set_refs())
+            .filter_map(|r| match r {
+                SetRef::Name(n) => Some(n),
+                SetRef::Id(_) => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The table ready for comparison.
+    pub fn checked(&self) -> CheckedTable {
+        let mut t = CheckedTable {
+            name: self.name.clone(),
+            flags: self.flags,
+            chains: self.chains.clone(),
+            rules: Vec::new(),
+        };
+        for rule in &self.rules {
+            let exprs = rule.resolved(&|r| match r {
+                SetRef::Name(n) => self.sets.get(n).cloned(),
+                SetRef::Id(_) => None,
+            });
+            let label = match rule.handle {
+                Some(h) => format!("handle {h}"),
+                None => "no handle".to_string(),
+            };
+            t.push_rule(&rule.chain, CheckedRule { exprs, label });
+        }
+        t
+    }
+}
+
+/// The differences between one table as expected and as found, as readable lines: table
+/// flags, the chain set (names, base chain type, hook, priority, policy), and each chain's
+/// rules in order. Empty when they are the same.
+pub fn compare_table(expected: &CheckedTable, found: &CheckedTable) -> Vec<String> {
+    let t = &expected.name;
+    let mut out = Vec::new();
+    if found.flags != expected.flags {
+        let dormant = if found.flags & 1 != 0 {
+            " (dormant)"
+        } else {
+            ""
+        };
+        out.push(format!(
+            "table inet {t}: flags {}{dormant}, expected {}",
+            found.flags, expected.flags
+        ));
+    }
+    for chain in &expected.chains {
+        match found.chains.iter().find(|c| c.name == chain.name) {
+            None => out.push(format!("{t}: chain {} missing", chain.name)),
+            Some(f) if f.base != chain.base => out.push(format!(
+                "{t}: chain {} is {}, expected {}",
+                chain.name,
+                base_text(&f.base),
+                base_text(&chain.base)
+            )),
+            Some(_) => {}
+        }
+    }
+    for chain in &found.chains {
+        if !expected.chains.iter().any(|c| c.name == chain.name) {
+            let rules = found.rules_of(&chain.name).len();
+            out.push(format!(
+                "{t}: unexpected chain {} ({}, {rules} rule(s))",
+                chain.name,
+                base_text(&chain.base)
+            ));
+        }
+    }
+    for chain in &expected.chains {
+        if !found.chains.iter().any(|c| c.name == chain.name) {
+            continue;
+        }
+        let want = expected.rules_of(&chain.name);
+        let have = found.rules_of(&chain.name);
+        out.extend(compare_rules(&format!("{t}/{}", chain.name), want, have));
+    }
+    out
+}
+
+fn base_text(base: &Option<BaseInfo>) -> String {
+    match base {
+        None => "a regular chain".to_string(),
+        Some(b) => format!("a base chain ({b})"),
+    }
+}
+
+/// One chain's rules, expected and found, compared in order: the longest common subsequence
+/// is in place; around it, an expected rule facing a found one at the same spot "differs",
+/// the others are missing or unexpected.
+fn compare_rules(at: &str, want: &[CheckedRule], have: &[CheckedRule]) -> Vec<String> {
+    let (n, m) = (want.len(), have.len());
+    // lcs[i][j]: length of the LCS of want[i..] and have[j..].
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if want[i].exprs == have[j].exprs {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    let mut missing: Vec<usize> = Vec::new();
+    let mut extra: Vec<usize> = Vec::new();
+    let flush = |missing: &mut Vec<usize>, extra: &mut Vec<usize>, out: &mut Vec<String>| {
+        let paired = missing.len().min(extra.len());
+        for (&w, &h) in missing.iter().zip(extra.iter()) {
+            out.push(format!(
+                "{at}: rule {} differs: expected `{}`, found ({}) {}",
+                w + 1,
+                want[w].label,
+                have[h].label,
+                exprs_text(&have[h].exprs)
+            ));
+        }
+        for &w in &missing[paired..] {
+            out.push(format!("{at}: missing rule {} `{}`", w + 1, want[w].label));
+        }
+        for &h in &extra[paired..] {
+            out.push(format!(
+                "{at}: unexpected rule ({}) at position {}: {}",
+                have[h].label,
+                h + 1,
+                exprs_text(&have[h].exprs)
+            ));
+        }
+        missing.clear();
+        extra.clear();
+    };
+    while i < n || j < m {
+        if i < n && j < m && want[i].exprs == have[j].exprs {
+            flush(&mut missing, &mut extra, &mut out);
+            i += 1;
+            j += 1;
+        } else if j < m && (i == n || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            extra.push(j);
+            j += 1;
+        } else {
+            missing.push(i);
+            i += 1;
+        }
+    }
+    flush(&mut missing, &mut extra, &mut out);
+    out
+}
+
+fn exprs_text(exprs: &[Expr]) -> String {
+    let parts: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+    parts.join(" ")
+}
+
+/// The attributes of an nf_tables message payload (after its nfgenmsg).
+fn top_attrs(payload: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
+    parse_attrs(
+        payload
+            .get(NFGENMSG_LEN..)
+            .ok_or("message shorter than nfgenmsg")?,
+    )
+}
+
+fn attr<'a>(attrs: &[(u16, &'a [u8])], kind: u16) -> Option<&'a [u8]> {
+    attrs.iter().find(|(k, _)| *k == kind).map(|(_, v)| *v)
+}
+
+fn string_attr(attrs: &[(u16, &[u8])], kind: u16) -> Option<String> {
+    let raw = attr(attrs, kind)?;
+    let raw = raw.split(|&b| b == 0).next().unwrap_or(raw);
+    String::from_utf8(raw.to_vec()).ok()
+}
+
+fn be_u32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1311,5 +2148,171 @@ mod tests {
         // meta l4proto udp, then dport != 53.
         assert!(rule.contains("0500010011000000"));
         assert!(rule.contains("060001000035"));
+    }
+
+    /// A ruleset in the shape of Istio's tproxy mangle chain: appends, then inserts by index.
+    fn ordered() -> Ruleset {
+        let r = |index, port: u16| {
+            rule(
+                "c",
+                index,
+                vec![
+                    Stmt::PortNotIn {
+                        proto: Protocol::Tcp,
+                        ports: vec![
+                            Port::new_const(port),
+                            Port::new_const(53),
+                            Port::new_const(53),
+                        ],
+                    },
+                    Stmt::Counter,
+                    Stmt::Return,
+                ],
+            )
+        };
+        table(vec![r(None, 1), r(None, 2), r(Some(0), 3), r(Some(1), 4)])
+    }
+
+    /// The rules of chain `c` of a one-table ruleset, expected as an apply leaves them.
+    fn expected_rules(rs: &Ruleset) -> Vec<CheckedRule> {
+        let batch = replace_batch(rs, &no_groups, 0, &[]).unwrap();
+        let tables = expected_tables(&batch).unwrap();
+        assert_eq!(tables.len(), 1);
+        tables[0].rules_of("c").to_vec()
+    }
+
+    #[test]
+    fn expected_rules_follow_the_batch_inserts_and_carry_sets_by_contents() {
+        let rules = expected_rules(&ordered());
+        let labels: Vec<&str> = rules.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "tcp dport != { 3, 53, 53 } counter return",
+                "tcp dport != { 4, 53, 53 } counter return",
+                "tcp dport != { 1, 53, 53 } counter return",
+                "tcp dport != { 2, 53, 53 } counter return",
+            ]
+        );
+        let lookup = rules[0].exprs.iter().find(|e| e.name == "lookup").unwrap();
+        // Repeated elements once, sorted; no set name or id left.
+        assert_eq!(lookup.to_string(), "[lookup 1:{ 0x0003, 0x0035 } 2:1 5:1]");
+    }
+
+    #[test]
+    fn chain_comparison_names_missing_unexpected_and_different_rules() {
+        let want = expected_rules(&ordered());
+        let found = |rules: Vec<CheckedRule>| {
+            rules
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| CheckedRule {
+                    label: format!("handle {}", i + 10),
+                    ..r
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(compare_rules("t/c", &want, &found(want.clone())).is_empty());
+        // One rule gone, one added at the front.
+        let mut have = want.clone();
+        have.remove(1);
+        have.insert(0, want[3].clone());
+        let lines = compare_rules("t/c", &want, &found(have));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("t/c: unexpected rule (handle 10) at position 1: "));
+        assert_eq!(
+            lines[1],
+            "t/c: missing rule 2 `tcp dport != { 4, 53, 53 } counter return`"
+        );
+        // A rule whose set holds another port differs.
+        let mut have = want.clone();
+        have[2] = want[0].clone();
+        let lines = compare_rules("t/c", &want, &found(have));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "t/c: rule 3 differs: expected `tcp dport != { 1, 53, 53 } counter return`, \
+                 found (handle 12) "
+            ),
+            "{}",
+            lines[0]
+        );
+    }
+
+    #[test]
+    fn what_the_kernel_adds_to_a_dump_is_normalised_away() {
+        // A dump's counter carries its values, its bitwise the (boolean) operation, its redir
+        // the upper port register; attribute order is the kernel's.
+        let dumped = |name: &str, data: &[(u16, Vec<u8>)]| {
+            let mut e = Attrs::default();
+            e.str(NFTA_EXPR_NAME, name);
+            e.nest(NFTA_EXPR_DATA, |d| {
+                for (k, v) in data {
+                    d.put(*k, v);
+                }
+            });
+            parse_expr(&e.0).unwrap()
+        };
+        let sent = |build: &dyn Fn(&mut Attrs)| {
+            let mut list = Attrs::default();
+            build(&mut list);
+            let elems = parse_attrs(&list.0).unwrap();
+            parse_expr(elems[0].1).unwrap()
+        };
+        assert_eq!(
+            dumped(
+                "counter",
+                &[
+                    (NFTA_COUNTER_BYTES, vec![0, 0, 0, 0, 0, 0, 1, 0]),
+                    (NFTA_COUNTER_PACKETS, vec![0; 8])
+                ]
+            ),
+            sent(&|e| expr(e, "counter", |_| {}))
+        );
+        assert_eq!(
+            dumped(
+                "redir",
+                &[
+                    (NFTA_REDIR_REG_PROTO_MIN, 1u32.to_be_bytes().to_vec()),
+                    (NFTA_REDIR_REG_PROTO_MAX, 1u32.to_be_bytes().to_vec()),
+                    (NFTA_REDIR_FLAGS, 2u32.to_be_bytes().to_vec()),
+                ]
+            ),
+            sent(&|e| expr(e, "redir", |a| {
+                a.u32(NFTA_REDIR_REG_PROTO_MIN, NFT_REG_1);
+                a.u32(NFTA_REDIR_FLAGS, NF_NAT_RANGE_PROTO_SPECIFIED);
+            }))
+        );
+        let mut mask = Attrs::default();
+        mask.put(NFTA_DATA_VALUE, &[6, 0, 0, 0]);
+        let mut xor = Attrs::default();
+        xor.put(NFTA_DATA_VALUE, &[0; 4]);
+        let dumped_bitwise = dumped(
+            "bitwise",
+            &[
+                (NFTA_BITWISE_SREG, 1u32.to_be_bytes().to_vec()),
+                (NFTA_BITWISE_DREG, 1u32.to_be_bytes().to_vec()),
+                (NFTA_BITWISE_LEN, 4u32.to_be_bytes().to_vec()),
+                (NFTA_BITWISE_OP, 0u32.to_be_bytes().to_vec()),
+                (NFTA_BITWISE_MASK, mask.0.clone()),
+                (NFTA_BITWISE_XOR, xor.0.clone()),
+            ],
+        );
+        assert_eq!(
+            dumped_bitwise,
+            sent(&|e| bitwise(e, &[6, 0, 0, 0], &[0; 4]))
+        );
+        // A shift is another operation: it stays.
+        let shift = dumped("bitwise", &[(NFTA_BITWISE_OP, 1u32.to_be_bytes().to_vec())]);
+        assert_eq!(shift.attrs.len(), 1);
+        // A redirect to a port range keeps its upper register.
+        let range = dumped(
+            "redir",
+            &[
+                (NFTA_REDIR_REG_PROTO_MIN, 1u32.to_be_bytes().to_vec()),
+                (NFTA_REDIR_REG_PROTO_MAX, 2u32.to_be_bytes().to_vec()),
+            ],
+        );
+        assert_eq!(range.attrs.len(), 2);
     }
 }
