@@ -13,6 +13,17 @@ use support::apply::{all_rules, default_args, meshinit, strings, tools_with_brok
 use support::netlab::Lab;
 use support::{diff, require_root};
 
+/// Takes an exclusive flock on `path` (created if missing), as another program would.
+fn hold_lock(path: impl AsRef<std::path::Path>, what: &str) -> Flock<std::fs::File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|_| panic!("{what}"))
+}
+
 fn assert_unchanged(before: &str, after: &str, what: &str) {
     assert!(
         before == after,
@@ -85,13 +96,7 @@ fn a_held_xtables_lock_is_waited_for_then_reported() {
     let lab = Lab::new().expect("lab");
     let before = all_rules(&lab.pod);
     // The legacy tools' lock is one file per host, shared by every namespace.
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/xtables.lock")
-        .unwrap();
-    let held = Flock::lock(file, FlockArg::LockExclusive).expect("take the xtables lock");
+    let held = hold_lock("/run/xtables.lock", "take the xtables lock");
     let mut args = default_args();
     args.extend(strings(&[
         "--force-iptables-binary=legacy",
@@ -110,13 +115,7 @@ fn a_held_xtables_lock_is_waited_for_then_reported() {
     assert_unchanged(&before, &all_rules(&lab.pod), "xtables lock held");
     // With --cni-mode the pod's rules use a lock of the pod's own: the host's lock holder
     // does not delay them.
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/xtables.lock")
-        .unwrap();
-    let held = Flock::lock(file, FlockArg::LockExclusive).expect("take the xtables lock again");
+    let held = hold_lock("/run/xtables.lock", "take the xtables lock again");
     let mut cni = args.clone();
     cni.push("--cni-mode".to_string());
     let out = meshinit(&lab.pod, &cni, &[]);
@@ -139,13 +138,7 @@ fn a_held_meshinit_lock_is_waited_for_then_reported() {
         std::os::unix::fs::MetadataExt::ino(&ns)
     );
     std::fs::create_dir_all("/run/meshinit").unwrap();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let held = Flock::lock(file, FlockArg::LockExclusive).expect("take meshinit's lock");
+    let held = hold_lock(&path, "take meshinit's lock");
     let mut args = default_args();
     args.push("--xtables-wait=1s".to_string());
     let out = meshinit(&lab.pod, &args, &[]);
