@@ -17,8 +17,8 @@ use caps::Capability;
 
 use crate::backend::iptables::restore_text;
 use crate::backend::iptables_save::{
-    cleanup_text, compare, expected_tables, replace_text, rollback_text, tables_in, ExpectedTable,
-    Saved, State,
+    cleanup_text, compare, expected_tables, missing_tables, replace_text, rollback_text, tables_in,
+    ExpectedTable, Saved, State,
 };
 use crate::config::{BackendChoice, Capture, IptablesVariant, RunOptions};
 use crate::log::Log;
@@ -216,6 +216,7 @@ pub fn apply(
         ));
         let rules = &plan.rules(family);
         let expected = expected_tables(rules, &resolve).map_err(ApplyError::Precondition)?;
+        let missing = missing_tables(&before, &expected);
         let (text, fresh) = match compare(&before, &expected) {
             State::InPlace if !opts.force_apply => {
                 log.info(&format!(
@@ -226,6 +227,21 @@ pub fn apply(
             }
             State::InPlace => (replace_text(&before, rules, &expected), false),
             State::Absent => (restore_text(rules), true),
+            State::Drifted(_) if missing.is_some() => {
+                // Safe without --reconcile: the result only adds what this same configuration
+                // plans; nothing of a different configuration is replaced.
+                log.info(&format!(
+                    "{}: completing an interrupted install of this configuration (missing tables: {})",
+                    family_name(family),
+                    missing
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|t| t.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                (replace_text(&before, rules, &expected), false)
+            }
             State::Drifted(diffs) if opts.reconcile || opts.force_apply => {
                 log.info(&format!(
                     "{}: replacing rules of ours that differ from the plan:\n{}",

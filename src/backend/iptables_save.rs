@@ -366,6 +366,35 @@ pub fn compare(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> State
     }
 }
 
+/// When a family's rules of ours are an interrupted install of exactly this plan — every table
+/// either exactly as planned or holding nothing of ours, as happens when a run is killed
+/// between two tables' commits — the tables still missing. `None` for anything else.
+pub fn missing_tables(
+    live: &Saved,
+    expected: &BTreeMap<Table, ExpectedTable>,
+) -> Option<Vec<Table>> {
+    let mut missing = Vec::new();
+    for table in [Table::Filter, Table::Mangle, Table::Nat, Table::Raw] {
+        let live_one: Saved = live
+            .get(table.name())
+            .map(|t| (table.name().to_string(), t.clone()))
+            .into_iter()
+            .collect();
+        let want_one: BTreeMap<Table, ExpectedTable> = expected
+            .get(&table)
+            .map(|e| (table, e.clone()))
+            .into_iter()
+            .collect();
+        match compare(&live_one, &want_one) {
+            State::InPlace => {}
+            State::Absent if want_one.is_empty() => {}
+            State::Absent => missing.push(table),
+            State::Drifted(_) => return None,
+        }
+    }
+    (!missing.is_empty()).then_some(missing)
+}
+
 /// Whether `want` appears in `live` in order (other elements may sit in between).
 fn is_subsequence(want: &[&String], live: &[&String]) -> bool {
     let mut live = live.iter();
@@ -635,6 +664,41 @@ mod tests {
         assert!(
             text.contains("ISTIO_OLD exists but is not planned"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_install_is_told_from_a_conflict() {
+        let rules = vec![
+            rule(
+                Table::Nat,
+                Chain::Output,
+                vec![],
+                Target::Jump(Chain::IstioOutput),
+            ),
+            rule(Table::Nat, Chain::IstioOutput, vec![], Target::Return),
+            rule(
+                Table::Raw,
+                Chain::Output,
+                vec![],
+                Target::Jump(Chain::IstioOutputDns),
+            ),
+            rule(Table::Raw, Chain::IstioOutputDns, vec![], Target::Return),
+        ];
+        let expected = expected_tables(&rules, &no_groups).unwrap();
+        let nat_only = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
+        );
+        assert!(matches!(compare(&nat_only, &expected), State::Drifted(_)));
+        assert_eq!(missing_tables(&nat_only, &expected), Some(vec![Table::Raw]));
+        assert_eq!(
+            missing_tables(&parse_save(LIVE), &expected),
+            None,
+            "a different install"
+        );
+        assert_eq!(
+            missing_tables(&Saved::new(), &expected),
+            Some(vec![Table::Nat, Table::Raw])
         );
     }
 
