@@ -256,3 +256,28 @@ fn a_non_root_user_with_file_capabilities_can_apply() {
         "{rules}"
     );
 }
+
+#[test]
+fn an_unknown_owner_group_is_named_and_nothing_changes() {
+    if !require_root("an_unknown_owner_group_is_named_and_nothing_changes") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let before = all_rules(&lab.pod);
+    let env = vec![(
+        "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE".to_string(),
+        "no-such-group-42".to_string(),
+    )];
+    for backend in ["--backend=iptables", "--native-nftables"] {
+        let mut args = default_args();
+        args.push(backend.to_string());
+        let out = meshinit(&lab.pod, &args, &env);
+        assert_eq!(out.code, Some(1), "{backend}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("no-such-group-42"),
+            "{backend}: {}",
+            out.stderr
+        );
+        assert_unchanged(&before, &all_rules(&lab.pod), backend);
+    }
+}

@@ -195,7 +195,7 @@ pub fn apply(
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
-    let resolve = |name: &str| groups.get(name).copied();
+    let resolve = |name: &str| resolve_group(&groups, name);
 
     // Decide everything for every family before writing anything.
     let mut transactions = Vec::new();
@@ -307,7 +307,7 @@ pub fn check(
     runner: &dyn Runner,
 ) -> Result<Vec<String>, ApplyError> {
     let groups = load_groups();
-    let resolve = |name: &str| groups.get(name).copied();
+    let resolve = |name: &str| resolve_group(&groups, name);
     let variants = match opts.force_iptables_binary {
         Some(v) => vec![v],
         None => vec![IptablesVariant::Nft, IptablesVariant::Legacy],
@@ -352,7 +352,7 @@ pub fn cleanup(
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
-    let resolve = |name: &str| groups.get(name).copied();
+    let resolve = |name: &str| resolve_group(&groups, name);
     // Plan as if IPv6 were on, so IPv6 leftovers are recognised too.
     let full = plan::plan(&Capture {
         ipv6: true,
@@ -509,6 +509,19 @@ fn verify(transactions: &[Transaction], runner: &dyn Runner, log: &Log) {
             )),
         }
     }
+}
+
+/// The gid of a group name in an iptables owner match, as the kernel will hold it: from
+/// /etc/group first (no NSS: it can stall pod start-up, istio/istio#48416), else through the
+/// system's group lookup — which is what iptables itself does when it loads the rule, so a
+/// directory-only group resolves the same for both.
+fn resolve_group(groups: &BTreeMap<String, u32>, name: &str) -> Option<u32> {
+    groups.get(name).copied().or_else(|| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    })
 }
 
 /// Group names and gids from /etc/group, read directly (no NSS, see istio/istio#48416).
