@@ -12,7 +12,9 @@ pub type Env = BTreeMap<String, String>;
 /// Whether a flag takes a value or is a switch (`--dry-run`, `--dry-run=false`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A switch: `--flag` means true; a value only inline (`--flag=false`).
     Bool,
+    /// Takes a value: `--flag V`, `--flag=V`, `-fV` or `-f V`.
     Value,
 }
 
@@ -34,13 +36,19 @@ pub enum Origin {
 /// One flag: its names, kind, default and the environment variables that can set it.
 #[derive(Debug)]
 pub struct FlagSpec {
+    /// The long name, without `--` (`envoy-port`).
     pub long: &'static str,
+    /// The one-letter shorthand (`-p`), if any.
     pub short: Option<char>,
+    /// Switch or value.
     pub kind: Kind,
+    /// The value when neither command line nor environment sets it.
     pub default: &'static str,
     /// Environment variables, lowest precedence first (primary name, then Istio's extra name).
     pub env: &'static [&'static str],
+    /// Istio's, removed upstream, logging, or meshinit's own.
     pub origin: Origin,
+    /// One-line description, shown by `--help`.
     pub help: &'static str,
 }
 
@@ -65,8 +73,11 @@ impl FlagSpec {
 /// Settings that only exist as environment variables (no flag), with their defaults.
 #[derive(Debug)]
 pub struct EnvSpec {
+    /// The variable's name (`ISTIO_OUTBOUND_OWNER_GROUPS`).
     pub name: &'static str,
+    /// The value when the variable is unset.
     pub default: &'static str,
+    /// One-line description, shown by `--help`.
     pub help: &'static str,
 }
 
@@ -218,7 +229,9 @@ pub fn flag(long: &str) -> &'static FlagSpec {
 /// Where a setting's value came from, for error messages and the effective-config log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
+    /// Neither command line nor environment set it.
     Default,
+    /// This environment variable set it.
     Env(&'static str),
     /// The spelling used on the command line, e.g. `-p` or `--envoy-port`.
     CommandLine(String),
@@ -237,15 +250,20 @@ impl fmt::Display for Source {
 /// A setting's text and origin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Setting {
+    /// The text as given, uninterpreted.
     pub value: String,
+    /// Where it came from.
     pub source: Source,
 }
 
 /// What the user asked for, before interpretation.
 #[derive(Debug)]
 pub enum Command {
+    /// Install (or print) rules with these settings.
     Run(RawArgs),
+    /// `--help` / `-h`: print usage.
     Help,
+    /// `--version`: print the version.
     Version,
 }
 
@@ -281,12 +299,16 @@ impl RawArgs {
 /// Command-line errors: unknown flags, missing values, stray arguments.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CliError {
+    /// A `--name` not in the flag table.
     #[error("unknown flag: {0}")]
     UnknownFlag(String),
+    /// A shorthand letter not in the flag table, and the argument it was in.
     #[error("unknown shorthand flag: '{0}' in {1}")]
     UnknownShorthand(char, String),
+    /// A value flag at the end of the command line.
     #[error("flag needs an argument: {0}")]
     MissingValue(String),
+    /// A positional argument: istio-iptables takes none.
     #[error("unexpected argument {0:?}: istio-iptables takes only flags")]
     UnexpectedArgument(String),
 }

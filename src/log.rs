@@ -9,7 +9,9 @@ use crate::config::LogLevel;
 /// Where and how log lines go.
 #[derive(Clone, Copy, Debug)]
 pub struct Log {
+    /// Lines below this level are dropped.
     pub level: LogLevel,
+    /// JSON lines (`--log_as_json`) instead of text.
     pub json: bool,
 }
 
@@ -23,15 +25,19 @@ impl Default for Log {
 }
 
 impl Log {
+    /// Logs at debug level.
     pub fn debug(&self, msg: &str) {
         self.emit(LogLevel::Debug, msg);
     }
+    /// Logs at info level.
     pub fn info(&self, msg: &str) {
         self.emit(LogLevel::Info, msg);
     }
+    /// Logs at warn level.
     pub fn warn(&self, msg: &str) {
         self.emit(LogLevel::Warn, msg);
     }
+    /// Logs at error level.
     pub fn error(&self, msg: &str) {
         self.emit(LogLevel::Error, msg);
     }

@@ -40,16 +40,22 @@ pub fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
 /// One message out of a received datagram.
 #[derive(Debug)]
 pub struct Msg {
+    /// `nlmsg_type`: the message type (`NLMSG_ERROR`, `RTM_NEWROUTE`, nf_tables types, …).
     pub kind: u16,
+    /// `nlmsg_flags` (`NLM_F_MULTI`, …).
     pub flags: u16,
+    /// `nlmsg_seq`: the sequence number of the request it answers.
     pub seq: u32,
+    /// The body after the header, up to `nlmsg_len`.
     pub payload: Vec<u8>,
 }
 
+/// A native-endian u16 at byte offset `at`, or `None` past the end.
 pub fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
 }
 
+/// A native-endian u32 at byte offset `at`, or `None` past the end.
 pub fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
 }

@@ -27,12 +27,14 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// The IPv4 probe: listen on 127.0.0.1, connect to 127.0.0.6.
     pub fn v4() -> Probe {
         Probe {
             listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
             target: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
         }
     }
+    /// The IPv6 probe: listen on ::1, connect to ::6.
     pub fn v6() -> Probe {
         Probe {
             listen: IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -44,13 +46,19 @@ impl Probe {
 /// Why validation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
+    /// No capture port could be listened on: the listen address and the bind errors.
     #[error("no listener available on {0}: {1}")]
     NoListener(IpAddr, String),
+    /// No probe connection was redirected to a listener in time.
     #[error("no connection to {target}:{port} was redirected to a capture port within {timeout:?} (last error: {last})")]
     Timeout {
+        /// The passthrough address the probe connected to.
         target: IpAddr,
+        /// The probe port (`--iptables-probe-port`).
         port: Port,
+        /// How long it tried (`--probe-timeout`).
         timeout: Duration,
+        /// The last connection error or wrong landing seen.
         last: String,
     },
 }

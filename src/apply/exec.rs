@@ -9,11 +9,14 @@ use std::process::{Command, Stdio};
 pub struct Output {
     /// The exit code; `None` when killed by a signal.
     pub code: Option<i32>,
+    /// Everything it wrote to stdout.
     pub stdout: String,
+    /// Everything it wrote to stderr.
     pub stderr: String,
 }
 
 impl Output {
+    /// Exit code 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }

@@ -12,7 +12,9 @@ use crate::plan::Family;
 /// The iptables tools of one family and variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tools {
+    /// IPv4 (`iptables-*`) or IPv6 (`ip6tables-*`).
     pub family: Family,
+    /// The legacy or nft variant.
     pub variant: IptablesVariant,
 }
 
@@ -28,12 +30,15 @@ impl Tools {
         };
         format!("{base}-{variant}{suffix}")
     }
+    /// The dump tool: `iptables-nft-save`, ….
     pub fn save(&self) -> String {
         self.name("-save")
     }
+    /// The loader: `iptables-nft-restore`, ….
     pub fn restore(&self) -> String {
         self.name("-restore")
     }
+    /// The plain tool, used for the nat-table probe: `iptables-nft`, ….
     pub fn main(&self) -> String {
         self.name("")
     }
@@ -42,17 +47,29 @@ impl Tools {
 /// Why the iptables step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
+    /// Neither variant works for a family; says why for each.
     #[error("{0}")]
     NoVariant(String),
+    /// A tool ran and failed.
     #[error("{program} failed (exit {code:?}): {stderr}{hint}")]
     Tool {
+        /// The tool that failed.
         program: String,
+        /// Its exit code; `None` when killed by a signal.
         code: Option<i32>,
+        /// What it printed on stderr, trimmed.
         stderr: String,
+        /// A hint at the cause (held xtables lock, missing kernel module), or empty.
         hint: String,
     },
+    /// A tool could not be started.
     #[error("cannot run {program}: {error}")]
-    Spawn { program: String, error: String },
+    Spawn {
+        /// The tool, e.g. `iptables-nft-restore`.
+        program: String,
+        /// Why it could not start (e.g. not on PATH).
+        error: String,
+    },
 }
 
 fn run(
@@ -182,8 +199,11 @@ fn holds_ours(saved: &Saved) -> bool {
 /// The variant chosen for a family, why, and its live rules (read while choosing).
 #[derive(Debug)]
 pub struct Chosen {
+    /// The tools of the chosen variant.
     pub tools: Tools,
+    /// Why this variant, for the log.
     pub reason: String,
+    /// Its live rules, as `*-save` printed them while choosing.
     pub state: Saved,
 }
 

@@ -11,6 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 /// Held for the whole read-decide-write sequence; released when dropped.
 pub struct NetnsLock {
     _lock: Flock<File>,
+    /// The lock file, `/run/meshinit/netns-<dev>-<ino>.lock`.
     pub path: PathBuf,
 }
 

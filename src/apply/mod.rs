@@ -120,7 +120,9 @@ pub fn resolve_backend(choice: BackendChoice, runner: &dyn Runner) -> (Backend, 
 /// The backend that installs the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// The iptables tools (`*-save`, `*-restore --noflush`), per family.
     Iptables,
+    /// nf_tables over netlink, one atomic batch for both families.
     Nftables,
 }
 

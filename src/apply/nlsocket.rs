@@ -19,7 +19,9 @@ const RECV_TIMEOUT_SECS: i64 = 10;
 /// What went wrong on the socket; callers add what they were doing.
 #[derive(Debug)]
 pub enum SocketError {
+    /// A socket call failed: what it was doing, and the errno.
     Io(&'static str, Errno),
+    /// The kernel's reply could not be parsed.
     Malformed(String),
 }
 

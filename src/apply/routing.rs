@@ -19,12 +19,20 @@ pub enum Object {
     LoAddress,
     /// `ip [-6] rule add fwmark <mark> lookup <table>`
     FwmarkRule {
+        /// The rule's family.
         family: Family,
+        /// The TPROXY mark (`-t`) it selects.
         mark: u32,
+        /// The routing table (`-r`) it sends marked packets to.
         table: u32,
     },
     /// `ip [-6] route add local default dev lo table <table>`
-    LocalRoute { family: Family, table: u32 },
+    LocalRoute {
+        /// The route's family.
+        family: Family,
+        /// The TPROXY routing table (`-r`).
+        table: u32,
+    },
 }
 
 impl fmt::Display for Object {

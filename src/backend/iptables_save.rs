@@ -15,13 +15,16 @@ pub const OUR_CHAIN_PREFIX: &str = "ISTIO_";
 /// after `-A <chain> `).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SavedTable {
+    /// Chain names in the order declared (`:CHAIN POLICY`).
     pub chains: Vec<String>,
+    /// Chain name → its rule specs, in order.
     pub rules: BTreeMap<String, Vec<String>>,
     /// The table's text as printed, for rolling back to it.
     pub text: String,
 }
 
 impl SavedTable {
+    /// The rule specs of a chain; empty for an unknown chain.
     pub fn rules_of(&self, chain: &str) -> &[String] {
         self.rules.get(chain).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -234,6 +237,7 @@ fn canonical_target(rule: &Rule) -> String {
 /// chain (ours and built-in), inserts placed where `-I` puts them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExpectedTable {
+    /// Chain → its rule specs in canonical `iptables-save` form, in final order.
     pub chains: BTreeMap<Chain, Vec<String>>,
 }
 

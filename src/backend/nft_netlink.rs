@@ -1111,10 +1111,15 @@ pub fn dump_reply_type(kind: DumpKind) -> u16 {
 /// What a dump lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DumpKind {
+    /// `NFT_MSG_GETTABLE`: the tables.
     Tables,
+    /// `NFT_MSG_GETCHAIN`: the chains.
     Chains,
+    /// `NFT_MSG_GETRULE`: the rules of one table.
     Rules,
+    /// `NFT_MSG_GETSET`: the (anonymous) sets of one table.
     Sets,
+    /// `NFT_MSG_GETSETELEM`: the elements of one set.
     SetElems,
 }
 

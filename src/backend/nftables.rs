@@ -85,6 +85,7 @@ pub struct NftTable {
 /// A chain: regular, or a base chain attached to a hook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NftChain {
+    /// The chain's nft name (`istio-output`, `prerouting`, …).
     pub name: String,
     /// `None` for a regular chain (reached only by jumps).
     pub base: Option<BaseChain>,
@@ -93,15 +94,21 @@ pub struct NftChain {
 /// The hook of a base chain. The policy is always `accept` (nft's default, which Istio keeps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BaseChain {
+    /// The chain type: `filter`, `nat` or `route`.
     pub kind: ChainKind,
+    /// The netfilter hook it is attached to.
     pub hook: Hook,
+    /// Where it runs relative to other chains on the hook (nat -100, mangle -150, raw -300),
+    /// as the iptables table it stands for.
     pub priority: i32,
 }
 
 /// An nftables chain type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChainKind {
+    /// `type filter`: raw, mangle prerouting, and filter.
     Filter,
+    /// `type nat`: the nat table's base chains, where `redirect` is allowed.
     Nat,
     /// A filter chain that re-routes packets whose mark or addresses it changed (output only).
     Route,
@@ -121,7 +128,9 @@ impl ChainKind {
 /// A netfilter hook of the inet family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
+    /// `hook prerouting`: arriving packets.
     Prerouting,
+    /// `hook output`: locally generated packets.
     Output,
 }
 
@@ -138,10 +147,12 @@ impl Hook {
 /// One rule: where it goes and its statements, matches first, in nft's order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NftRule {
+    /// The nft name of the chain it goes into.
     pub chain: String,
     /// `Some(i)`: `insert rule … index i` (before the rule at 0-based index `i` at that
     /// moment); `None`: appended.
     pub index: Option<usize>,
+    /// Matches, then the verdict or action.
     pub stmts: Vec<Stmt>,
     /// Why the rule exists (the plan's purpose), for logs and error messages.
     pub purpose: &'static str,
@@ -170,34 +181,59 @@ pub enum Direction {
 pub enum Stmt {
     /// `iifname NAME` (`Source`) / `oifname NAME` (`Destination`). A trailing `+` (iptables'
     /// wildcard) matches every name with that prefix.
-    Interface { dir: Direction, name: IfName },
+    Interface {
+        /// `Source` for `iifname`, `Destination` for `oifname`.
+        dir: Direction,
+        /// The interface name or `prefix+` wildcard.
+        name: IfName,
+    },
     /// `meta l4proto tcp`.
     L4Proto(Protocol),
     /// `ct state invalid` / `ct state related,established`.
     CtState(CtState),
     /// `mark [!=] M`: the packet mark.
-    Mark { mark: u32, negate: bool },
+    Mark {
+        /// The mark value.
+        mark: u32,
+        /// True for `!=`.
+        negate: bool,
+    },
     /// `ct mark M`: the connection mark.
     CtMark(u32),
     /// `ip[6] saddr|daddr [!=] NET`.
     Address {
+        /// `saddr` (`Source`) or `daddr` (`Destination`).
         dir: Direction,
+        /// The network; its family picks `ip` or `ip6`.
         net: Cidr,
+        /// True for `!=`.
         negate: bool,
     },
     /// `tcp|udp sport|dport [!=] P`.
     Port {
+        /// `tcp` or `udp`.
         proto: Protocol,
+        /// `sport` (`Source`) or `dport` (`Destination`).
         dir: Direction,
+        /// The port.
         port: Port,
+        /// True for `!=`.
         negate: bool,
     },
     /// `tcp|udp dport != { P, Q }`: an anonymous set.
-    PortNotIn { proto: Protocol, ports: Vec<Port> },
+    PortNotIn {
+        /// `tcp` or `udp`.
+        proto: Protocol,
+        /// The set's elements, in plan order.
+        ports: Vec<Port>,
+    },
     /// `[meta] skuid|skgid [!=] ID`; `meta` is only spelling (Istio writes it in raw).
     Owner {
+        /// The user or group id.
         owner: Owner,
+        /// True for `!=`.
         negate: bool,
+        /// Spelled with `meta` (as Istio does in raw); same encoding either way.
         meta: bool,
     },
     /// `counter`.
@@ -213,7 +249,12 @@ pub enum Stmt {
     /// `redirect to :P`.
     Redirect(Port),
     /// `tproxy ip|ip6 to :P`.
-    Tproxy { family: Family, port: Port },
+    Tproxy {
+        /// `ip` or `ip6`: nft needs the family of the packets it diverts.
+        family: Family,
+        /// The proxy's inbound listener.
+        port: Port,
+    },
     /// `meta mark set M`.
     SetMark(u32),
     /// `ct mark set mark` (CONNMARK --save-mark).

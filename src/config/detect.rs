@@ -8,6 +8,7 @@ use std::net::IpAddr;
 pub trait Host {
     /// Every interface address, in the kernel's dump order (IPv4 before IPv6).
     fn interface_addrs(&self) -> std::io::Result<Vec<IpAddr>>;
+    /// A file's whole text (`/etc/resolv.conf`, `/etc/passwd`).
     fn read_file(&self, path: &str) -> std::io::Result<String>;
 }
 
@@ -72,7 +73,9 @@ fn is_excluded(a: &IpAddr) -> bool {
 /// A DNS server to capture traffic to: the address, and the text rules print it as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsServer {
+    /// The address.
     pub addr: IpAddr,
+    /// How rules print it: Go's normal form, or the text given to `--dns-servers`.
     pub text: String,
 }
 

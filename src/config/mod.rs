@@ -36,7 +36,10 @@ pub enum InboundCapture {
     /// `-b ""`: no inbound capture.
     None,
     /// `-b '*'`: every port except `exclude`.
-    All { exclude: Vec<Port> },
+    All {
+        /// `-d`: ports never captured inbound.
+        exclude: Vec<Port>,
+    },
     /// A port list. May be empty when `-b` held only commas: Istio still installs the dispatch
     /// jump then, and so does meshinit.
     Ports(Vec<Port>),
@@ -45,7 +48,9 @@ pub enum InboundCapture {
 /// Which outbound destinations are captured (`-i`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutboundInclude {
+    /// `-i '*'`: every destination, except `-x` and localhost.
     All,
+    /// `-i` as a CIDR list: only these destinations (empty: none).
     Cidrs(CidrsByFamily),
 }
 
@@ -61,12 +66,15 @@ pub enum OwnerGroups {
 /// DNS capture, after detection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DnsCapture {
+    /// DNS is not captured (`--redirect-dns` off, or no server known).
     Off,
     /// Every server (`--capture-all-dns`).
     All,
     /// Only these servers, split by family.
     Servers {
+        /// IPv4 servers, in resolv.conf order.
         v4: Vec<DnsServer>,
+        /// IPv6 servers, in resolv.conf order.
         v6: Vec<DnsServer>,
     },
 }
@@ -74,26 +82,45 @@ pub enum DnsCapture {
 /// Everything that decides which rules, routes and addresses are installed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capture {
+    /// -p: the proxy's outbound listener, target of ISTIO_REDIRECT.
     pub proxy_port: Port,
+    /// -z: the proxy's inbound listener, target of inbound REDIRECT or TPROXY.
     pub inbound_capture_port: Port,
+    /// -e: the HBONE tunnel port, never captured.
     pub inbound_tunnel_port: Port,
+    /// -u: the proxy's UIDs; their traffic is not captured outbound.
     pub proxy_uids: Vec<u32>,
+    /// -g: the proxy's GIDs (default: the UIDs' numbers); their traffic is not captured.
     pub proxy_gids: Vec<u32>,
+    /// -m: REDIRECT or TPROXY for inbound.
     pub mode: InterceptMode,
+    /// -t: the fwmark TPROXY puts on diverted packets.
     pub tproxy_mark: u32,
+    /// -r: the policy-routing table that delivers marked packets locally.
     pub route_table: u32,
+    /// -b and -d: which inbound ports are captured.
     pub inbound: InboundCapture,
+    /// -c: interfaces whose traffic is never captured.
     pub exclude_interfaces: Vec<IfName>,
+    /// -k: KubeVirt VM interfaces; their arriving traffic is captured as outbound.
     pub virt_interfaces: Vec<IfName>,
+    /// -i: outbound destinations captured.
     pub outbound_include: OutboundInclude,
+    /// -x: outbound destinations never captured.
     pub outbound_exclude: CidrsByFamily,
+    /// -q: outbound TCP ports captured even to destinations outside `-i`.
     pub outbound_ports_include: Vec<Port>,
+    /// -o: outbound ports never captured (TCP and UDP).
     pub outbound_ports_exclude: Vec<Port>,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`: whose outbound traffic is captured.
     pub owner_groups: OwnerGroups,
     /// Replaces 127.0.0.1/32 in the "localhost" rules; printed as given.
     pub loopback_v4: Cidr,
+    /// `--redirect-dns`, `--capture-all-dns`: which DNS traffic goes to the agent.
     pub dns: DnsCapture,
+    /// `--drop-invalid`: drop conntrack-INVALID packets in mangle.
     pub drop_invalid: bool,
+    /// Whether IPv6 rules are installed (`--ipv6`, else detected).
     pub ipv6: bool,
 }
 
@@ -102,54 +129,81 @@ pub struct Capture {
 pub enum BackendChoice {
     /// Istio's default, iptables, unless no iptables tool is installed and nftables is there.
     Auto,
+    /// The iptables tools, legacy or nft variant.
     Iptables,
+    /// Native nf_tables over netlink (`--native-nftables`, `--backend nftables`).
     Nftables,
 }
 
 /// Which iptables variant to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IptablesVariant {
+    /// `iptables-legacy`: the x_tables kernel interface.
     Legacy,
+    /// `iptables-nft`: iptables syntax over nf_tables.
     Nft,
 }
 
 /// How much to log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
+    /// Everything, including each tool's input.
     Debug,
+    /// The default: what was decided and done.
     Info,
+    /// Only what may need attention.
     Warn,
+    /// Only failures (Istio's `fatal` maps here too).
     Error,
+    /// Nothing.
     None,
 }
 
 /// Everything about how meshinit runs, as opposed to what it installs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunOptions {
+    /// -n: print the rules instead of applying them.
     pub dry_run: bool,
+    /// `--skip-rule-apply`: install nothing (with `--run-validation`).
     pub skip_rule_apply: bool,
+    /// `--run-validation`: probe that redirection works after applying.
     pub run_validation: bool,
+    /// `--iptables-probe-port`: the validation probe's original destination port.
     pub probe_port: Port,
+    /// `--probe-timeout`: how long validation waits for a redirected connection.
     pub probe_timeout: Duration,
+    /// `--network-namespace`: the namespace to enter first; `None` for the current one.
     pub network_namespace: Option<PathBuf>,
+    /// `--cni-mode`: use a lock file of this namespace instead of the host's xtables lock.
     pub cni_mode: bool,
+    /// `--reconcile`: replace drifted rules of ours instead of refusing.
     pub reconcile: bool,
+    /// `--cleanup-only`: only remove what this configuration would install.
     pub cleanup_only: bool,
+    /// `--force-apply`: rewrite the rules even when they are already in place.
     pub force_apply: bool,
     /// `--backend`, with Istio's `--native-nftables` folded in.
     pub backend: BackendChoice,
+    /// `--force-iptables-binary`: the variant to use; `None` to detect it per family.
     pub force_iptables_binary: Option<IptablesVariant>,
+    /// `--xtables-wait`: how long to wait for the xtables lock and meshinit's namespace lock.
     pub xtables_wait: Duration,
+    /// `--check`: compare the live rules with the plan; change nothing.
     pub check: bool,
+    /// `--log_output_level` (the `default` scope).
     pub log_level: LogLevel,
+    /// `--log_as_json`: JSON log lines instead of text.
     pub log_json: bool,
 }
 
 /// The whole configuration, plus the warnings found while building it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// What gets installed.
     pub capture: Capture,
+    /// How this run behaves.
     pub run: RunOptions,
+    /// Non-fatal findings (ignored flags, empty owner groups), logged before running.
     pub warnings: Vec<String>,
 }
 
@@ -159,9 +213,13 @@ pub enum ConfigError {
     /// Bad input: exit code 2.
     #[error("invalid value {value:?} for {setting} (from {origin}): {reason}")]
     Invalid {
+        /// The setting as error messages name it (flag, short name, env names).
         setting: String,
+        /// The rejected text.
         value: String,
+        /// Where the text came from.
         origin: Source,
+        /// What is wrong with it.
         reason: String,
     },
     /// Detection failed on this machine: exit code 1.

@@ -21,6 +21,7 @@ impl Port {
         assert!(p != 0);
         Port(p)
     }
+    /// The port number.
     pub fn get(self) -> u16 {
         self.0
     }
@@ -66,6 +67,7 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// A network from an address and prefix length; refuses a length longer than the family's.
     pub fn new(addr: IpAddr, len: u8) -> Result<Cidr, String> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if len > max {
@@ -81,9 +83,11 @@ impl Cidr {
         let text = format!("{spelling}/{len}").into();
         Cidr { addr, len, text }
     }
+    /// The address as given (not masked to the prefix).
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
+    /// The prefix length.
     pub fn prefix_len(&self) -> u8 {
         self.len
     }
@@ -92,6 +96,7 @@ impl Cidr {
         let len = if addr.is_ipv4() { 32 } else { 128 };
         Cidr::new(addr, len).expect("host prefix length fits the family")
     }
+    /// Whether it is an IPv4 network (IPv4-mapped IPv6 is not).
     pub fn is_ipv4(&self) -> bool {
         self.addr.is_ipv4()
     }
@@ -131,11 +136,14 @@ impl fmt::Display for Cidr {
 /// CIDRs split by family, each list in the order given.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CidrsByFamily {
+    /// The IPv4 networks.
     pub v4: Vec<Cidr>,
+    /// The IPv6 networks (IPv4-mapped ones included, as in Istio).
     pub v6: Vec<Cidr>,
 }
 
 impl CidrsByFamily {
+    /// Parses a comma-separated CIDR list (`-i`, `-x`), splitting it by family.
     pub fn parse(s: &str) -> Result<CidrsByFamily, String> {
         let mut out = CidrsByFamily::default();
         for item in split_list(s) {
@@ -149,6 +157,7 @@ impl CidrsByFamily {
         }
         Ok(out)
     }
+    /// The list of one family: IPv6 when `ipv6`, else IPv4.
     pub fn family(&self, ipv6: bool) -> &[Cidr] {
         if ipv6 {
             &self.v6
@@ -156,6 +165,8 @@ impl CidrsByFamily {
             &self.v4
         }
     }
+    /// Whether any network is a loopback one; an included loopback range turns off the
+    /// "app to app over lo is not captured" rule.
     pub fn has_loopback(&self) -> bool {
         self.v4.iter().chain(&self.v6).any(Cidr::is_loopback)
     }
@@ -167,6 +178,7 @@ impl CidrsByFamily {
 pub struct IfName(String);
 
 impl IfName {
+    /// The name as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -223,9 +235,11 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>, String> {
 pub struct GroupRef(String);
 
 impl GroupRef {
+    /// A group given by number.
     pub fn from_gid(gid: u32) -> GroupRef {
         GroupRef(gid.to_string())
     }
+    /// The group as written: a gid or a name.
     pub fn as_str(&self) -> &str {
         &self.0
     }

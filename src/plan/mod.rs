@@ -1,6 +1,6 @@
 //! The backend-neutral plan: which rules go into which table and chain, in which order, as
 //! typed matches and targets, each with its purpose. Computed purely from the configuration
-//! (see [`build`]); backends only translate it.
+//! (see `build`); backends only translate it.
 
 mod build;
 
@@ -20,20 +20,27 @@ pub const DNS_PORT: Port = Port::new_const(53);
 /// An address family; each gets its own ruleset under iptables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
+    /// IPv4: `iptables`, `ip` in nft.
     V4,
+    /// IPv6: `ip6tables`, `ip6` in nft; only used when IPv6 is on.
     V6,
 }
 
 /// A netfilter table. The order is the order Istio writes them in (sorted by name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Table {
+    /// filter: Istio plans nothing here.
     Filter,
+    /// mangle: TPROXY interception, its mark bookkeeping, and the conntrack-INVALID drop.
     Mangle,
+    /// nat: REDIRECT capture, inbound and outbound, and DNS redirection.
     Nat,
+    /// raw: conntrack zones that keep DNS flows apart.
     Raw,
 }
 
 impl Table {
+    /// The table name iptables uses (`nat`, …).
     pub fn name(self) -> &'static str {
         match self {
             Table::Filter => "filter",
@@ -47,19 +54,31 @@ impl Table {
 /// A chain: the kernel's built-in hooks and Istio's own chains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Chain {
+    /// PREROUTING: built-in hook for arriving packets; dispatches inbound traffic.
     Prerouting,
+    /// OUTPUT: built-in hook for locally generated packets; dispatches outbound traffic.
     Output,
+    /// ISTIO_INBOUND: inbound dispatch: skips excluded ports, sends captured ones to redirect or
+    /// TPROXY (in raw: zones for DNS answers).
     IstioInbound,
+    /// ISTIO_REDIRECT: REDIRECTs outbound TCP to the proxy's outbound port (`-p`).
     IstioRedirect,
+    /// ISTIO_IN_REDIRECT: REDIRECTs inbound TCP to the proxy's inbound port (`-z`).
     IstioInRedirect,
+    /// ISTIO_OUTPUT: outbound decisions: what returns uncaptured, what goes to ISTIO_REDIRECT.
     IstioOutput,
+    /// ISTIO_OUTPUT_DNS: DNS to the agent's proxy (nat), DNS conntrack zones (raw).
     IstioOutputDns,
+    /// ISTIO_DIVERT: marks and accepts packets of already-diverted inbound connections (TPROXY).
     IstioDivert,
+    /// ISTIO_TPROXY: TPROXYs new inbound TCP connections to the proxy's inbound port.
     IstioTproxy,
+    /// ISTIO_DROP: drops conntrack-INVALID packets (`--drop-invalid`).
     IstioDrop,
 }
 
 impl Chain {
+    /// The chain name iptables uses (`ISTIO_OUTPUT`, …).
     pub fn name(self) -> &'static str {
         match self {
             Chain::Prerouting => "PREROUTING",
@@ -84,82 +103,130 @@ impl Chain {
 /// Whether a rule goes to the end of its chain or to a 1-based position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Position {
+    /// `-A`: after the chain's existing rules.
     Append,
+    /// `-I <n>`: before the rule now at 1-based position `n`.
     Insert(u32),
 }
 
+/// The layer-4 protocol a rule matches (`-p`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
+    /// `-p tcp`: what the proxy captures.
     Tcp,
+    /// `-p udp`: only DNS and excluded ports.
     Udp,
 }
 
 /// Whose socket sent a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owner {
+    /// `-m owner --uid-owner`: the socket's user id.
     Uid(u32),
+    /// `-m owner --gid-owner`: the socket's group, by gid or name.
     Gid(GroupRef),
 }
 
+/// A conntrack state a rule matches (`-m conntrack --ctstate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CtState {
+    /// `INVALID`: packets conntrack cannot place in a connection.
     Invalid,
+    /// `RELATED,ESTABLISHED`: packets of a connection already seen (TPROXY divert).
     RelatedEstablished,
 }
 
 /// One match of a rule. Order within a rule is kept: it is part of Istio's rule text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Match {
+    /// `-i IF`: arrived on this interface (a trailing `+` is a prefix wildcard).
     InInterface(IfName),
+    /// `-o IF`: leaves through this interface.
     OutInterface(IfName),
+    /// `-p tcp|udp`.
     Protocol(Protocol),
+    /// `-s NET`: source address.
     Source(Cidr),
+    /// `[!] -d NET`: destination address.
     Destination {
+        /// The destination network.
         net: Cidr,
+        /// True for `! -d`.
         negate: bool,
     },
+    /// `[!] --dport P`: destination port.
     DestinationPort {
+        /// The destination port.
         port: Port,
+        /// True for `! --dport`.
         negate: bool,
     },
+    /// `--sport P`: source port (DNS zone rules).
     SourcePort(Port),
     /// The destination port is none of these.
     DestinationPortNotIn(Vec<Port>),
+    /// `-m owner [!] --uid-owner|--gid-owner`: who sent the packet.
     Owner {
+        /// The user or group.
         owner: Owner,
+        /// True for `! --uid-owner` / `! --gid-owner`.
         negate: bool,
     },
+    /// `-m conntrack --ctstate S`: INVALID drop, TPROXY divert of established connections.
     ConntrackState(CtState),
+    /// `-m mark [!] --mark M`: the packet's fwmark.
     Mark {
+        /// The mark value.
         mark: u32,
+        /// True for `! --mark`.
         negate: bool,
     },
+    /// `-m connmark --mark M`: the connection's mark (TPROXY replies).
     ConnMark(u32),
 }
 
 /// What a rule does with a matching packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// `-j CHAIN`: continue in one of Istio's chains.
     Jump(Chain),
+    /// `-j RETURN`: leave the chain; the packet is not captured here.
     Return,
+    /// `-j ACCEPT`: accepted in this table; its later rules are skipped.
     Accept,
+    /// `-j DROP`.
     Drop,
+    /// `-j REDIRECT --to-ports P`: to a proxy listener on the local address.
     Redirect(Port),
-    Tproxy { mark: u32, port: Port },
+    /// `-j TPROXY --tproxy-mark M/0xffffffff --on-port P`: to the proxy's inbound listener,
+    /// keeping the original destination.
+    Tproxy {
+        /// The mark set on the packet, so policy routing delivers it locally.
+        mark: u32,
+        /// The proxy's inbound listener.
+        port: Port,
+    },
+    /// `-j MARK --set-mark M`.
     SetMark(u32),
+    /// `-j CONNMARK --save-mark`: copy the packet mark to the connection.
     SaveMark,
+    /// `-j CONNMARK --restore-mark`: copy the connection mark to the packet.
     RestoreMark,
+    /// `-j CT --zone Z`: put the flow in conntrack zone Z (raw table).
     ConntrackZone(u16),
 }
 
 /// Which families a rule is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
+    /// One rule per family (iptables), one rule for both (nftables).
     Both,
+    /// This family's ruleset only (e.g. the rule names an address of that family).
     Only(Family),
 }
 
 impl Scope {
+    /// Whether a rule with this scope belongs to `family`'s ruleset.
     pub fn includes(self, family: Family) -> bool {
         match self {
             Scope::Both => true,
@@ -171,11 +238,17 @@ impl Scope {
 /// One rule of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
+    /// Which families it is installed for.
     pub scope: Scope,
+    /// The table it goes into.
     pub table: Table,
+    /// The chain it goes into.
     pub chain: Chain,
+    /// Appended or inserted at a position.
     pub position: Position,
+    /// All must hold, in Istio's order.
     pub matches: Vec<Match>,
+    /// What happens to a matching packet.
     pub target: Target,
     /// Why the rule exists, in a few words; shown in logs and error messages.
     pub purpose: &'static str,
@@ -242,6 +315,7 @@ impl fmt::Display for Rule {
 /// routes. An iptables family's ruleset is the rules in its scope; nftables takes the whole list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// All rules, in generation order.
     pub rules: Vec<Rule>,
     /// Whether IPv6 is on; when off, no rule is scoped to IPv6 alone and nothing is installed
     /// for IPv6.
@@ -253,7 +327,9 @@ pub struct Plan {
 /// The policy routing TPROXY needs so marked packets are delivered locally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TproxyRoute {
+    /// The fwmark TPROXY sets (`-t`); the policy rule looks it up.
     pub mark: u32,
+    /// The routing table holding the local default route (`-r`).
     pub table: u32,
 }
 
