@@ -91,6 +91,7 @@ scenarios!(
     outbound_port_include_and_inbound_port_list,
     outbound_port_exclude_and_inbound_port_exclusion,
     excluded_interface,
+    virt_interface_traffic_is_outbound,
     owner_groups_exclude,
     owner_groups_include,
     dns_listed_servers,
@@ -810,6 +811,33 @@ fn excluded_interface(lab: &Lab, variant: Variant) {
             "app-8080",
             inb,
         );
+    });
+}
+
+/// `-k eth0` (a KubeVirt VM's interface) with `-i '*'`: what arrives on it is the VM's own
+/// outbound traffic, so it goes to the outbound listener, original destination kept — not to
+/// the inbound one.
+fn virt_interface_traffic_is_outbound(lab: &Lab, variant: Variant) {
+    let (pod, peer_ns) = (&lab.pod, &lab.peer);
+    let mut ls = Listeners::default();
+    ls.tcp(pod, "outbound", any4(OUTBOUND_PORT))
+        .tcp(pod, "inbound", any4(INBOUND_PORT))
+        .tcp(pod, "app-8080", any4(8080))
+        .tcp(peer_ns, "peer-80", any4(80));
+    let mut args = ISTIO_INIT_ARGS.to_vec();
+    args.extend(["-k", "eth0"]);
+
+    let m = Meshinit::new(lab, variant, false, &args);
+    m.apply_and_check(|| {
+        let dst = lab.pod4(8080);
+        tcp_lands(
+            "VM (peer) -> pod:8080 via eth0",
+            peer().tcp(peer_ns, dst),
+            "outbound",
+            dst,
+        );
+        let out = lab.peer4(80);
+        tcp_lands("app->peer:80", app().tcp(pod, out), "outbound", out);
     });
 }
 
