@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod args;
+pub mod strategy;
 
 #[allow(unused_imports)] // each test binary uses a different part
 pub use args::{from_case_args, from_cli, to_case_args, to_cli};
