@@ -7,11 +7,11 @@ mod support;
 
 use std::path::PathBuf;
 
-use meshinit::backend::iptables_save::{compare, expected_tables, parse_save, State};
+use meshinit::backend::iptables_save::State;
 use meshinit::plan::Family;
 use support::apply::{
-    all_rules, assert_ok, default_args, meshinit, path_env, plan_for, strings, tools_with_broken,
-    VARIANTS,
+    all_rules, assert_ok, default_args, kernel_state, meshinit, path_env, plan_for, strings,
+    tools_with_broken, VARIANTS,
 };
 use support::netlab::{Lab, Netns};
 use support::{conformance_cases, diff, require_root};
@@ -53,28 +53,8 @@ fn every_case_applies_reads_back_reruns_as_no_op_and_cleans_up() {
             // The kernel holds exactly the plan.
             let plan = plan_for(&args, &case.env);
             for family in plan.families() {
-                let live = parse_save(&String::from_utf8_lossy(
-                    &lab.pod
-                        .run(
-                            &[&format!(
-                                "{}-{variant}-save",
-                                if family == Family::V4 {
-                                    "iptables"
-                                } else {
-                                    "ip6tables"
-                                }
-                            )],
-                            None,
-                        )
-                        .stdout,
-                ));
-                let expected =
-                    expected_tables(&plan.rules(family), &|_| None).expect("numeric groups");
-                assert_eq!(
-                    compare(&live, &expected),
-                    State::InPlace,
-                    "{what} {family:?}"
-                );
+                let state = kernel_state(&lab.pod, variant, &plan, family);
+                assert_eq!(state, State::InPlace, "{what} {family:?}");
             }
 
             let installed = all_rules(&lab.pod);
@@ -208,14 +188,10 @@ fn drift_is_refused_without_changes_and_reconcile_replaces_it() {
         second.push("--reconcile".to_string());
         assert_ok(&meshinit(&lab.pod, &second, &[]), variant);
         let plan = plan_for(&second, &[]);
-        let tool = |fam: &str| format!("{fam}-{variant}-save");
-        for (family, fam) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
-            let live = parse_save(&String::from_utf8_lossy(
-                &lab.pod.run(&[&tool(fam)], None).stdout,
-            ));
-            let expected = expected_tables(&plan.rules(family), &|_| None).unwrap();
+        for family in [Family::V4, Family::V6] {
+            let state = kernel_state(&lab.pod, variant, &plan, family);
             assert_eq!(
-                compare(&live, &expected),
+                state,
                 State::InPlace,
                 "{variant} {family:?} after reconcile"
             );
@@ -388,15 +364,10 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
             continue;
         }
         let plan = plan_for(&args, &[]);
-        for (family, fam) in [(Family::V4, "iptables"), (Family::V6, "ip6tables")] {
-            let live = parse_save(&String::from_utf8_lossy(
-                &lab.pod
-                    .run(&[&format!("{fam}-{variant}-save")], None)
-                    .stdout,
-            ));
-            let expected = expected_tables(&plan.rules(family), &|_| None).unwrap();
+        for family in [Family::V4, Family::V6] {
+            let state = kernel_state(&lab.pod, variant, &plan, family);
             assert_eq!(
-                compare(&live, &expected),
+                state,
                 State::InPlace,
                 "{variant} {family:?}: not exactly one ruleset"
             );
@@ -573,12 +544,7 @@ fn an_interrupted_install_is_completed_without_reconcile() {
             out.stderr
         );
         let plan = plan_for(&args, &[]);
-        let live = parse_save(&String::from_utf8_lossy(
-            &lab.pod
-                .run(&[&format!("iptables-{variant}-save")], None)
-                .stdout,
-        ));
-        let expected = expected_tables(&plan.rules(Family::V4), &|_| None).unwrap();
-        assert_eq!(compare(&live, &expected), State::InPlace, "{variant}");
+        let state = kernel_state(&lab.pod, variant, &plan, Family::V4);
+        assert_eq!(state, State::InPlace, "{variant}");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use meshinit::backend::iptables_save::parse_save;
+use meshinit::backend::iptables_save::{compare, expected_tables, parse_save, State};
 use meshinit::cli::{self, Command};
 use meshinit::config::detect::SystemHost;
 use meshinit::config::Config;
@@ -37,16 +37,28 @@ pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-/// One family's rules as the kernel holds them, normalised: no comments or counters, and no
-/// tables that hold nothing (an empty table has no effect, and loading one cannot be undone
-/// with legacy iptables).
-pub fn rules_of(pod: &Netns, family: Family, variant: &str) -> String {
+/// What `[ip6]iptables-<variant>-save` prints in the pod.
+fn save_output(pod: &Netns, family: Family, variant: &str) -> String {
     let tool = match family {
         Family::V4 => format!("iptables-{variant}-save"),
         Family::V6 => format!("ip6tables-{variant}-save"),
     };
-    let out = pod.run(&[&tool], None);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    String::from_utf8_lossy(&pod.run(&[&tool], None).stdout).into_owned()
+}
+
+/// How one family's live rules in the pod (read with the variant's save tool) relate to the
+/// plan; numeric groups only.
+pub fn kernel_state(pod: &Netns, variant: &str, plan: &plan::Plan, family: Family) -> State {
+    let live = parse_save(&save_output(pod, family, variant));
+    let expected = expected_tables(&plan.rules(family), &|_| None).expect("numeric groups");
+    compare(&live, &expected)
+}
+
+/// One family's rules as the kernel holds them, normalised: no comments or counters, and no
+/// tables that hold nothing (an empty table has no effect, and loading one cannot be undone
+/// with legacy iptables).
+pub fn rules_of(pod: &Netns, family: Family, variant: &str) -> String {
+    let text = save_output(pod, family, variant);
     let mut kept = String::new();
     for (name, table) in parse_save(&text) {
         let has_content = !table.rules.is_empty()
