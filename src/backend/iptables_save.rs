@@ -543,6 +543,19 @@ mod tests {
         None
     }
 
+    /// `-A OUTPUT -j ISTIO_OUTPUT` and `-A ISTIO_OUTPUT -j RETURN` in nat: the smallest plan.
+    fn nat_output_rules() -> Vec<Rule> {
+        vec![
+            rule(
+                Table::Nat,
+                Chain::Output,
+                vec![],
+                Target::Jump(Chain::IstioOutput),
+            ),
+            rule(Table::Nat, Chain::IstioOutput, vec![], Target::Return),
+        ]
+    }
+
     fn rule(table: Table, chain: Chain, matches: Vec<Match>, target: Target) -> Rule {
         Rule::new(table, chain, "test", matches, target)
     }
@@ -644,15 +657,7 @@ mod tests {
 
     #[test]
     fn comparison_finds_absent_in_place_and_drift() {
-        let rules = vec![
-            rule(
-                Table::Nat,
-                Chain::Output,
-                vec![],
-                Target::Jump(Chain::IstioOutput),
-            ),
-            rule(Table::Nat, Chain::IstioOutput, vec![], Target::Return),
-        ];
+        let rules = nat_output_rules();
         let expected = expected_tables(&rules, &no_groups).unwrap();
         assert_eq!(compare(&Saved::new(), &expected), State::Absent);
         let foreign = parse_save("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j RETURN\nCOMMIT\n");
@@ -673,14 +678,8 @@ mod tests {
 
     #[test]
     fn an_interrupted_install_is_told_from_a_conflict() {
-        let rules = vec![
-            rule(
-                Table::Nat,
-                Chain::Output,
-                vec![],
-                Target::Jump(Chain::IstioOutput),
-            ),
-            rule(Table::Nat, Chain::IstioOutput, vec![], Target::Return),
+        let mut rules = nat_output_rules();
+        rules.extend([
             rule(
                 Table::Raw,
                 Chain::Output,
@@ -688,7 +687,7 @@ mod tests {
                 Target::Jump(Chain::IstioOutputDns),
             ),
             rule(Table::Raw, Chain::IstioOutputDns, vec![], Target::Return),
-        ];
+        ]);
         let expected = expected_tables(&rules, &no_groups).unwrap();
         let nat_only = parse_save(
             "*nat\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
@@ -708,15 +707,7 @@ mod tests {
 
     #[test]
     fn replacing_flushes_ours_removes_stale_and_keeps_foreign_rules() {
-        let rules = vec![
-            rule(
-                Table::Nat,
-                Chain::Output,
-                vec![],
-                Target::Jump(Chain::IstioOutput),
-            ),
-            rule(Table::Nat, Chain::IstioOutput, vec![], Target::Return),
-        ];
+        let rules = nat_output_rules();
         let expected = expected_tables(&rules, &no_groups).unwrap();
         let text = replace_text(&parse_save(LIVE), &rules, &expected);
         assert_eq!(
