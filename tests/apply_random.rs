@@ -48,6 +48,7 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
+    #[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
     fn random_configurations_apply_exactly_rerun_as_no_op_and_clean_up(
         mut cfg in istio_config(),
         backend in prop_oneof![Just("--force-iptables-binary=legacy"), Just("--force-iptables-binary=nft"), Just("--native-nftables")],

@@ -32,6 +32,7 @@ fn groups_resolvable(case: &support::Case) -> bool {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn every_case_applies_reads_back_reruns_as_no_op_and_cleans_up() {
     if !require_root("every_case_applies_reads_back_reruns_as_no_op_and_cleans_up") {
         return;
@@ -106,6 +107,7 @@ fn add_foreign_rules(pod: &Netns, variant: &str) {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn foreign_rules_survive_install_and_cleanup_exactly() {
     if !require_root("foreign_rules_survive_install_and_cleanup_exactly") {
         return;
@@ -152,6 +154,7 @@ fn foreign_rules_survive_install_and_cleanup_exactly() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn drift_is_refused_without_changes_and_reconcile_replaces_it() {
     if !require_root("drift_is_refused_without_changes_and_reconcile_replaces_it") {
         return;
@@ -210,6 +213,7 @@ fn drift_is_refused_without_changes_and_reconcile_replaces_it() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn a_failing_ipv6_half_rolls_back_the_ipv4_half() {
     if !require_root("a_failing_ipv6_half_rolls_back_the_ipv4_half") {
         return;
@@ -245,6 +249,7 @@ fn a_failing_ipv6_half_rolls_back_the_ipv4_half() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn missing_tools_and_capabilities_stop_before_any_change() {
     if !require_root("missing_tools_and_capabilities_stop_before_any_change") {
         return;
@@ -301,6 +306,7 @@ fn missing_tools_and_capabilities_stop_before_any_change() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
     if !require_root("concurrent_instances_all_succeed_and_leave_one_ruleset") {
         return;
@@ -376,6 +382,7 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn check_reports_drift_with_exit_3_and_changes_nothing() {
     if !require_root("check_reports_drift_with_exit_3_and_changes_nothing") {
         return;
@@ -440,6 +447,7 @@ fn check_reports_drift_with_exit_3_and_changes_nothing() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn rules_installed_by_istio_itself_are_recognised_as_in_place() {
     if !require_root("rules_installed_by_istio_itself_are_recognised_as_in_place") {
         return;
@@ -477,6 +485,7 @@ fn rules_installed_by_istio_itself_are_recognised_as_in_place() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn force_apply_rewrites_rules_in_place_and_skip_rule_apply_writes_nothing() {
     if !require_root("force_apply_rewrites_rules_in_place_and_skip_rule_apply_writes_nothing") {
         return;
@@ -509,6 +518,7 @@ fn force_apply_rewrites_rules_in_place_and_skip_rule_apply_writes_nothing() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn an_interrupted_install_is_completed_without_reconcile() {
     if !require_root("an_interrupted_install_is_completed_without_reconcile") {
         return;

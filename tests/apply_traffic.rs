@@ -71,6 +71,7 @@ macro_rules! scenarios {
             $(
                 $(#[$attr])*
                 #[test]
+                #[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
                 fn $name() {
                     super::run_scenario(stringify!($name), super::Variant::$variant, super::$name);
                 }

@@ -188,12 +188,35 @@ fn json_logs_are_json_lines_only() {
     args.push("--log_as_json");
     let out = run_meshinit(&args, &[]);
     assert_eq!(out.code, Some(0));
+    assert!(!out.stderr.is_empty());
     for line in out.stderr.lines() {
-        assert!(
-            line.starts_with("{\"time\":\"") && line.ends_with('}'),
-            "{line}"
-        );
+        assert_json_log_line(line);
     }
+}
+
+/// One JSON object per line with exactly `time` (RFC 3339, UTC), `level` and `msg` strings.
+fn assert_json_log_line(line: &str) -> serde_json::Map<String, serde_json::Value> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not a JSON object: {line}"))
+        .clone();
+    let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["level", "msg", "time"], "{line}");
+    for key in keys {
+        assert!(object[key].is_string(), "{key} is not a string: {line}");
+    }
+    let time = object["time"].as_str().unwrap();
+    assert!(
+        time.len() >= 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "time is not RFC 3339 UTC: {line}"
+    );
+    assert!(
+        ["debug", "info", "warn", "error"].contains(&object["level"].as_str().unwrap()),
+        "{line}"
+    );
+    object
 }
 
 #[test]
@@ -228,15 +251,10 @@ fn json_logs_stay_json_when_the_input_is_rejected() {
         let out = run_meshinit(args, &[]);
         assert_eq!(out.code, Some(2));
         assert!(!out.stderr.is_empty());
-        for line in out.stderr.lines() {
-            assert!(
-                line.starts_with("{\"time\":\"") && line.ends_with('}'),
-                "{line}"
-            );
-        }
-        let last = out.stderr.lines().last().unwrap();
+        let lines: Vec<_> = out.stderr.lines().map(assert_json_log_line).collect();
+        let last = lines.last().unwrap()["msg"].as_str().unwrap();
         assert!(
-            last.contains("summary: exit 2"),
+            last.starts_with("summary: exit 2"),
             "the last line is the summary: {last}"
         );
     }

@@ -1,4 +1,4 @@
-//! Istio's own 27 iptables test cases, read in place from `../shared/conformance/iptables`:
+//! Istio's own 27 iptables test cases, read from the repository's copy in `tests/data/istio/iptables`:
 //! `meshinit --dry-run` with each case's arguments must print exactly Istio's restore input
 //! (`ipv4.rules`, then `ipv6.rules`).
 

@@ -1,4 +1,4 @@
-//! Istio's own 28 nftables test cases, read in place from `../shared/conformance/nftables`:
+//! Istio's own 28 nftables test cases, read from the repository's copy in `tests/data/istio/nftables`:
 //! `meshinit --dry-run` with each case's arguments (which include `--native-nftables=true`)
 //! must print exactly the nft script Istio's native nftables backend writes (`ruleset.nft`).
 

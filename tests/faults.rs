@@ -33,6 +33,7 @@ fn assert_unchanged(before: &str, after: &str, what: &str) {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn a_conflicting_ipv6_half_stops_everything_before_ipv4_is_touched() {
     if !require_root("a_conflicting_ipv6_half_stops_everything_before_ipv4_is_touched") {
         return;
@@ -57,6 +58,7 @@ fn a_conflicting_ipv6_half_stops_everything_before_ipv4_is_touched() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn missing_ipv6_tools_with_ipv6_on_change_nothing() {
     if !require_root("missing_ipv6_tools_with_ipv6_on_change_nothing") {
         return;
@@ -89,6 +91,7 @@ fn missing_ipv6_tools_with_ipv6_on_change_nothing() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn a_held_xtables_lock_is_waited_for_then_reported() {
     if !require_root("a_held_xtables_lock_is_waited_for_then_reported") {
         return;
@@ -124,6 +127,7 @@ fn a_held_xtables_lock_is_waited_for_then_reported() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn a_held_meshinit_lock_is_waited_for_then_reported() {
     if !require_root("a_held_meshinit_lock_is_waited_for_then_reported") {
         return;
@@ -155,6 +159,7 @@ fn a_held_meshinit_lock_is_waited_for_then_reported() {
 /// The kernel pieces cannot be unloaded from a test, so the missing piece is played by a tool
 /// that fails with the exact message iptables prints when a target module is missing.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn a_missing_kernel_piece_is_named_and_nothing_is_left() {
     if !require_root("a_missing_kernel_piece_is_named_and_nothing_is_left") {
         return;
@@ -187,6 +192,7 @@ fn a_missing_kernel_piece_is_named_and_nothing_is_left() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn invalid_input_exits_2_and_changes_nothing() {
     if !require_root("invalid_input_exits_2_and_changes_nothing") {
         return;
@@ -218,6 +224,7 @@ fn invalid_input_exits_2_and_changes_nothing() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn a_non_root_user_with_file_capabilities_can_apply() {
     if !require_root("a_non_root_user_with_file_capabilities_can_apply") {
         return;
@@ -258,6 +265,7 @@ fn a_non_root_user_with_file_capabilities_can_apply() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn an_unknown_owner_group_is_named_and_nothing_changes() {
     if !require_root("an_unknown_owner_group_is_named_and_nothing_changes") {
         return;

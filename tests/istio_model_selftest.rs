@@ -11,10 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-const CASES_DIR: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/conformance/iptables"
-);
+const CASES_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/istio/iptables");
 
 fn cases() -> Vec<(String, PathBuf)> {
     let mut cases: Vec<(String, PathBuf)> = fs::read_dir(CASES_DIR)

@@ -56,6 +56,7 @@ fn landed(name: &str, orig: SocketAddr) -> (String, Option<SocketAddr>) {
 /// The harness must be able to say "not captured": with no rules, app traffic reaches the peer
 /// and never the outbound listener, and misses fail fast and distinctly.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn without_rules_nothing_is_captured() {
     if !require_root("without_rules_nothing_is_captured") {
         return;
@@ -94,6 +95,7 @@ fn without_rules_nothing_is_captured() {
 /// The client's credentials are what owner matching sees, and switching them touches only the
 /// client thread, never the test process.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn owner_match_sees_client_thread_credentials() {
     if !require_root("owner_match_sees_client_thread_credentials") {
         return;
@@ -133,6 +135,7 @@ fn owner_match_sees_client_thread_credentials() {
 /// 15006; outbound is not captured (no service CIDR); the proxy is never captured, except that
 /// its own traffic to the pod IP over lo counts as inbound; 127.0.0.6-sourced passthrough is not.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn inbound_ports_wildcard() {
     if !require_root("inbound_ports_wildcard") {
         return;
@@ -186,6 +189,7 @@ fn inbound_ports_wildcard() {
 /// The only iptables case that sends all outbound TCP to 15001 (`-A ISTIO_OUTPUT -j
 /// ISTIO_REDIRECT`): the app is captured; proxy uid or proxy gid is not; loopback is not.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn kube_virt_interfaces_outbound_capture() {
     if !require_root("kube_virt_interfaces_outbound_capture") {
         return;
@@ -230,6 +234,7 @@ fn kube_virt_interfaces_outbound_capture() {
 
 /// `--istio-service-cidr=10.0.0.0/8`: only destinations inside the CIDR are captured.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn ipnets_capture_only_included_cidr() {
     if !require_root("ipnets_capture_only_included_cidr") {
         return;
@@ -260,6 +265,7 @@ fn ipnets_capture_only_included_cidr() {
 /// `--istio-inbound-ports=4000,5000` with IPv6 on: listed ports are captured over both
 /// families with the right original destination; other ports reach the app.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn ipv6_inbound_ports() {
     if !require_root("ipv6_inbound_ports") {
         return;
@@ -296,6 +302,7 @@ fn ipv6_inbound_ports() {
 /// TPROXY inbound capture: listed ports reach the transparent 15006 listener with the original
 /// destination as the socket's own local address and the peer's source address intact.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn inbound_ports_tproxy() {
     if !require_root("inbound_ports_tproxy") {
         return;
@@ -357,6 +364,7 @@ fn inbound_ports_tproxy() {
 /// listeners with its source intact; the proxy's own lo traffic to the pod IP is REDIRECTed by
 /// the nat table to the same listener; the app's own lo traffic is left alone.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn tproxy_dual_stack() {
     if !require_root("tproxy_dual_stack") {
         return;
@@ -429,6 +437,7 @@ fn tproxy_dual_stack() {
 /// proxy uid so its UDP answers get conntrack zone 2 and are un-NATed on the way back; the
 /// proxy's own queries reach the real resolver.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn dns_capture_by_owner() {
     if !require_root("dns_capture_by_owner") {
         return;
@@ -489,6 +498,7 @@ fn dns_capture_by_owner() {
 /// Listener credentials matter: a DNS proxy running as root answers from conntrack zone 0, so
 /// its answer is not un-NATed and the app's connected socket never sees it.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn dns_answer_from_wrong_owner_is_lost() {
     if !require_root("dns_answer_from_wrong_owner_is_lost") {
         return;
@@ -514,6 +524,7 @@ fn dns_answer_from_wrong_owner_is_lost() {
 
 /// The same semantics through nftables: Istio's native-nftables ruleset for inbound `*`.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn nft_inbound_ports_wildcard() {
     if !require_root("nft_inbound_ports_wildcard") {
         return;

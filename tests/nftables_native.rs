@@ -128,6 +128,7 @@ fn nft_listing(case: &Case) -> String {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn every_case_lists_exactly_like_nft_f_of_istios_script() {
     if !require_root("every_case_lists_exactly_like_nft_f_of_istios_script") {
         return;
@@ -163,6 +164,7 @@ fn every_case_lists_exactly_like_nft_f_of_istios_script() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn applying_twice_leaves_the_same_ruleset() {
     if !require_root("applying_twice_leaves_the_same_ruleset") {
         return;
@@ -177,6 +179,7 @@ fn applying_twice_leaves_the_same_ruleset() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn switching_configuration_leaves_exactly_the_new_tables() {
     if !require_root("switching_configuration_leaves_exactly_the_new_tables") {
         return;
@@ -209,6 +212,7 @@ table ip nat {
 ";
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn cleanup_removes_our_tables_and_nothing_else() {
     if !require_root("cleanup_removes_our_tables_and_nothing_else") {
         return;
@@ -269,6 +273,7 @@ fn with_bad_jump(mut rs: Ruleset) -> (Ruleset, usize) {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn a_rejected_batch_changes_nothing_and_names_the_rule() {
     if !require_root("a_rejected_batch_changes_nothing_and_names_the_rule") {
         return;
@@ -317,6 +322,7 @@ fn a_rejected_batch_changes_nothing_and_names_the_rule() {
 /// whole number of bytes, /0, IPv6 prefixes, a DNS port equal to the tunnel port — list the
 /// same applied natively as meshinit's own script loaded with `nft -f`.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn other_configurations_list_like_their_script() {
     if !require_root("other_configurations_list_like_their_script") {
         return;
@@ -384,6 +390,7 @@ fn differences(ns: &Netns, rs: &Ruleset) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn every_case_checks_in_place_after_a_native_apply_and_after_nft_f() {
     if !require_root("every_case_checks_in_place_after_a_native_apply_and_after_nft_f") {
         return;
@@ -445,6 +452,7 @@ fn handle_of(ns: &Netns, table: &str, chain: &str, n: usize) -> (String, String)
 /// `--check` of the binary (native nftables) after each kind of tampering with `nft`: exit 3,
 /// a line naming what differs, and the ruleset exactly as the tampering left it.
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn check_reports_each_kind_of_tampering_and_changes_nothing() {
     if !require_root("check_reports_each_kind_of_tampering_and_changes_nothing") {
         return;

@@ -33,6 +33,7 @@ fn install(pod: &Netns, extra: &[&str]) {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn validation_fails_with_126_without_rules_and_passes_with_them() {
     if !require_root("validation_fails_with_126_without_rules_and_passes_with_them") {
         return;
@@ -65,6 +66,7 @@ fn validation_fails_with_126_without_rules_and_passes_with_them() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn validation_probes_ipv6_too_when_ipv6_is_on() {
     if !require_root("validation_probes_ipv6_too_when_ipv6_is_on") {
         return;

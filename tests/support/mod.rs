@@ -1,5 +1,5 @@
 //! Shared support for integration tests: the network-namespace lab, running the meshinit
-//! binary with a controlled environment, reading the conformance corpus in place, readable
+//! binary with a controlled environment, reading the conformance corpus, readable
 //! diffs, and test gating.
 
 // Every integration test binary compiles this module tree but uses only part of it.
@@ -46,12 +46,10 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
-/// The shared conformance corpus (Istio's own rule-generation cases).
+/// The repository's copy of Istio's conformance corpus (its own rule-generation cases);
+/// `tests/data/istio/README.md` says where it comes from.
 pub fn conformance_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/conformance"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/istio"))
 }
 
 /// One file of an iptables conformance case, e.g. `iptables_case("ipnets", "ipv4.rules")`.
