@@ -219,6 +219,9 @@ impl Lab {
             ip(&["-n", n, "link", "set", "lo", "up"])?;
             ip(&["-n", n, "link", "set", IFACE, "up"])?;
         }
+        for ns in [&self.pod, &self.peer] {
+            wait_for_link_local(ns)?;
+        }
         Ok(())
     }
 
@@ -282,6 +285,30 @@ fn sweep_stale_namespaces() {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = ip(&["netns", "delete", &name]);
         }
+    }
+}
+
+/// Waits until the kernel has given the veth its IPv6 link-local address. It arrives
+/// asynchronously after the link comes up; a test that snapshots addresses and routes before
+/// and after a run would otherwise see it appear in between.
+fn wait_for_link_local(ns: &Netns) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = ns.exec(
+            &["ip", "-6", "addr", "show", "dev", IFACE, "scope", "link"],
+            None,
+        )?;
+        check_output("ip -6 addr show", &out)?;
+        if String::from_utf8_lossy(&out.stdout).contains("inet6 fe80::") {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!(
+                "{}: no IPv6 link-local address on {IFACE} after 5 s",
+                ns.name
+            )));
+        }
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
