@@ -261,6 +261,17 @@ pub struct Setting {
 pub enum Command {
     /// Install (or print) rules with these settings.
     Run(RawArgs),
+    /// `meshinit explain [FLAGS]`: where each kind of traffic goes with these settings.
+    Explain(RawArgs),
+    /// `meshinit trace [FLAGS] --conn SPEC [--json]`: one connection's path.
+    Trace {
+        /// The capture settings.
+        raw: RawArgs,
+        /// The `--conn` spec, as written.
+        conn: String,
+        /// `--json`: one JSON object instead of text.
+        json: bool,
+    },
     /// `--help` / `-h`: print usage.
     Help,
     /// `--version`: print the version.
@@ -308,6 +319,9 @@ pub enum CliError {
     /// A value flag at the end of the command line.
     #[error("flag needs an argument: {0}")]
     MissingValue(String),
+    /// A sub-command flag with a value it does not take.
+    #[error("invalid value {1:?} for {0}")]
+    BadValue(String, String),
     /// A positional argument: istio-iptables takes none.
     #[error("unexpected argument {0:?}: istio-iptables takes only flags")]
     UnexpectedArgument(String),
@@ -316,13 +330,47 @@ pub enum CliError {
 /// Parses `argv` (including the program name) and the environment.
 ///
 /// `argv[1] == "istio-iptables"` is skipped: Istio's injection template passes the sub-command
-/// name as the first argument to the image's entrypoint.
+/// name as the first argument to the image's entrypoint. `explain` and `trace` there are
+/// meshinit's own sub-commands; they take the same flags (and `trace` its `--conn`, `--json`).
 pub fn parse(argv: &[String], env: &Env) -> Result<Command, CliError> {
-    let mut args = argv.iter().skip(1).peekable();
-    if args.peek().map(|a| a.as_str()) == Some("istio-iptables") {
-        args.next();
+    let rest = argv.get(1..).unwrap_or_default();
+    match rest.first().map(String::as_str) {
+        Some("explain") => Ok(match parse_flags(&rest[1..], env, &[])?.0 {
+            Command::Run(raw) => Command::Explain(raw),
+            other => other,
+        }),
+        Some("trace") => {
+            let (command, mut extra) = parse_flags(&rest[1..], env, TRACE_FLAGS)?;
+            let Command::Run(raw) = command else {
+                return Ok(command);
+            };
+            let conn = extra.remove("conn").ok_or_else(|| {
+                CliError::MissingValue("--conn (trace needs a connection)".into())
+            })?;
+            let json = match extra.remove("json").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => return Err(CliError::BadValue("--json".into(), other.into())),
+            };
+            Ok(Command::Trace { raw, conn, json })
+        }
+        Some("istio-iptables") => Ok(parse_flags(&rest[1..], env, &[])?.0),
+        _ => Ok(parse_flags(rest, env, &[])?.0),
     }
+}
 
+/// `trace`'s own flags, beside the capture flags.
+const TRACE_FLAGS: &[(&str, Kind)] = &[("conn", Kind::Value), ("json", Kind::Bool)];
+
+/// The capture flags and environment, plus a sub-command's own long flags (`extra`), whose
+/// values are returned by name.
+fn parse_flags(
+    argv: &[String],
+    env: &Env,
+    extra: &[(&'static str, Kind)],
+) -> Result<(Command, BTreeMap<&'static str, String>), CliError> {
+    let mut args = argv.iter().peekable();
+    let mut extras: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut from_cli: BTreeMap<&'static str, Setting> = BTreeMap::new();
     while let Some(arg) = args.next() {
         if arg == "--" {
@@ -337,9 +385,21 @@ pub fn parse(argv: &[String], env: &Env) -> Result<Command, CliError> {
                 None => (body, None),
             };
             match name {
-                "help" => return Ok(Command::Help),
-                "version" => return Ok(Command::Version),
+                "help" => return Ok((Command::Help, extras)),
+                "version" => return Ok((Command::Version, extras)),
                 _ => {}
+            }
+            if let Some(&(long, kind)) = extra.iter().find(|(long, _)| *long == name) {
+                let value = match (kind, inline) {
+                    (_, Some(v)) => v,
+                    (Kind::Bool, None) => "true".to_string(),
+                    (Kind::Value, None) => args
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| CliError::MissingValue(format!("--{name}")))?,
+                };
+                extras.insert(long, value);
+                continue;
             }
             let spec = FLAGS
                 .iter()
@@ -368,7 +428,7 @@ pub fn parse(argv: &[String], env: &Env) -> Result<Command, CliError> {
             while let Some(c) = rest.chars().next() {
                 let after = &rest[c.len_utf8()..];
                 if c == 'h' {
-                    return Ok(Command::Help);
+                    return Ok((Command::Help, extras));
                 }
                 let spec = FLAGS
                     .iter()
@@ -443,7 +503,7 @@ pub fn parse(argv: &[String], env: &Env) -> Result<Command, CliError> {
             (spec.name, setting)
         })
         .collect();
-    Ok(Command::Run(RawArgs { flags, env_only }))
+    Ok((Command::Run(RawArgs { flags, env_only }), extras))
 }
 
 /// The usage text for `--help`.

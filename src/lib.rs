@@ -21,6 +21,7 @@ pub mod log;
 pub mod netlink_wire;
 pub mod plan;
 mod run;
+pub mod trace;
 pub mod validate;
 
 pub use run::{exit_code, run};

@@ -13,7 +13,7 @@ use crate::config::{
     OwnerGroups,
 };
 use crate::log::Log;
-use crate::{backend, plan, validate};
+use crate::{backend, plan, trace, validate};
 
 /// The exit codes, documented in the README.
 pub mod exit_code {
@@ -94,6 +94,10 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     };
     let raw = match cli::parse(argv, env) {
         Ok(Command::Run(raw)) => raw,
+        Ok(Command::Explain(raw)) => return inspect(&raw, host, &log, None),
+        Ok(Command::Trace { raw, conn, json }) => {
+            return inspect(&raw, host, &log, Some((&conn, json)))
+        }
         Ok(Command::Help) => return print_stdout(&cli::usage()),
         Ok(Command::Version) => {
             return print_stdout(&format!("meshinit {}\n", env!("CARGO_PKG_VERSION")))
@@ -240,6 +244,63 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         return summary.finish(&log, code);
     }
     summary.finish(&log, code)
+}
+
+/// `explain` (no connection) and `trace` (a connection spec, and whether to print JSON): the
+/// configuration as a real run builds it, its plan, and the netfilter model's answer on
+/// stdout. Needs no privileges and touches nothing.
+fn inspect(raw: &cli::RawArgs, host: &dyn Host, log: &Log, conn: Option<(&str, bool)>) -> u8 {
+    let log = Log {
+        json: raw.get("log_as_json").value == "true",
+        ..*log
+    };
+    let config = match Config::build(raw, host) {
+        Ok(config) => config,
+        Err(e) => {
+            log.error(&e.to_string());
+            return match e {
+                ConfigError::Invalid { .. } => exit_code::INVALID_INPUT,
+                ConfigError::Detection(_) => exit_code::FAILURE,
+            };
+        }
+    };
+    let plan = plan::plan(&config.capture);
+    // Owner rules by group name match the gid iptables resolves when it installs them.
+    let groups =
+        apply::nftables::Groups::load(Path::new(apply::nftables::GROUP_FILE)).unwrap_or_default();
+    let lookup = |name: &str| groups.gid(name);
+    // `auto` is traced as Istio's default, iptables; the native backend differs for IPv6.
+    let backend = match config.run.backend {
+        BackendChoice::Nftables => trace::model::Backend::Nftables,
+        BackendChoice::Auto | BackendChoice::Iptables => trace::model::Backend::Iptables,
+    };
+    let text = match conn {
+        None => trace::explain::text(&config.capture, &plan, backend, &lookup),
+        Some((spec, json)) => {
+            let conn = match trace::conn::parse(spec) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    log.error(&e.to_string());
+                    return exit_code::INVALID_INPUT;
+                }
+            };
+            let mut traced = trace::model::trace(&plan, &conn, backend, &lookup);
+            if config.run.backend == BackendChoice::Auto {
+                traced.notes.push(
+                    "traced for the iptables backend (Istio's default, what --backend auto \
+                     picks when an iptables tool is installed); add --backend=nftables for the \
+                     native backend"
+                        .to_string(),
+                );
+            }
+            if json {
+                trace::render::json(&conn, &traced)
+            } else {
+                trace::render::text(&conn, &traced)
+            }
+        }
+    };
+    print_stdout(&text)
 }
 
 /// `--run-validation`: the IPv4 probe, and the IPv6 one when IPv6 is on.

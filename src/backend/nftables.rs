@@ -410,7 +410,7 @@ fn base_chain(table: Table, chain: Chain) -> Option<BaseChain> {
 /// table a rule without an address match covers both families, so where iptables needs one
 /// copy per family (`ISTIO_OUTPUT → ISTIO_OUTPUT_DNS`, raw `PREROUTING → ISTIO_INBOUND`, the
 /// include-all `→ ISTIO_REDIRECT` and its VM-interface inserts) Istio writes it once.
-fn nft_rules(plan: &Plan) -> Vec<&Rule> {
+pub fn nft_rules(plan: &Plan) -> Vec<&Rule> {
     let mut v4_texts: Vec<(Table, Chain, Position, String)> = Vec::new();
     let mut out = Vec::new();
     for rule in &plan.rules {
