@@ -4,7 +4,7 @@
 //! destination), and every real landing must be what `meshinit trace --json` predicted for
 //! that connection.
 //!
-//! `TRACE_CONFIGS` sets the number of configurations per backend (default 6) and
+//! `TRACE_CONFIGS` sets the number of configurations per backend (default 4) and
 //! `TRACE_CONNS` the connections per configuration (default 30); `TRACE_SEED` replays a run.
 
 mod support;
@@ -400,7 +400,7 @@ fn trace_agrees_with_the_kernel_on_random_configurations_and_connections() {
         return;
     }
     let seed = env_number("TRACE_SEED", std::process::id() as u64 ^ 0x5eed);
-    let configs = env_number("TRACE_CONFIGS", 6);
+    let configs = env_number("TRACE_CONFIGS", 4);
     let conns = env_number("TRACE_CONNS", 30);
     let mut rng = Rng(seed);
     let mut tally = Tally::default();

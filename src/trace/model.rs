@@ -7,7 +7,7 @@
 //! - A built-in chain's end, or `RETURN` in it, is its ACCEPT policy (Istio never sets one);
 //!   ACCEPT ends the table, not the hook: the next table still sees the packet.
 //! - REDIRECT and TPROXY end their table; DROP ends everything. MARK, CONNMARK and CT zone
-//!   rules change the packet and go on.
+//!   rules change the packet and go on (a packet keeps its first CT zone).
 //! - The connection is new (conntrack NEW): `--ctstate INVALID` and `RELATED,ESTABLISHED`
 //!   never match its first packet.
 //! - Socket-owner matches exist only where a local socket sent the packet (OUTPUT);
@@ -286,7 +286,11 @@ impl Walk<'_> {
                 Target::SetMark(mark) => p.mark = *mark,
                 Target::SaveMark => p.connmark = p.mark,
                 Target::RestoreMark => p.mark = p.connmark,
-                Target::ConntrackZone(zone) => p.zone = Some(*zone),
+                // The first CT rule wins: once a packet has a conntrack template, the kernel
+                // ignores later CT targets (xt_CT and nft's `ct zone set` alike).
+                Target::ConntrackZone(zone) => {
+                    p.zone.get_or_insert(*zone);
+                }
             }
         }
         // The innermost chain that let it through, since the last rule that matched.

@@ -1,0 +1,292 @@
+//! `meshinit explain` and `meshinit trace` through the binary, without privileges: the
+//! summary for Istio's default sidecar, TPROXY, DNS capture and a CIDR include list against
+//! hand-written expectations; the trace's JSON shape; and bad connection specs.
+
+mod support;
+
+use support::{run_meshinit, ISTIO_INIT_ARGS};
+
+/// `meshinit <sub> <Istio's default args> <extra>` with detection pinned.
+fn run(sub: &str, extra: &[&str], env: &[(&str, &str)]) -> support::Output {
+    let mut args = vec![sub.to_string()];
+    args.extend(ISTIO_INIT_ARGS.iter().map(|a| a.to_string()));
+    args.push("--ipv6=false".to_string());
+    args.push("--dns-servers=".to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    run_meshinit(&args, &env)
+}
+
+/// The explain row whose connection column starts with `what`: (goes, decided by).
+fn row<'a>(text: &'a str, what: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(what))
+        .unwrap_or_else(|| panic!("no row {what:?} in:\n{text}"))
+}
+
+#[track_caller]
+fn expect_row(text: &str, what: &str, goes: &str, decided: &str) {
+    let line = row(text, what);
+    assert!(
+        line.contains(goes) && line.contains(decided),
+        "row {what:?}: expected {goes:?} decided by {decided:?}, got:\n{line}"
+    );
+}
+
+#[test]
+fn explain_istio_default_sidecar() {
+    let out = run("explain", &[], &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let t = &out.stdout;
+    assert!(t.contains("inbound mode REDIRECT; families IPv4"), "{t}");
+    expect_row(
+        t,
+        "out app → 203.0.113.10:80 ",
+        "redirected to port 15001",
+        "nat/ISTIO_REDIRECT",
+    );
+    expect_row(
+        t,
+        "out app → 203.0.113.10:8125 udp",
+        "not captured",
+        "no rule of nat/ISTIO_REDIRECT matched",
+    );
+    expect_row(
+        t,
+        "out proxy (uid 1337)",
+        "not captured",
+        "proxy's own traffic is not captured",
+    );
+    expect_row(t, "out app → localhost", "not captured", "nat/ISTIO_OUTPUT");
+    expect_row(
+        t,
+        "out proxy → this pod's own address",
+        "redirected to port 15006",
+        "nat/ISTIO_IN_REDIRECT",
+    );
+    expect_row(
+        t,
+        "in  peer → app port 8080 ",
+        "redirected to port 15006",
+        "nat/ISTIO_IN_REDIRECT",
+    );
+    for port in ["15090", "15021", "15020"] {
+        expect_row(
+            t,
+            &format!("in  peer → app port {port} (-d)"),
+            "not captured",
+            "excluded inbound port",
+        );
+    }
+    expect_row(
+        t,
+        "in  peer → app port 8080 udp",
+        "not captured",
+        "no rule of ours matched",
+    );
+}
+
+#[test]
+fn explain_tproxy() {
+    let out = run("explain", &["-m", "TPROXY"], &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let t = &out.stdout;
+    assert!(t.contains("TPROXY (mark 0x539, route table 133)"), "{t}");
+    expect_row(
+        t,
+        "in  peer → app port 8080 ",
+        "TPROXY to port 15006, mark 0x539",
+        "mangle/ISTIO_TPROXY",
+    );
+    expect_row(
+        t,
+        "in  peer → app port 15090 (-d)",
+        "not captured",
+        "mangle/ISTIO_INBOUND",
+    );
+    expect_row(
+        t,
+        "out app → 203.0.113.10:80 ",
+        "redirected to port 15001",
+        "nat/ISTIO_REDIRECT",
+    );
+}
+
+#[test]
+fn explain_dns_capture() {
+    let out = run(
+        "explain",
+        &["--redirect-dns", "--dns-servers=10.96.0.10"],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let t = &out.stdout;
+    expect_row(
+        t,
+        "out app → DNS 10.96.0.10:53 udp",
+        "redirected to port 15053",
+        "nat/ISTIO_OUTPUT_DNS",
+    );
+    expect_row(
+        t,
+        "out app → DNS 10.96.0.10:53 tcp",
+        "redirected to port 15053",
+        "nat/ISTIO_OUTPUT",
+    );
+    expect_row(
+        t,
+        "out proxy → DNS 10.96.0.10:53 udp",
+        "not captured: goes to its destination (conntrack zone 1)",
+        "proxy's own traffic is not captured",
+    );
+}
+
+#[test]
+fn explain_cidr_include() {
+    let out = run(
+        "explain",
+        &["-i", "10.96.0.0/12", "-x", "10.96.1.0/24"],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let t = &out.stdout;
+    expect_row(
+        t,
+        "out app → 203.0.113.10:80 ",
+        "not captured",
+        "nat/ISTIO_OUTPUT",
+    );
+    expect_row(
+        t,
+        "out app → 10.96.0.0:80 (in -i)",
+        "redirected to port 15001",
+        "nat/ISTIO_REDIRECT",
+    );
+    expect_row(
+        t,
+        "out app → 10.96.1.0:80 (in -x 10.96.1.0/24)",
+        "not captured",
+        "excluded outbound CIDR",
+    );
+}
+
+#[test]
+fn trace_prints_one_json_object_with_verdict_port_and_path() {
+    let out = run(
+        "trace",
+        &[
+            "--conn",
+            "out tcp uid=1000 gid=1000 dst=10.96.0.10:80",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON object");
+    assert_eq!(v["verdict"], "redirect");
+    assert_eq!(v["port"], 15001);
+    let path = v["path"].as_array().unwrap();
+    let chains: Vec<&str> = path.iter().map(|s| s["chain"].as_str().unwrap()).collect();
+    assert_eq!(chains, ["OUTPUT", "ISTIO_OUTPUT", "ISTIO_REDIRECT"]);
+    for step in path {
+        assert_eq!(step["table"], "nat");
+        assert!(step["purpose"].as_str().is_some_and(|p| !p.is_empty()));
+        assert!(step["text"].as_str().unwrap().starts_with("-t nat -A "));
+    }
+    let out = run(
+        "trace",
+        &[
+            "--conn=in tcp src=10.0.0.7:4321 dst=10.244.1.5:15021",
+            "--json",
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON object");
+    assert_eq!(
+        (v["verdict"].as_str(), v["port"].is_null()),
+        (Some("accept"), true)
+    );
+}
+
+#[test]
+fn trace_text_names_the_verdict_and_each_rule() {
+    let out = run(
+        "trace",
+        &["--conn", "out udp uid=1000 dst=10.96.0.10:53"],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("verdict: not captured"),
+        "{}",
+        out.stdout
+    );
+    let out = run(
+        "trace",
+        &[
+            "--redirect-dns",
+            "--dns-servers=10.96.0.10",
+            "--conn",
+            "out udp uid=1000 dst=10.96.0.10:53",
+        ],
+        &[],
+    );
+    assert!(
+        out.stdout.contains("verdict: redirected to port 15053"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("-t nat -A ISTIO_OUTPUT_DNS"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn native_nftables_traces_ipv6_as_captured_even_with_ipv6_off() {
+    let spec = "out tcp uid=1000 dst=[2001:db8::1]:80";
+    let v: serde_json::Value =
+        serde_json::from_str(&run("trace", &["--conn", spec, "--json"], &[]).stdout).unwrap();
+    assert_eq!(
+        v["verdict"], "accept",
+        "iptables: no IPv6 rules with IPv6 off"
+    );
+    let v: serde_json::Value = serde_json::from_str(
+        &run(
+            "trace",
+            &["--native-nftables", "--conn", spec, "--json"],
+            &[],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(
+        v["verdict"], "redirect",
+        "nftables' inet tables capture IPv6 too"
+    );
+}
+
+#[test]
+fn bad_connection_specs_exit_2_naming_the_field() {
+    for (conn, field) in [
+        ("sideways tcp dst=1.2.3.4:80", "direction"),
+        ("out tcp dst=1.2.3.4", "dst"),
+        ("out tcp uid=me dst=1.2.3.4:80", "uid"),
+    ] {
+        let out = run("trace", &["--conn", conn], &[]);
+        assert_eq!(out.code, Some(2), "{conn}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("--conn {field}")),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = run("trace", &[], &[]);
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("--conn"), "{}", out.stderr);
+}
