@@ -195,20 +195,6 @@ cmd_build() {
     log "build done in $((SECONDS - start)) s"
 }
 
-# The Python environment of the test: kubernetes-validate (it ships Kubernetes' JSON schemas)
-# and PyYAML, in a venv under the cache, never in the system's Python.
-venv() {
-    local dir="$CACHE/venv" py=/usr/bin/python3
-    [ -x "$py" ] || py="$(command -v python3)"
-    if [ ! -x "$dir/bin/python" ] || ! "$dir/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
-        log "making the Python venv $dir (kubernetes-validate, PyYAML)"
-        rm -rf "$dir"
-        "$py" -m venv "$dir" >&2
-        "$dir/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate>=1.28' PyYAML >&2
-    fi
-    echo "$dir/bin/python"
-}
-
 cmd_test() {
     ensure_packages
     setup_podman
@@ -217,8 +203,8 @@ cmd_test() {
         podman image exists "$img" || die "$img is missing: run scripts/image.sh build first"
     done
     local py
-    py="$(venv)"
-    MESHINIT_VENV_PYTHON="$py" exec "$py" scripts/pod_test.py \
+    py="$(bash scripts/validate-examples.sh --python)"
+    exec "$py" scripts/pod_test.py \
         --image "$IMAGE_DEFAULT" --nftables-image "$IMAGE_NFTABLES" \
         --validate-script scripts/validate-examples.sh
 }
