@@ -285,7 +285,8 @@ class Test:
             raise RuntimeError(f"seccompProfile {seccomp} is not supported by the test")
         return flags
 
-    def run_container(self, pod, spec, image, extra_args=(), extra_env=None, sc_override=None):
+    def run_container(self, pod, spec, image, extra_args=(), extra_env=None, sc_override=None,
+                      extra_podman=()):
         """Runs one container of the example in the pod's namespace; returns (code, stderr)."""
         if spec.get("command"):
             raise RuntimeError(f"{spec['name']}: the test runs the image's entrypoint; "
@@ -298,7 +299,7 @@ class Test:
         name = f"{NS_PREFIX}-{os.getpid()}-{self.serial}-{spec['name']}"
         self.containers.append(name)
         argv = self.podman + ["--rm", "--name", name, "--network", f"ns:/run/netns/{pod.ns}"]
-        argv += self.security_flags(sc)
+        argv += self.security_flags(sc) + list(extra_podman)
         for k, v in env.items():
             argv += ["--env", f"{k}={v}"]
         argv += [image] + [str(a) for a in spec.get("args", [])] + list(extra_args)
@@ -700,7 +701,8 @@ def read_only(t):
         problems = []
         if code != 1:
             problems.append(f"exit {code}, expected 1")
-        want = ["/run/xtables.lock", "Read-only file system", "nothing changed"]
+        want = ["/run/xtables.lock", "Read-only file system", "needs a writable /run",
+                "nothing changed"]
         missing = [w for w in want if w not in err]
         if missing:
             problems.append(f"stderr lacks {missing}: {err.strip().splitlines()[-2:]}")
@@ -710,7 +712,22 @@ def read_only(t):
         return "; ".join(problems) or None
 
     t.case("[read-only root filesystem] the legacy variant fails with exit 1, names the "
-           "read-only lock file, and changes nothing", legacy)
+           "read-only lock file and what to do, and changes nothing", legacy)
+
+    def legacy_with_run():
+        pod = t.make_pod("read-only legacy, /run writable", False)
+        # An emptyDir at /run, as the Troubleshooting section advises.
+        code, err = t.run_container(pod, t.init, t.image,
+                                    extra_env={"FORCE_IPTABLES_BINARY": "legacy"},
+                                    sc_override=ro, extra_podman=["--tmpfs", "/run"])
+        if code != 0:
+            return f"exit {code}: {err.strip().splitlines()[-2:]}"
+        if "ISTIO_OUTPUT" not in pod.snapshot():
+            return "exit 0 but no ISTIO_OUTPUT chain in the namespace"
+        return None
+
+    t.case("[read-only root filesystem] the legacy variant works with a writable /run "
+           "(an emptyDir there)", legacy_with_run)
 
 
 def examples_cases(t, script):
