@@ -21,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${MESHINIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshinit-image}"
+CACHE="${MESHINIT_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/meshinit-image}"
 MIRROR="${MESHINIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SECURITY_MIRROR="${MESHINIT_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 IMAGE_DEFAULT=localhost/meshinit:latest
@@ -46,6 +46,7 @@ ensure_packages() {
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         log "installing ${missing[*]}"
+        apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null
     else
@@ -181,13 +182,21 @@ cmd_build() {
         --volume "$CACHE/cargo-registry:/usr/local/cargo/registry"
         --volume "$CACHE/cargo-target:/src/target"
         --layers --format oci)
+    # The images these tags name now; replaced by this build, they are removed after it
+    # (only those: other dangling images in the store are not this script's).
+    local previous=() img size id
+    for img in "$IMAGE_DEFAULT" "$IMAGE_NFTABLES"; do
+        id="$(podman image inspect --format '{{.Id}}' "$img" 2>/dev/null)" && previous+=("$id")
+    done
     log "building $IMAGE_NFTABLES"
     podman build "${common[@]}" --target nftables --tag "$IMAGE_NFTABLES" . >&2
     log "building $IMAGE_DEFAULT"
     podman build "${common[@]}" --tag "$IMAGE_DEFAULT" . >&2
-    # Intermediate images of earlier builds (dangling) would pile up in the store.
-    podman image prune --force >/dev/null 2>&1 || true
-    local img size
+    for id in "${previous[@]}"; do
+        if [ -z "$(podman image inspect --format '{{.RepoTags}}' "$id" 2>/dev/null | tr -d '[]')" ]; then
+            podman rmi "$id" >/dev/null 2>&1 || true
+        fi
+    done
     for img in "$IMAGE_DEFAULT" "$IMAGE_NFTABLES"; do
         size="$(podman image inspect --format '{{.Size}}' "$img")"
         log "$img: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.1f MB", s / 1e6 }'))"
@@ -218,7 +227,6 @@ cmd_clean() {
             podman rmi "$img" >/dev/null 2>&1 || true
         done
     done
-    podman image prune --force >/dev/null 2>&1 || true
     rm -rf "$CACHE"
 }
 

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${MESHINIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meshinit-image}"
+CACHE="${MESHINIT_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/meshinit-image}"
 VENV="$CACHE/venv"
 REQUIREMENTS=(kubernetes-validate==1.37.0 PyYAML==6.0.4)
 
