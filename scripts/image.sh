@@ -37,7 +37,7 @@ die() { log "error: $*"; exit 1; }
 # Installs the Debian packages the build and the test need when they are missing (as root
 # with apt-get, as CI runs); otherwise names them.
 ensure_packages() {
-    local want=(podman runc mmdebstrap uidmap iptables nftables iproute2 util-linux
+    local want=(podman runc mmdebstrap uidmap iptables nftables iproute2 util-linux procps
         ca-certificates python3 python3-venv)
     local missing=() p
     for p in "${want[@]}"; do
@@ -211,10 +211,12 @@ cmd_test() {
     for img in "$IMAGE_DEFAULT" "$IMAGE_NFTABLES"; do
         podman image exists "$img" || die "$img is missing: run scripts/image.sh build first"
     done
-    local py
+    local py probe
     py="$(bash scripts/validate-examples.sh --python)"
+    # A Debian image with a shell, for reading what security context a container really gets.
+    probe="$(base debian)"
     exec "$py" scripts/pod_test.py \
-        --image "$IMAGE_DEFAULT" --nftables-image "$IMAGE_NFTABLES" \
+        --image "$IMAGE_DEFAULT" --nftables-image "$IMAGE_NFTABLES" --probe-image "$probe" \
         --validate-script scripts/validate-examples.sh
 }
 

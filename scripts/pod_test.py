@@ -193,6 +193,8 @@ class Test:
         self.yaml = yaml
         self.image = args["image"]
         self.nft_image = args["nftables_image"]
+        self.probe_image = args["probe_image"]
+        self.last_stdout = ""
         self.root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.passed = 0
         self.failed = 0
@@ -309,6 +311,7 @@ class Test:
             sh(["podman", "rm", "--force", name])
             return None, f"timed out after {RUN_TIMEOUT} s"
         self.containers.remove(name)
+        self.last_stdout = r.stdout
         return r.returncode, r.stderr
 
     # -- namespaces --------------------------------------------------------------------------
@@ -730,6 +733,42 @@ def read_only(t):
            "(an emptyDir there)", legacy_with_run)
 
 
+def security_context(t):
+    """What the runtime really gives the init and validation containers, read from
+    /proc/self/status by a Debian image run with the same flags (meshinit's images have no
+    shell): the manifest's security context, mapped to podman flags, is the one applied."""
+    status = ["grep", "-E", "^(Uid|Gid|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):",
+              "/proc/self/status"]
+    expected = {
+        "istio-init": {"Uid": "0", "Gid": "0", "CapEff": "0000000000003000",
+                       "CapBnd": "0000000000003000", "NoNewPrivs": "1", "Seccomp": "2"},
+        "istio-validation": {"Uid": "1337", "Gid": "1337", "CapEff": "0000000000000000",
+                             "CapBnd": "0000000000000000", "NoNewPrivs": "1", "Seccomp": "2"},
+    }
+    for spec, what in ((t.init, "NET_ADMIN and NET_RAW only"), (t.validation, "no capability")):
+        def check(spec=spec):
+            if not t.probe_image:
+                return "no --probe-image given"
+            pod = t.make_pod(f"security context {spec['name']}", False)
+            probe = dict(spec, args=status)
+            code, err = t.run_container(pod, probe, t.probe_image)
+            if code != 0:
+                return f"exit {code}: {err.strip()[-300:]}"
+            got = {}
+            for line in t.last_stdout.splitlines():
+                key, _, value = line.partition(":")
+                got[key] = value.split()[0] if value.split() else ""
+            wrong = {k: (got.get(k), v) for k, v in expected[spec["name"]].items()
+                     if got.get(k) != v}
+            if wrong:
+                return f"(got, expected): {wrong}"
+            return None
+
+        t.case(f"[security context] {spec['name']} as the manifest says runs as uid "
+               f"{expected[spec['name']]['Uid']} with {what}, no-new-privileges and the "
+               "runtime's seccomp filter", check)
+
+
 def examples_cases(t, script):
     """scripts/validate-examples.sh's cases, counted here."""
     r = sh(["bash", script], timeout=600)
@@ -758,7 +797,7 @@ def sweep_stale():
 
 def main(argv):
     args = {"image": "localhost/meshinit:latest", "nftables_image": "localhost/meshinit:nftables",
-            "validate_script": None}
+            "validate_script": None, "probe_image": None}
     it = iter(argv)
     for a in it:
         key = a.lstrip("-").replace("-", "_")
@@ -781,6 +820,7 @@ def main(argv):
             examples_cases(t, args["validate_script"])
         for label, image_attr, env, dual, summary in SCENARIOS:
             scenario(t, label, getattr(t, image_attr), env, dual, summary)
+        security_context(t)
         validation_without_rules(t, "image", "default image")
         validation_without_rules(t, "nft_image", "native nftables image")
         read_only(t)
