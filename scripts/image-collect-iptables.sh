@@ -13,8 +13,11 @@ set -eu
 OUT="${1:?usage: image-collect-iptables.sh OUT}"
 SBIN=/usr/sbin
 
-xtlib="$(ls -d /usr/lib/*-linux-*/xtables | head -n 1)"
-[ -d "$xtlib" ] || { echo "error: no /usr/lib/<triplet>/xtables directory" >&2; exit 1; }
+xtlib=
+for dir in /usr/lib/*-linux-*/xtables; do
+    [ -d "$dir" ] && { xtlib="$dir"; break; }
+done
+[ -n "$xtlib" ] || { echo "error: no /usr/lib/<triplet>/xtables directory" >&2; exit 1; }
 
 mkdir -p "$OUT$SBIN" "$OUT$xtlib"
 for multi in xtables-legacy-multi xtables-nft-multi; do

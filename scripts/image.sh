@@ -116,10 +116,12 @@ mmdebstrap_base() {
         if [ "${#cas[@]}" -gt 0 ]; then
             hooks+=(--customize-hook="copy-in ${cas[*]} /usr/local/share/ca-certificates/")
         fi
+        # shellcheck disable=SC2016 # "$1" is mmdebstrap's (the rootfs), not ours
         hooks+=(--customize-hook='chroot "$1" update-ca-certificates --fresh >/dev/null')
     fi
     local sources=("deb $MIRROR $suite main" "deb $MIRROR $suite-updates main"
         "deb $SECURITY_MIRROR $suite-security main")
+    # shellcheck disable=SC2016 # in the hooks, "$1" is mmdebstrap's (the rootfs)
     mmdebstrap --quiet --variant=apt --format=tar \
         --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
         --dpkgopt='path-exclude=/usr/share/man/*' \
