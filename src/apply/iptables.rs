@@ -98,6 +98,11 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
     let hint = if out.stderr.contains("xtables lock") {
         " (another program holds the xtables lock, /run/xtables.lock, longer than --xtables-wait)"
             .to_string()
+    } else if out.stderr.contains("lock file") && out.stderr.contains("Read-only file system") {
+        " (legacy iptables needs a writable /run for its lock file: keep readOnlyRootFilesystem \
+         false as Istio does for istio-init, mount an emptyDir at /run, or use the nft variant \
+         or --native-nftables)"
+            .to_string()
     } else {
         kernel_hint(&out.stderr)
     };
