@@ -38,7 +38,7 @@ impl Tools {
     pub fn restore(&self) -> String {
         self.name("-restore")
     }
-    /// The plain tool, used for the nat-table probe: `iptables-nft`, ….
+    /// The plain tool's name, which names the variant in the summary: `iptables-nft`, ….
     pub fn main(&self) -> String {
         self.name("")
     }
@@ -148,6 +148,24 @@ pub fn save(runner: &dyn Runner, tools: Tools) -> Result<Saved, IptablesError> {
     Ok(parse_save(&out.stdout))
 }
 
+/// Reads the live rules of a variant that may not exist here: `None` when its tool is not
+/// installed or the kernel lacks the variant's interface altogether (neither can hold rules).
+/// Any other failure — no permission, a broken tool — is an error: the state is unknown.
+pub fn save_if_present(runner: &dyn Runner, tools: Tools) -> Result<Option<Saved>, IptablesError> {
+    match save(runner, tools) {
+        Ok(saved) => Ok(Some(saved)),
+        Err(IptablesError::Spawn { error, .. }) if error.starts_with("not installed") => Ok(None),
+        Err(IptablesError::Tool { stderr, .. })
+            if ["Protocol not supported", "Address family not supported"]
+                .iter()
+                .any(|m| stderr.contains(m)) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// How legacy iptables serialises writers.
 #[derive(Clone, Debug)]
 pub struct XtablesLock {
@@ -159,8 +177,8 @@ pub struct XtablesLock {
     pub file: Option<std::path::PathBuf>,
 }
 
-/// Feeds a restore input. With `noflush` (applying) only the listed chains change; without
-/// (rollback) each listed table is replaced wholesale.
+/// Feeds a restore input. With `noflush` (everything meshinit writes) only the listed chains
+/// change; without, each listed table would be replaced wholesale.
 pub fn restore(
     runner: &dyn Runner,
     tools: Tools,
@@ -286,23 +304,21 @@ pub fn choose_variant(
     }
 }
 
-/// Adds and removes a rule that can never match (protocol 255) in the nat table.
+/// The probe's restore input: a rule that can never match (protocol 255) added to nat OUTPUT
+/// and deleted again in the same transaction. The kernel still has to create the nat table's
+/// OUTPUT base chain (what fails without nat support), but since the batch is atomic nothing
+/// of the rule can be left behind, even when meshinit is killed meanwhile.
+pub const PROBE_INPUT: &str =
+    "*nat\n-A OUTPUT -p 255 -j RETURN\n-D OUTPUT -p 255 -j RETURN\nCOMMIT\n";
+
+/// Whether the nft variant can use the nat table (Istio's probe, made atomic: see
+/// [`PROBE_INPUT`]).
 fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
-    let program = tools.main();
-    let rule = ["-t", "nat", "-A", "OUTPUT", "-p", "255", "-j", "RETURN"];
-    let added = run(runner, &program, &rule, &[], None).map_err(|e| e.to_string())?;
-    if !added.success() {
-        return Err(format!(
-            "{}{}",
-            added.stderr.trim(),
-            kernel_hint(&added.stderr)
-        ));
-    }
-    let mut delete = rule;
-    delete[2] = "-D";
-    let removed = run(runner, &program, &delete, &[], None).map_err(|e| e.to_string())?;
-    if !removed.success() {
-        return Err(format!("probe rule left behind: {}", removed.stderr.trim()));
+    let program = tools.restore();
+    let out =
+        run(runner, &program, &["--noflush"], &[], Some(PROBE_INPUT)).map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("{}{}", out.stderr.trim(), kernel_hint(&out.stderr)));
     }
     Ok(())
 }
@@ -374,11 +390,15 @@ mod tests {
         let fake = Fake::default()
             .answer("iptables-legacy-save", 0, EMPTY)
             .answer("iptables-nft-save", 0, "")
-            .answer("iptables-nft", 0, "");
+            .answer("iptables-nft-restore", 0, "");
         assert_eq!(pick(&fake).unwrap(), IptablesVariant::Nft);
         let calls = fake.calls.borrow();
-        assert!(calls.contains(&"iptables-nft -t nat -A OUTPUT -p 255 -j RETURN".to_string()));
-        assert!(calls.contains(&"iptables-nft -t nat -D OUTPUT -p 255 -j RETURN".to_string()));
+        // One restore transaction: nothing of the probe can outlive it.
+        assert!(calls.contains(&"iptables-nft-restore --noflush".to_string()));
+        assert!(
+            !calls.iter().any(|c| c.starts_with("iptables-nft ")),
+            "{calls:?}"
+        );
     }
 
     #[test]
@@ -392,7 +412,7 @@ mod tests {
                 .calls
                 .borrow()
                 .iter()
-                .any(|c| c.starts_with("iptables-nft ")),
+                .any(|c| c.starts_with("iptables-nft-restore")),
             "no probe needed"
         );
         let fake = Fake::default()
@@ -410,7 +430,7 @@ mod tests {
         let fake = Fake::default()
             .answer("iptables-legacy-save", 0, EMPTY)
             .answer("iptables-nft-save", 0, "")
-            .answer("iptables-nft", 1, "");
+            .answer("iptables-nft-restore", 1, "");
         assert_eq!(pick(&fake).unwrap(), IptablesVariant::Legacy);
         let err = pick(&Fake::default()).unwrap_err().to_string();
         assert!(

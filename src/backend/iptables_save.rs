@@ -142,8 +142,14 @@ pub fn canonical_spec(rule: &Rule, resolve: GroupResolver<'_>) -> Result<String,
                     dst = Some(format!("{}-d {}", neg(*negate), saved_net(net)));
                 }
             }
-            Match::InInterface(name) => iface_in = Some(format!("-i {name}")),
-            Match::OutInterface(name) => iface_out = Some(format!("-o {name}")),
+            // A bare `+` matches every interface, and iptables-save prints no option for it.
+            Match::InInterface(name) if name.as_str() != "+" => {
+                iface_in = Some(format!("-i {name}"))
+            }
+            Match::OutInterface(name) if name.as_str() != "+" => {
+                iface_out = Some(format!("-o {name}"))
+            }
+            Match::InInterface(_) | Match::OutInterface(_) => {}
             Match::Protocol(p) => proto = Some(*p),
             Match::DestinationPort { port, negate } => {
                 modules.push(format!(
@@ -514,24 +520,270 @@ fn transaction_text(
     out
 }
 
-/// The restore input that puts these tables back exactly as they were (without `--noflush`,
-/// restore replaces each listed table wholesale; a table that was not there comes back empty).
-pub fn rollback_text(live: &Saved, tables: &[String]) -> String {
-    tables
-        .iter()
-        .map(|t| match live.get(t) {
-            Some(saved) => saved.text.clone(),
-            None => format!("*{t}\nCOMMIT\n"),
-        })
-        .collect()
+/// The `--noflush` restore input that puts back, table by table, what a run of ours changed
+/// between the dump `before` and the dump `now` — and nothing else: chains of ours are flushed
+/// and refilled (or deleted), and in other chains only rules of ours (jumps into our chains,
+/// rules equal to planned ones, the variant-detection probe) are deleted or re-inserted at
+/// their old place. Other owners' rules are never rewritten, so a rule iptables-save cannot
+/// print faithfully (an nft set match) survives. Empty when nothing of ours changed.
+pub fn undo_text(before: &Saved, now: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> String {
+    let mut out = String::new();
+    let names: std::collections::BTreeSet<&String> = before.keys().chain(now.keys()).collect();
+    let empty = SavedTable::default();
+    for name in names {
+        let was = before.get(name).unwrap_or(&empty);
+        let is = now.get(name).unwrap_or(&empty);
+        let planned = |chain: &str| -> Vec<String> {
+            expected
+                .iter()
+                .filter(|(t, _)| t.name() == name)
+                .flat_map(|(_, e)| e.chains.iter())
+                .filter(|(c, _)| c.name() == chain)
+                .flat_map(|(_, r)| r.clone())
+                .collect()
+        };
+        let (mut declare, mut delete, mut remove, mut refill, mut insert) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Chains of ours: refill those that changed, delete those that are new.
+        let mut ours: Vec<&str> = was.our_chains().collect();
+        ours.extend(
+            is.our_chains()
+                .filter(|c| !was.chains.iter().any(|w| w == c)),
+        );
+        for chain in ours {
+            let existed = was.chains.iter().any(|c| c == chain);
+            let exists = is.chains.iter().any(|c| c == chain);
+            if existed && exists && was.rules_of(chain) == is.rules_of(chain) {
+                continue;
+            }
+            declare.push(format!(":{chain} - [0:0]"));
+            if existed {
+                refill.extend(
+                    was.rules_of(chain)
+                        .iter()
+                        .map(|r| format!("-A {chain} {r}")),
+                );
+            } else {
+                remove.push(format!("-X {chain}"));
+            }
+        }
+        // Other chains: only rules of ours move.
+        for chain in is
+            .chains
+            .iter()
+            .filter(|c| !c.starts_with(OUR_CHAIN_PREFIX))
+        {
+            let planned = planned(chain);
+            let is_ours = |spec: &String| {
+                jumps_to_ours(spec)
+                    || planned.contains(spec)
+                    || (name == "nat" && chain == "OUTPUT" && spec == PROBE_SPEC)
+            };
+            let (old, new) = (was.rules_of(chain), is.rules_of(chain));
+            if old == new {
+                continue;
+            }
+            let (kept_old, kept_new): (Vec<usize>, Vec<usize>) =
+                common_subsequence(old, new).into_iter().unzip();
+            for (i, spec) in new.iter().enumerate() {
+                if !kept_new.contains(&i) && is_ours(spec) {
+                    delete.push(format!("-D {chain} {spec}"));
+                }
+            }
+            // After the deletions the chain holds the common rules (and any foreign rule added
+            // meanwhile, which stays); re-insert ours at their old positions among them.
+            let mut position = 0;
+            for (i, spec) in old.iter().enumerate() {
+                if kept_old.contains(&i) {
+                    position += 1;
+                } else if is_ours(spec) {
+                    position += 1;
+                    insert.push(format!("-I {chain} {position} {spec}"));
+                }
+            }
+        }
+        let lines: Vec<String> = [declare, delete, remove, refill, insert].concat();
+        if lines.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{name}\n"));
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
 }
 
-/// The tables a restore input touches.
-pub fn tables_in(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix('*'))
-        .map(|t| t.trim().to_string())
-        .collect()
+/// The pairs of indices `(in a, in b)` of a longest common subsequence of two rule lists.
+/// Chains are short (built-in chains of a pod hold tens of rules), so the quadratic table is
+/// cheap; equal prefixes and suffixes are matched first anyway.
+fn common_subsequence(a: &[String], b: &[String]) -> Vec<(usize, usize)> {
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let suffix = a[prefix..]
+        .iter()
+        .rev()
+        .zip(b[prefix..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (ma, mb) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
+    // lengths[i][j]: LCS length of ma[i..] and mb[j..].
+    let mut lengths = vec![vec![0usize; mb.len() + 1]; ma.len() + 1];
+    for i in (0..ma.len()).rev() {
+        for j in (0..mb.len()).rev() {
+            lengths[i][j] = if ma[i] == mb[j] {
+                lengths[i + 1][j + 1] + 1
+            } else {
+                lengths[i + 1][j].max(lengths[i][j + 1])
+            };
+        }
+    }
+    let mut pairs: Vec<(usize, usize)> = (0..prefix).map(|i| (i, i)).collect();
+    let (mut i, mut j) = (0, 0);
+    while i < ma.len() && j < mb.len() {
+        if ma[i] == mb[j] {
+            pairs.push((prefix + i, prefix + j));
+            i += 1;
+            j += 1;
+        } else if lengths[i + 1][j] >= lengths[i][j + 1] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    pairs.extend((0..suffix).map(|k| (a.len() - suffix + k, b.len() - suffix + k)));
+    pairs
+}
+
+/// The rule meshinit's (and Istio's) variant detection adds to and removes from nat OUTPUT:
+/// protocol 255 never matches. A run killed in between leaves it behind.
+pub const PROBE_SPEC: &str = "-p 255 -j RETURN";
+
+/// How many leftover variant-detection probe rules nat OUTPUT holds.
+pub fn leftover_probes(live: &Saved) -> usize {
+    live.get("nat")
+        .map(|t| {
+            t.rules_of("OUTPUT")
+                .iter()
+                .filter(|s| *s == PROBE_SPEC)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The `--noflush` restore input deleting every leftover probe rule; empty when there is none.
+pub fn probe_cleanup_text(live: &Saved) -> String {
+    match leftover_probes(live) {
+        0 => String::new(),
+        n => format!(
+            "*nat\n{}COMMIT\n",
+            format!("-D OUTPUT {PROBE_SPEC}\n").repeat(n)
+        ),
+    }
+}
+
+/// A rule of another owner ahead of our first jump in a built-in chain that ends packets'
+/// walk through the chain before they reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shadow {
+    /// One line naming the table, the rule, its position and our jump.
+    pub text: String,
+    /// Whether it takes all traffic (no match, a terminal verdict), not only matching packets.
+    pub all: bool,
+}
+
+/// The rules of other owners that sit before our first jump in a built-in chain and can end a
+/// packet's walk there: a verdict ACCEPT, DROP, REJECT or RETURN, or a jump to another
+/// owner's chain that can end in ACCEPT, DROP or REJECT. Without a match such a rule takes all
+/// traffic (capture is not in effect); with one, only the packets it matches. A rule
+/// iptables-save cannot print faithfully (an nft set match) looks unconditional here.
+pub fn shadowing(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> Vec<Shadow> {
+    let mut out = Vec::new();
+    for (table, want) in expected {
+        let Some(live_table) = live.get(table.name()) else {
+            continue;
+        };
+        for (chain, planned) in want.chains.iter().filter(|(c, _)| c.is_builtin()) {
+            let rules = live_table.rules_of(chain.name());
+            let Some(first_jump) = rules.iter().position(|s| jumps_to_ours(s)) else {
+                continue;
+            };
+            for (i, spec) in rules[..first_jump].iter().enumerate() {
+                // Ours, or the probe (reported on its own).
+                if planned.contains(spec) || (*table == Table::Nat && spec == PROBE_SPEC) {
+                    continue;
+                }
+                let Some((ends, unconditional)) = ends_walk(live_table, spec, 0) else {
+                    continue;
+                };
+                let all = unconditional && (spec.starts_with("-j ") || spec.starts_with("-g "));
+                let (t, c) = (table.name(), chain.name());
+                let how = if all {
+                    "takes all traffic before our jump"
+                } else {
+                    "takes the traffic it matches before our jump"
+                };
+                out.push(Shadow {
+                    text: format!(
+                        "{t}: -A {c} {spec} (rule {}) {how} -A {c} {}{ends}",
+                        i + 1,
+                        rules[first_jump]
+                    ),
+                    all,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether a rule can end a packet's walk through its chain, and whether its target does so
+/// for every packet: a verdict (`""`, true), or a jump into another owner's chain that holds
+/// a verdict (`" (CHAIN ends with …)"`, true when that verdict has no match). `None` when it
+/// cannot.
+fn ends_walk(table: &SavedTable, spec: &str, depth: usize) -> Option<(String, bool)> {
+    let target = target_of(spec)?;
+    if ["ACCEPT", "DROP", "REJECT", "RETURN"].contains(&target) {
+        return Some((String::new(), true));
+    }
+    if depth >= 8
+        || target.starts_with(OUR_CHAIN_PREFIX)
+        || !table.chains.iter().any(|c| c == target)
+    {
+        return None;
+    }
+    let mut found: Option<(String, bool)> = None;
+    for inner in table.rules_of(target) {
+        let unconditional = inner.starts_with("-j ") || inner.starts_with("-g ");
+        let hit = match target_of(inner) {
+            Some("ACCEPT" | "DROP" | "REJECT") => Some(unconditional),
+            // A RETURN sends the packet back to the chain it came from.
+            Some("RETURN") if unconditional => break,
+            Some("RETURN") => None,
+            Some(_) => ends_walk(table, inner, depth + 1)
+                .filter(|(e, _)| !e.is_empty())
+                .map(|(_, all)| all && unconditional),
+            None => None,
+        };
+        if let Some(all) = hit {
+            let why = format!(" ({target} ends with -A {target} {inner})");
+            if all {
+                return Some((why, true));
+            }
+            found.get_or_insert((why, false));
+        }
+    }
+    found
+}
+
+/// The target of a rule spec: the word after `-j` or `-g`.
+fn target_of(spec: &str) -> Option<&str> {
+    let words: Vec<&str> = spec.split(' ').collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == "-j" || w[0] == "-g")
+        .map(|w| w[1])
 }
 
 #[cfg(test)]
@@ -721,11 +973,92 @@ mod tests {
             "*nat\n:ISTIO_OUTPUT - [0:0]\n:ISTIO_OLD - [0:0]\n-D OUTPUT -j ISTIO_OUTPUT\n\
              -D OUTPUT -j ISTIO_OLD\n-X ISTIO_OUTPUT\n-X ISTIO_OLD\nCOMMIT\n"
         );
-        assert_eq!(tables_in(&text), ["nat"]);
-        let tables = ["nat".to_string(), "raw".to_string()];
-        assert_eq!(
-            rollback_text(&parse_save(LIVE), &tables),
-            format!("{}*raw\nCOMMIT\n", parse_save(LIVE)["nat"].text)
+    }
+
+    #[test]
+    fn undoing_touches_only_what_of_ours_changed() {
+        let rules = nat_output_rules();
+        let expected = expected_tables(&rules, &no_groups).unwrap();
+        // Before: a foreign chain (its rule printed lossily by iptables-nft-save) and a
+        // foreign rule in OUTPUT; after the write: our chain and jump among them.
+        let before = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A FOREIGN -j ACCEPT\nCOMMIT\n",
         );
+        let now = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\n-A FOREIGN -j ACCEPT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
+        );
+        assert_eq!(
+            undo_text(&before, &now, &expected),
+            "*nat\n:ISTIO_OUTPUT - [0:0]\n-D OUTPUT -j ISTIO_OUTPUT\n-X ISTIO_OUTPUT\nCOMMIT\n"
+        );
+        assert_eq!(
+            undo_text(&before, &before, &expected),
+            "",
+            "nothing changed"
+        );
+        // A cleanup undone: our chain refilled, our jump back at its old place between
+        // foreign rules; a foreign rule added meanwhile stays.
+        let cleaned = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A OUTPUT -d 10.2.2.2/32 -j ACCEPT\n-A FOREIGN -j ACCEPT\nCOMMIT\n",
+        );
+        let installed = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -d 10.2.2.2/32 -j ACCEPT\n-A FOREIGN -j ACCEPT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
+        );
+        assert_eq!(
+            undo_text(&installed, &cleaned, &expected),
+            "*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -j RETURN\n-I OUTPUT 2 -j ISTIO_OUTPUT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn a_bare_plus_interface_prints_as_no_option() {
+        let plus: crate::config::types::IfName = "+".parse().unwrap();
+        let r = rule(
+            Table::Nat,
+            Chain::Prerouting,
+            vec![Match::InInterface(plus.clone())],
+            Target::Return,
+        );
+        assert_eq!(canonical_spec(&r, &no_groups).unwrap(), "-j RETURN");
+        let r = rule(
+            Table::Nat,
+            Chain::Output,
+            vec![Match::OutInterface(plus)],
+            Target::Return,
+        );
+        assert_eq!(canonical_spec(&r, &no_groups).unwrap(), "-j RETURN");
+    }
+
+    #[test]
+    fn rules_ahead_of_our_jump_that_end_the_walk_are_named() {
+        let rules = nat_output_rules();
+        let expected = expected_tables(&rules, &no_groups).unwrap();
+        let live = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:ALL - [0:0]\n:SOME - [0:0]\n:MARKS - [0:0]\n:ISTIO_OUTPUT - [0:0]\n\
+             -A OUTPUT -j MARKS\n-A OUTPUT -p 255 -j RETURN\n-A OUTPUT -d 10.0.0.0/8 -j ACCEPT\n-A OUTPUT -j SOME\n-A OUTPUT -j ALL\n\
+             -A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -j DROP\n-A MARKS -j MARK --set-xmark 0x1/0xffffffff\n\
+             -A SOME -p udp -j DROP\n-A ALL -p udp -j RETURN\n-A ALL -j ACCEPT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
+        );
+        let found = shadowing(&live, &expected);
+        let texts: Vec<(&str, bool)> = found.iter().map(|s| (s.text.as_str(), s.all)).collect();
+        assert_eq!(
+            texts,
+            [
+                ("nat: -A OUTPUT -d 10.0.0.0/8 -j ACCEPT (rule 3) takes the traffic it matches before our jump -A OUTPUT -j ISTIO_OUTPUT", false),
+                ("nat: -A OUTPUT -j SOME (rule 4) takes the traffic it matches before our jump -A OUTPUT -j ISTIO_OUTPUT (SOME ends with -A SOME -p udp -j DROP)", false),
+                ("nat: -A OUTPUT -j ALL (rule 5) takes all traffic before our jump -A OUTPUT -j ISTIO_OUTPUT (ALL ends with -A ALL -j ACCEPT)", true),
+            ]
+        );
+    }
+
+    #[test]
+    fn leftover_probes_are_counted_and_deleted() {
+        let live = parse_save("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p 255 -j RETURN\n-A OUTPUT -p 255 -j RETURN\nCOMMIT\n");
+        assert_eq!(leftover_probes(&live), 2);
+        assert_eq!(
+            probe_cleanup_text(&live),
+            "*nat\n-D OUTPUT -p 255 -j RETURN\n-D OUTPUT -p 255 -j RETURN\nCOMMIT\n"
+        );
+        assert_eq!(probe_cleanup_text(&Saved::new()), "");
     }
 }
