@@ -204,6 +204,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             }
             Err(e) => {
                 log.error(&format!("cannot check: {e}"));
+                summary.outcome = "check: the live state could not be read".to_string();
                 exit_code::FAILURE
             }
         };

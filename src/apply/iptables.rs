@@ -154,15 +154,22 @@ pub fn save(runner: &dyn Runner, tools: Tools) -> Result<Saved, IptablesError> {
 pub fn save_if_present(runner: &dyn Runner, tools: Tools) -> Result<Option<Saved>, IptablesError> {
     match save(runner, tools) {
         Ok(saved) => Ok(Some(saved)),
-        Err(IptablesError::Spawn { error, .. }) if error.starts_with("not installed") => Ok(None),
-        Err(IptablesError::Tool { stderr, .. })
-            if ["Protocol not supported", "Address family not supported"]
-                .iter()
-                .any(|m| stderr.contains(m)) =>
-        {
-            Ok(None)
-        }
+        Err(e) if unavailable(&e) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether a save error means the variant does not exist here (tool not installed, or the
+/// kernel lacks its interface), rather than that its state could not be read.
+fn unavailable(e: &IptablesError) -> bool {
+    match e {
+        IptablesError::Spawn { error, .. } => error.starts_with("not installed"),
+        IptablesError::Tool { stderr, .. } => {
+            ["Protocol not supported", "Address family not supported"]
+                .iter()
+                .any(|m| stderr.contains(m))
+        }
+        IptablesError::NoVariant(_) => false,
     }
 }
 
@@ -257,6 +264,17 @@ pub fn choose_variant(
     }
     let legacy_saved = save(runner, legacy);
     let nft_saved = save(runner, nft);
+    // A variant that exists but cannot be read may hold our rules: deciding without it could
+    // install a second ruleset.
+    for saved in [&legacy_saved, &nft_saved] {
+        if let Err(e) = saved {
+            if !unavailable(e) {
+                return Err(IptablesError::NoVariant(format!(
+                    "cannot read the {family:?} rules: {e}"
+                )));
+            }
+        }
+    }
     if let Ok(saved) = &nft_saved {
         if holds_ours(saved) {
             return Ok(chosen(
@@ -437,6 +455,21 @@ mod tests {
             err.contains("no usable iptables") && err.contains("not installed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_variant_that_cannot_be_read_stops_detection() {
+        let fake = Fake::default()
+            .answer("iptables-legacy-save", 1, "")
+            .answer("iptables-nft-save", 0, OURS);
+        let err = pick(&fake).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("iptables-legacy-save"),
+            "{err}"
+        );
+        // Not installed is not a read failure.
+        let fake = Fake::default().answer("iptables-nft-save", 0, OURS);
+        assert_eq!(pick(&fake).unwrap(), IptablesVariant::Nft);
     }
 
     #[test]

@@ -396,10 +396,11 @@ pub fn check(
             let Some(live) = live else {
                 continue;
             };
+            // Harmless (protocol 255 never matches), so not a difference; but ours to remove.
             let probes = leftover_probes(&live);
             if probes > 0 {
-                differences.push(format!(
-                    "{name} ({}): {probes} leftover variant-detection probe rule(s) -A OUTPUT {PROBE_SPEC} in nat (a run or --cleanup-only removes them)",
+                log.warn(&format!(
+                    "{name} ({}): {probes} leftover variant-detection probe rule(s) -A OUTPUT {PROBE_SPEC} in nat, which match nothing (a run with this variant or --cleanup-only removes them)",
                     tools.save()
                 ));
             }
@@ -582,17 +583,24 @@ fn check_routing(plan: &Plan) -> Result<Vec<String>, ApplyError> {
 }
 
 /// Removes the routing objects this configuration installs, newest first; returns what went.
+/// It runs after the rules are gone, so a failure here leaves the namespace changed.
 fn remove_routing(capture: &Capture) -> Result<Vec<String>, ApplyError> {
     let mut removed = Vec::new();
-    let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
+    let mut nl = Netlink::open().map_err(|e| {
+        ApplyError::LeftChanged(format!(
+            "{e}: the rules are already removed, the routing objects are not"
+        ))
+    })?;
     for object in routing::objects(&plan::plan(capture)).into_iter().rev() {
         match routing::remove(&mut nl, object) {
             Ok(Changed::Yes) => removed.push(format!("removed {object}")),
             Ok(Changed::No) => {}
             Err(e) => {
-                return Err(ApplyError::Failed(format!(
-                    "removing {object}: {e} (the rules are already removed)"
-                )))
+                removed.push("the rules are already removed".to_string());
+                return Err(ApplyError::LeftChanged(format!(
+                    "removing {object}: {e} (done so far: {})",
+                    removed.join("; ")
+                )));
             }
         }
     }
