@@ -680,3 +680,57 @@ fn dns_capture_with_only_ipv6_servers_and_ipv6_off_warns() {
         out.stderr
     );
 }
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_failed_reconcile_and_a_failed_cleanup_are_undone_exactly() {
+    if !require_root("a_failed_reconcile_and_a_failed_cleanup_are_undone_exactly") {
+        return;
+    }
+    for variant in VARIANTS {
+        let lab = Lab::new().expect("lab");
+        let force = format!("--force-iptables-binary={variant}");
+        // Foreign rules around ours in the chains we use.
+        lab.pod.run(
+            &[&format!("iptables-{variant}-restore"), "--noflush"],
+            Some("*nat\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A PREROUTING -d 10.1.1.2/32 -j ACCEPT\nCOMMIT\n"),
+        );
+        let first = with(
+            &default_args(),
+            &["--redirect-dns", "--capture-all-dns", "-c", "eth7", &force],
+        );
+        assert_ok(&meshinit(&lab.pod, &first, &[]), variant);
+        lab.pod.run(
+            &[&format!("iptables-{variant}-restore"), "--noflush"],
+            Some("*nat\n-A OUTPUT -d 10.1.1.3/32 -j ACCEPT\nCOMMIT\n"),
+        );
+        let installed = all_rules(&lab.pod);
+
+        let dir = scratch(&format!("undo-{variant}"));
+        tools_with_broken(&dir, &format!("ip6tables-{variant}-restore"));
+        let env = path_with(&dir);
+        let second = with(
+            &default_args(),
+            &["-i", "10.0.0.0/8", "-q", "443", "--reconcile", &force],
+        );
+        let out = meshinit(&lab.pod, &second, &env);
+        assert_eq!(out.code, Some(1), "{variant}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("IPv4: undone") && out.stderr.contains("nothing was left changed"),
+            "{}",
+            out.stderr
+        );
+        assert_unchanged(&installed, &all_rules(&lab.pod), "failed reconcile");
+
+        let cleanup = with(&first, &["--cleanup-only"]);
+        let out = meshinit(&lab.pod, &cleanup, &env);
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(out.code, Some(1), "{variant}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("IPv4: undone") && out.stderr.contains("nothing was left changed"),
+            "{}",
+            out.stderr
+        );
+        assert_unchanged(&installed, &all_rules(&lab.pod), "failed cleanup");
+    }
+}
