@@ -580,7 +580,8 @@ pub fn undo_text(before: &Saved, now: &Saved, expected: &BTreeMap<Table, Expecte
                     || (name == "nat" && chain == "OUTPUT" && spec == PROBE_SPEC)
             };
             let (old, new) = (was.rules_of(chain), is.rules_of(chain));
-            if old == new {
+            // Chains without anything of ours (another owner's, however long) are not looked at.
+            if old == new || !old.iter().chain(new).any(is_ours) {
                 continue;
             }
             let (kept_old, kept_new): (Vec<usize>, Vec<usize>) =
@@ -616,9 +617,12 @@ pub fn undo_text(before: &Saved, now: &Saved, expected: &BTreeMap<Table, Expecte
     out
 }
 
-/// The pairs of indices `(in a, in b)` of a longest common subsequence of two rule lists.
-/// Chains are short (built-in chains of a pod hold tens of rules), so the quadratic table is
-/// cheap; equal prefixes and suffixes are matched first anyway.
+/// Above this many cells the quadratic table gives way to a greedy in-order match.
+const LCS_CELLS: usize = 1 << 20;
+
+/// The pairs of indices `(in a, in b)` of a common subsequence of two rule lists: the longest
+/// one for chains of ordinary size (built-in chains of a pod hold tens of rules; equal prefixes
+/// and suffixes are matched first anyway), a greedy in-order one beyond `LCS_CELLS`.
 fn common_subsequence(a: &[String], b: &[String]) -> Vec<(usize, usize)> {
     let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
     let suffix = a[prefix..]
@@ -628,6 +632,21 @@ fn common_subsequence(a: &[String], b: &[String]) -> Vec<(usize, usize)> {
         .take_while(|(x, y)| x == y)
         .count();
     let (ma, mb) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
+    let mut pairs: Vec<(usize, usize)> = (0..prefix).map(|i| (i, i)).collect();
+    if (ma.len() + 1) * (mb.len() + 1) > LCS_CELLS {
+        // Each rule is looked for only a short way ahead, so one moved rule cannot make the
+        // rest unmatched.
+        let mut j = 0;
+        for (i, rule) in ma.iter().enumerate() {
+            let window = &mb[j..mb.len().min(j + 64)];
+            if let Some(k) = window.iter().position(|r| r == rule) {
+                pairs.push((prefix + i, prefix + j + k));
+                j += k + 1;
+            }
+        }
+        pairs.extend((0..suffix).map(|k| (a.len() - suffix + k, b.len() - suffix + k)));
+        return pairs;
+    }
     // lengths[i][j]: LCS length of ma[i..] and mb[j..].
     let mut lengths = vec![vec![0usize; mb.len() + 1]; ma.len() + 1];
     for i in (0..ma.len()).rev() {
@@ -639,7 +658,6 @@ fn common_subsequence(a: &[String], b: &[String]) -> Vec<(usize, usize)> {
             };
         }
     }
-    let mut pairs: Vec<(usize, usize)> = (0..prefix).map(|i| (i, i)).collect();
     let (mut i, mut j) = (0, 0);
     while i < ma.len() && j < mb.len() {
         if ma[i] == mb[j] {
@@ -1008,6 +1026,25 @@ mod tests {
             undo_text(&installed, &cleaned, &expected),
             "*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -j RETURN\n-I OUTPUT 2 -j ISTIO_OUTPUT\nCOMMIT\n"
         );
+    }
+
+    #[test]
+    fn common_subsequences_are_longest_and_bounded() {
+        let list = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            common_subsequence(&list("a x b c"), &list("a b y c")),
+            [(0, 0), (2, 1), (3, 3)]
+        );
+        assert_eq!(common_subsequence(&list("a"), &list("b")), []);
+        // Long lists take the greedy path and still give an in-order common subsequence.
+        let a: Vec<String> = (0..3000).map(|i| format!("r{i}")).collect();
+        let mut b = a.clone();
+        b.insert(1500, "ours".to_string());
+        b.swap(0, 2999);
+        let pairs = common_subsequence(&a, &b);
+        assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        assert!(pairs.iter().all(|&(i, j)| a[i] == b[j]));
+        assert!(pairs.len() >= 2990, "{}", pairs.len());
     }
 
     #[test]
