@@ -15,11 +15,16 @@ use crate::plan::Table;
 
 /// One family's pending restore: the tools, the state before, the input to feed.
 pub(super) struct Transaction {
+    /// The family and variant written.
     pub tools: Tools,
+    /// The family's rules as read before anything was written: what an undo goes back to.
     pub before: Saved,
+    /// The `--noflush` restore input.
     pub text: String,
     /// A fresh install may race with another instance doing the same; see `commit`.
     pub fresh: bool,
+    /// The plan's rules in canonical form: the read-back's reference, and which rules in
+    /// built-in chains are ours.
     pub expected: BTreeMap<Table, ExpectedTable>,
     /// What the kernel must hold afterwards.
     pub goal: Goal,
