@@ -179,3 +179,137 @@ fn undo(
     }
     (lines, left)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::exec::Output;
+    use crate::backend::iptables_save::parse_save;
+    use crate::config::IptablesVariant;
+    use crate::plan::Family;
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    /// Save prints a fixed dump; restore answers from a queue of exit codes; calls recorded.
+    struct Fake {
+        dump: String,
+        restores: RefCell<Vec<i32>>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl Runner for Fake {
+        fn installed(&self, _: &str) -> bool {
+            true
+        }
+        fn run(
+            &self,
+            program: &str,
+            _: &[&str],
+            _: &[(&str, &str)],
+            stdin: Option<&str>,
+        ) -> std::io::Result<Output> {
+            self.calls
+                .borrow_mut()
+                .push(format!("{program} {}", stdin.unwrap_or("")));
+            let code = if program.ends_with("-save") {
+                0
+            } else {
+                self.restores.borrow_mut().remove(0)
+            };
+            Ok(Output {
+                code: Some(code),
+                stdout: if code == 0 {
+                    self.dump.clone()
+                } else {
+                    String::new()
+                },
+                stderr: if code == 0 {
+                    String::new()
+                } else {
+                    "boom".into()
+                },
+            })
+        }
+    }
+
+    const BEFORE: &str = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ACCEPT\nCOMMIT\n";
+
+    fn transaction() -> Transaction {
+        Transaction {
+            tools: Tools {
+                family: Family::V4,
+                variant: IptablesVariant::Nft,
+            },
+            before: parse_save(BEFORE),
+            text: "*nat\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n".to_string(),
+            fresh: false,
+            expected: BTreeMap::new(),
+            goal: Goal::Planned,
+        }
+    }
+
+    fn lock() -> XtablesLock {
+        XtablesLock {
+            wait: Duration::from_secs(1),
+            file: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_that_changed_nothing_is_not_undone() {
+        let fake = Fake {
+            dump: BEFORE.to_string(),
+            restores: RefCell::new(vec![1]),
+            calls: RefCell::default(),
+        };
+        let (lines, left) =
+            commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "IPv4: unchanged (the write changed nothing)"),
+            "{lines:?}"
+        );
+        let restores = fake
+            .calls
+            .borrow()
+            .iter()
+            .filter(|c| c.starts_with("iptables-nft-restore"))
+            .count();
+        assert_eq!(restores, 1, "no second restore: {:?}", fake.calls.borrow());
+        let ApplyError::Failed(message) = failure(lines, left) else {
+            panic!("nothing is left");
+        };
+        assert!(message.ends_with("nothing was left changed"), "{message}");
+    }
+
+    #[test]
+    fn an_undo_that_fails_is_reported_as_left_changed() {
+        // The write went in; the read-back shows our jump without our chain, and the undo's
+        // restore fails.
+        let fake = Fake {
+            dump: "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
+                .to_string(),
+            restores: RefCell::new(vec![0, 1]),
+            calls: RefCell::default(),
+        };
+        let (lines, left) =
+            commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
+        assert!(lines[0].contains("read-back differs"), "{lines:?}");
+        assert!(
+            left.iter().any(|l| l.contains("undoing the write failed")),
+            "{left:?}"
+        );
+        let calls = fake.calls.borrow();
+        let undo = calls.last().unwrap();
+        assert_eq!(
+            undo, "iptables-nft-restore *nat\n-D OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n",
+            "only our jump is deleted; the foreign rule is not rewritten"
+        );
+        assert!(matches!(
+            failure(lines, left),
+            ApplyError::LeftChanged(m) if !m.contains("nothing was left changed")
+        ));
+    }
+}
