@@ -137,6 +137,15 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     for warning in &config.warnings {
         log.warn(warning);
     }
+    if let DnsCapture::Servers { v4, v6 } = &config.capture.dns {
+        if v4.is_empty() && !v6.is_empty() && !config.capture.ipv6 {
+            let servers: Vec<&str> = v6.iter().map(|s| s.text.as_str()).collect();
+            log.warn(&format!(
+                "DNS capture: the only DNS servers ({}) are IPv6 and IPv6 is off, so no DNS traffic is captured (turn IPv6 on, or use --capture-all-dns or IPv4 servers)",
+                servers.join(",")
+            ));
+        }
+    }
     summary.phase("configure");
 
     let plan = plan::plan(&config.capture);
@@ -182,7 +191,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let checked = if nftables {
             apply::check_nftables(&plan)
         } else {
-            apply::check(&plan, run, &SystemRunner)
+            apply::check(&plan, run, &SystemRunner, &log)
         };
         let code = match checked {
             Ok(diffs) if diffs.is_empty() => {
@@ -199,6 +208,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             }
             Err(e) => {
                 log.error(&format!("cannot check: {e}"));
+                summary.outcome = "check: the live state could not be read".to_string();
                 exit_code::FAILURE
             }
         };
@@ -228,13 +238,17 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             exit_code::SUCCESS
         }
         Err(e) => {
-            let kind = match e {
-                ApplyError::Precondition(_) => "cannot apply",
-                ApplyError::Drift(_) => "refusing to apply",
-                ApplyError::Failed(_) => "applying failed",
+            let (kind, outcome) = match e {
+                ApplyError::Precondition(_) => ("cannot apply", "nothing changed"),
+                ApplyError::Drift(_) => ("refusing to apply", "nothing changed"),
+                ApplyError::Failed(_) => ("applying failed", "nothing changed (undone)"),
+                ApplyError::LeftChanged(_) => (
+                    "applying failed",
+                    "FAILED and left changed: see the error above",
+                ),
             };
             log.error(&format!("{kind}: {e}"));
-            summary.outcome = "nothing changed".to_string();
+            summary.outcome = outcome.to_string();
             exit_code::FAILURE
         }
     };

@@ -38,7 +38,7 @@ impl Tools {
     pub fn restore(&self) -> String {
         self.name("-restore")
     }
-    /// The plain tool, used for the nat-table probe: `iptables-nft`, ….
+    /// The plain tool's name, which names the variant in the summary: `iptables-nft`, ….
     pub fn main(&self) -> String {
         self.name("")
     }
@@ -153,6 +153,31 @@ pub fn save(runner: &dyn Runner, tools: Tools) -> Result<Saved, IptablesError> {
     Ok(parse_save(&out.stdout))
 }
 
+/// Reads the live rules of a variant that may not exist here: `None` when its tool is not
+/// installed or the kernel lacks the variant's interface altogether (neither can hold rules).
+/// Any other failure — no permission, a broken tool — is an error: the state is unknown.
+pub fn save_if_present(runner: &dyn Runner, tools: Tools) -> Result<Option<Saved>, IptablesError> {
+    match save(runner, tools) {
+        Ok(saved) => Ok(Some(saved)),
+        Err(e) if unavailable(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a save error means the variant does not exist here (tool not installed, or the
+/// kernel lacks its interface), rather than that its state could not be read.
+fn unavailable(e: &IptablesError) -> bool {
+    match e {
+        IptablesError::Spawn { error, .. } => error.starts_with("not installed"),
+        IptablesError::Tool { stderr, .. } => {
+            ["Protocol not supported", "Address family not supported"]
+                .iter()
+                .any(|m| stderr.contains(m))
+        }
+        IptablesError::NoVariant(_) => false,
+    }
+}
+
 /// How legacy iptables serialises writers.
 #[derive(Clone, Debug)]
 pub struct XtablesLock {
@@ -164,8 +189,8 @@ pub struct XtablesLock {
     pub file: Option<std::path::PathBuf>,
 }
 
-/// Feeds a restore input. With `noflush` (applying) only the listed chains change; without
-/// (rollback) each listed table is replaced wholesale.
+/// Feeds a restore input. With `noflush` (everything meshinit writes) only the listed chains
+/// change; without, each listed table would be replaced wholesale.
 pub fn restore(
     runner: &dyn Runner,
     tools: Tools,
@@ -244,6 +269,17 @@ pub fn choose_variant(
     }
     let legacy_saved = save(runner, legacy);
     let nft_saved = save(runner, nft);
+    // A variant that exists but cannot be read may hold our rules: deciding without it could
+    // install a second ruleset.
+    for saved in [&legacy_saved, &nft_saved] {
+        if let Err(e) = saved {
+            if !unavailable(e) {
+                return Err(IptablesError::NoVariant(format!(
+                    "cannot read the {family:?} rules: {e}"
+                )));
+            }
+        }
+    }
     if let Ok(saved) = &nft_saved {
         if holds_ours(saved) {
             return Ok(chosen(
@@ -291,23 +327,21 @@ pub fn choose_variant(
     }
 }
 
-/// Adds and removes a rule that can never match (protocol 255) in the nat table.
+/// The probe's restore input: a rule that can never match (protocol 255) added to nat OUTPUT
+/// and deleted again in the same transaction. The kernel still has to create the nat table's
+/// OUTPUT base chain (what fails without nat support), but since the batch is atomic nothing
+/// of the rule can be left behind, even when meshinit is killed meanwhile.
+pub const PROBE_INPUT: &str =
+    "*nat\n-A OUTPUT -p 255 -j RETURN\n-D OUTPUT -p 255 -j RETURN\nCOMMIT\n";
+
+/// Whether the nft variant can use the nat table (Istio's probe, made atomic: see
+/// [`PROBE_INPUT`]).
 fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
-    let program = tools.main();
-    let rule = ["-t", "nat", "-A", "OUTPUT", "-p", "255", "-j", "RETURN"];
-    let added = run(runner, &program, &rule, &[], None).map_err(|e| e.to_string())?;
-    if !added.success() {
-        return Err(format!(
-            "{}{}",
-            added.stderr.trim(),
-            kernel_hint(&added.stderr)
-        ));
-    }
-    let mut delete = rule;
-    delete[2] = "-D";
-    let removed = run(runner, &program, &delete, &[], None).map_err(|e| e.to_string())?;
-    if !removed.success() {
-        return Err(format!("probe rule left behind: {}", removed.stderr.trim()));
+    let program = tools.restore();
+    let out =
+        run(runner, &program, &["--noflush"], &[], Some(PROBE_INPUT)).map_err(|e| e.to_string())?;
+    if !out.success() {
+        return Err(format!("{}{}", out.stderr.trim(), kernel_hint(&out.stderr)));
     }
     Ok(())
 }
@@ -379,11 +413,15 @@ mod tests {
         let fake = Fake::default()
             .answer("iptables-legacy-save", 0, EMPTY)
             .answer("iptables-nft-save", 0, "")
-            .answer("iptables-nft", 0, "");
+            .answer("iptables-nft-restore", 0, "");
         assert_eq!(pick(&fake).unwrap(), IptablesVariant::Nft);
         let calls = fake.calls.borrow();
-        assert!(calls.contains(&"iptables-nft -t nat -A OUTPUT -p 255 -j RETURN".to_string()));
-        assert!(calls.contains(&"iptables-nft -t nat -D OUTPUT -p 255 -j RETURN".to_string()));
+        // One restore transaction: nothing of the probe can outlive it.
+        assert!(calls.contains(&"iptables-nft-restore --noflush".to_string()));
+        assert!(
+            !calls.iter().any(|c| c.starts_with("iptables-nft ")),
+            "{calls:?}"
+        );
     }
 
     #[test]
@@ -397,7 +435,7 @@ mod tests {
                 .calls
                 .borrow()
                 .iter()
-                .any(|c| c.starts_with("iptables-nft ")),
+                .any(|c| c.starts_with("iptables-nft-restore")),
             "no probe needed"
         );
         let fake = Fake::default()
@@ -415,13 +453,28 @@ mod tests {
         let fake = Fake::default()
             .answer("iptables-legacy-save", 0, EMPTY)
             .answer("iptables-nft-save", 0, "")
-            .answer("iptables-nft", 1, "");
+            .answer("iptables-nft-restore", 1, "");
         assert_eq!(pick(&fake).unwrap(), IptablesVariant::Legacy);
         let err = pick(&Fake::default()).unwrap_err().to_string();
         assert!(
             err.contains("no usable iptables") && err.contains("not installed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_variant_that_cannot_be_read_stops_detection() {
+        let fake = Fake::default()
+            .answer("iptables-legacy-save", 1, "")
+            .answer("iptables-nft-save", 0, OURS);
+        let err = pick(&fake).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("iptables-legacy-save"),
+            "{err}"
+        );
+        // Not installed is not a read failure.
+        let fake = Fake::default().answer("iptables-nft-save", 0, OURS);
+        assert_eq!(pick(&fake).unwrap(), IptablesVariant::Nft);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The only code that changes the system: checks privileges, reads the live rules, decides per
 //! family what to write (nothing, a fresh install, a replacement, a cleanup), writes it in one
-//! restore transaction per family and rolls everything back if any step fails.
+//! restore transaction per family, reads it back, and undoes what it wrote if any step fails
+//! or the kernel's view differs — saying exactly what, if anything, was left changed.
 
 pub mod exec;
 pub mod iptables;
@@ -10,6 +11,7 @@ pub mod nftables;
 pub mod nlsocket;
 pub mod privileges;
 pub mod routing;
+mod transaction;
 
 use std::collections::BTreeMap;
 
@@ -17,18 +19,22 @@ use caps::Capability;
 
 use crate::backend::iptables::restore_text;
 use crate::backend::iptables_save::{
-    cleanup_text, compare, expected_tables, missing_tables, replace_text, rollback_text, tables_in,
-    ExpectedTable, Saved, State,
+    cleanup_text, compare, expected_tables, leftover_probes, missing_tables, probe_cleanup_text,
+    replace_text, State, PROBE_SPEC,
 };
+use crate::backend::shadowing::shadowing;
 use crate::config::{BackendChoice, Capture, IptablesVariant, RunOptions};
 use crate::log::Log;
-use crate::plan::{self, Family, Plan, Table};
+use crate::plan::{self, Family, Plan};
 use exec::Runner;
 use iptables::{Tools, XtablesLock};
 use netlink::{Changed, Netlink};
 use nftables::NfTables;
+use routing::Object;
+use transaction::{commit, failure, Goal, Transaction};
 
-/// Why applying or cleaning up stopped. In every case the namespace is as it was before.
+/// Why applying or cleaning up stopped. Except for `LeftChanged`, the namespace is as it was
+/// before.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// Something needed is missing (capabilities, tools, a group); nothing was touched.
@@ -40,6 +46,9 @@ pub enum ApplyError {
     /// A write failed; what was written has been rolled back.
     #[error("{0}")]
     Failed(String),
+    /// A write failed and could not be undone completely; the message says what is left.
+    #[error("{0}")]
+    LeftChanged(String),
 }
 
 /// What a run did, for the summary line.
@@ -51,16 +60,7 @@ pub struct Report {
     pub changes: Vec<String>,
 }
 
-/// One family's pending restore: the tools, the state before, the input to feed.
-struct Transaction {
-    tools: Tools,
-    before: Saved,
-    text: String,
-    /// A fresh install may race with another instance doing the same; see `commit`.
-    fresh: bool,
-    expected: BTreeMap<Table, ExpectedTable>,
-}
-
+/// `IPv4` or `IPv6`, as messages name a family.
 fn family_name(family: Family) -> &'static str {
     match family {
         Family::V4 => "IPv4",
@@ -131,15 +131,16 @@ pub enum Backend {
 /// routing objects this run added are removed again.
 pub fn apply_nftables(plan: &Plan, opts: &RunOptions) -> Result<Report, ApplyError> {
     let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
+    require_ipv6_usable(plan)?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let added = routing::ensure_all(&mut nl, plan)
-        .map_err(|e| ApplyError::Failed(format!("{e}; nothing was left changed")))?;
+    let added = add_routing(&mut nl, plan)?;
     let applied = nft.apply(plan).map_err(|e| {
-        routing::remove_all(&mut nl, &added);
-        ApplyError::Failed(format!(
-            "{e}; the batch was rejected as a whole, nothing was left changed"
-        ))
+        let left = undo_routing(&mut nl, &added);
+        failure(
+            vec![format!("{e}; the batch was rejected as a whole")],
+            left,
+        )
     })?;
     let mut changes: Vec<String> = added.iter().map(|o| format!("added {o}")).collect();
     changes.push(format!(
@@ -197,10 +198,12 @@ pub fn apply(
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
+    require_ipv6_usable(plan)?;
     let resolve = |name: &str| resolve_group(&groups, name);
 
     // Decide everything for every family before writing anything.
     let mut transactions = Vec::new();
+    let mut untouched = Vec::new();
     let mut drift = Vec::new();
     let mut report = Report::default();
     for family in plan.families() {
@@ -219,14 +222,29 @@ pub fn apply(
         let rules = &plan.rules(family);
         let expected = expected_tables(rules, &resolve).map_err(ApplyError::Precondition)?;
         let missing = missing_tables(&before, &expected);
+        // A probe rule left by a run killed during variant detection goes in the same write.
+        let probes = probe_cleanup_text(&before);
+        if !probes.is_empty() {
+            log.info(&format!(
+                "{}: removing {} leftover variant-detection probe rule(s) -A OUTPUT {PROBE_SPEC} (nat)",
+                family_name(family),
+                leftover_probes(&before)
+            ));
+            report.changes.push(format!(
+                "{}: removed a leftover probe rule",
+                family_name(family)
+            ));
+        }
         let (text, fresh) = match compare(&before, &expected) {
-            State::InPlace if !opts.force_apply => {
+            State::InPlace if !opts.force_apply && probes.is_empty() => {
                 log.info(&format!(
                     "{}: rules already in place, nothing to do",
                     family_name(family)
                 ));
+                untouched.push((family, before, expected));
                 continue;
             }
+            State::InPlace if !opts.force_apply => (String::new(), false),
             State::InPlace => (replace_text(&before, rules, &expected), false),
             State::Absent => (restore_text(rules), true),
             State::Drifted(_) if missing.is_some() => {
@@ -257,13 +275,27 @@ pub fn apply(
                 continue;
             }
         };
+        let install = !text.is_empty();
         transactions.push(Transaction {
             tools,
             before,
-            text,
+            text: text + &probes,
             fresh,
             expected,
+            goal: Goal::Planned,
         });
+        if install {
+            report.changes.push(format!(
+                "{}: {} {}",
+                family_name(family),
+                if fresh {
+                    "installed rules with"
+                } else {
+                    "replaced rules with"
+                },
+                tools.restore()
+            ));
+        }
     }
     if !drift.is_empty() {
         return Err(ApplyError::Drift(format!(
@@ -275,38 +307,41 @@ pub fn apply(
     // Routing first: without its rules it changes nothing, while rules without their routes
     // would lose TPROXY'd connections.
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let added = routing::ensure_all(&mut nl, plan)
-        .map_err(|e| ApplyError::Failed(format!("{e}; nothing was left changed")))?;
-    if let Err(e) = commit(&transactions, runner, &xtables_lock(opts), log) {
-        routing::remove_all(&mut nl, &added);
-        return Err(e);
+    let added = add_routing(&mut nl, plan)?;
+    let read_back = match commit(&mut transactions, runner, &xtables_lock(opts), log) {
+        Ok(read_back) => read_back,
+        Err((lines, mut left)) => {
+            left.extend(undo_routing(&mut nl, &added));
+            return Err(failure(lines, left));
+        }
+    };
+    let added: Vec<String> = added.iter().map(|o| format!("added {o}")).collect();
+    report.changes.splice(0..0, added);
+    // Other owners' rules ahead of our jumps: not ours to change, but capture may not work.
+    let states = transactions
+        .iter()
+        .zip(read_back)
+        .map(|(t, now)| (t.tools.family, now, &t.expected))
+        .chain(untouched.iter().map(|(f, s, e)| (*f, s.clone(), e)));
+    for (family, state, expected) in states {
+        for shadow in shadowing(&state, expected) {
+            log.warn(&format!("{}: {}", family_name(family), shadow.text));
+        }
     }
-    report
-        .changes
-        .extend(added.iter().map(|o| format!("added {o}")));
-    for t in &transactions {
-        report.changes.push(format!(
-            "{}: {} {}",
-            family_name(t.tools.family),
-            if t.fresh {
-                "installed rules with"
-            } else {
-                "replaced rules with"
-            },
-            t.tools.restore()
-        ));
-    }
-    verify(&transactions, runner, log);
     Ok(report)
 }
 
 /// Compares the live rules with the plan without changing anything: the differences, one
 /// entry per family that differs (empty when everything is in place). Reads both variants and
-/// never probes, so it is safe as a readiness check.
+/// never probes, so it is safe as a readiness check. A state that cannot be read is an error,
+/// never "not installed". Rules of other owners ahead of our jumps that take all traffic are
+/// differences (capture is not in effect); those that take only what they match are logged as
+/// warnings.
 pub fn check(
     plan: &Plan,
     opts: &RunOptions,
     runner: &dyn Runner,
+    log: &Log,
 ) -> Result<Vec<String>, ApplyError> {
     let groups = load_groups();
     let resolve = |name: &str| resolve_group(&groups, name);
@@ -316,25 +351,48 @@ pub fn check(
     };
     let mut differences = Vec::new();
     for family in plan.families() {
+        let name = family_name(family);
         let expected =
             expected_tables(&plan.rules(family), &resolve).map_err(ApplyError::Precondition)?;
         let mut found = Vec::new();
         for &variant in &variants {
             let tools = Tools { family, variant };
-            let Ok(live) = iptables::save(runner, tools) else {
+            let live = iptables::save_if_present(runner, tools).map_err(|e| {
+                ApplyError::Precondition(format!(
+                    "cannot read the {name} rules with {}: {e}",
+                    tools.save()
+                ))
+            })?;
+            let Some(live) = live else {
                 continue;
             };
+            // Harmless (protocol 255 never matches), so not a difference; but ours to remove.
+            let probes = leftover_probes(&live);
+            if probes > 0 {
+                log.warn(&format!(
+                    "{name} ({}): {probes} leftover variant-detection probe rule(s) -A OUTPUT {PROBE_SPEC} in nat, which match nothing (a run with this variant or --cleanup-only removes them)",
+                    tools.save()
+                ));
+            }
             match compare(&live, &expected) {
                 State::Absent => {}
-                state => found.push((tools, state)),
+                state => found.push((tools, state, live)),
             }
         }
-        let name = family_name(family);
         match found.as_slice() {
             [] => differences.push(format!("{name}: none of our rules are installed")),
-            [(_, State::InPlace)] => {}
-            [(tools, State::Drifted(diffs))] => {
-                differences.push(format!("{name} ({}):\n{}", tools.save(), diffs.join("\n")))
+            [(tools, state, live)] => {
+                if let State::Drifted(diffs) = state {
+                    differences.push(format!("{name} ({}):\n{}", tools.save(), diffs.join("\n")));
+                }
+                for shadow in shadowing(live, &expected) {
+                    let line = format!("{name} ({}): {}", tools.save(), shadow.text);
+                    if shadow.all {
+                        differences.push(format!("{line}: capture is not in effect"));
+                    } else {
+                        log.warn(&line);
+                    }
+                }
             }
             _ => differences.push(format!(
                 "{name}: rules of ours are installed in both the legacy and the nft tables"
@@ -370,24 +428,39 @@ pub fn cleanup(
             expected_tables(&full.rules(family), &resolve).map_err(ApplyError::Precondition)?;
         for &variant in &variants {
             let tools = Tools { family, variant };
-            // A missing tool cannot have installed anything.
-            let Ok(before) = iptables::save(runner, tools) else {
+            // A missing tool cannot have installed anything; a failing one leaves us blind.
+            let before = iptables::save_if_present(runner, tools).map_err(|e| {
+                ApplyError::Precondition(format!(
+                    "cannot read the {} rules with {}: {e}; nothing was changed",
+                    family_name(family),
+                    tools.save()
+                ))
+            })?;
+            let Some(before) = before else {
                 continue;
             };
-            if compare(&before, &expected) == State::Absent {
+            let ours = compare(&before, &expected) != State::Absent;
+            let probes = probe_cleanup_text(&before);
+            if !ours && probes.is_empty() {
                 continue;
             }
-            let text = cleanup_text(&before, &expected);
+            let text = if ours {
+                cleanup_text(&before, &expected)
+            } else {
+                String::new()
+            };
             transactions.push(Transaction {
                 tools,
                 before,
-                text,
+                text: text + &probes,
                 fresh: false,
-                expected: BTreeMap::new(),
+                expected: expected.clone(),
+                goal: Goal::Removed,
             });
         }
     }
-    commit(&transactions, runner, &xtables_lock(opts), log)?;
+    commit(&mut transactions, runner, &xtables_lock(opts), log)
+        .map_err(|(lines, left)| failure(lines, left))?;
     let removed = remove_routing(capture)?;
     Ok(Report {
         tools: transactions
@@ -408,6 +481,59 @@ pub fn cleanup(
     })
 }
 
+/// IPv6 rules need the `::6/128` address on lo, which the kernel refuses with EACCES
+/// ("Permission denied") when IPv6 is disabled on lo (as `net.ipv6.conf.all.disable_ipv6=1`
+/// does): say so before anything is written.
+fn require_ipv6_usable(plan: &Plan) -> Result<(), ApplyError> {
+    if !plan.ipv6 {
+        return Ok(());
+    }
+    let path = "/proc/sys/net/ipv6/conf/lo/disable_ipv6";
+    let advice = "IPv6 rules were asked for (--ipv6=true, or --dual-stack with an IPv6 address found) and need the ::6/128 address on lo, which the kernel then refuses (EACCES, \"Permission denied\"); run with --ipv6=false or enable IPv6 in the pod; nothing was changed";
+    match std::fs::read_to_string(path) {
+        Ok(value) if value.trim() == "0" => Ok(()),
+        Ok(value) => Err(ApplyError::Precondition(format!(
+            "IPv6 is disabled in this network namespace ({path} = {}, e.g. from net.ipv6.conf.all.disable_ipv6=1): {advice}",
+            value.trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApplyError::Precondition(
+            format!("IPv6 is disabled in this network namespace or kernel ({path} does not exist): {advice}"),
+        )),
+        Err(e) => Err(ApplyError::Precondition(format!("cannot read {path}: {e}"))),
+    }
+}
+
+/// Adds the plan's routing objects that are missing; returns those added. On failure the ones
+/// added are removed again, and the error says whether that worked.
+fn add_routing(nl: &mut Netlink, plan: &Plan) -> Result<Vec<Object>, ApplyError> {
+    let mut added = Vec::new();
+    for object in routing::objects(plan) {
+        match routing::ensure(nl, object) {
+            Ok(Changed::Yes) => added.push(object),
+            Ok(Changed::No) => {}
+            Err(e) => {
+                let left = undo_routing(nl, &added);
+                return Err(failure(vec![format!("adding {object}: {e}")], left));
+            }
+        }
+    }
+    Ok(added)
+}
+
+/// Removes the routing objects this run added, newest first; one line per object that could
+/// not be removed (so it is left in place).
+fn undo_routing(nl: &mut Netlink, added: &[Object]) -> Vec<String> {
+    added
+        .iter()
+        .rev()
+        .filter_map(|&object| {
+            routing::remove(nl, object)
+                .err()
+                .map(|e| format!("{object}, added by this run, could not be removed: {e}"))
+        })
+        .collect()
+}
+
 /// The routing objects of the plan that are missing.
 fn check_routing(plan: &Plan) -> Result<Vec<String>, ApplyError> {
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
@@ -416,24 +542,35 @@ fn check_routing(plan: &Plan) -> Result<Vec<String>, ApplyError> {
         match routing::present(&mut nl, object) {
             Ok(true) => {}
             Ok(false) => differences.push(format!("missing: {object}")),
-            Err(e) => differences.push(format!("cannot check {object}: {e}")),
+            Err(e) => {
+                return Err(ApplyError::Precondition(format!(
+                    "cannot check {object}: {e}"
+                )))
+            }
         }
     }
     Ok(differences)
 }
 
 /// Removes the routing objects this configuration installs, newest first; returns what went.
+/// It runs after the rules are gone, so a failure here leaves the namespace changed.
 fn remove_routing(capture: &Capture) -> Result<Vec<String>, ApplyError> {
     let mut removed = Vec::new();
-    let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
+    let mut nl = Netlink::open().map_err(|e| {
+        ApplyError::LeftChanged(format!(
+            "{e}: the rules are already removed, the routing objects are not"
+        ))
+    })?;
     for object in routing::objects(&plan::plan(capture)).into_iter().rev() {
         match routing::remove(&mut nl, object) {
             Ok(Changed::Yes) => removed.push(format!("removed {object}")),
             Ok(Changed::No) => {}
             Err(e) => {
-                return Err(ApplyError::Failed(format!(
-                    "removing {object}: {e} (the rules are already removed)"
-                )))
+                removed.push("the rules are already removed".to_string());
+                return Err(ApplyError::LeftChanged(format!(
+                    "removing {object}: {e} (done so far: {})",
+                    removed.join("; ")
+                )));
             }
         }
     }
@@ -450,66 +587,6 @@ fn xtables_lock(opts: &RunOptions) -> XtablesLock {
         } else {
             None
         },
-    }
-}
-
-/// Feeds each transaction in turn. If one fails, every table already written is put back as
-/// it was — so either all families change or none does.
-fn commit(
-    transactions: &[Transaction],
-    runner: &dyn Runner,
-    lock: &XtablesLock,
-    log: &Log,
-) -> Result<(), ApplyError> {
-    for (i, t) in transactions.iter().enumerate() {
-        log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
-        let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock) else {
-            continue;
-        };
-        // Another instance may have installed the same rules between our read and our write.
-        if t.fresh {
-            if let Ok(now) = iptables::save(runner, t.tools) {
-                if compare(&now, &t.expected) == State::InPlace {
-                    log.info(&format!(
-                        "{}: the same rules were installed concurrently; nothing to do",
-                        family_name(t.tools.family)
-                    ));
-                    continue;
-                }
-            }
-        }
-        let mut message = format!("{}: {e}", family_name(t.tools.family));
-        for done in transactions[..=i].iter().rev() {
-            let tables = tables_in(&done.text);
-            let text = rollback_text(&done.before, &tables);
-            if let Err(rollback) = iptables::restore(runner, done.tools, &text, false, lock) {
-                message.push_str(&format!(
-                    "\nrolling back {} tables {} also failed: {rollback}",
-                    family_name(done.tools.family),
-                    tables.join(",")
-                ));
-            }
-        }
-        message.push_str("\nnothing was left changed");
-        return Err(ApplyError::Failed(message));
-    }
-    Ok(())
-}
-
-/// Reads the rules back and warns when the kernel's view differs from the plan.
-fn verify(transactions: &[Transaction], runner: &dyn Runner, log: &Log) {
-    for t in transactions {
-        match iptables::save(runner, t.tools).map(|now| compare(&now, &t.expected)) {
-            Ok(State::InPlace) => {}
-            Ok(state) => log.warn(&format!(
-                "{}: read-back differs from the plan: {state:?}",
-                family_name(t.tools.family)
-            )),
-            Err(e) => log.warn(&format!(
-                "{}: cannot read rules back: {e}",
-                family_name(t.tools.family)
-            )),
-        }
     }
 }
 

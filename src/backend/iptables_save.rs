@@ -142,8 +142,14 @@ pub fn canonical_spec(rule: &Rule, resolve: GroupResolver<'_>) -> Result<String,
                     dst = Some(format!("{}-d {}", neg(*negate), saved_net(net)));
                 }
             }
-            Match::InInterface(name) => iface_in = Some(format!("-i {name}")),
-            Match::OutInterface(name) => iface_out = Some(format!("-o {name}")),
+            // A bare `+` matches every interface, and iptables-save prints no option for it.
+            Match::InInterface(name) if name.as_str() != "+" => {
+                iface_in = Some(format!("-i {name}"))
+            }
+            Match::OutInterface(name) if name.as_str() != "+" => {
+                iface_out = Some(format!("-o {name}"))
+            }
+            Match::InInterface(_) | Match::OutInterface(_) => {}
             Match::Protocol(p) => proto = Some(*p),
             Match::DestinationPort { port, negate } => {
                 modules.push(format!(
@@ -514,24 +520,185 @@ fn transaction_text(
     out
 }
 
-/// The restore input that puts these tables back exactly as they were (without `--noflush`,
-/// restore replaces each listed table wholesale; a table that was not there comes back empty).
-pub fn rollback_text(live: &Saved, tables: &[String]) -> String {
-    tables
-        .iter()
-        .map(|t| match live.get(t) {
-            Some(saved) => saved.text.clone(),
-            None => format!("*{t}\nCOMMIT\n"),
-        })
-        .collect()
+/// The `--noflush` restore input that puts back, table by table, what a run of ours changed
+/// between the dump `before` and the dump `now` — and nothing else: chains of ours are flushed
+/// and refilled (or deleted), and in other chains only rules of ours (jumps into our chains,
+/// rules equal to planned ones, the variant-detection probe) are deleted or re-inserted at
+/// their old place. Other owners' rules are never rewritten, so a rule iptables-save cannot
+/// print faithfully (an nft set match) survives. Empty when nothing of ours changed.
+pub fn undo_text(before: &Saved, now: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> String {
+    let mut out = String::new();
+    let names: std::collections::BTreeSet<&String> = before.keys().chain(now.keys()).collect();
+    let empty = SavedTable::default();
+    for name in names {
+        let was = before.get(name).unwrap_or(&empty);
+        let is = now.get(name).unwrap_or(&empty);
+        let planned = |chain: &str| -> Vec<String> {
+            expected
+                .iter()
+                .filter(|(t, _)| t.name() == name)
+                .flat_map(|(_, e)| e.chains.iter())
+                .filter(|(c, _)| c.name() == chain)
+                .flat_map(|(_, r)| r.clone())
+                .collect()
+        };
+        let (mut declare, mut delete, mut remove, mut refill, mut insert) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Chains of ours: refill those that changed, delete those that are new.
+        let mut ours: Vec<&str> = was.our_chains().collect();
+        ours.extend(
+            is.our_chains()
+                .filter(|c| !was.chains.iter().any(|w| w == c)),
+        );
+        for chain in ours {
+            let existed = was.chains.iter().any(|c| c == chain);
+            let exists = is.chains.iter().any(|c| c == chain);
+            if existed && exists && was.rules_of(chain) == is.rules_of(chain) {
+                continue;
+            }
+            declare.push(format!(":{chain} - [0:0]"));
+            if existed {
+                refill.extend(
+                    was.rules_of(chain)
+                        .iter()
+                        .map(|r| format!("-A {chain} {r}")),
+                );
+            } else {
+                remove.push(format!("-X {chain}"));
+            }
+        }
+        // Other chains: only rules of ours move.
+        for chain in is
+            .chains
+            .iter()
+            .filter(|c| !c.starts_with(OUR_CHAIN_PREFIX))
+        {
+            let planned = planned(chain);
+            let is_ours = |spec: &String| {
+                jumps_to_ours(spec)
+                    || planned.contains(spec)
+                    || (name == "nat" && chain == "OUTPUT" && spec == PROBE_SPEC)
+            };
+            let (old, new) = (was.rules_of(chain), is.rules_of(chain));
+            // Chains without anything of ours (another owner's, however long) are not looked at.
+            if old == new || !old.iter().chain(new).any(is_ours) {
+                continue;
+            }
+            let (kept_old, kept_new): (Vec<usize>, Vec<usize>) =
+                common_subsequence(old, new).into_iter().unzip();
+            for (i, spec) in new.iter().enumerate() {
+                if !kept_new.contains(&i) && is_ours(spec) {
+                    delete.push(format!("-D {chain} {spec}"));
+                }
+            }
+            // After the deletions the chain holds the common rules (and any foreign rule added
+            // meanwhile, which stays); re-insert ours at their old positions among them.
+            let mut position = 0;
+            for (i, spec) in old.iter().enumerate() {
+                if kept_old.contains(&i) {
+                    position += 1;
+                } else if is_ours(spec) {
+                    position += 1;
+                    insert.push(format!("-I {chain} {position} {spec}"));
+                }
+            }
+        }
+        let lines: Vec<String> = [declare, delete, remove, refill, insert].concat();
+        if lines.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("*{name}\n"));
+        for line in lines {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
 }
 
-/// The tables a restore input touches.
-pub fn tables_in(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix('*'))
-        .map(|t| t.trim().to_string())
-        .collect()
+/// Above this many cells the quadratic table gives way to a greedy in-order match.
+const LCS_CELLS: usize = 1 << 20;
+
+/// The pairs of indices `(in a, in b)` of a common subsequence of two rule lists: the longest
+/// one for chains of ordinary size (built-in chains of a pod hold tens of rules; equal prefixes
+/// and suffixes are matched first anyway), a greedy in-order one beyond `LCS_CELLS`.
+fn common_subsequence(a: &[String], b: &[String]) -> Vec<(usize, usize)> {
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let suffix = a[prefix..]
+        .iter()
+        .rev()
+        .zip(b[prefix..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (ma, mb) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
+    let mut pairs: Vec<(usize, usize)> = (0..prefix).map(|i| (i, i)).collect();
+    if (ma.len() + 1) * (mb.len() + 1) > LCS_CELLS {
+        // Each rule is looked for only a short way ahead, so one moved rule cannot make the
+        // rest unmatched.
+        let mut j = 0;
+        for (i, rule) in ma.iter().enumerate() {
+            let window = &mb[j..mb.len().min(j + 64)];
+            if let Some(k) = window.iter().position(|r| r == rule) {
+                pairs.push((prefix + i, prefix + j + k));
+                j += k + 1;
+            }
+        }
+        pairs.extend((0..suffix).map(|k| (a.len() - suffix + k, b.len() - suffix + k)));
+        return pairs;
+    }
+    // lengths[i][j]: LCS length of ma[i..] and mb[j..].
+    let mut lengths = vec![vec![0usize; mb.len() + 1]; ma.len() + 1];
+    for i in (0..ma.len()).rev() {
+        for j in (0..mb.len()).rev() {
+            lengths[i][j] = if ma[i] == mb[j] {
+                lengths[i + 1][j + 1] + 1
+            } else {
+                lengths[i + 1][j].max(lengths[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < ma.len() && j < mb.len() {
+        if ma[i] == mb[j] {
+            pairs.push((prefix + i, prefix + j));
+            i += 1;
+            j += 1;
+        } else if lengths[i + 1][j] >= lengths[i][j + 1] {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    pairs.extend((0..suffix).map(|k| (a.len() - suffix + k, b.len() - suffix + k)));
+    pairs
+}
+
+/// The rule meshinit's (and Istio's) variant detection adds to and removes from nat OUTPUT:
+/// protocol 255 never matches. A run killed in between leaves it behind.
+pub const PROBE_SPEC: &str = "-p 255 -j RETURN";
+
+/// How many leftover variant-detection probe rules nat OUTPUT holds.
+pub fn leftover_probes(live: &Saved) -> usize {
+    live.get("nat")
+        .map(|t| {
+            t.rules_of("OUTPUT")
+                .iter()
+                .filter(|s| *s == PROBE_SPEC)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The `--noflush` restore input deleting every leftover probe rule; empty when there is none.
+pub fn probe_cleanup_text(live: &Saved) -> String {
+    match leftover_probes(live) {
+        0 => String::new(),
+        n => format!(
+            "*nat\n{}COMMIT\n",
+            format!("-D OUTPUT {PROBE_SPEC}\n").repeat(n)
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -721,11 +888,89 @@ mod tests {
             "*nat\n:ISTIO_OUTPUT - [0:0]\n:ISTIO_OLD - [0:0]\n-D OUTPUT -j ISTIO_OUTPUT\n\
              -D OUTPUT -j ISTIO_OLD\n-X ISTIO_OUTPUT\n-X ISTIO_OLD\nCOMMIT\n"
         );
-        assert_eq!(tables_in(&text), ["nat"]);
-        let tables = ["nat".to_string(), "raw".to_string()];
-        assert_eq!(
-            rollback_text(&parse_save(LIVE), &tables),
-            format!("{}*raw\nCOMMIT\n", parse_save(LIVE)["nat"].text)
+    }
+
+    #[test]
+    fn undoing_touches_only_what_of_ours_changed() {
+        let rules = nat_output_rules();
+        let expected = expected_tables(&rules, &no_groups).unwrap();
+        // Before: a foreign chain (its rule printed lossily by iptables-nft-save) and a
+        // foreign rule in OUTPUT; after the write: our chain and jump among them.
+        let before = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A FOREIGN -j ACCEPT\nCOMMIT\n",
         );
+        let now = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\n-A FOREIGN -j ACCEPT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
+        );
+        assert_eq!(
+            undo_text(&before, &now, &expected),
+            "*nat\n:ISTIO_OUTPUT - [0:0]\n-D OUTPUT -j ISTIO_OUTPUT\n-X ISTIO_OUTPUT\nCOMMIT\n"
+        );
+        assert_eq!(
+            undo_text(&before, &before, &expected),
+            "",
+            "nothing changed"
+        );
+        // A cleanup undone: our chain refilled, our jump back at its old place between
+        // foreign rules; a foreign rule added meanwhile stays.
+        let cleaned = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A OUTPUT -d 10.2.2.2/32 -j ACCEPT\n-A FOREIGN -j ACCEPT\nCOMMIT\n",
+        );
+        let installed = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:FOREIGN - [0:0]\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -d 10.1.1.1/32 -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -d 10.2.2.2/32 -j ACCEPT\n-A FOREIGN -j ACCEPT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
+        );
+        assert_eq!(
+            undo_text(&installed, &cleaned, &expected),
+            "*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -j RETURN\n-I OUTPUT 2 -j ISTIO_OUTPUT\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn common_subsequences_are_longest_and_bounded() {
+        let list = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            common_subsequence(&list("a x b c"), &list("a b y c")),
+            [(0, 0), (2, 1), (3, 3)]
+        );
+        assert_eq!(common_subsequence(&list("a"), &list("b")), []);
+        // Long lists take the greedy path and still give an in-order common subsequence.
+        let a: Vec<String> = (0..3000).map(|i| format!("r{i}")).collect();
+        let mut b = a.clone();
+        b.insert(1500, "ours".to_string());
+        b.swap(0, 2999);
+        let pairs = common_subsequence(&a, &b);
+        assert!(pairs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        assert!(pairs.iter().all(|&(i, j)| a[i] == b[j]));
+        assert!(pairs.len() >= 2990, "{}", pairs.len());
+    }
+
+    #[test]
+    fn a_bare_plus_interface_prints_as_no_option() {
+        let plus: crate::config::types::IfName = "+".parse().unwrap();
+        let r = rule(
+            Table::Nat,
+            Chain::Prerouting,
+            vec![Match::InInterface(plus.clone())],
+            Target::Return,
+        );
+        assert_eq!(canonical_spec(&r, &no_groups).unwrap(), "-j RETURN");
+        let r = rule(
+            Table::Nat,
+            Chain::Output,
+            vec![Match::OutInterface(plus)],
+            Target::Return,
+        );
+        assert_eq!(canonical_spec(&r, &no_groups).unwrap(), "-j RETURN");
+    }
+
+    #[test]
+    fn leftover_probes_are_counted_and_deleted() {
+        let live = parse_save("*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -p 255 -j RETURN\n-A OUTPUT -p 255 -j RETURN\nCOMMIT\n");
+        assert_eq!(leftover_probes(&live), 2);
+        assert_eq!(
+            probe_cleanup_text(&live),
+            "*nat\n-D OUTPUT -p 255 -j RETURN\n-D OUTPUT -p 255 -j RETURN\nCOMMIT\n"
+        );
+        assert_eq!(probe_cleanup_text(&Saved::new()), "");
     }
 }

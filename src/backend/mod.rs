@@ -5,3 +5,4 @@ pub mod iptables;
 pub mod iptables_save;
 pub mod nft_netlink;
 pub mod nftables;
+pub mod shadowing;

@@ -173,7 +173,10 @@ impl CidrsByFamily {
 }
 
 /// A network interface name as the kernel accepts it: 1–15 bytes, not `.` or `..`, no `/`,
-/// `:` or whitespace. A trailing `+` is iptables' wildcard and is allowed.
+/// `:` or whitespace — and no `"`, which iptables-restore takes as a quote (`eth0"` would
+/// become a rule for `eth0`). A trailing `+` is iptables' wildcard and is allowed; a bare `+`
+/// matches every interface (iptables-save then prints no `-i`/`-o`, which the read-back
+/// expects).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IfName(String);
 
@@ -200,6 +203,11 @@ impl FromStr for IfName {
             .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
         {
             return Err(format!("{s:?} is not an interface name (contains {c:?})"));
+        }
+        if s.contains('"') {
+            return Err(format!(
+                "{s:?} cannot be used: iptables-restore reads '\"' as a quote and would install a rule for another name"
+            ));
         }
         Ok(IfName(s.to_string()))
     }
@@ -396,7 +404,14 @@ mod tests {
 
     #[test]
     fn interface_names() {
-        for good in ["eth0", "not-istio-nic", "a", "veth+", "123456789012345"] {
+        for good in [
+            "eth0",
+            "not-istio-nic",
+            "a",
+            "veth+",
+            "+",
+            "123456789012345",
+        ] {
             assert!(good.parse::<IfName>().is_ok(), "{good:?}");
         }
         for bad in [
@@ -407,6 +422,8 @@ mod tests {
             ".",
             "..",
             "a\tb",
+            "eth0\"",
+            "\"eth0\"",
         ] {
             assert!(bad.parse::<IfName>().is_err(), "{bad:?}");
         }

@@ -1,0 +1,315 @@
+//! One family's iptables restore transaction and what happens around it: feeding the restore
+//! inputs in turn, reading every family back, and — when a write fails or a read-back differs
+//! — undoing exactly what of ours changed, then saying truthfully what, if anything, is left.
+
+use std::collections::BTreeMap;
+
+use super::exec::Runner;
+use super::iptables::{self, Tools, XtablesLock};
+use super::{family_name, ApplyError};
+use crate::backend::iptables_save::{
+    compare, leftover_probes, undo_text, ExpectedTable, Saved, State, PROBE_SPEC,
+};
+use crate::log::Log;
+use crate::plan::Table;
+
+/// One family's pending restore: the tools, the state before, the input to feed.
+pub(super) struct Transaction {
+    /// The family and variant written.
+    pub tools: Tools,
+    /// The family's rules as read before anything was written: what an undo goes back to.
+    pub before: Saved,
+    /// The `--noflush` restore input.
+    pub text: String,
+    /// A fresh install may race with another instance doing the same; see `commit`.
+    pub fresh: bool,
+    /// The plan's rules in canonical form: the read-back's reference, and which rules in
+    /// built-in chains are ours.
+    pub expected: BTreeMap<Table, ExpectedTable>,
+    /// What the kernel must hold afterwards.
+    pub goal: Goal,
+}
+
+/// What a transaction is for, so its read-back can be judged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Goal {
+    /// Exactly the planned rules.
+    Planned,
+    /// Nothing of ours (cleanup).
+    Removed,
+}
+
+/// Turns the lines describing a failure and what could not be undone into the error: only
+/// when nothing is left does it say so.
+pub(super) fn failure(mut lines: Vec<String>, left: Vec<String>) -> ApplyError {
+    if left.is_empty() {
+        lines.push("nothing was left changed".to_string());
+        ApplyError::Failed(lines.join("\n"))
+    } else {
+        lines.extend(left);
+        lines.push("the namespace was left changed as described above".to_string());
+        ApplyError::LeftChanged(lines.join("\n"))
+    }
+}
+
+/// Why a commit failed: the lines saying what happened and what was undone, and the lines
+/// saying what could not be undone (empty when nothing is left changed).
+pub(super) type CommitFailure = (Vec<String>, Vec<String>);
+
+/// Feeds each transaction in turn, then reads every family back: the kernel must hold exactly
+/// what was planned. If a write fails or any read-back differs, what the transactions wrote
+/// is undone — so either all families change or none does. Returns the read-back states.
+pub(super) fn commit(
+    transactions: &mut [Transaction],
+    runner: &dyn Runner,
+    lock: &XtablesLock,
+    log: &Log,
+) -> Result<Vec<Saved>, CommitFailure> {
+    for i in 0..transactions.len() {
+        let t = &transactions[i];
+        let name = family_name(t.tools.family);
+        log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
+        let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock) else {
+            continue;
+        };
+        // Another instance may have installed the same rules between our read and our write.
+        if t.fresh {
+            if let Ok(now) = iptables::save(runner, t.tools) {
+                if compare(&now, &t.expected) == State::InPlace {
+                    log.info(&format!(
+                        "{name}: the same rules were installed concurrently; nothing to do"
+                    ));
+                    // Not ours to undo.
+                    transactions[i].before = now;
+                    continue;
+                }
+            }
+        }
+        return Err(undo(
+            &transactions[..=i],
+            runner,
+            lock,
+            format!("{name}: {e}"),
+        ));
+    }
+    let mut read_back = Vec::new();
+    for t in transactions.iter() {
+        let name = family_name(t.tools.family);
+        let problem = match iptables::save(runner, t.tools) {
+            Err(e) => Some(format!("cannot read the rules back: {e}")),
+            Ok(now) => {
+                let mut problems = Vec::new();
+                match (t.goal, compare(&now, &t.expected)) {
+                    (Goal::Planned, State::InPlace) | (Goal::Removed, State::Absent) => {}
+                    (Goal::Planned, State::Absent) => {
+                        problems.push("none of the planned rules are there".to_string())
+                    }
+                    (_, State::Drifted(diffs)) => problems.extend(diffs),
+                    (Goal::Removed, State::InPlace) => {
+                        problems.push("the rules are still there".to_string())
+                    }
+                }
+                if leftover_probes(&now) > 0 {
+                    problems.push(format!("nat: -A OUTPUT {PROBE_SPEC} is still there"));
+                }
+                read_back.push(now);
+                (!problems.is_empty()).then(|| problems.join("\n"))
+            }
+        };
+        if let Some(problem) = problem {
+            return Err(undo(
+                transactions,
+                runner,
+                lock,
+                format!(
+                    "{name}: read-back differs from the plan after writing with {}:\n{problem}",
+                    t.tools.restore()
+                ),
+            ));
+        }
+    }
+    Ok(read_back)
+}
+
+/// Undoes what these transactions wrote, newest first: reads each family now and puts back
+/// only what of ours changed since it was read before (see `undo_text`); a family whose failed
+/// write changed nothing is left alone. Then reads again to know, not assume, the result.
+fn undo(
+    done: &[Transaction],
+    runner: &dyn Runner,
+    lock: &XtablesLock,
+    cause: String,
+) -> CommitFailure {
+    let mut lines = vec![cause];
+    let mut left = Vec::new();
+    for t in done.iter().rev() {
+        let name = family_name(t.tools.family);
+        let now = match iptables::save(runner, t.tools) {
+            Ok(now) => now,
+            Err(e) => {
+                left.push(format!(
+                    "{name}: cannot read the rules to undo the write, so it may be left in place: {e}"
+                ));
+                continue;
+            }
+        };
+        let text = undo_text(&t.before, &now, &t.expected);
+        if text.is_empty() {
+            lines.push(format!("{name}: unchanged (the write changed nothing)"));
+            continue;
+        }
+        if let Err(e) = iptables::restore(runner, t.tools, &text, true, lock) {
+            left.push(format!(
+                "{name}: undoing the write failed, the rules written are left changed: {e}"
+            ));
+            continue;
+        }
+        match iptables::save(runner, t.tools) {
+            Ok(after) if undo_text(&t.before, &after, &t.expected).is_empty() => {
+                lines.push(format!("{name}: undone"));
+            }
+            Ok(after) => left.push(format!(
+                "{name}: undone only in part; still different from before:\n{}",
+                undo_text(&t.before, &after, &t.expected)
+            )),
+            Err(e) => left.push(format!(
+                "{name}: undone, but the result cannot be read back, so it is not known: {e}"
+            )),
+        }
+    }
+    (lines, left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::exec::Output;
+    use crate::backend::iptables_save::parse_save;
+    use crate::config::IptablesVariant;
+    use crate::plan::Family;
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    /// Save prints a fixed dump; restore answers from a queue of exit codes; calls recorded.
+    struct Fake {
+        dump: String,
+        restores: RefCell<Vec<i32>>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl Runner for Fake {
+        fn installed(&self, _: &str) -> bool {
+            true
+        }
+        fn run(
+            &self,
+            program: &str,
+            _: &[&str],
+            _: &[(&str, &str)],
+            stdin: Option<&str>,
+        ) -> std::io::Result<Output> {
+            self.calls
+                .borrow_mut()
+                .push(format!("{program} {}", stdin.unwrap_or("")));
+            let code = if program.ends_with("-save") {
+                0
+            } else {
+                self.restores.borrow_mut().remove(0)
+            };
+            Ok(Output {
+                code: Some(code),
+                stdout: if code == 0 {
+                    self.dump.clone()
+                } else {
+                    String::new()
+                },
+                stderr: if code == 0 {
+                    String::new()
+                } else {
+                    "boom".into()
+                },
+            })
+        }
+    }
+
+    const BEFORE: &str = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ACCEPT\nCOMMIT\n";
+
+    fn transaction() -> Transaction {
+        Transaction {
+            tools: Tools {
+                family: Family::V4,
+                variant: IptablesVariant::Nft,
+            },
+            before: parse_save(BEFORE),
+            text: "*nat\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n".to_string(),
+            fresh: false,
+            expected: BTreeMap::new(),
+            goal: Goal::Planned,
+        }
+    }
+
+    fn lock() -> XtablesLock {
+        XtablesLock {
+            wait: Duration::from_secs(1),
+            file: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_write_that_changed_nothing_is_not_undone() {
+        let fake = Fake {
+            dump: BEFORE.to_string(),
+            restores: RefCell::new(vec![1]),
+            calls: RefCell::default(),
+        };
+        let (lines, left) =
+            commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "IPv4: unchanged (the write changed nothing)"),
+            "{lines:?}"
+        );
+        let restores = fake
+            .calls
+            .borrow()
+            .iter()
+            .filter(|c| c.starts_with("iptables-nft-restore"))
+            .count();
+        assert_eq!(restores, 1, "no second restore: {:?}", fake.calls.borrow());
+        let ApplyError::Failed(message) = failure(lines, left) else {
+            panic!("nothing is left");
+        };
+        assert!(message.ends_with("nothing was left changed"), "{message}");
+    }
+
+    #[test]
+    fn an_undo_that_fails_is_reported_as_left_changed() {
+        // The write went in; the read-back shows our jump without our chain, and the undo's
+        // restore fails.
+        let fake = Fake {
+            dump: "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
+                .to_string(),
+            restores: RefCell::new(vec![0, 1]),
+            calls: RefCell::default(),
+        };
+        let (lines, left) =
+            commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
+        assert!(lines[0].contains("read-back differs"), "{lines:?}");
+        assert!(
+            left.iter().any(|l| l.contains("undoing the write failed")),
+            "{left:?}"
+        );
+        let calls = fake.calls.borrow();
+        let undo = calls.last().unwrap();
+        assert_eq!(
+            undo, "iptables-nft-restore *nat\n-D OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n",
+            "only our jump is deleted; the foreign rule is not rewritten"
+        );
+        assert!(matches!(
+            failure(lines, left),
+            ApplyError::LeftChanged(m) if !m.contains("nothing was left changed")
+        ));
+    }
+}
