@@ -510,7 +510,10 @@ fn parse_flags(
 pub fn usage() -> String {
     let mut out = String::from(
         "meshinit: installs a service-mesh pod's traffic-capture rules (drop-in for istio-iptables)\n\n\
-         Usage: meshinit [istio-iptables] [FLAGS]\n\nFlags:\n",
+         Usage: meshinit [istio-iptables] [FLAGS]\n\
+         \x20      meshinit explain [FLAGS]                      where each kind of traffic goes\n\
+         \x20      meshinit trace [FLAGS] --conn SPEC [--json]   one connection's path, rule by rule\n\
+         \x20      (SPEC: out|in tcp|udp dst=ADDR:PORT [src=ADDR[:PORT]] [uid=N] [gid=N] [iface=IF] [oif=IF] [mark=N])\n\nFlags:\n",
     );
     for spec in FLAGS {
         let names = match spec.short {

@@ -313,10 +313,11 @@ pub fn text(capture: &Capture, plan: &Plan, backend: Backend, groups: GroupLooku
     };
     let mut out = format!(
         "meshinit explain: where traffic goes (outbound listener {}, inbound listener {}, \
-         inbound mode {mode}; families {}; backend {backend:?})\n\n",
+         inbound mode {mode}; families {}; backend {})\n\n",
         capture.proxy_port,
         capture.inbound_capture_port,
         if capture.ipv6 { "IPv4, IPv6" } else { "IPv4" },
+        backend.name(),
     );
     let cells: Vec<[String; 3]> = rows
         .iter()

@@ -43,6 +43,16 @@ pub enum Backend {
     Nftables,
 }
 
+impl Backend {
+    /// `iptables` or `nftables`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        }
+    }
+}
+
 /// Traces `conn` through the rules `backend` installs for `plan`.
 pub fn trace(plan: &Plan, conn: &Conn, backend: Backend, groups: GroupLookup<'_>) -> Trace {
     let family = if conn.dst.is_ipv4() {
