@@ -1,72 +1,176 @@
 //! Serialises meshinit runs that target the same network namespace, so concurrent instances
 //! read, decide and write one after another and converge on one ruleset.
+//!
+//! The lock is an abstract unix socket name (`@meshinit/netns-lock`) bound in the target
+//! namespace. Abstract names live in the network namespace, not in a file system, so the lock
+//! is per namespace by construction, works with a read-only or private `/run`, leaves no file
+//! behind, and the kernel releases it when the holder exits, however it dies.
 
-use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::errno::Errno;
+use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
-/// Held for the whole read-decide-write sequence; released when dropped.
+/// The abstract socket name of the lock (without the leading NUL; `/proc/net/unix` and `ss`
+/// show it as `@meshinit/netns-lock`).
+pub const LOCK_NAME: &str = "meshinit/netns-lock";
+
+/// How often a waiting run tries the lock again.
+const RETRY: Duration = Duration::from_millis(20);
+
+/// Held for the whole read-decide-write sequence; released when dropped (or when the process
+/// dies: the kernel closes the socket).
 pub struct NetnsLock {
-    _lock: Flock<File>,
-    /// The lock file, `/run/meshinit/netns-<dev>-<ino>.lock`.
-    pub path: PathBuf,
+    _socket: OwnedFd,
+    /// The `--cni-mode` xtables lock file made during this run, removed on drop.
+    xtables_file: Option<PathBuf>,
 }
 
-/// Where the lock file of the current network namespace lives: named after the namespace's
-/// identity, so every instance on this host that targets it uses the same file.
-fn lock_path() -> std::io::Result<PathBuf> {
-    let ns = std::fs::metadata("/proc/self/ns/net")?;
-    Ok(PathBuf::from(format!(
-        "/run/meshinit/netns-{}-{}.lock",
-        ns.dev(),
-        ns.ino()
-    )))
+impl NetnsLock {
+    /// A legacy-iptables lock file for this network namespace alone (`--cni-mode`), named
+    /// after the namespace's identity; `None` when /run/meshinit cannot be made (legacy
+    /// iptables then uses the host's lock). The file is removed when this lock is released:
+    /// every meshinit run that could use it holds this lock, so nobody else is waiting on it.
+    pub fn xtables_lock_file(&mut self) -> Option<PathBuf> {
+        if self.xtables_file.is_none() {
+            let ns = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+            let path = PathBuf::from(format!(
+                "/run/meshinit/netns-{}-{}.xtables.lock",
+                ns.dev(),
+                ns.ino()
+            ));
+            std::fs::create_dir_all(path.parent()?).ok()?;
+            self.xtables_file = Some(path);
+        }
+        self.xtables_file.clone()
+    }
 }
 
-/// A legacy-iptables lock file for the current network namespace alone (`--cni-mode`), next
-/// to meshinit's own lock; `None` when /run/meshinit cannot be made.
-pub fn xtables_lock_path() -> Option<PathBuf> {
-    let path = lock_path().ok()?.with_extension("xtables.lock");
-    std::fs::create_dir_all(path.parent()?).ok()?;
-    Some(path)
-}
-
-/// Takes the lock, waiting at most `wait`. `Ok(None)` when no lock file can be made (e.g. a
-/// read-only /run): meshinit then relies on its conflict checks alone.
-pub fn lock_netns(wait: Duration) -> Result<Option<NetnsLock>, String> {
-    let Ok(path) = lock_path() else {
-        return Ok(None);
-    };
-    if let Some(dir) = path.parent() {
-        if std::fs::create_dir_all(dir).is_err() {
-            return Ok(None);
+impl Drop for NetnsLock {
+    fn drop(&mut self) {
+        // Runs before the socket closes, so no other meshinit run can be using the file.
+        if let Some(path) = &self.xtables_file {
+            let _ = std::fs::remove_file(path);
         }
     }
-    let Ok(mut file) = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-    else {
-        return Ok(None);
-    };
+}
+
+/// Takes the lock of the calling thread's network namespace, waiting at most `wait`.
+pub fn lock_netns(wait: Duration) -> Result<NetnsLock, String> {
+    let addr = UnixAddr::new_abstract(LOCK_NAME.as_bytes())
+        .map_err(|e| format!("cannot name meshinit's namespace lock: {e}"))?;
     let deadline = Instant::now() + wait;
     loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Some(NetnsLock { _lock: lock, path })),
-            Err((returned, _)) if Instant::now() < deadline => {
-                file = returned;
-                std::thread::sleep(Duration::from_millis(20));
+        // CLOEXEC: the iptables tools must not inherit (and so outlive us holding) the lock.
+        let socket = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| {
+            format!("cannot make meshinit's namespace lock: socket: {e}; nothing was changed")
+        })?;
+        match bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &addr) {
+            Ok(()) => {
+                return Ok(NetnsLock {
+                    _socket: socket,
+                    xtables_file: None,
+                })
             }
-            Err((_, errno)) => {
+            Err(Errno::EADDRINUSE) if Instant::now() < deadline => std::thread::sleep(RETRY),
+            Err(Errno::EADDRINUSE) => {
+                let holder = holder()
+                    .map(|h| format!("; held by {h}"))
+                    .unwrap_or_default();
                 return Err(format!(
-                "another meshinit holds {} for longer than {wait:?} ({errno}); nothing was changed",
-                path.display()
-            ))
+                    "another meshinit holds the lock of this network namespace (abstract unix socket @{LOCK_NAME}{holder}) for longer than {wait:?}; nothing was changed"
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot take meshinit's namespace lock (abstract unix socket @{LOCK_NAME}): {e}; nothing was changed"
+                ))
             }
         }
+    }
+}
+
+/// Who holds the lock, best effort: the socket's inode from this namespace's
+/// `/proc/net/unix`, then the process with an fd on that socket (`pid N, comm`).
+fn holder() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/thread-self/net/unix").ok()?;
+    let inode = unix_socket_inode(&table, &format!("@{LOCK_NAME}"))?;
+    let (pid, comm) = socket_owner(inode)?;
+    Some(format!("pid {pid}, {comm}"))
+}
+
+/// The inode of the listed unix socket bound to `path` (`@name` for abstract names), from
+/// `/proc/net/unix` text: `Num RefCount Protocol Flags Type St Inode Path`.
+pub fn unix_socket_inode(table: &str, path: &str) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, _, _, _, _, _, inode, p] if *p == path => inode.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
+/// The first process (pid, comm) with a file descriptor on socket `inode`, found by scanning
+/// `/proc/*/fd`; processes we may not look into are skipped.
+pub fn socket_owner(inode: u64) -> Option<(u32, String)> {
+    let target = format!("socket:[{inode}]");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
+        });
+        if holds {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            return Some((pid, comm.trim().to_string()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_socket_is_found_in_proc_net_unix_text() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 23119 /run/systemd/private\n\
+            0000000000000000: 00000002 00000000 00000000 0001 01 99 \n\
+            0000000000000000: 00000002 00000000 00000000 0001 01 4242 @meshinit/netns-lock\n";
+        assert_eq!(unix_socket_inode(table, "@meshinit/netns-lock"), Some(4242));
+        assert_eq!(unix_socket_inode(table, "@other"), None);
+    }
+
+    #[test]
+    fn a_socket_of_this_process_is_found_with_its_pid() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::UnixListener;
+        let name = format!("meshinit-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = UnixListener::bind_addr(&addr).unwrap();
+        let table = std::fs::read_to_string("/proc/thread-self/net/unix").unwrap();
+        let inode = unix_socket_inode(&table, &format!("@{name}")).expect("listed");
+        let (pid, _) = socket_owner(inode).expect("found");
+        assert_eq!(pid, std::process::id());
+        drop(listener);
     }
 }

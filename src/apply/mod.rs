@@ -78,7 +78,7 @@ const NETLINK_CAPS: &[Capability] = &[Capability::CAP_NET_ADMIN];
 fn prepare(
     opts: &RunOptions,
     caps: &[Capability],
-) -> Result<(Option<lock::NetnsLock>, BTreeMap<String, u32>), ApplyError> {
+) -> Result<(lock::NetnsLock, BTreeMap<String, u32>), ApplyError> {
     privileges::require_capabilities(caps).map_err(ApplyError::Precondition)?;
     let lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
     Ok((lock, load_groups()))
@@ -196,7 +196,7 @@ pub fn apply(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
+    let (mut lock, groups) = prepare(opts, IPTABLES_CAPS)?;
     let resolve = |name: &str| resolve_group(&groups, name);
 
     // Decide everything for every family before writing anything.
@@ -277,7 +277,7 @@ pub fn apply(
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let added = routing::ensure_all(&mut nl, plan)
         .map_err(|e| ApplyError::Failed(format!("{e}; nothing was left changed")))?;
-    if let Err(e) = commit(&transactions, runner, &xtables_lock(opts), log) {
+    if let Err(e) = commit(&transactions, runner, &xtables_lock(opts, &mut lock), log) {
         routing::remove_all(&mut nl, &added);
         return Err(e);
     }
@@ -353,7 +353,7 @@ pub fn cleanup(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
+    let (mut lock, groups) = prepare(opts, IPTABLES_CAPS)?;
     let resolve = |name: &str| resolve_group(&groups, name);
     // Plan as if IPv6 were on, so IPv6 leftovers are recognised too.
     let full = plan::plan(&Capture {
@@ -387,7 +387,7 @@ pub fn cleanup(
             });
         }
     }
-    commit(&transactions, runner, &xtables_lock(opts), log)?;
+    commit(&transactions, runner, &xtables_lock(opts, &mut lock), log)?;
     let removed = remove_routing(capture)?;
     Ok(Report {
         tools: transactions
@@ -441,12 +441,12 @@ fn remove_routing(capture: &Capture) -> Result<Vec<String>, ApplyError> {
 }
 
 /// The xtables lock legacy iptables should use: the host's, or under `--cni-mode` one of this
-/// network namespace's own.
-fn xtables_lock(opts: &RunOptions) -> XtablesLock {
+/// network namespace's own (removed again when `netns` is released).
+fn xtables_lock(opts: &RunOptions, netns: &mut lock::NetnsLock) -> XtablesLock {
     XtablesLock {
         wait: opts.xtables_wait,
         file: if opts.cni_mode {
-            lock::xtables_lock_path()
+            netns.xtables_lock_file()
         } else {
             None
         },
