@@ -203,13 +203,13 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     }
 
     let result = match (run.cleanup_only, run.skip_rule_apply, nftables) {
-        (true, _, true) => apply::cleanup_nftables(&config.capture, run),
+        (true, _, true) => apply::cleanup_nftables(&config.capture, run, &log),
         (true, _, false) => apply::cleanup(&config.capture, run, &SystemRunner, &log),
         (false, true, _) => Ok(apply::Report {
             changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
             ..apply::Report::default()
         }),
-        (false, false, true) => apply::apply_nftables(&plan, run),
+        (false, false, true) => apply::apply_nftables(&plan, run, &log),
         (false, false, false) => apply::apply(&plan, run, &SystemRunner, &log),
     };
     summary.phase("apply");

@@ -25,7 +25,7 @@ use crate::log::Log;
 use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
 use iptables::{Tools, XtablesLock};
-use netlink::{Changed, Netlink};
+use netlink::Netlink;
 use nftables::NfTables;
 
 /// Why applying or cleaning up stopped. In every case the namespace is as it was before.
@@ -128,8 +128,9 @@ pub enum Backend {
 
 /// Installs the plan natively with nf_tables: our tables replaced in one atomic batch
 /// (idempotent by construction), after the routing objects; if the batch is rejected, the
-/// routing objects this run added are removed again.
-pub fn apply_nftables(plan: &Plan, opts: &RunOptions) -> Result<Report, ApplyError> {
+/// routing objects this run added are removed again. Once the batch is in, our routing
+/// objects that the plan no longer needs are removed.
+pub fn apply_nftables(plan: &Plan, opts: &RunOptions, log: &Log) -> Result<Report, ApplyError> {
     let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
@@ -148,6 +149,7 @@ pub fn apply_nftables(plan: &Plan, opts: &RunOptions) -> Result<Report, ApplyErr
         applied.rules,
         applied.messages
     ));
+    changes.extend(remove_stale_routing(&mut nl, plan, log));
     Ok(Report {
         tools: vec!["nf_tables netlink".to_string()],
         changes,
@@ -155,7 +157,11 @@ pub fn apply_nftables(plan: &Plan, opts: &RunOptions) -> Result<Report, ApplyErr
 }
 
 /// Removes our nftables tables and routing objects, nothing else.
-pub fn cleanup_nftables(capture: &Capture, opts: &RunOptions) -> Result<Report, ApplyError> {
+pub fn cleanup_nftables(
+    capture: &Capture,
+    opts: &RunOptions,
+    log: &Log,
+) -> Result<Report, ApplyError> {
     let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let present = nft
@@ -167,7 +173,7 @@ pub fn cleanup_nftables(capture: &Capture, opts: &RunOptions) -> Result<Report, 
         .iter()
         .map(|t| format!("deleted table inet {t}"))
         .collect();
-    changes.extend(remove_routing(capture)?);
+    changes.extend(remove_routing(capture, log)?);
     Ok(Report {
         tools: vec!["nf_tables netlink".to_string()],
         changes,
@@ -297,6 +303,9 @@ pub fn apply(
         ));
     }
     verify(&transactions, runner, log);
+    report
+        .changes
+        .extend(remove_stale_routing(&mut nl, plan, log));
     Ok(report)
 }
 
@@ -388,7 +397,7 @@ pub fn cleanup(
         }
     }
     commit(&transactions, runner, &xtables_lock(opts, &mut lock), log)?;
-    let removed = remove_routing(capture)?;
+    let removed = remove_routing(capture, log)?;
     Ok(Report {
         tools: transactions
             .iter()
@@ -408,7 +417,8 @@ pub fn cleanup(
     })
 }
 
-/// The routing objects of the plan that are missing.
+/// The routing objects of the plan that are missing (present without our mark counts as in
+/// place), and ours that the plan does not need (left by another configuration).
 fn check_routing(plan: &Plan) -> Result<Vec<String>, ApplyError> {
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut differences = Vec::new();
@@ -419,25 +429,62 @@ fn check_routing(plan: &Plan) -> Result<Vec<String>, ApplyError> {
             Err(e) => differences.push(format!("cannot check {object}: {e}")),
         }
     }
+    match routing::stale(&mut nl, plan) {
+        Ok(stale) => differences.extend(stale.iter().map(|o| {
+            format!("unexpected: {o} (added by meshinit, not planned by this configuration)")
+        })),
+        Err(e) => differences.push(format!("cannot list meshinit's routing objects: {e}")),
+    }
     Ok(differences)
 }
 
-/// Removes the routing objects this configuration installs, newest first; returns what went.
-fn remove_routing(capture: &Capture) -> Result<Vec<String>, ApplyError> {
-    let mut removed = Vec::new();
-    let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
-    for object in routing::objects(&plan::plan(capture)).into_iter().rev() {
-        match routing::remove(&mut nl, object) {
-            Ok(Changed::Yes) => removed.push(format!("removed {object}")),
-            Ok(Changed::No) => {}
-            Err(e) => {
-                return Err(ApplyError::Failed(format!(
-                    "removing {object}: {e} (the rules are already removed)"
-                )))
-            }
+/// Removes our routing objects that an earlier configuration left and this plan does not
+/// need (TPROXY → REDIRECT, another mark or table); returns the change lines. The rules are
+/// in place by then, so a failure here is a warning naming what is left, not a failed apply.
+fn remove_stale_routing(nl: &mut Netlink, plan: &Plan, log: &Log) -> Vec<String> {
+    let removed = routing::stale(nl, plan)
+        .map_err(|e| e.to_string())
+        .and_then(|stale| routing::remove_each(nl, &stale));
+    match removed {
+        Ok(removed) => removed
+            .iter()
+            .map(|o| format!("removed {o} (not planned by this configuration)"))
+            .collect(),
+        Err(e) => {
+            log.warn(&format!(
+                "the rules are in place, but meshinit's routing objects of an earlier configuration could not all be removed: {e}"
+            ));
+            Vec::new()
         }
     }
-    Ok(removed)
+}
+
+/// Removes every routing object of ours (whatever configuration added it), newest first;
+/// returns what went. Objects this configuration would use that carry no mark of ours (made
+/// by istio-init or an administrator) are left and named in the log.
+fn remove_routing(capture: &Capture, log: &Log) -> Result<Vec<String>, ApplyError> {
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
+    let ours = routing::ours(&mut nl).map_err(|e| {
+        ApplyError::Failed(format!(
+            "listing meshinit's routing objects: {e} (the rules are already removed)"
+        ))
+    })?;
+    let removed = routing::remove_each(&mut nl, &ours)
+        .map_err(|e| ApplyError::Failed(format!("{e} (the rules are already removed)")))?;
+    let full = plan::plan(&Capture {
+        ipv6: true,
+        ..capture.clone()
+    });
+    for object in routing::objects(&full) {
+        if routing::present(&mut nl, object).unwrap_or(false)
+            && !routing::owned(&mut nl, object).unwrap_or(true)
+        {
+            log.info(&format!(
+                "left in place: {object} (not added by meshinit; remove it with ip if it is Istio's)"
+            ));
+        }
+    }
+    Ok(removed.iter().map(|o| format!("removed {o}")).collect())
 }
 
 /// The xtables lock legacy iptables should use: the host's, or under `--cni-mode` one of this
