@@ -162,7 +162,9 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let code = print_stdout(&text);
         return summary.finish(&log, code);
     }
-    let (backend, why) = apply::resolve_backend(run.backend, &SystemRunner);
+    // The whole run's deadline for helper programs, counted from the start of the run.
+    let runner = SystemRunner::new(Some(summary.started + run.timeout));
+    let (backend, why) = apply::resolve_backend(run.backend, &runner);
     let nftables = backend == apply::Backend::Nftables;
     log.info(&format!(
         "backend: {} ({why})",
@@ -178,7 +180,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let checked = if nftables {
             apply::check_nftables(&plan)
         } else {
-            apply::check(&plan, run, &SystemRunner)
+            apply::check(&plan, run, &runner)
         };
         let code = match checked {
             Ok(diffs) if diffs.is_empty() => {
@@ -204,13 +206,13 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
 
     let result = match (run.cleanup_only, run.skip_rule_apply, nftables) {
         (true, _, true) => apply::cleanup_nftables(&config.capture, run, &log),
-        (true, _, false) => apply::cleanup(&config.capture, run, &SystemRunner, &log),
+        (true, _, false) => apply::cleanup(&config.capture, run, &runner, &log),
         (false, true, _) => Ok(apply::Report {
             changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
             ..apply::Report::default()
         }),
         (false, false, true) => apply::apply_nftables(&plan, run, &log),
-        (false, false, false) => apply::apply(&plan, run, &SystemRunner, &log),
+        (false, false, false) => apply::apply(&plan, run, &runner, &log),
     };
     summary.phase("apply");
     let code = match result {
