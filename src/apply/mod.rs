@@ -3,6 +3,7 @@
 //! restore transaction per family and rolls everything back if any step fails.
 
 pub mod exec;
+pub mod groups;
 pub mod iptables;
 pub mod lock;
 pub mod netlink;
@@ -24,6 +25,7 @@ use crate::config::{BackendChoice, Capture, IptablesVariant, RunOptions};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
+use groups::Groups;
 use iptables::{Tools, XtablesLock};
 use netlink::Netlink;
 use nftables::NfTables;
@@ -78,10 +80,10 @@ const NETLINK_CAPS: &[Capability] = &[Capability::CAP_NET_ADMIN];
 fn prepare(
     opts: &RunOptions,
     caps: &[Capability],
-) -> Result<(lock::NetnsLock, BTreeMap<String, u32>), ApplyError> {
+) -> Result<(lock::NetnsLock, Groups), ApplyError> {
     privileges::require_capabilities(caps).map_err(ApplyError::Precondition)?;
     let lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
-    Ok((lock, load_groups()))
+    Ok((lock, load_groups()?))
 }
 
 /// Which backend `--backend auto` means on this machine, and why: iptables (Istio's default)
@@ -185,8 +187,7 @@ pub fn cleanup_nftables(
 /// (compared expression by expression with the batch an apply would send), and the routing
 /// objects are in place.
 pub fn check_nftables(plan: &Plan) -> Result<Vec<String>, ApplyError> {
-    let groups = nftables::Groups::load(std::path::Path::new(nftables::GROUP_FILE))
-        .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let groups = load_groups()?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut differences = nft
         .differences(&crate::backend::nftables::ruleset(plan), &groups)
@@ -317,7 +318,7 @@ pub fn check(
     opts: &RunOptions,
     runner: &dyn Runner,
 ) -> Result<Vec<String>, ApplyError> {
-    let groups = load_groups();
+    let groups = load_groups()?;
     let resolve = |name: &str| resolve_group(&groups, name);
     let variants = match opts.force_iptables_binary {
         Some(v) => vec![v],
@@ -564,8 +565,8 @@ fn verify(transactions: &[Transaction], runner: &dyn Runner, log: &Log) {
 /// /etc/group first (no NSS: it can stall pod start-up, istio/istio#48416), else through the
 /// system's group lookup — which is what iptables itself does when it loads the rule, so a
 /// directory-only group resolves the same for both.
-fn resolve_group(groups: &BTreeMap<String, u32>, name: &str) -> Option<u32> {
-    groups.get(name).copied().or_else(|| {
+fn resolve_group(groups: &Groups, name: &str) -> Option<u32> {
+    groups.gid(name).or_else(|| {
         nix::unistd::Group::from_name(name)
             .ok()
             .flatten()
@@ -573,16 +574,7 @@ fn resolve_group(groups: &BTreeMap<String, u32>, name: &str) -> Option<u32> {
     })
 }
 
-/// Group names and gids from /etc/group, read directly (no NSS, see istio/istio#48416).
-fn load_groups() -> BTreeMap<String, u32> {
-    std::fs::read_to_string("/etc/group")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let gid = fields.nth(1)?.parse().ok()?;
-            Some((name.to_string(), gid))
-        })
-        .collect()
+/// The group database of /etc/group, read directly (no NSS, see istio/istio#48416).
+fn load_groups() -> Result<Groups, ApplyError> {
+    Groups::load(std::path::Path::new(groups::GROUP_FILE)).map_err(ApplyError::Precondition)
 }

@@ -489,10 +489,17 @@ fn bad_bools_durations_and_choices_are_rejected() {
         &[],
         &["--probe-timeout", "PROBE_TIMEOUT"],
     );
-    rejected(&["--timeout=500ms"], &[], &["--timeout", "MESHINIT_TIMEOUT"]);
+    rejected(
+        &["--timeout=500ms"],
+        &[],
+        &["--timeout", "MESHINIT_TIMEOUT"],
+    );
     rejected(&[], &[("MESHINIT_TIMEOUT", "soon")], &["--timeout"]);
     assert_eq!(
-        build(&[], &[("MESHINIT_TIMEOUT", "3s")]).unwrap().run.timeout,
+        build(&[], &[("MESHINIT_TIMEOUT", "3s")])
+            .unwrap()
+            .run
+            .timeout,
         Duration::from_secs(3)
     );
     rejected(
