@@ -259,6 +259,12 @@ fn run_validation(config: &Config, log: &Log) -> u8 {
             config.run.probe_port,
             config.run.probe_timeout,
         ) {
+            // Only "not redirected" is Istio's 126 (which its CNI repair controller acts on);
+            // a test that could not run is a run-time failure.
+            if let validate::ValidationError::PortUnavailable { .. } = e {
+                log.error(&format!("validation could not run: {e}"));
+                return exit_code::FAILURE;
+            }
             log.error(&format!(
                 "validation failed: {e}\n{}",
                 validate::FAILURE_ADVICE

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 
+use super::procfs;
+
 /// The abstract socket name of the lock (without the leading NUL; `/proc/net/unix` and `ss`
 /// show it as `@meshinit/netns-lock`).
 pub const LOCK_NAME: &str = "meshinit/netns-lock";
@@ -99,78 +101,10 @@ pub fn lock_netns(wait: Duration) -> Result<NetnsLock, String> {
     }
 }
 
-/// Who holds the lock, best effort: the socket's inode from this namespace's
-/// `/proc/net/unix`, then the process with an fd on that socket (`pid N, comm`).
+/// Who holds the lock, best effort (`pid N, comm`).
 fn holder() -> Option<String> {
     let table = std::fs::read_to_string("/proc/thread-self/net/unix").ok()?;
-    let inode = unix_socket_inode(&table, &format!("@{LOCK_NAME}"))?;
-    let (pid, comm) = socket_owner(inode)?;
+    let inode = procfs::unix_socket_inode(&table, &format!("@{LOCK_NAME}"))?;
+    let (pid, comm) = procfs::socket_owner(inode)?;
     Some(format!("pid {pid}, {comm}"))
-}
-
-/// The inode of the listed unix socket bound to `path` (`@name` for abstract names), from
-/// `/proc/net/unix` text: `Num RefCount Protocol Flags Type St Inode Path`.
-pub fn unix_socket_inode(table: &str, path: &str) -> Option<u64> {
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            [_, _, _, _, _, _, inode, p] if *p == path => inode.parse().ok(),
-            _ => None,
-        }
-    })
-}
-
-/// The first process (pid, comm) with a file descriptor on socket `inode`, found by scanning
-/// `/proc/*/fd`; processes we may not look into are skipped.
-pub fn socket_owner(inode: u64) -> Option<(u32, String)> {
-    let target = format!("socket:[{inode}]");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == target.as_str())
-        });
-        if holds {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            return Some((pid, comm.trim().to_string()));
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_lock_socket_is_found_in_proc_net_unix_text() {
-        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
-            0000000000000000: 00000002 00000000 00010000 0001 01 23119 /run/systemd/private\n\
-            0000000000000000: 00000002 00000000 00000000 0001 01 99 \n\
-            0000000000000000: 00000002 00000000 00000000 0001 01 4242 @meshinit/netns-lock\n";
-        assert_eq!(unix_socket_inode(table, "@meshinit/netns-lock"), Some(4242));
-        assert_eq!(unix_socket_inode(table, "@other"), None);
-    }
-
-    #[test]
-    fn a_socket_of_this_process_is_found_with_its_pid() {
-        use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::net::UnixListener;
-        let name = format!("meshinit-test-{}", std::process::id());
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        let listener = UnixListener::bind_addr(&addr).unwrap();
-        let table = std::fs::read_to_string("/proc/thread-self/net/unix").unwrap();
-        let inode = unix_socket_inode(&table, &format!("@{name}")).expect("listed");
-        let (pid, _) = socket_owner(inode).expect("found");
-        assert_eq!(pid, std::process::id());
-        drop(listener);
-    }
 }

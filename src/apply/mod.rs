@@ -10,6 +10,7 @@ pub mod netlink;
 pub mod nftables;
 pub mod nlsocket;
 pub mod privileges;
+pub mod procfs;
 pub mod routing;
 
 use std::collections::BTreeMap;
