@@ -154,22 +154,41 @@ pub fn owned(nl: &mut Netlink, object: Object) -> Result<bool, NetlinkError> {
 /// it, in the order they would have been added.
 pub fn ours(nl: &mut Netlink) -> Result<Vec<Object>, NetlinkError> {
     let mut out = Vec::new();
-    if nl.has_our_lo_address_v6(PASSTHROUGH_V6)? {
+    if without_ipv6(nl.has_our_lo_address_v6(PASSTHROUGH_V6))?.unwrap_or(false) {
         out.push(Object::LoAddress);
     }
     for family in [Family::V4, Family::V6] {
-        for (mark, table) in nl.our_fwmark_rules(family)? {
+        let rules = nl.our_fwmark_rules(family);
+        let rules = match family {
+            Family::V4 => rules?,
+            Family::V6 => without_ipv6(rules)?.unwrap_or_default(),
+        };
+        for (mark, table) in rules {
             out.push(Object::FwmarkRule {
                 family,
                 mark,
                 table,
             });
         }
-        for table in nl.our_local_default_routes(family)? {
+        let routes = nl.our_local_default_routes(family);
+        let routes = match family {
+            Family::V4 => routes?,
+            Family::V6 => without_ipv6(routes)?.unwrap_or_default(),
+        };
+        for table in routes {
             out.push(Object::LocalRoute { family, table });
         }
     }
     Ok(out)
+}
+
+/// An IPv6 listing on a kernel without IPv6 (`ipv6.disable=1`) fails with
+/// `EAFNOSUPPORT`: then nothing of ours can be there (`None`).
+fn without_ipv6<T>(listed: Result<T, NetlinkError>) -> Result<Option<T>, NetlinkError> {
+    match listed {
+        Err(e) if e.errno() == Some(nix::errno::Errno::EAFNOSUPPORT) => Ok(None),
+        other => other.map(Some),
+    }
 }
 
 /// Our TPROXY objects (rules and routes) that the plan does not need: left by an earlier
