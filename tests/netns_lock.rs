@@ -8,7 +8,9 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::apply::{default_args, hold_meshinit_lock, meshinit, path_env, rules_of, strings};
+use support::apply::{
+    default_args, hold_meshinit_lock, meshinit, path_env, rules_of, strings, tools_with_broken,
+};
 use support::netlab::{Lab, Netns};
 use support::{diff, require_root};
 
@@ -217,4 +219,64 @@ fn runs_leave_no_files_in_run() {
             "{extra:?} left files in /run/meshinit"
         );
     }
+}
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_run_holding_the_lock_is_named_by_the_run_that_gives_up() {
+    if !require_root("a_run_holding_the_lock_is_named_by_the_run_that_gives_up") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    // The first run holds the lock while its restore tool hangs (until its --timeout).
+    let dir = std::path::PathBuf::from(format!("/tmp/meshinit-lockholder-{}", std::process::id()));
+    let marker = dir.join("started");
+    let path = tools_with_broken(&dir, "iptables-nft-restore");
+    std::fs::write(
+        dir.join("iptables-nft-restore"),
+        // Hangs once; the rollback after the first run's deadline uses the real tool.
+        format!(
+            "#!/bin/sh\n[ -e {m} ] && exec /usr/sbin/iptables-nft-restore \"$@\"\ntouch {m}\nexec sleep 60\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    let mut args = default_args();
+    args.extend(strings(&["--force-iptables-binary=nft", "--timeout=4s"]));
+    args.push(format!("--network-namespace={}", lab.pod.path().display()));
+    let first = Command::new(env!("CARGO_BIN_EXE_meshinit"))
+        .args(&args)
+        .env_clear()
+        .env("PATH", format!("{path}:{}", path_env().1))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let pid = first.id();
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the first run never got going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = default_args();
+    second.extend(strings(&[
+        "--force-iptables-binary=nft",
+        "--xtables-wait=1s",
+    ]));
+    let out = meshinit(&lab.pod, &second, &[]);
+    let first = first.wait_with_output().expect("first run ends");
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "the first run is killed at its deadline"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("held by pid {pid}, meshinit")),
+        "{}",
+        out.stderr
+    );
 }
