@@ -83,7 +83,9 @@ fn prepare(
     caps: &[Capability],
 ) -> Result<(lock::NetnsLock, Groups), ApplyError> {
     privileges::require_capabilities(caps).map_err(ApplyError::Precondition)?;
-    let lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
+    // Waiting for another run counts against this run's deadline too.
+    let wait = opts.xtables_wait.min(opts.timeout);
+    let lock = lock::lock_netns(wait).map_err(ApplyError::Precondition)?;
     Ok((lock, load_groups()?))
 }
 
