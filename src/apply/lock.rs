@@ -144,7 +144,10 @@ mod tests {
     #[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
     fn a_second_taker_waits_then_names_the_holder_from_its_credentials() {
         if !nix::unistd::geteuid().is_root() {
-            assert!(std::env::var_os("CI").is_none(), "needs root, and CI may not skip");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "needs root, and CI may not skip"
+            );
             eprintln!("note: skipping: needs root for a network namespace of its own");
             return;
         }
