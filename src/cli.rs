@@ -186,6 +186,8 @@ pub static FLAGS: &[FlagSpec] = &[
         "DNS servers to capture (default: nameservers of /etc/resolv.conf)"),
     flag!("xtables-wait", None, Value, "30s", ["MESHINIT_XTABLES_WAIT"], Meshinit,
         "how long legacy iptables waits for the xtables lock"),
+    flag!("timeout", None, Value, "2m", ["MESHINIT_TIMEOUT"], Meshinit,
+        "deadline for the run's helper programs: one still running then is killed and named"),
     flag!("backend", None, Value, "auto", ["MESHINIT_BACKEND"], Meshinit,
         "auto|iptables|nftables; auto is iptables unless no iptables tool is installed"),
     flag!("check", None, Bool, "false", ["MESHINIT_CHECK"], Meshinit,

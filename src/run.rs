@@ -175,7 +175,9 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let code = print_stdout(&text);
         return summary.finish(&log, code);
     }
-    let (backend, why) = apply::resolve_backend(run.backend, &SystemRunner);
+    // The whole run's deadline for helper programs, counted from the start of the run.
+    let runner = SystemRunner::new(Some(summary.started + run.timeout));
+    let (backend, why) = apply::resolve_backend(run.backend, &runner);
     let nftables = backend == apply::Backend::Nftables;
     log.info(&format!(
         "backend: {} ({why})",
@@ -191,7 +193,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let checked = if nftables {
             apply::check_nftables(&plan)
         } else {
-            apply::check(&plan, run, &SystemRunner, &log)
+            apply::check(&plan, run, &runner, &log)
         };
         let code = match checked {
             Ok(diffs) if diffs.is_empty() => {
@@ -217,14 +219,14 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     }
 
     let result = match (run.cleanup_only, run.skip_rule_apply, nftables) {
-        (true, _, true) => apply::cleanup_nftables(&config.capture, run),
-        (true, _, false) => apply::cleanup(&config.capture, run, &SystemRunner, &log),
+        (true, _, true) => apply::cleanup_nftables(&config.capture, run, &log),
+        (true, _, false) => apply::cleanup(&config.capture, run, &runner, &log),
         (false, true, _) => Ok(apply::Report {
             changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
             ..apply::Report::default()
         }),
-        (false, false, true) => apply::apply_nftables(&plan, run),
-        (false, false, false) => apply::apply(&plan, run, &SystemRunner, &log),
+        (false, false, true) => apply::apply_nftables(&plan, run, &log),
+        (false, false, false) => apply::apply(&plan, run, &runner, &log),
     };
     summary.phase("apply");
     let code = match result {
@@ -332,6 +334,12 @@ fn run_validation(config: &Config, log: &Log) -> u8 {
             config.run.probe_port,
             config.run.probe_timeout,
         ) {
+            // Only "not redirected" is Istio's 126 (which its CNI repair controller acts on);
+            // a test that could not run is a run-time failure.
+            if let validate::ValidationError::PortUnavailable { .. } = e {
+                log.error(&format!("validation could not run: {e}"));
+                return exit_code::FAILURE;
+            }
             log.error(&format!(
                 "validation failed: {e}\n{}",
                 validate::FAILURE_ADVICE

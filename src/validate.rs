@@ -2,6 +2,11 @@
 //! proxy would (outbound and inbound capture ports on localhost), connect as this process to
 //! the passthrough address on the probe port, and pass when a connection lands on a listener
 //! with the probe port as its original destination. Needs no capabilities.
+//!
+//! A capture port that cannot be listened on (another socket holds it without
+//! `SO_REUSEPORT`, or as another user) is an immediate failure naming the port and, when
+//! `/proc` shows it, its holder: waiting out the timeout would only report a misleading
+//! "not redirected".
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -46,9 +51,16 @@ impl Probe {
 /// Why validation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
-    /// No capture port could be listened on: the listen address and the bind errors.
-    #[error("no listener available on {0}: {1}")]
-    NoListener(IpAddr, String),
+    /// A capture port could not be listened on; validation did not run.
+    #[error("cannot listen on capture port {addr}: {error}{}; validation needs every capture port free, or shared with SO_REUSEPORT by the same user", holder.as_ref().map(|h| format!(" (held by {h})")).unwrap_or_default())]
+    PortUnavailable {
+        /// The address and capture port.
+        addr: SocketAddr,
+        /// The bind or listen error.
+        error: nix::Error,
+        /// Who holds it, when `/proc` shows that.
+        holder: Option<String>,
+    },
     /// No probe connection was redirected to a listener in time.
     #[error("no connection to {target}:{port} was redirected to a capture port within {timeout:?} (last error: {last})")]
     Timeout {
@@ -132,12 +144,10 @@ pub fn validate(
     timeout: Duration,
 ) -> Result<(), ValidationError> {
     let (landed, wait) = mpsc::channel::<()>();
-    let mut errors = Vec::new();
-    let mut listening = 0;
     for &port in ports {
-        match listen_on(SocketAddr::new(probe.listen, port.get())) {
+        let addr = SocketAddr::new(probe.listen, port.get());
+        match listen_on(addr) {
             Ok(listener) => {
-                listening += 1;
                 let landed = landed.clone();
                 let ipv6 = probe.listen.is_ipv6();
                 std::thread::spawn(move || {
@@ -152,11 +162,14 @@ pub fn validate(
                     }
                 });
             }
-            Err(e) => errors.push(format!("{}:{port}: {e}", probe.listen)),
+            Err(error) => {
+                return Err(ValidationError::PortUnavailable {
+                    addr,
+                    error,
+                    holder: crate::apply::procfs::tcp_port_holder(addr),
+                })
+            }
         }
-    }
-    if listening == 0 {
-        return Err(ValidationError::NoListener(probe.listen, errors.join("; ")));
     }
     let deadline = Instant::now() + timeout;
     let mut last = "no attempt".to_string();

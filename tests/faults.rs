@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use support::apply::{all_rules, default_args, meshinit, strings, tools_with_broken};
+use support::apply::{
+    all_rules, default_args, hold_meshinit_lock, meshinit, strings, tools_with_broken,
+};
 use support::netlab::Lab;
 use support::{diff, require_root};
 
@@ -134,15 +136,8 @@ fn a_held_meshinit_lock_is_waited_for_then_reported() {
     }
     let lab = Lab::new().expect("lab");
     let before = all_rules(&lab.pod);
-    // meshinit's lock file is named after the namespace's device and inode.
-    let ns = std::fs::metadata(lab.pod.path()).unwrap();
-    let path = format!(
-        "/run/meshinit/netns-{}-{}.lock",
-        std::os::unix::fs::MetadataExt::dev(&ns),
-        std::os::unix::fs::MetadataExt::ino(&ns)
-    );
-    std::fs::create_dir_all("/run/meshinit").unwrap();
-    let held = hold_lock(&path, "take meshinit's lock");
+    // meshinit's lock is an abstract unix socket name in the namespace.
+    let held = hold_meshinit_lock(&lab.pod);
     let mut args = default_args();
     args.push("--xtables-wait=1s".to_string());
     let out = meshinit(&lab.pod, &args, &[]);

@@ -1,9 +1,12 @@
 //! `--run-validation` on a real kernel, run as the proxy user without capabilities (as Istio's
-//! istio-validation container runs): passes when the rules redirect, exits 126 when they don't.
+//! istio-validation container runs): passes when the rules redirect, exits 126 when they don't,
+//! and fails at once (exit 1, naming the port and its holder) when a capture port is taken.
 
 mod support;
 
-use support::netlab::{Lab, Netns};
+use std::time::{Duration, Instant};
+
+use support::netlab::{Lab, ListenerSpec, Netns};
 use support::{require_root, ISTIO_INIT_ARGS as ARGS};
 
 /// Runs meshinit inside the pod namespace as uid/gid 1337 with no capabilities.
@@ -88,4 +91,51 @@ fn validation_probes_ipv6_too_when_ipv6_is_on() {
     let (code, stderr) = as_proxy_user(&lab.pod, &flags);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("validation passed for ::6"), "{stderr}");
+}
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_capture_port_held_by_another_socket_fails_at_once_naming_the_port_and_holder() {
+    if !require_root(
+        "a_capture_port_held_by_another_socket_fails_at_once_naming_the_port_and_holder",
+    ) {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    install(&lab.pod, &["--ipv6=false"]);
+    // Another program on the inbound capture port, without SO_REUSEPORT.
+    let addr = "127.0.0.1:15006".parse().unwrap();
+    let _holder = ListenerSpec::tcp("holder", addr)
+        .start(&lab.pod)
+        .expect("listens");
+    let flags = [
+        "--run-validation",
+        "--skip-rule-apply",
+        "--probe-timeout=10s",
+        "--ipv6=false",
+    ];
+    // As the proxy user, the holder's process (root's) is not visible: its uid is named.
+    let started = Instant::now();
+    let (code, stderr) = as_proxy_user(&lab.pod, &flags);
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {stderr}");
+    assert!(
+        stderr.contains("cannot listen on capture port 127.0.0.1:15006")
+            && stderr.contains("Address already in use")
+            && stderr.contains("uid 0 listening on 127.0.0.1:15006"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not ready for the mesh"), "{stderr}");
+    // As root, the holder's pid is found.
+    let mut argv = vec![env!("CARGO_BIN_EXE_meshinit")];
+    argv.extend(ARGS);
+    argv.extend(flags);
+    let out = lab.pod.exec(&argv, None).expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("held by pid {} (", std::process::id())),
+        "{stderr}"
+    );
 }

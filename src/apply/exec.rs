@@ -1,8 +1,15 @@
 //! Running helper programs (the iptables tools): the one place meshinit starts processes,
 //! behind a small trait so the decision logic can be tested with a recording fake.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 
 /// What a program printed and how it exited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,8 +45,37 @@ pub trait Runner {
     fn installed(&self, program: &str) -> bool;
 }
 
-/// Runs real processes, found on `PATH`, with meshinit's environment.
-pub struct SystemRunner;
+/// How long a helper started after the run's deadline may take: enough for a rollback to be
+/// written, still bounded if that tool hangs too.
+pub const GRACE_AFTER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs real processes, found on `PATH`, with meshinit's environment. Each one is bounded by
+/// the run's deadline (`--timeout`): a helper still running then is killed (with everything
+/// it started: it runs in a process group of its own) and reported by name and run time.
+#[derive(Clone, Copy, Debug)]
+pub struct SystemRunner {
+    deadline: Option<Instant>,
+}
+
+impl SystemRunner {
+    /// Helpers bounded by `deadline`; `None` for no bound.
+    pub fn new(deadline: Option<Instant>) -> SystemRunner {
+        SystemRunner { deadline }
+    }
+
+    /// How long a helper started now may run: until the deadline, or, when it has passed
+    /// (the helper is a rollback after a timeout), [`GRACE_AFTER_DEADLINE`].
+    fn limit(&self) -> Option<Duration> {
+        self.deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                GRACE_AFTER_DEADLINE
+            } else {
+                left
+            }
+        })
+    }
+}
 
 impl Runner for SystemRunner {
     fn installed(&self, program: &str) -> bool {
@@ -59,6 +95,7 @@ impl Runner for SystemRunner {
         env: &[(&str, &str)],
         stdin: Option<&str>,
     ) -> io::Result<Output> {
+        let started = Instant::now();
         let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().copied())
@@ -69,16 +106,108 @@ impl Runner for SystemRunner {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so a timeout kills whatever it started as well.
+            .process_group(0)
             .spawn()?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // A tool that exits early closes its stdin; its exit status tells why.
-            let _ = pipe.write_all(text.as_bytes());
+        let pid = child.id();
+        // Feed and drain at once: a tool that writes much before reading all of its input
+        // (or reads all before writing) can never block on us.
+        let feeder = match (stdin, child.stdin.take()) {
+            (Some(text), Some(mut pipe)) => {
+                let text = text.to_string();
+                // A tool that exits early closes its stdin; its exit status tells why.
+                Some(thread::spawn(move || {
+                    let _ = pipe.write_all(text.as_bytes());
+                }))
+            }
+            _ => None,
+        };
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let (done, exited) = mpsc::channel();
+        let waiter = thread::spawn(move || {
+            let _ = done.send(child.wait());
+        });
+        let status = match self.limit() {
+            Some(limit) => match exited.recv_timeout(limit) {
+                Ok(status) => status,
+                Err(_) => {
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    let _ = exited.recv();
+                    let _ = waiter.join();
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "{program} did not finish within {:.1}s and was killed (the run's deadline, --timeout)",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    ));
+                }
+            },
+            None => exited
+                .recv()
+                .map_err(|_| io::Error::other("lost the child's exit status"))?,
+        }?;
+        let _ = waiter.join();
+        if let Some(feeder) = feeder {
+            let _ = feeder.join();
         }
-        let out = child.wait_with_output()?;
         Ok(Output {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned(),
         })
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut out);
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feeds_and_drains_at_once_so_large_outputs_before_reading_do_not_deadlock() {
+        let runner = SystemRunner::new(Some(Instant::now() + Duration::from_secs(30)));
+        let input = "x".repeat(1 << 20);
+        let out = runner
+            .run(
+                "sh",
+                &["-c", "head -c 2000000 /dev/zero >&2; cat"],
+                &[],
+                Some(&input),
+            )
+            .unwrap();
+        assert!(out.success());
+        assert_eq!(out.stderr.len(), 2_000_000);
+        assert_eq!(out.stdout, input);
+    }
+
+    #[test]
+    fn a_helper_still_running_at_the_deadline_is_killed_and_named() {
+        let runner = SystemRunner::new(Some(Instant::now() + Duration::from_millis(300)));
+        let started = Instant::now();
+        // The shell's child keeps stdout open: it must die too, or draining would hang.
+        let err = runner
+            .run("sh", &["-c", "sleep 30; echo late"], &[], Some("input"))
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            err.to_string().starts_with("sh did not finish within 0."),
+            "{err}"
+        );
+        // After the deadline a helper (a rollback) still gets its grace period.
+        let out = runner.run("true", &[], &[], None).unwrap();
+        assert!(out.success());
     }
 }

@@ -4,16 +4,16 @@
 //! or the kernel's view differs — saying exactly what, if anything, was left changed.
 
 pub mod exec;
+pub mod groups;
 pub mod iptables;
 pub mod lock;
 pub mod netlink;
 pub mod nftables;
 pub mod nlsocket;
 pub mod privileges;
+pub mod procfs;
 pub mod routing;
 mod transaction;
-
-use std::collections::BTreeMap;
 
 use caps::Capability;
 
@@ -27,6 +27,7 @@ use crate::config::{BackendChoice, Capture, IptablesVariant, RunOptions};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan};
 use exec::Runner;
+use groups::Groups;
 use iptables::{Tools, XtablesLock};
 use netlink::{Changed, Netlink};
 use nftables::NfTables;
@@ -78,10 +79,12 @@ const NETLINK_CAPS: &[Capability] = &[Capability::CAP_NET_ADMIN];
 fn prepare(
     opts: &RunOptions,
     caps: &[Capability],
-) -> Result<(Option<lock::NetnsLock>, BTreeMap<String, u32>), ApplyError> {
+) -> Result<(lock::NetnsLock, Groups), ApplyError> {
     privileges::require_capabilities(caps).map_err(ApplyError::Precondition)?;
-    let lock = lock::lock_netns(opts.xtables_wait).map_err(ApplyError::Precondition)?;
-    Ok((lock, load_groups()))
+    // Waiting for another run counts against this run's deadline too.
+    let wait = opts.xtables_wait.min(opts.timeout);
+    let lock = lock::lock_netns(wait).map_err(ApplyError::Precondition)?;
+    Ok((lock, load_groups()?))
 }
 
 /// Which backend `--backend auto` means on this machine, and why: iptables (Istio's default)
@@ -128,8 +131,9 @@ pub enum Backend {
 
 /// Installs the plan natively with nf_tables: our tables replaced in one atomic batch
 /// (idempotent by construction), after the routing objects; if the batch is rejected, the
-/// routing objects this run added are removed again.
-pub fn apply_nftables(plan: &Plan, opts: &RunOptions) -> Result<Report, ApplyError> {
+/// routing objects this run added are removed again. Once the batch is in, our routing
+/// objects that the plan no longer needs are removed.
+pub fn apply_nftables(plan: &Plan, opts: &RunOptions, log: &Log) -> Result<Report, ApplyError> {
     let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
     require_ipv6_usable(plan)?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
@@ -149,6 +153,7 @@ pub fn apply_nftables(plan: &Plan, opts: &RunOptions) -> Result<Report, ApplyErr
         applied.rules,
         applied.messages
     ));
+    changes.extend(remove_stale_routing(&mut nl, plan, log));
     Ok(Report {
         tools: vec!["nf_tables netlink".to_string()],
         changes,
@@ -156,7 +161,11 @@ pub fn apply_nftables(plan: &Plan, opts: &RunOptions) -> Result<Report, ApplyErr
 }
 
 /// Removes our nftables tables and routing objects, nothing else.
-pub fn cleanup_nftables(capture: &Capture, opts: &RunOptions) -> Result<Report, ApplyError> {
+pub fn cleanup_nftables(
+    capture: &Capture,
+    opts: &RunOptions,
+    log: &Log,
+) -> Result<Report, ApplyError> {
     let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let present = nft
@@ -168,7 +177,7 @@ pub fn cleanup_nftables(capture: &Capture, opts: &RunOptions) -> Result<Report, 
         .iter()
         .map(|t| format!("deleted table inet {t}"))
         .collect();
-    changes.extend(remove_routing(capture)?);
+    changes.extend(remove_routing(capture, log)?);
     Ok(Report {
         tools: vec!["nf_tables netlink".to_string()],
         changes,
@@ -180,8 +189,7 @@ pub fn cleanup_nftables(capture: &Capture, opts: &RunOptions) -> Result<Report, 
 /// (compared expression by expression with the batch an apply would send), and the routing
 /// objects are in place.
 pub fn check_nftables(plan: &Plan) -> Result<Vec<String>, ApplyError> {
-    let groups = nftables::Groups::load(std::path::Path::new(nftables::GROUP_FILE))
-        .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let groups = load_groups()?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut differences = nft
         .differences(&crate::backend::nftables::ruleset(plan), &groups)
@@ -197,7 +205,7 @@ pub fn apply(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
+    let (mut lock, groups) = prepare(opts, IPTABLES_CAPS)?;
     require_ipv6_usable(plan)?;
     let resolve = |name: &str| resolve_group(&groups, name);
 
@@ -308,7 +316,12 @@ pub fn apply(
     // would lose TPROXY'd connections.
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let added = add_routing(&mut nl, plan)?;
-    let read_back = match commit(&mut transactions, runner, &xtables_lock(opts), log) {
+    let read_back = match commit(
+        &mut transactions,
+        runner,
+        &xtables_lock(opts, &mut lock),
+        log,
+    ) {
         Ok(read_back) => read_back,
         Err((lines, mut left)) => {
             left.extend(undo_routing(&mut nl, &added));
@@ -328,6 +341,9 @@ pub fn apply(
             log.warn(&format!("{}: {}", family_name(family), shadow.text));
         }
     }
+    report
+        .changes
+        .extend(remove_stale_routing(&mut nl, plan, log));
     Ok(report)
 }
 
@@ -343,7 +359,7 @@ pub fn check(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Vec<String>, ApplyError> {
-    let groups = load_groups();
+    let groups = load_groups()?;
     let resolve = |name: &str| resolve_group(&groups, name);
     let variants = match opts.force_iptables_binary {
         Some(v) => vec![v],
@@ -411,7 +427,7 @@ pub fn cleanup(
     runner: &dyn Runner,
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    let (_lock, groups) = prepare(opts, IPTABLES_CAPS)?;
+    let (mut lock, groups) = prepare(opts, IPTABLES_CAPS)?;
     let resolve = |name: &str| resolve_group(&groups, name);
     // Plan as if IPv6 were on, so IPv6 leftovers are recognised too.
     let full = plan::plan(&Capture {
@@ -459,9 +475,14 @@ pub fn cleanup(
             });
         }
     }
-    commit(&mut transactions, runner, &xtables_lock(opts), log)
-        .map_err(|(lines, left)| failure(lines, left))?;
-    let removed = remove_routing(capture)?;
+    commit(
+        &mut transactions,
+        runner,
+        &xtables_lock(opts, &mut lock),
+        log,
+    )
+    .map_err(|(lines, left)| failure(lines, left))?;
+    let removed = remove_routing(capture, log)?;
     Ok(Report {
         tools: transactions
             .iter()
@@ -527,14 +548,15 @@ fn undo_routing(nl: &mut Netlink, added: &[Object]) -> Vec<String> {
         .iter()
         .rev()
         .filter_map(|&object| {
-            routing::remove(nl, object)
+            routing::remove_added(nl, object)
                 .err()
                 .map(|e| format!("{object}, added by this run, could not be removed: {e}"))
         })
         .collect()
 }
 
-/// The routing objects of the plan that are missing.
+/// The routing objects of the plan that are missing (present without our mark counts as in
+/// place), and ours that the plan does not need (left by another configuration).
 fn check_routing(plan: &Plan) -> Result<Vec<String>, ApplyError> {
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut differences = Vec::new();
@@ -549,41 +571,71 @@ fn check_routing(plan: &Plan) -> Result<Vec<String>, ApplyError> {
             }
         }
     }
+    match routing::stale(&mut nl, plan) {
+        Ok(stale) => differences.extend(stale.iter().map(|o| {
+            format!("unexpected: {o} (added by meshinit, not planned by this configuration)")
+        })),
+        Err(e) => differences.push(format!("cannot list meshinit's routing objects: {e}")),
+    }
     Ok(differences)
 }
 
-/// Removes the routing objects this configuration installs, newest first; returns what went.
-/// It runs after the rules are gone, so a failure here leaves the namespace changed.
-fn remove_routing(capture: &Capture) -> Result<Vec<String>, ApplyError> {
-    let mut removed = Vec::new();
-    let mut nl = Netlink::open().map_err(|e| {
-        ApplyError::LeftChanged(format!(
-            "{e}: the rules are already removed, the routing objects are not"
-        ))
-    })?;
-    for object in routing::objects(&plan::plan(capture)).into_iter().rev() {
-        match routing::remove(&mut nl, object) {
-            Ok(Changed::Yes) => removed.push(format!("removed {object}")),
-            Ok(Changed::No) => {}
-            Err(e) => {
-                removed.push("the rules are already removed".to_string());
-                return Err(ApplyError::LeftChanged(format!(
-                    "removing {object}: {e} (done so far: {})",
-                    removed.join("; ")
-                )));
-            }
+/// Removes our routing objects that an earlier configuration left and this plan does not
+/// need (TPROXY → REDIRECT, another mark or table); returns the change lines. The rules are
+/// in place by then, so a failure here is a warning naming what is left, not a failed apply.
+fn remove_stale_routing(nl: &mut Netlink, plan: &Plan, log: &Log) -> Vec<String> {
+    let removed = routing::stale(nl, plan)
+        .map_err(|e| e.to_string())
+        .and_then(|stale| routing::remove_each(nl, &stale));
+    match removed {
+        Ok(removed) => removed
+            .iter()
+            .map(|o| format!("removed {o} (not planned by this configuration)"))
+            .collect(),
+        Err(e) => {
+            log.warn(&format!(
+                "the rules are in place, but meshinit's routing objects of an earlier configuration could not all be removed: {e}"
+            ));
+            Vec::new()
         }
     }
-    Ok(removed)
+}
+
+/// Removes every routing object of ours (whatever configuration added it), newest first;
+/// returns what went. Objects this configuration would use that carry no mark of ours (made
+/// by istio-init or an administrator) are left and named in the log.
+fn remove_routing(capture: &Capture, log: &Log) -> Result<Vec<String>, ApplyError> {
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
+    let ours = routing::ours(&mut nl).map_err(|e| {
+        ApplyError::Failed(format!(
+            "listing meshinit's routing objects: {e} (the rules are already removed)"
+        ))
+    })?;
+    let removed = routing::remove_each(&mut nl, &ours)
+        .map_err(|e| ApplyError::Failed(format!("{e} (the rules are already removed)")))?;
+    let full = plan::plan(&Capture {
+        ipv6: true,
+        ..capture.clone()
+    });
+    for object in routing::objects(&full) {
+        if routing::present(&mut nl, object).unwrap_or(false)
+            && !routing::owned(&mut nl, object).unwrap_or(true)
+        {
+            log.info(&format!(
+                "left in place: {object} (not added by meshinit; remove it with ip if it is Istio's)"
+            ));
+        }
+    }
+    Ok(removed.iter().map(|o| format!("removed {o}")).collect())
 }
 
 /// The xtables lock legacy iptables should use: the host's, or under `--cni-mode` one of this
-/// network namespace's own.
-fn xtables_lock(opts: &RunOptions) -> XtablesLock {
+/// network namespace's own (removed again when `netns` is released).
+fn xtables_lock(opts: &RunOptions, netns: &mut lock::NetnsLock) -> XtablesLock {
     XtablesLock {
         wait: opts.xtables_wait,
         file: if opts.cni_mode {
-            lock::xtables_lock_path()
+            netns.xtables_lock_file()
         } else {
             None
         },
@@ -594,8 +646,8 @@ fn xtables_lock(opts: &RunOptions) -> XtablesLock {
 /// /etc/group first (no NSS: it can stall pod start-up, istio/istio#48416), else through the
 /// system's group lookup — which is what iptables itself does when it loads the rule, so a
 /// directory-only group resolves the same for both.
-fn resolve_group(groups: &BTreeMap<String, u32>, name: &str) -> Option<u32> {
-    groups.get(name).copied().or_else(|| {
+fn resolve_group(groups: &Groups, name: &str) -> Option<u32> {
+    groups.gid(name).or_else(|| {
         nix::unistd::Group::from_name(name)
             .ok()
             .flatten()
@@ -603,16 +655,7 @@ fn resolve_group(groups: &BTreeMap<String, u32>, name: &str) -> Option<u32> {
     })
 }
 
-/// Group names and gids from /etc/group, read directly (no NSS, see istio/istio#48416).
-fn load_groups() -> BTreeMap<String, u32> {
-    std::fs::read_to_string("/etc/group")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            let gid = fields.nth(1)?.parse().ok()?;
-            Some((name.to_string(), gid))
-        })
-        .collect()
+/// The group database of /etc/group, read directly (no NSS, see istio/istio#48416).
+fn load_groups() -> Result<Groups, ApplyError> {
+    Groups::load(std::path::Path::new(groups::GROUP_FILE)).map_err(ApplyError::Precondition)
 }

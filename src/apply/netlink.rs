@@ -3,9 +3,12 @@
 //!
 //! Every change is idempotent and reports whether it changed anything: istio-init runs these
 //! commands blindly, so a restarted init container fails with "File exists" (or piles up
-//! duplicate rules) — here an object that is already in place is left alone. Every removal
-//! deletes exactly the object the matching `ensure_*` would create and nothing else, because it
-//! is also used to roll back a failed apply in a namespace that may hold other people's routing.
+//! duplicate rules) — here an object that is already in place, whoever made it, is left alone.
+//!
+//! What meshinit adds carries its own rtnetlink protocol number, [`PROTOCOL`] (`FRA_PROTOCOL`
+//! on rules, `rtm_protocol` on routes, `IFA_PROTO` on addresses), and every removal deletes
+//! only objects that carry it: an identical object someone else made (an administrator, Istio's
+//! own istio-init, which leaves the protocol unset) is never ours to remove.
 //!
 //! Messages are built and parsed as plain byte vectors (native-endian fields, 4-byte aligned
 //! attributes), so the module needs no unsafe code.
@@ -34,8 +37,17 @@ const FRA_SUPPRESS_PREFIXLEN: u16 = 14;
 const FRA_TABLE: u16 = 15;
 /// `FRA_FWMASK`: the mask applied to the packet's mark before comparing.
 const FRA_FWMASK: u16 = 16;
-/// `FRA_PROTOCOL`: who installed the rule; metadata, not a selector.
+/// `FRA_PROTOCOL`: who installed the rule (a u8); the kernel also matches it on delete.
 const FRA_PROTOCOL: u16 = 21;
+/// `IFA_PROTO` (<linux/if_addr.h>, Linux 5.18+): who installed the address (a u8).
+const IFA_PROTO: u16 = 11;
+
+/// meshinit's rtnetlink protocol number, set on every rule, route and address it adds so that
+/// cleanup can tell its objects from identical ones of other owners. 157 is unused by the
+/// kernel's `RTPROT_*` values and iproute2's `rt_protos` (0–18, 42, 99, 186–192) and by the
+/// routing daemons we know of (FRR uses 186–198, Calico 80, BIRD 12); `ip` shows it as
+/// `proto 157`.
+pub const PROTOCOL: u8 = 157;
 /// `FR_ACT_TO_TBL`: the rule's action is "lookup <table>".
 const FR_ACT_TO_TBL: u8 = 1;
 /// `FIB_RULE_INVERT`: the rule is negated (`ip rule add not fwmark ...`).
@@ -143,6 +155,8 @@ struct Rule {
     priority: Option<u32>,
     fwmark: Option<u32>,
     fwmask: Option<u32>,
+    /// `FRA_PROTOCOL`, 0 (unspec) when absent.
+    protocol: u8,
     /// Any attribute that selects packets or changes the action beyond mark and table
     /// (`iif`, `oif`, `uidrange`, `ipproto`, ports, `suppress_prefixlength`, ...).
     has_other_attrs: bool,
@@ -162,9 +176,10 @@ impl Rule {
             && !self.has_other_attrs
     }
 
-    /// Whether an `RTM_DELRULE` carrying `ours`'s priority, mark, mask, table and action would
-    /// hit this rule: the kernel treats every field the request leaves out, and a priority or
-    /// mark of 0, as a wildcard, and deletes the first rule in list order that matches.
+    /// Whether an `RTM_DELRULE` carrying `ours`'s priority, mark, mask, table, action and
+    /// protocol would hit this rule: the kernel treats every field the request leaves out, and
+    /// a priority, mark or protocol of 0, as a wildcard, and deletes the first rule in list
+    /// order that matches.
     fn matched_by_delete_of(&self, ours: &Rule) -> bool {
         let wild = |v: Option<u32>| v.unwrap_or(0) == 0;
         (wild(ours.priority) || self.priority == ours.priority)
@@ -172,6 +187,15 @@ impl Rule {
             && self.table == ours.table
             && (wild(ours.fwmark) || self.fwmark == ours.fwmark)
             && self.fwmask.unwrap_or(u32::MAX) == ours.fwmask.unwrap_or(u32::MAX)
+            && (ours.protocol == 0 || self.protocol == ours.protocol)
+    }
+
+    /// `fwmark <mark> lookup <table>` added by meshinit: the shape it adds, with its protocol.
+    fn is_ours(&self) -> bool {
+        self.protocol == PROTOCOL
+            && self
+                .fwmark
+                .is_some_and(|mark| self.is_fwmark_lookup(mark, self.table))
     }
 
     /// Roughly as `ip rule show` would print it, for error messages.
@@ -228,6 +252,8 @@ struct Address {
     index: u32,
     prefix_len: u8,
     address: Vec<u8>,
+    /// `IFA_PROTO`; `None` when absent (unset, or a kernel before 5.18).
+    protocol: Option<u8>,
 }
 
 impl Netlink {
@@ -259,14 +285,15 @@ impl Netlink {
         if self.has_fwmark_rule(family, mark, table)? {
             return Ok(Changed::No);
         }
-        let body = rule_message(family, mark, table, None);
+        let body = rule_message(family, mark, table, None, PROTOCOL);
         let flags = libc::NLM_F_CREATE | libc::NLM_F_EXCL;
         self.request(&op, libc::RTM_NEWRULE, flags as u16, &body)?;
         Ok(Changed::Yes)
     }
 
-    /// Removes every rule that is exactly `fwmark <mark> lookup <table>` (istio-init may have
-    /// added duplicates), each by its priority; other rules stay. No such rule: a no-op.
+    /// Removes every rule of ours that is exactly `fwmark <mark> lookup <table>`, each by its
+    /// priority and protocol; other rules, identical ones of other owners included, stay. No
+    /// such rule: a no-op.
     pub fn remove_fwmark_rule(&mut self, family: Family, mark: u32, table: u32) -> Result<Changed> {
         let op = format!(
             "removing rule fwmark {mark} lookup {table} ({})",
@@ -276,14 +303,14 @@ impl Netlink {
         let rules = self.rules(&op, family)?;
         let mut changed = Changed::No;
         for (i, rule) in rules.iter().enumerate() {
-            if !rule.is_fwmark_lookup(mark, table) {
+            if !rule.is_fwmark_lookup(mark, table) || !rule.is_ours() {
                 continue;
             }
             // The kernel deletes the first rule matching the request; refuse rather than
             // delete someone else's rule that sorts before ours and looks the same to it.
             if let Some(other) = rules[..i]
                 .iter()
-                .find(|r| r.matched_by_delete_of(rule) && !r.is_fwmark_lookup(mark, table))
+                .find(|r| r.matched_by_delete_of(rule) && !r.is_ours())
             {
                 return Err(NetlinkError::Conflict {
                     op,
@@ -293,20 +320,45 @@ impl Netlink {
                     ),
                 });
             }
-            let body = rule_message(family, mark, table, rule.priority);
+            let body = rule_message(family, mark, table, rule.priority, PROTOCOL);
             self.request(&op, libc::RTM_DELRULE, 0, &body)?;
             changed = Changed::Yes;
         }
         Ok(changed)
     }
 
-    /// Whether a rule that is exactly `fwmark <mark> lookup <table>` is in place.
+    /// Whether a rule that is exactly `fwmark <mark> lookup <table>` is in place, whoever
+    /// added it.
     pub fn has_fwmark_rule(&mut self, family: Family, mark: u32, table: u32) -> Result<bool> {
         let op = format!("listing rules ({})", name(family));
         Ok(self
             .rules(&op, family)?
             .iter()
             .any(|r| r.is_fwmark_lookup(mark, table)))
+    }
+
+    /// Whether a rule of ours that is exactly `fwmark <mark> lookup <table>` is in place.
+    pub fn has_our_fwmark_rule(&mut self, family: Family, mark: u32, table: u32) -> Result<bool> {
+        let op = format!("listing rules ({})", name(family));
+        Ok(self
+            .rules(&op, family)?
+            .iter()
+            .any(|r| r.is_fwmark_lookup(mark, table) && r.is_ours()))
+    }
+
+    /// The `(mark, table)` of every `fwmark <mark> lookup <table>` rule of ours, whatever
+    /// configuration added it, in list order without repeats.
+    pub fn our_fwmark_rules(&mut self, family: Family) -> Result<Vec<(u32, u32)>> {
+        let op = format!("listing rules ({})", name(family));
+        let mut out = Vec::new();
+        for rule in self.rules(&op, family)? {
+            if let (true, Some(mark)) = (rule.is_ours(), rule.fwmark) {
+                if !out.contains(&(mark, rule.table)) {
+                    out.push((mark, rule.table));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Makes sure `ip [-6] route add local 0.0.0.0/0 (::/0) dev lo table <table>` is in place.
@@ -326,7 +378,7 @@ impl Netlink {
             src_len: 0,
             tos: 0,
             table,
-            protocol: libc::RTPROT_BOOT,
+            protocol: PROTOCOL,
             kind: libc::RTN_LOCAL,
             oif: Some(self.lo_index),
             priority: None,
@@ -347,8 +399,9 @@ impl Netlink {
         }
     }
 
-    /// Removes the `local` default route via `lo` from `table`; other routes in the table,
-    /// including other default routes, stay. Not there: a no-op.
+    /// Removes our `local` default route via `lo` from `table`; other routes in the table,
+    /// including other default routes and an identical one of another owner, stay. Not
+    /// there: a no-op.
     pub fn remove_local_default_route(&mut self, family: Family, table: u32) -> Result<Changed> {
         let op = format!(
             "removing route local {} dev lo table {table} ({})",
@@ -359,7 +412,7 @@ impl Netlink {
         let ours: Vec<Route> = self
             .routes(&op, family)?
             .into_iter()
-            .filter(|r| r.is_local_default(table, self.lo_index))
+            .filter(|r| r.is_local_default(table, self.lo_index) && r.protocol == PROTOCOL)
             .collect();
         for route in &ours {
             // Type, device, protocol and metric all narrow the kernel's match to this route;
@@ -374,7 +427,7 @@ impl Netlink {
         })
     }
 
-    /// Whether `table` holds the `local` default route via `lo`.
+    /// Whether `table` holds the `local` default route via `lo`, whoever added it.
     pub fn has_local_default_route(&mut self, family: Family, table: u32) -> Result<bool> {
         let op = format!("listing routes ({})", name(family));
         let lo = self.lo_index;
@@ -382,6 +435,23 @@ impl Netlink {
             .routes(&op, family)?
             .iter()
             .any(|r| r.is_local_default(table, lo)))
+    }
+
+    /// The tables holding a `local` default route via `lo` of ours, in dump order without
+    /// repeats.
+    pub fn our_local_default_routes(&mut self, family: Family) -> Result<Vec<u32>> {
+        let op = format!("listing routes ({})", name(family));
+        let lo = self.lo_index;
+        let mut out = Vec::new();
+        for route in self.routes(&op, family)? {
+            if route.protocol == PROTOCOL
+                && route.is_local_default(route.table, lo)
+                && !out.contains(&route.table)
+            {
+                out.push(route.table);
+            }
+        }
+        Ok(out)
     }
 
     /// Makes sure `ip -6 addr add <addr>/128 dev lo` is in place.
@@ -406,32 +476,47 @@ impl Netlink {
         }
     }
 
-    /// Removes `<addr>/128` from `lo`; the same address with another prefix length stays.
-    /// Not there: a no-op.
-    pub fn remove_lo_address_v6(&mut self, addr: Ipv6Addr) -> Result<Changed> {
+    /// Removes `<addr>/128` from `lo` if it is ours (or, with `even_unmarked`, if it carries
+    /// no protocol at all: an address this run has just added on a kernel without
+    /// `IFA_PROTO`); the same address with another prefix length stays. Not there: a no-op.
+    pub fn remove_lo_address_v6(&mut self, addr: Ipv6Addr, even_unmarked: bool) -> Result<Changed> {
         let op = format!("removing address {addr}/{LO_PREFIX_LEN} from lo");
-        if !self.has_lo_address_v6(addr)? {
-            return Ok(Changed::No);
+        match self.lo_address_v6(addr)? {
+            Some(Some(PROTOCOL)) => {}
+            Some(None) if even_unmarked => {}
+            _ => return Ok(Changed::No),
         }
         let body = address_message(self.lo_index, addr);
         self.request(&op, libc::RTM_DELADDR, 0, &body)?;
         Ok(Changed::Yes)
     }
 
-    /// Whether `lo` has `<addr>/128`.
+    /// Whether `lo` has `<addr>/128`, whoever added it.
     pub fn has_lo_address_v6(&mut self, addr: Ipv6Addr) -> Result<bool> {
+        Ok(self.lo_address_v6(addr)?.is_some())
+    }
+
+    /// Whether `lo` has `<addr>/128` added by meshinit.
+    pub fn has_our_lo_address_v6(&mut self, addr: Ipv6Addr) -> Result<bool> {
+        Ok(self.lo_address_v6(addr)? == Some(Some(PROTOCOL)))
+    }
+
+    /// `lo`'s `<addr>/128`, if there, with its protocol.
+    fn lo_address_v6(&mut self, addr: Ipv6Addr) -> Result<Option<Option<u8>>> {
         let op = "listing IPv6 addresses";
         let mut body = vec![0; IFADDRMSG_LEN];
         body[0] = libc::AF_INET6 as u8;
         let lo = self.lo_index;
         let octets = addr.octets();
-        let mut found = false;
+        let mut found = None;
         for payload in self.dump(op, libc::RTM_GETADDR, &body)? {
             if payload.first() != Some(&(libc::AF_INET6 as u8)) {
                 continue;
             }
             let a = parse_address(&payload).map_err(|detail| malformed(op, detail))?;
-            found |= a.index == lo && a.prefix_len == LO_PREFIX_LEN && a.address == octets;
+            if a.index == lo && a.prefix_len == LO_PREFIX_LEN && a.address == octets {
+                found = Some(a.protocol);
+            }
         }
         Ok(found)
     }
@@ -617,8 +702,15 @@ fn header_table(table: u32) -> u8 {
     u8::try_from(table).unwrap_or(libc::RT_TABLE_UNSPEC)
 }
 
-/// `fib_rule_hdr` + mark, full mask and table (+ priority, to pick one rule for deletion).
-fn rule_message(family: Family, mark: u32, table: u32, priority: Option<u32>) -> Vec<u8> {
+/// `fib_rule_hdr` + mark, full mask, table and protocol (+ priority, to pick one rule for
+/// deletion).
+fn rule_message(
+    family: Family,
+    mark: u32,
+    table: u32,
+    priority: Option<u32>,
+    protocol: u8,
+) -> Vec<u8> {
     // family, dst_len, src_len, tos, table, res1, res2, action, then flags (u32).
     let mut body = vec![
         af(family),
@@ -639,6 +731,7 @@ fn rule_message(family: Family, mark: u32, table: u32, priority: Option<u32>) ->
     if let Some(priority) = priority {
         put_attr_u32(&mut body, FRA_PRIORITY, priority);
     }
+    put_attr(&mut body, FRA_PROTOCOL, &[protocol]);
     body
 }
 
@@ -673,6 +766,7 @@ fn address_message(index: u32, addr: Ipv6Addr) -> Vec<u8> {
     body.extend_from_slice(&index.to_ne_bytes());
     put_attr(&mut body, libc::IFA_LOCAL, &addr.octets());
     put_attr(&mut body, libc::IFA_ADDRESS, &addr.octets());
+    put_attr(&mut body, IFA_PROTO, &[PROTOCOL]);
     body
 }
 
@@ -698,6 +792,7 @@ fn parse_rule(payload: &[u8]) -> std::result::Result<Rule, String> {
         priority: None,
         fwmark: None,
         fwmask: None,
+        protocol: 0,
         has_other_attrs: false,
     };
     for (kind, data) in parse_attrs(&payload[RULE_HDRLEN..])? {
@@ -706,7 +801,7 @@ fn parse_rule(payload: &[u8]) -> std::result::Result<Rule, String> {
             FRA_PRIORITY => rule.priority = Some(attr_u32(kind, data)?),
             FRA_FWMARK => rule.fwmark = Some(attr_u32(kind, data)?),
             FRA_FWMASK => rule.fwmask = Some(attr_u32(kind, data)?),
-            FRA_PROTOCOL => {}
+            FRA_PROTOCOL => rule.protocol = *data.first().ok_or("empty FRA_PROTOCOL")?,
             // Dumped as -1 ("not set") on every rule by current kernels.
             FRA_SUPPRESS_PREFIXLEN | FRA_SUPPRESS_IFGROUP if attr_u32(kind, data)? == u32::MAX => {}
             _ => rule.has_other_attrs = true,
@@ -744,10 +839,12 @@ fn parse_address(payload: &[u8]) -> std::result::Result<Address, String> {
     let hdr = payload.get(..IFADDRMSG_LEN).ok_or("truncated ifaddrmsg")?;
     let mut local = None;
     let mut address = None;
+    let mut protocol = None;
     for (kind, data) in parse_attrs(&payload[IFADDRMSG_LEN..])? {
         match kind {
             libc::IFA_LOCAL => local = Some(data.to_vec()),
             libc::IFA_ADDRESS => address = Some(data.to_vec()),
+            IFA_PROTO => protocol = Some(*data.first().ok_or("empty IFA_PROTO")?),
             _ => {}
         }
     }
@@ -757,6 +854,7 @@ fn parse_address(payload: &[u8]) -> std::result::Result<Address, String> {
         // IFA_LOCAL is the interface's own address when there is a peer; otherwise the
         // kernel sends only IFA_ADDRESS.
         address: local.or(address).unwrap_or_default(),
+        protocol,
     })
 }
 
@@ -896,7 +994,7 @@ mod tests {
         assert!(parse_rule(&[0; 11]).is_err());
         assert!(parse_route(&[0; 5]).is_err());
         assert!(parse_address(&[0; 7]).is_err());
-        let mut bad = rule_message(Family::V4, MARK, TABLE, None);
+        let mut bad = rule_message(Family::V4, MARK, TABLE, None, PROTOCOL);
         put_attr(&mut bad, FRA_PRIORITY, &[1, 2]);
         assert!(parse_rule(&bad).is_err());
     }
@@ -904,15 +1002,20 @@ mod tests {
     #[test]
     fn our_rule_request_reads_back_as_our_rule() {
         for table in [TABLE, 1000] {
-            let rule = parse_rule(&rule_message(Family::V6, MARK, table, Some(5))).unwrap();
+            let rule =
+                parse_rule(&rule_message(Family::V6, MARK, table, Some(5), PROTOCOL)).unwrap();
             assert!(rule.is_fwmark_lookup(MARK, table));
+            assert!(rule.is_ours());
+            assert_eq!(rule.protocol, PROTOCOL);
+            let foreign = parse_rule(&rule_message(Family::V6, MARK, table, Some(5), 0)).unwrap();
+            assert!(foreign.is_fwmark_lookup(MARK, table) && !foreign.is_ours());
             assert!(!rule.is_fwmark_lookup(MARK, table + 1));
             assert!(!rule.is_fwmark_lookup(MARK + 1, table));
             assert_eq!(rule.priority, Some(5));
         }
         // Header table 0 (unspecified) when the id does not fit in 8 bits.
-        assert_eq!(rule_message(Family::V4, MARK, 1000, None)[4], 0);
-        assert_eq!(rule_message(Family::V4, MARK, 133, None)[4], 133);
+        assert_eq!(rule_message(Family::V4, MARK, 1000, None, PROTOCOL)[4], 0);
+        assert_eq!(rule_message(Family::V4, MARK, 133, None, PROTOCOL)[4], 133);
     }
 
     #[test]
@@ -932,7 +1035,7 @@ mod tests {
             let mut nl = Netlink::open().unwrap();
             nl.ensure_fwmark_rule(Family::V4, MARK, TABLE).unwrap();
             assert_eq!(
-                count_ip_rules(Family::V4, "from all fwmark 0x539 lookup 133"),
+                count_ip_rules(Family::V4, "from all fwmark 0x539 lookup 133 proto 157"),
                 1
             );
         });
@@ -948,7 +1051,7 @@ mod tests {
             assert!(first.has_fwmark_rule(Family::V4, MARK, TABLE).unwrap());
             // ...while this thread, its children and new sockets are in the second.
             assert_eq!(
-                count_ip_rules(Family::V4, "from all fwmark 0x539 lookup 133"),
+                count_ip_rules(Family::V4, "from all fwmark 0x539 lookup 133 proto 157"),
                 0
             );
             let mut second = Netlink::open().unwrap();
@@ -960,7 +1063,7 @@ mod tests {
     fn fwmark_rule_lifecycle() {
         in_new_netns("fwmark_rule_lifecycle", || {
             let mut nl = Netlink::open().unwrap();
-            let text = "from all fwmark 0x539 lookup 133";
+            let text = "from all fwmark 0x539 lookup 133 proto 157";
             for family in [Family::V4, Family::V6] {
                 assert!(!nl.has_fwmark_rule(family, MARK, TABLE).unwrap());
                 assert_eq!(
@@ -1010,7 +1113,7 @@ mod tests {
                 // 1000 mod 256 = 232: make sure nothing truncated the id.
                 assert!(!nl.has_fwmark_rule(family, MARK, 232).unwrap());
                 assert_eq!(
-                    count_ip_rules(family, "from all fwmark 0x539 lookup 1000"),
+                    count_ip_rules(family, "from all fwmark 0x539 lookup 1000 proto 157"),
                     1
                 );
                 // The kernel reports a table id that does not fit the header as COMPAT (252).
@@ -1026,7 +1129,7 @@ mod tests {
                     Changed::Yes
                 );
                 assert_eq!(
-                    count_ip_rules(family, "from all fwmark 0x539 lookup 1000"),
+                    count_ip_rules(family, "from all fwmark 0x539 lookup 1000 proto 157"),
                     0
                 );
             }
@@ -1075,7 +1178,7 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_left_by_istio_init_count_as_in_place_and_are_all_removed() {
+    fn duplicates_left_by_istio_init_count_as_in_place_and_are_not_ours_to_remove() {
         in_new_netns("duplicates_left_by_istio_init", || {
             let mut nl = Netlink::open().unwrap();
             let text = "from all fwmark 0x539 lookup 133";
@@ -1088,11 +1191,64 @@ mod tests {
                 Changed::No
             );
             assert_eq!(count_ip_rules(Family::V6, text), 2);
+            // They carry no protocol of ours: not ours to remove.
+            assert!(!nl.has_our_fwmark_rule(Family::V6, MARK, TABLE).unwrap());
             assert_eq!(
                 nl.remove_fwmark_rule(Family::V6, MARK, TABLE).unwrap(),
-                Changed::Yes
+                Changed::No
             );
-            assert_eq!(count_ip_rules(Family::V6, text), 0);
+            assert_eq!(count_ip_rules(Family::V6, text), 2);
+        });
+    }
+
+    #[test]
+    fn identical_objects_of_other_owners_survive_removal_and_ours_are_listed() {
+        in_new_netns("identical_objects_of_other_owners_survive", || {
+            let mut nl = open_with_lo_up();
+            for family in [Family::V4, Family::V6] {
+                let f = flag(family);
+                ip(&[f, "rule", "add", "fwmark", "1337", "lookup", "133"]);
+                ip(&[
+                    f, "route", "add", "local", "default", "dev", "lo", "table", "133",
+                ]);
+                // Ours, for another mark and table (an earlier configuration).
+                nl.ensure_fwmark_rule(family, 7, 700).unwrap();
+                nl.ensure_local_default_route(family, 700).unwrap();
+                let before = (ip_rules(family), ip_routes(family, "133"));
+                assert!(nl.has_fwmark_rule(family, MARK, TABLE).unwrap());
+                assert!(nl.has_local_default_route(family, TABLE).unwrap());
+                assert_eq!(
+                    nl.remove_fwmark_rule(family, MARK, TABLE).unwrap(),
+                    Changed::No
+                );
+                assert_eq!(
+                    nl.remove_local_default_route(family, TABLE).unwrap(),
+                    Changed::No
+                );
+                assert_eq!((ip_rules(family), ip_routes(family, "133")), before);
+                assert_eq!(nl.our_fwmark_rules(family).unwrap(), vec![(7, 700)]);
+                assert_eq!(nl.our_local_default_routes(family).unwrap(), vec![700]);
+                assert_eq!(nl.remove_fwmark_rule(family, 7, 700).unwrap(), Changed::Yes);
+                assert_eq!(
+                    nl.remove_local_default_route(family, 700).unwrap(),
+                    Changed::Yes
+                );
+                assert!(nl.our_fwmark_rules(family).unwrap().is_empty());
+                assert!(nl.our_local_default_routes(family).unwrap().is_empty());
+            }
+            // An address added without a protocol (iproute2 here cannot set one) is left,
+            // unless the caller says it added it itself.
+            ip(&["-6", "addr", "add", "::6/128", "dev", "lo"]);
+            assert!(nl.has_lo_address_v6(ADDR).unwrap());
+            assert!(!nl.has_our_lo_address_v6(ADDR).unwrap());
+            assert_eq!(nl.remove_lo_address_v6(ADDR, false).unwrap(), Changed::No);
+            assert!(nl.has_lo_address_v6(ADDR).unwrap());
+            assert_eq!(nl.remove_lo_address_v6(ADDR, true).unwrap(), Changed::Yes);
+            // Ours carries IFA_PROTO (Linux 5.18+).
+            assert_eq!(nl.ensure_lo_address_v6(ADDR).unwrap(), Changed::Yes);
+            assert!(nl.has_our_lo_address_v6(ADDR).unwrap());
+            assert_eq!(nl.remove_lo_address_v6(ADDR, false).unwrap(), Changed::Yes);
+            assert!(!nl.has_lo_address_v6(ADDR).unwrap());
         });
     }
 
@@ -1115,8 +1271,12 @@ mod tests {
                 "133",
                 "pref",
                 "100",
+                // The kernel matches the protocol on delete: only a rule carrying ours can be
+                // hit instead of ours.
+                "proto",
+                "157",
             ]);
-            let body = rule_message(Family::V4, MARK, TABLE, Some(100));
+            let body = rule_message(Family::V4, MARK, TABLE, Some(100), PROTOCOL);
             nl.request("test", libc::RTM_NEWRULE, libc::NLM_F_CREATE as u16, &body)
                 .unwrap();
             assert!(nl.has_fwmark_rule(Family::V4, MARK, TABLE).unwrap());
@@ -1161,7 +1321,7 @@ mod tests {
                 assert_eq!(shown.len(), 1, "{shown:?}");
                 assert!(shown[0].starts_with("local default dev lo"), "{shown:?}");
                 let detail = ip(&[flag(family), "-d", "route", "show", "table", "133"]);
-                assert!(detail.contains("proto boot"), "{detail}");
+                assert!(detail.contains("proto 157"), "{detail}");
 
                 assert_eq!(
                     nl.ensure_local_default_route(family, TABLE).unwrap(),
@@ -1254,11 +1414,11 @@ mod tests {
             assert!(nl.has_lo_address_v6(ADDR).unwrap());
             assert!(has_in_ip("inet6 ::6/128 scope global"));
             assert_eq!(nl.ensure_lo_address_v6(ADDR).unwrap(), Changed::No);
-            assert_eq!(nl.remove_lo_address_v6(ADDR).unwrap(), Changed::Yes);
+            assert_eq!(nl.remove_lo_address_v6(ADDR, false).unwrap(), Changed::Yes);
             assert!(!nl.has_lo_address_v6(ADDR).unwrap());
             assert!(!has_in_ip("::6/"));
             assert!(has_in_ip("inet6 ::1/128"));
-            assert_eq!(nl.remove_lo_address_v6(ADDR).unwrap(), Changed::No);
+            assert_eq!(nl.remove_lo_address_v6(ADDR, false).unwrap(), Changed::No);
         });
     }
 
@@ -1273,7 +1433,7 @@ mod tests {
                 err.to_string(),
                 "adding address ::6/128 to lo: lo already has ::6 with a different prefix length"
             );
-            assert_eq!(nl.remove_lo_address_v6(ADDR).unwrap(), Changed::No);
+            assert_eq!(nl.remove_lo_address_v6(ADDR, false).unwrap(), Changed::No);
             assert!(ip(&["-6", "addr", "show", "dev", "lo"]).contains("inet6 ::6/64"));
         });
     }

@@ -10,7 +10,6 @@
 //! `--check` reads the same tables back with dumps (tables, chains, rules, sets, set elements)
 //! and compares them with the batch an apply would send; it never sends a batch.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -26,8 +25,7 @@ use crate::backend::nft_netlink::{
 use crate::backend::nftables::{ruleset, Ruleset, MANAGED_TABLES};
 use crate::plan::Plan;
 
-/// Where group names are looked up (no NSS, as for the proxy user).
-pub const GROUP_FILE: &str = "/etc/group";
+pub use super::groups::{Groups, GROUP_FILE};
 /// `NFT_MSG_NEWTABLE`, the type of each table in a `GETTABLE` dump.
 const NFT_MSG_NEWTABLE: u16 = 0;
 
@@ -83,48 +81,6 @@ fn more(others: usize) -> String {
 
 type Result<T> = std::result::Result<T, NftError>;
 
-/// Group names and their gids, from a group file.
-#[derive(Clone, Debug, Default)]
-pub struct Groups(HashMap<String, u32>);
-
-impl Groups {
-    /// Parses `/etc/group` syntax (`name:password:gid:members`); malformed lines are skipped,
-    /// and the first entry of a name wins, as getgrnam does.
-    pub fn parse(text: &str) -> Groups {
-        let mut map = HashMap::new();
-        for line in text.lines() {
-            let mut fields = line.split(':');
-            let (Some(name), Some(_), Some(gid)) = (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            if let Ok(gid) = gid.parse::<u32>() {
-                if !name.is_empty() && !name.starts_with('#') {
-                    map.entry(name.to_string()).or_insert(gid);
-                }
-            }
-        }
-        Groups(map)
-    }
-
-    /// Reads a group file; a missing file is an empty database (names then fail by name).
-    pub fn load(path: &Path) -> Result<Groups> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Groups::parse(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Groups::default()),
-            Err(e) => Err(NftError::Groups {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            }),
-        }
-    }
-
-    /// The gid of a group name.
-    pub fn gid(&self, name: &str) -> Option<u32> {
-        self.0.get(name).copied()
-    }
-}
-
 /// What an apply installed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
@@ -161,7 +117,10 @@ impl NfTables {
     /// are replaced, ours it does not use are deleted, nothing else is touched. Group names
     /// are resolved from `/etc/group`.
     pub fn apply(&mut self, plan: &Plan) -> Result<Applied> {
-        let groups = Groups::load(Path::new(GROUP_FILE))?;
+        let groups = Groups::load(Path::new(GROUP_FILE)).map_err(|detail| NftError::Groups {
+            path: GROUP_FILE.to_string(),
+            detail,
+        })?;
         self.apply_ruleset(&ruleset(plan), &groups)
     }
 
@@ -481,17 +440,6 @@ fn malformed(op: &str, detail: String) -> NftError {
 mod tests {
     use super::*;
     use crate::netlink_wire::parse_messages;
-
-    #[test]
-    fn group_file_is_parsed_without_nss() {
-        let groups = Groups::parse(
-            "root:x:0:\n# comment:x:5:\nbroken line\njava:x:1001:a,b\njava:x:7:\nftp:*:50:\n",
-        );
-        assert_eq!(groups.gid("root"), Some(0));
-        assert_eq!(groups.gid("java"), Some(1001), "first entry wins");
-        assert_eq!(groups.gid("ftp"), Some(50));
-        assert_eq!(groups.gid("nobody-here"), None);
-    }
 
     #[test]
     fn replies_are_split_into_messages_and_truncation_is_an_error() {

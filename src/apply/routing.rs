@@ -1,6 +1,13 @@
 //! The netlink objects a plan needs besides its rules — the IPv6 passthrough address on `lo`
 //! and, under TPROXY, a `fwmark` policy rule and a local default route per family — as one
 //! list, so applying, cleaning up and checking all speak of the same objects.
+//!
+//! Ownership: what meshinit adds carries its rtnetlink protocol number
+//! ([`netlink::PROTOCOL`](super::netlink::PROTOCOL)), and only objects carrying it are ever
+//! removed — by a rollback, by `--cleanup-only` (all of ours, whatever configuration added
+//! them), or by an apply that no longer plans them (TPROXY → REDIRECT). An identical object
+//! without the mark (an administrator's, or istio-init's, which sets no protocol) is used
+//! where the plan needs it but never removed.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -92,10 +99,20 @@ pub fn ensure(nl: &mut Netlink, object: Object) -> Result<Changed, NetlinkError>
     }
 }
 
-/// Removes exactly this object, if it is there.
+/// Removes exactly this object, if it is there and ours.
 pub fn remove(nl: &mut Netlink, object: Object) -> Result<Changed, NetlinkError> {
+    remove_object(nl, object, false)
+}
+
+/// [`remove`]; `just_added` also removes the address when it carries no protocol at all,
+/// which is how a kernel without `IFA_PROTO` keeps the one this run has just added.
+fn remove_object(
+    nl: &mut Netlink,
+    object: Object,
+    just_added: bool,
+) -> Result<Changed, NetlinkError> {
     match object {
-        Object::LoAddress => nl.remove_lo_address_v6(PASSTHROUGH_V6),
+        Object::LoAddress => nl.remove_lo_address_v6(PASSTHROUGH_V6, just_added),
         Object::FwmarkRule {
             family,
             mark,
@@ -105,7 +122,7 @@ pub fn remove(nl: &mut Netlink, object: Object) -> Result<Changed, NetlinkError>
     }
 }
 
-/// Whether the object is there.
+/// Whether the object is there, whoever added it.
 pub fn present(nl: &mut Netlink, object: Object) -> Result<bool, NetlinkError> {
     match object {
         Object::LoAddress => nl.has_lo_address_v6(PASSTHROUGH_V6),
@@ -118,29 +135,102 @@ pub fn present(nl: &mut Netlink, object: Object) -> Result<bool, NetlinkError> {
     }
 }
 
-/// Adds every object the plan needs; returns those this call added. On failure the ones it
-/// added are removed again and the error says which object failed.
-pub fn ensure_all(nl: &mut Netlink, plan: &Plan) -> Result<Vec<Object>, String> {
-    let mut added = Vec::new();
-    for object in objects(plan) {
-        match ensure(nl, object) {
-            Ok(Changed::Yes) => added.push(object),
+/// Whether the object is there with meshinit's mark.
+pub fn owned(nl: &mut Netlink, object: Object) -> Result<bool, NetlinkError> {
+    match object {
+        Object::LoAddress => nl.has_our_lo_address_v6(PASSTHROUGH_V6),
+        Object::FwmarkRule {
+            family,
+            mark,
+            table,
+        } => nl.has_our_fwmark_rule(family, mark, table),
+        Object::LocalRoute { family, table } => {
+            Ok(nl.our_local_default_routes(family)?.contains(&table))
+        }
+    }
+}
+
+/// Every object in the namespace that carries meshinit's mark, whichever configuration added
+/// it, in the order they would have been added.
+pub fn ours(nl: &mut Netlink) -> Result<Vec<Object>, NetlinkError> {
+    let mut out = Vec::new();
+    if without_ipv6(nl.has_our_lo_address_v6(PASSTHROUGH_V6))?.unwrap_or(false) {
+        out.push(Object::LoAddress);
+    }
+    for family in [Family::V4, Family::V6] {
+        let rules = nl.our_fwmark_rules(family);
+        let rules = match family {
+            Family::V4 => rules?,
+            Family::V6 => without_ipv6(rules)?.unwrap_or_default(),
+        };
+        for (mark, table) in rules {
+            out.push(Object::FwmarkRule {
+                family,
+                mark,
+                table,
+            });
+        }
+        let routes = nl.our_local_default_routes(family);
+        let routes = match family {
+            Family::V4 => routes?,
+            Family::V6 => without_ipv6(routes)?.unwrap_or_default(),
+        };
+        for table in routes {
+            out.push(Object::LocalRoute { family, table });
+        }
+    }
+    Ok(out)
+}
+
+/// An IPv6 listing on a kernel without IPv6 (`ipv6.disable=1`) fails with
+/// `EAFNOSUPPORT`: then nothing of ours can be there (`None`).
+fn without_ipv6<T>(listed: Result<T, NetlinkError>) -> Result<Option<T>, NetlinkError> {
+    match listed {
+        Err(e) if e.errno() == Some(nix::errno::Errno::EAFNOSUPPORT) => Ok(None),
+        other => other.map(Some),
+    }
+}
+
+/// Our TPROXY objects (rules and routes) that the plan does not need: left by an earlier
+/// configuration (another mode, mark or table, or a family no longer planned). `::6` is not
+/// among them: IPv6 rules of an earlier configuration are not removed by an apply either.
+pub fn stale(nl: &mut Netlink, plan: &Plan) -> Result<Vec<Object>, NetlinkError> {
+    let planned = objects(plan);
+    Ok(ours(nl)?
+        .into_iter()
+        .filter(|o| *o != Object::LoAddress && !planned.contains(o))
+        .collect())
+}
+
+/// Removes these objects (ours), newest first; returns what went. Stops at the first failure,
+/// which names the object and what was removed before it.
+pub fn remove_each(nl: &mut Netlink, objects: &[Object]) -> Result<Vec<Object>, String> {
+    let mut removed = Vec::new();
+    for &object in objects.iter().rev() {
+        match remove(nl, object) {
+            Ok(Changed::Yes) => removed.push(object),
             Ok(Changed::No) => {}
             Err(e) => {
-                remove_all(nl, &added);
-                return Err(format!("adding {object}: {e}"));
+                let done: Vec<String> = removed.iter().map(|o| o.to_string()).collect();
+                return Err(format!(
+                    "removing {object}: {e}{}",
+                    if done.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (already removed: {})", done.join(", "))
+                    }
+                ));
             }
         }
     }
-    Ok(added)
+    Ok(removed)
 }
 
-/// Removes these objects, newest first. Best effort: used to undo after another failure,
-/// which is the error reported.
-pub fn remove_all(nl: &mut Netlink, objects: &[Object]) {
-    for &object in objects.iter().rev() {
-        let _ = remove(nl, object);
-    }
+/// Removes an object this run has just added (undo after a failure): [`remove`], and also
+/// the address when it carries no protocol at all, which is how a kernel without `IFA_PROTO`
+/// keeps the one this run added.
+pub fn remove_added(nl: &mut Netlink, object: Object) -> Result<Changed, NetlinkError> {
+    remove_object(nl, object, true)
 }
 
 #[cfg(test)]

@@ -188,6 +188,8 @@ pub struct RunOptions {
     pub force_iptables_binary: Option<IptablesVariant>,
     /// `--xtables-wait`: how long to wait for the xtables lock and meshinit's namespace lock.
     pub xtables_wait: Duration,
+    /// `--timeout`: the run's deadline for helper programs (the iptables tools).
+    pub timeout: Duration,
     /// `--check`: compare the live rules with the plan; change nothing.
     pub check: bool,
     /// `--log_output_level` (the `default` scope).
@@ -390,6 +392,13 @@ impl Config {
                     return Err("the wait must be at least 1s".to_string());
                 }
                 Ok(wait)
+            })?,
+            timeout: r.flag("timeout", |s| {
+                let timeout = parse_go_duration(s)?;
+                if timeout < Duration::from_secs(1) {
+                    return Err("the timeout must be at least 1s".to_string());
+                }
+                Ok(timeout)
             })?,
             check: r.bool("check")?,
             log_level: r.flag("log_output_level", parse_log_level)?,

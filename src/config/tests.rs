@@ -107,6 +107,7 @@ fn defaults_match_istio() {
     assert!(!run.dry_run);
     assert_eq!(run.probe_port.get(), 15002);
     assert_eq!(run.probe_timeout, Duration::from_secs(5));
+    assert_eq!(run.timeout, Duration::from_secs(120));
     assert_eq!(run.log_level, LogLevel::Info);
 }
 
@@ -487,6 +488,19 @@ fn bad_bools_durations_and_choices_are_rejected() {
         &["--probe-timeout=5"],
         &[],
         &["--probe-timeout", "PROBE_TIMEOUT"],
+    );
+    rejected(
+        &["--timeout=500ms"],
+        &[],
+        &["--timeout", "MESHINIT_TIMEOUT"],
+    );
+    rejected(&[], &[("MESHINIT_TIMEOUT", "soon")], &["--timeout"]);
+    assert_eq!(
+        build(&[], &[("MESHINIT_TIMEOUT", "3s")])
+            .unwrap()
+            .run
+            .timeout,
+        Duration::from_secs(3)
     );
     rejected(
         &["--force-iptables-binary=iptables"],

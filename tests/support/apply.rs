@@ -2,6 +2,7 @@
 //! back everything it may change, the plan for a command line, and tool directories with one
 //! tool broken on purpose.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use meshinit::backend::iptables_save::{compare, expected_tables, parse_save, State};
@@ -164,4 +165,27 @@ pub fn tools_with_broken(dir: &Path, broken: &str) -> String {
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     dir.display().to_string()
+}
+
+/// Binds meshinit's lock name in `ns` from a thread of this test, as a running meshinit
+/// would; the lock is held until the returned socket is dropped.
+pub fn hold_meshinit_lock(ns: &Netns) -> OwnedFd {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let fd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        let addr = nix::sys::socket::UnixAddr::new_abstract(b"meshinit/netns-lock").unwrap();
+        nix::sys::socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
+            .expect("the lock is free");
+        fd
+    })
+    .join()
+    .expect("lock thread")
 }
