@@ -283,7 +283,12 @@ fn inspect(raw: &cli::RawArgs, host: &dyn Host, log: &Log, conn: Option<(&str, b
     let plan = plan::plan(&config.capture);
     // Owner rules by group name match the gid iptables resolves when it installs them.
     let groups =
-        apply::nftables::Groups::load(Path::new(apply::nftables::GROUP_FILE)).unwrap_or_default();
+        apply::groups::Groups::load(Path::new(apply::groups::GROUP_FILE)).unwrap_or_else(|e| {
+            log.warn(&format!(
+                "{e}: owner rules by group name match nothing in this trace"
+            ));
+            apply::groups::Groups::default()
+        });
     let lookup = |name: &str| groups.gid(name);
     // `auto` is traced as Istio's default, iptables; the native backend differs for IPv6.
     let backend = match config.run.backend {
