@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::apply::{
-    default_args, hold_meshinit_lock, meshinit, path_env, rules_of, strings, tools_with_broken,
+    default_args, hold_meshinit_lock, meshinit, path_env, routing_state, rules_of, strings,
+    tools_with_broken,
 };
 use support::netlab::{Lab, Netns};
 use support::{diff, require_root};
@@ -47,22 +48,7 @@ fn state(pod: &Netns) -> String {
         out.push_str(&line);
         out.push('\n');
     }
-    for argv in [
-        &["ip", "rule", "show"][..],
-        &["ip", "-6", "rule", "show"],
-        &["ip", "route", "show", "table", "all"],
-        &["ip", "-6", "route", "show", "table", "all"],
-        &["ip", "-6", "addr", "show", "dev", "lo"],
-    ] {
-        let shown = String::from_utf8_lossy(&pod.run(argv, None).stdout).into_owned();
-        let routes = argv.contains(&"route");
-        let shown: String = shown
-            .lines()
-            .filter(|l| !l.contains("valid_lft") && (!routes || l.contains("table 133")))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        out.push_str(&format!("== {}\n{shown}", argv.join(" ")));
-    }
+    out.push_str(&routing_state(pod, |route| route.contains("table 133")));
     out
 }
 

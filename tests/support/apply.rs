@@ -94,6 +94,14 @@ pub fn all_rules(pod: &Netns) -> String {
             ));
         }
     }
+    out.push_str(&routing_state(pod, |_| true));
+    out
+}
+
+/// The policy-routing rules, the routes for which `keep_route` holds, and lo's IPv6
+/// addresses, as `ip` shows them (without address lifetimes, which count down between reads).
+pub fn routing_state(pod: &Netns, keep_route: impl Fn(&str) -> bool) -> String {
+    let mut out = String::new();
     for argv in [
         &["ip", "rule", "show"][..],
         &["ip", "-6", "rule", "show"],
@@ -102,10 +110,10 @@ pub fn all_rules(pod: &Netns) -> String {
         &["ip", "-6", "addr", "show", "dev", "lo"],
     ] {
         let shown = String::from_utf8_lossy(&pod.run(argv, None).stdout).into_owned();
-        // Address lifetimes count down between reads; they are not state.
+        let routes = argv.contains(&"route");
         let shown: String = shown
             .lines()
-            .filter(|l| !l.contains("valid_lft"))
+            .filter(|l| !l.contains("valid_lft") && (!routes || keep_route(l)))
             .map(|l| format!("{l}\n"))
             .collect();
         out.push_str(&format!("== {}\n{shown}", argv.join(" ")));
