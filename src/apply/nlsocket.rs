@@ -2,16 +2,21 @@
 //! from whole datagrams — shared by the rtnetlink and nf_tables code. A netlink socket acts
 //! in the namespace it was opened in, whichever thread uses it later.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
-    SockFlag, SockProtocol, SockType,
+    bind, getsockopt, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags,
+    NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 
 use crate::netlink_wire::{parse_messages, Msg};
+
+/// `<linux/netlink.h>` socket options of level `SOL_NETLINK` (not in nix's option list).
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_EXT_ACK: libc::c_int = 11;
 
 /// The kernel answers synchronously; this only guards against waiting forever on a bug.
 const RECV_TIMEOUT_SECS: i64 = 10;
@@ -53,10 +58,44 @@ impl NlSocket {
         Ok(NlSocket { fd })
     }
 
+    /// Asks for short, explained error replies: `NETLINK_CAP_ACK` (an error carries the
+    /// failing request's header, not its whole body, so a batch with thousands of failing
+    /// messages still fits the receive buffer) and `NETLINK_EXT_ACK` (the kernel adds its own
+    /// error text and the offset of the attribute it objects to). Kernels without them
+    /// (before 4.3 and 4.12) answer as before, so a refusal is not an error.
+    pub fn enable_ext_ack(&self) {
+        for option in [NETLINK_CAP_ACK, NETLINK_EXT_ACK] {
+            let _ = set_netlink_flag(&self.fd, option);
+        }
+    }
+
     /// Makes room for a datagram of `len` bytes (a large nf_tables batch is one datagram).
+    /// `SO_SNDBUFFORCE` (what nft does) is not bounded by `net.core.wmem_max`, whose default
+    /// (about 208 KiB) is far below a batch of thousands of rules; it needs `CAP_NET_ADMIN`,
+    /// without which the bounded `SO_SNDBUF` is tried.
     pub fn reserve_send(&self, len: usize) -> Result<(), SocketError> {
-        setsockopt(&self.fd, sockopt::SndBuf, &(len + 4096))
+        let size = len + 4096;
+        if setsockopt(&self.fd, sockopt::SndBufForce, &size).is_ok() {
+            return Ok(());
+        }
+        setsockopt(&self.fd, sockopt::SndBuf, &size)
             .map_err(|e| SocketError::Io("raising the netlink send buffer", e))
+    }
+
+    /// Makes room for `len` bytes of queued replies (one error per failing message of a
+    /// batch arrives before anything is read): `SO_RCVBUFFORCE`, else the bounded
+    /// `SO_RCVBUF`. Never shrinks the buffer.
+    pub fn reserve_receive(&self, len: usize) -> Result<(), SocketError> {
+        // The kernel reports twice what was set (its bookkeeping overhead).
+        let current = getsockopt(&self.fd, sockopt::RcvBuf).unwrap_or(0) / 2;
+        if current >= len {
+            return Ok(());
+        }
+        if setsockopt(&self.fd, sockopt::RcvBufForce, &len).is_ok() {
+            return Ok(());
+        }
+        setsockopt(&self.fd, sockopt::RcvBuf, &len)
+            .map_err(|e| SocketError::Io("raising the netlink receive buffer", e))
     }
 
     /// Sends one datagram.
@@ -100,4 +139,24 @@ fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
             other => return other,
         }
     }
+}
+
+/// Turns on a boolean `SOL_NETLINK` option. nix has no wrapper for netlink's own options, so
+/// this is the crate's one `setsockopt` by hand.
+#[allow(unsafe_code)]
+fn set_netlink_flag(fd: &OwnedFd, option: libc::c_int) -> nix::Result<()> {
+    let fd: BorrowedFd<'_> = fd.as_fd();
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a live c_int
+    // whose exact size is passed, which the kernel only reads.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_NETLINK,
+            option,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Errno::result(rc).map(drop)
 }
