@@ -1332,3 +1332,7 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "netlink_fuzz.rs"]
+mod fuzz;

@@ -283,18 +283,34 @@ impl NfTables {
         self.send(OP, &bytes)?;
         // The kernel processes the batch inside sendmsg and queues its errors before
         // anything sent later is answered: the reply to this request closes the batch.
-        let sentinel = batch.next_seq();
+        let mut sentinel = batch.next_seq();
         self.seq = sentinel.wrapping_add(1);
         self.send(OP, &getgen_request(sentinel))?;
         let mut failures: Vec<Failure> = Vec::new();
+        // `overrun`: draining after a loss, before asking again; `lost`: some were lost.
         let mut overrun = false;
+        let mut lost = false;
         'recv: loop {
-            let msgs = match self.sock.receive() {
-                Ok(msgs) => msgs,
+            let received = if overrun {
+                self.sock.receive_queued()
+            } else {
+                self.sock.receive().map(Some)
+            };
+            let msgs = match received {
+                Ok(Some(msgs)) => msgs,
                 // Replies were dropped for want of room. Only errors answer a batch (its
-                // messages ask for no acknowledgement), so it was refused; keep reading.
+                // messages ask for no acknowledgement), so it was refused. The sentinel's
+                // reply may be lost too: read what is queued, then ask again.
                 Err(SocketError::Io(_, Errno::ENOBUFS)) => {
                     overrun = true;
+                    lost = true;
+                    continue;
+                }
+                Ok(None) => {
+                    overrun = false;
+                    sentinel = self.seq;
+                    self.seq = sentinel.wrapping_add(1);
+                    self.send(OP, &getgen_request(sentinel))?;
                     continue;
                 }
                 Err(e) => return Err(socket_error(OP, e)),
@@ -319,10 +335,13 @@ impl NfTables {
             }
         }
         failures.sort_by_key(|f| f.seq);
-        if failures.is_empty() && !overrun {
+        if failures.is_empty() && !lost {
             return Ok(Ok(()));
         }
-        Ok(Err(Rejection { failures, overrun }))
+        Ok(Err(Rejection {
+            failures,
+            overrun: lost,
+        }))
     }
 
     /// The names of the inet tables in this namespace (read-only).

@@ -118,14 +118,32 @@ impl NlSocket {
 
     /// Reads one datagram, whole, and splits it into messages.
     pub fn receive(&self) -> Result<Vec<Msg>, SocketError> {
+        self.receive_with(MsgFlags::empty())
+    }
+
+    /// [`NlSocket::receive`] without waiting: `Ok(None)` when nothing is queued.
+    pub fn receive_queued(&self) -> Result<Option<Vec<Msg>>, SocketError> {
+        match self.receive_with(MsgFlags::MSG_DONTWAIT) {
+            Err(SocketError::Io(_, Errno::EAGAIN)) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    fn receive_with(&self, flags: MsgFlags) -> Result<Vec<Msg>, SocketError> {
         let fd = self.fd.as_raw_fd();
         // Peek with MSG_TRUNC to learn the datagram's full size, so a large reply is never
         // cut short.
         let mut buf = vec![0u8; 0];
-        let size = retry_eintr(|| recv(fd, &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC))
-            .map_err(|e| SocketError::Io("receiving", e))?;
+        let size = retry_eintr(|| {
+            recv(
+                fd,
+                &mut buf,
+                flags | MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+            )
+        })
+        .map_err(|e| SocketError::Io("receiving", e))?;
         buf.resize(size, 0);
-        let n = retry_eintr(|| recv(fd, &mut buf, MsgFlags::empty()))
+        let n = retry_eintr(|| recv(fd, &mut buf, flags))
             .map_err(|e| SocketError::Io("receiving", e))?;
         buf.truncate(n);
         parse_messages(&buf).map_err(SocketError::Malformed)
