@@ -3,12 +3,16 @@
 //! every message or none — so a rejected rule leaves the ruleset exactly as it was.
 //!
 //! The batch replaces our tables (`istio-proxy-nat`, `-mangle`, `-raw`) as a whole; tables of
-//! other owners are never named. A failing message's sequence number is mapped back to the
-//! rule (or chain, or table) it came from, so the error reads e.g. "rule 7 of
-//! istio-proxy-nat/istio-output (…) `…`: Operation not supported".
+//! other owners are never named. It is built from a listing of our tables; a table the
+//! listing missed makes the kernel refuse the batch (tables are created exclusively), and the
+//! apply lists again and retries once, so a stale listing never doubles the rules. A failing
+//! message's sequence number is mapped back to the rule (or chain, or table) it came from, so
+//! the error reads e.g. "rule 7 of istio-proxy-nat/istio-output (…) `…`: Operation not
+//! supported [kernel: at expression 2 (immediate)]", with what the kernel's extended ack says.
 //!
 //! `--check` reads the same tables back with dumps (tables, chains, rules, sets, set elements)
-//! and compares them with the batch an apply would send; it never sends a batch.
+//! and compares them with the batch an apply would send; it never sends a batch. Every dump
+//! checks the errno in `NLMSG_DONE` and is redone when the kernel marks it interrupted.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -287,11 +291,12 @@ impl NfTables {
         self.seq = sentinel.wrapping_add(1);
         self.send(OP, &getgen_request(sentinel))?;
         let mut failures: Vec<Failure> = Vec::new();
-        // `overrun`: draining after a loss, before asking again; `lost`: some were lost.
-        let mut overrun = false;
+        // `draining`: replies were lost, read what is queued before asking again; `lost`:
+        // some error reports never arrived.
+        let mut draining = false;
         let mut lost = false;
         'recv: loop {
-            let received = if overrun {
+            let received = if draining {
                 self.sock.receive_queued()
             } else {
                 self.sock.receive().map(Some)
@@ -302,12 +307,12 @@ impl NfTables {
                 // messages ask for no acknowledgement), so it was refused. The sentinel's
                 // reply may be lost too: read what is queued, then ask again.
                 Err(SocketError::Io(_, Errno::ENOBUFS)) => {
-                    overrun = true;
+                    draining = true;
                     lost = true;
                     continue;
                 }
                 Ok(None) => {
-                    overrun = false;
+                    draining = false;
                     sentinel = self.seq;
                     self.seq = sentinel.wrapping_add(1);
                     self.send(OP, &getgen_request(sentinel))?;
@@ -338,10 +343,7 @@ impl NfTables {
         if failures.is_empty() && !lost {
             return Ok(Ok(()));
         }
-        Ok(Err(Rejection {
-            failures,
-            overrun: lost,
-        }))
+        Ok(Err(Rejection { failures, lost }))
     }
 
     /// The names of the inet tables in this namespace (read-only).
@@ -568,7 +570,7 @@ struct Rejection {
     /// The failing messages in batch order.
     failures: Vec<Failure>,
     /// Some error replies were dropped (receive buffer full); the first ones are kept.
-    overrun: bool,
+    lost: bool,
 }
 
 impl Rejection {
@@ -589,7 +591,7 @@ impl Rejection {
     /// The error naming the first failing message, with what the kernel says about it.
     fn into_error(self, batch: &Batch) -> NftError {
         let lost = self
-            .overrun
+            .lost
             .then(|| "some of its error reports were lost: receive buffer full".to_string());
         let Some(first) = self.failures.first() else {
             return NftError::Rejected {
@@ -711,7 +713,7 @@ mod tests {
             )
         });
         let rule = seq_of(&|o| matches!(o, Origin::Rule(_)));
-        let refusal = |failures: Vec<(u32, Errno)>, overrun| Rejection {
+        let refusal = |failures: Vec<(u32, Errno)>, lost| Rejection {
             failures: failures
                 .into_iter()
                 .map(|(seq, errno)| Failure {
@@ -720,7 +722,7 @@ mod tests {
                     ack: ExtAck::default(),
                 })
                 .collect(),
-            overrun,
+            lost,
         };
         let stale = refusal(vec![(create, Errno::EEXIST)], false);
         assert_eq!(
@@ -758,7 +760,7 @@ mod tests {
                     offset: None,
                 },
             }],
-            overrun: true,
+            lost: true,
         };
         assert_eq!(
             explained.into_error(&batch).to_string(),
@@ -768,7 +770,7 @@ mod tests {
         );
         let lost = Rejection {
             failures: Vec::new(),
-            overrun: true,
+            lost: true,
         };
         assert_eq!(
             lost.into_error(&batch).to_string(),

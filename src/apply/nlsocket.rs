@@ -2,8 +2,7 @@
 //! from whole datagrams — shared by the rtnetlink and nf_tables code. A netlink socket acts
 //! in the namespace it was opened in, whichever thread uses it later.
 
-use std::os::fd::AsFd;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -163,10 +162,9 @@ fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
 /// this is the crate's one `setsockopt` by hand.
 #[allow(unsafe_code)]
 fn set_netlink_flag(fd: &OwnedFd, option: libc::c_int) -> nix::Result<()> {
-    let fd: BorrowedFd<'_> = fd.as_fd();
     let on: libc::c_int = 1;
-    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a live c_int
-    // whose exact size is passed, which the kernel only reads.
+    // SAFETY: `fd` is an open socket, borrowed (so kept open) for the call; the option value
+    // is a live c_int whose exact size is passed, and the kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
