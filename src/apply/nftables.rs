@@ -273,12 +273,10 @@ impl NfTables {
         const OP: &str = "sending the nf_tables batch";
         let bytes = batch.bytes();
         // The whole batch must fit in one datagram; the default send buffer (~200 KiB)
-        // already holds Istio's largest ruleset, so only raise it when needed.
-        if bytes.len() > 128 * 1024 {
-            self.sock
-                .reserve_send(bytes.len())
-                .map_err(|e| socket_error(OP, e))?;
-        }
+        // already holds Istio's largest ruleset, so it is raised only when needed.
+        self.sock
+            .reserve_send(bytes.len())
+            .map_err(|e| socket_error(OP, e))?;
         // Every message may fail, and the kernel queues all the errors before the sentinel
         // below is answered: a reply that does not fit is dropped.
         self.sock
