@@ -344,9 +344,8 @@ impl Batch {
 /// table vanished meanwhile) — then, for the tables the ruleset has, an exclusive `NEWTABLE`
 /// (so a table that exists although `existing` lacks it makes the kernel refuse the batch
 /// rather than double its rules), the chains, and the rules (each port set right before its
-/// rule). Applying it twice leaves the
-/// same ruleset. `gid_of` resolves group names (`skgid java`); numeric groups need nothing.
-/// Sequence numbers start at `first_seq`.
+/// rule). Applying it twice leaves the same ruleset. `gid_of` resolves group names
+/// (`skgid java`); numeric groups need nothing. Sequence numbers start at `first_seq`.
 pub fn replace_batch(
     ruleset: &Ruleset,
     gid_of: &dyn Fn(&str) -> Option<u32>,
