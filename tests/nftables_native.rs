@@ -8,27 +8,13 @@
 
 mod support;
 
-use std::fs::File;
-use std::os::fd::AsFd;
-
-use meshinit::apply::nftables::{Groups, NfTables, NftError, GROUP_FILE};
+use meshinit::apply::nftables::{Groups, NfTables, NftError};
 use meshinit::backend::nft_netlink::replace_batch;
 use meshinit::backend::nftables::{ruleset, NftRule, Ruleset, Stmt};
-use nix::sched::{setns, CloneFlags};
 use support::apply::{assert_ok, default_args, meshinit, plan_for};
 use support::netlab::{Lab, Netns};
+use support::nft::{groups, in_netns, listing, without_counters};
 use support::{conformance_cases, diff, nftables_case, require_root, Case};
-
-/// Gids for the group names Istio's cases use (`java`, `ftp`) when this machine lacks them;
-/// the nft side of the comparison gets the same numbers.
-const STAND_IN_GROUPS: &str = "java:x:4242:\nftp:x:4343:\n";
-
-/// This machine's groups, plus stand-ins for names it does not have.
-fn groups() -> Groups {
-    let real = std::fs::read_to_string(GROUP_FILE).unwrap_or_default();
-    // The first entry of a name wins, so a real group keeps its own gid.
-    Groups::parse(&format!("{real}\n{STAND_IN_GROUPS}"))
-}
 
 /// A case's script with every group name replaced by its gid, so `nft` (which resolves names
 /// through NSS) loads the same numbers meshinit resolved.
@@ -52,18 +38,6 @@ fn script_with_gids(script: &str, groups: &Groups) -> String {
     words.join("\n") + "\n"
 }
 
-/// Runs `f` on a thread that alone enters `ns` (a netlink socket opened there belongs to it).
-fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = ns.path();
-    let joined = std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns into the lab namespace");
-        f()
-    })
-    .join();
-    joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
 fn apply(ns: &Netns, rs: &Ruleset) -> Result<(), String> {
     let rs = rs.clone();
     let groups = groups();
@@ -78,34 +52,6 @@ fn apply(ns: &Netns, rs: &Ruleset) -> Result<(), String> {
 fn cleanup(ns: &Netns) {
     in_netns(ns, || NfTables::open().and_then(|mut n| n.cleanup()))
         .unwrap_or_else(|e| panic!("cleanup: {e}"));
-}
-
-/// `nft list ruleset` with counter values dropped (traffic such as IPv6 neighbour discovery
-/// may pass through output hooks at any time).
-fn listing(ns: &Netns) -> String {
-    without_counters(ns, &["nft", "list", "ruleset"])
-}
-
-/// What `argv` (an nft listing) prints, without counter values.
-fn without_counters(ns: &Netns, argv: &[&str]) -> String {
-    let out = ns.run(argv, None);
-    let text = String::from_utf8(out.stdout).expect("nft output is UTF-8");
-    text.lines()
-        .map(|line| {
-            let mut words: Vec<&str> = Vec::new();
-            let mut it = line.split(' ').peekable();
-            while let Some(w) = it.next() {
-                words.push(w);
-                if w.trim_start() == "counter" && it.peek() == Some(&"packets") {
-                    // `packets N bytes M`
-                    for _ in 0..4 {
-                        it.next();
-                    }
-                }
-            }
-            words.join(" ") + "\n"
-        })
-        .collect()
 }
 
 fn case(name: &str) -> Case {

@@ -1492,3 +1492,7 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "netlink_fuzz.rs"]
+mod fuzz;

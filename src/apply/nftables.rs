@@ -3,12 +3,16 @@
 //! every message or none — so a rejected rule leaves the ruleset exactly as it was.
 //!
 //! The batch replaces our tables (`istio-proxy-nat`, `-mangle`, `-raw`) as a whole; tables of
-//! other owners are never named. A failing message's sequence number is mapped back to the
-//! rule (or chain, or table) it came from, so the error reads e.g. "rule 7 of
-//! istio-proxy-nat/istio-output (…) `…`: Operation not supported".
+//! other owners are never named. It is built from a listing of our tables; a table the
+//! listing missed makes the kernel refuse the batch (tables are created exclusively), and the
+//! apply lists again and retries once, so a stale listing never doubles the rules. A failing
+//! message's sequence number is mapped back to the rule (or chain, or table) it came from, so
+//! the error reads e.g. "rule 7 of istio-proxy-nat/istio-output (…) `…`: Operation not
+//! supported [kernel: at expression 2 (immediate)]", with what the kernel's extended ack says.
 //!
 //! `--check` reads the same tables back with dumps (tables, chains, rules, sets, set elements)
-//! and compares them with the batch an apply would send; it never sends a batch.
+//! and compares them with the batch an apply would send; it never sends a batch. Every dump
+//! checks the errno in `NLMSG_DONE` and is redone when the kernel marks it interrupted.
 
 use std::path::Path;
 
@@ -16,32 +20,63 @@ use nix::errno::Errno;
 use nix::sys::socket::SockProtocol;
 
 use super::nlsocket::{NlSocket, SocketError};
-use crate::netlink_wire::{error_code, Msg};
+use crate::netlink_wire::{
+    dump_step, error_code, ext_ack, DumpStep, ExtAck, Msg, NLMSG_ERROR, NLM_F_DUMP_INTR,
+};
 
 use crate::backend::nft_netlink::{
     self, cleanup_batch, getgen_request, gettable_dump_request, replace_batch, Batch, DumpKind,
-    EncodeError, FoundTable,
+    EncodeError, FoundTable, Origin, TableOp,
 };
 use crate::backend::nftables::{ruleset, Ruleset, MANAGED_TABLES};
 use crate::plan::Plan;
 
 pub use super::groups::{Groups, GROUP_FILE};
-/// `NFT_MSG_NEWTABLE`, the type of each table in a `GETTABLE` dump.
-const NFT_MSG_NEWTABLE: u16 = 0;
+/// How often a dump that the kernel marks as interrupted (`NLM_F_DUMP_INTR`: the list
+/// changed under it) is redone before giving up.
+const DUMP_ATTEMPTS: usize = 10;
+/// How often `--check` reads the whole ruleset again when a transaction committed meanwhile.
+const CHECK_ATTEMPTS: usize = 5;
+/// Receive-buffer room per message of a batch: each failing message is answered by one error
+/// (capped, with the kernel's text), queued before anything is read; the kernel accounts a
+/// queued reply at its buffer's true size, a few hundred bytes.
+const REPLY_ROOM: usize = 1024;
 
 /// Why applying or reading the nftables ruleset failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
     /// The kernel rejected a message of the batch, so none of it was applied. `origin` names
     /// the first failing message; later messages may fail as a consequence.
-    #[error("{origin}: {}{}", errno.desc(), more(*others))]
+    #[error("{origin}: {}{}{}", errno.desc(), kernel_text(kernel), more(*others))]
     Rejected {
         /// The rule, chain or table the first failing message came from.
         origin: String,
         /// The kernel's errno for it.
         errno: Errno,
+        /// What the kernel says about it (extended ack: its text, and the expression it
+        /// points at), when it says anything.
+        kernel: Option<String>,
         /// How many further messages of the batch failed.
         others: usize,
+    },
+    /// One of our tables appeared after it was listed as absent, on the retry too (another
+    /// writer keeps creating it); the kernel refused both batches, so nothing was changed.
+    #[error(
+        "creating table inet {table}: it was created by another writer after meshinit listed \
+         our tables, on both attempts; the batch was refused as a whole each time"
+    )]
+    Raced {
+        /// The table.
+        table: String,
+    },
+    /// The ruleset changed during every one of several reads, so none of them shows one
+    /// ruleset; nothing is concluded from a mixed one.
+    #[error("{op}: the ruleset changed while it was being read, {attempts} times in a row")]
+    Unstable {
+        /// What was being read.
+        op: String,
+        /// How many reads were tried.
+        attempts: usize,
     },
     /// The socket itself failed (open, bind, send, receive).
     #[error("{op}: {}", errno.desc())]
@@ -70,6 +105,13 @@ pub enum NftError {
         /// Why.
         detail: String,
     },
+}
+
+fn kernel_text(kernel: &Option<String>) -> String {
+    match kernel {
+        Some(text) => format!(" [kernel: {text}]"),
+        None => String::new(),
+    }
 }
 
 fn more(others: usize) -> String {
@@ -105,6 +147,7 @@ impl NfTables {
     pub fn open() -> Result<NfTables> {
         let sock = NlSocket::open(SockProtocol::NetlinkNetFilter)
             .map_err(|e| socket_error("opening a NETLINK_NETFILTER socket", e))?;
+        sock.enable_ext_ack();
         Ok(NfTables { sock, seq: 1 })
     }
 
@@ -127,8 +170,41 @@ impl NfTables {
     /// [`NfTables::apply`] for a ruleset already built, with a given group database.
     pub fn apply_ruleset(&mut self, ruleset: &Ruleset, groups: &Groups) -> Result<Applied> {
         let existing = self.managed_tables_present()?;
-        let batch = replace_batch(ruleset, &|name| groups.gid(name), self.seq, &existing)?;
-        self.send_batch(&batch)?;
+        self.apply_listed(ruleset, groups, &existing)
+    }
+
+    /// [`NfTables::apply_ruleset`] given the list of our tables that exist, taken earlier.
+    /// The list may be stale: a table it lacks may have been created since (by a concurrent
+    /// writer). The batch creates every table with `NLM_F_EXCL`, so the kernel then refuses
+    /// the whole batch (`EEXIST`) rather than adding a second copy of the rules to the table
+    /// that exists; the tables are listed again and the batch rebuilt and sent once more.
+    pub fn apply_listed(
+        &mut self,
+        ruleset: &Ruleset,
+        groups: &Groups,
+        existing: &[String],
+    ) -> Result<Applied> {
+        let gid_of = |name: &str| groups.gid(name);
+        let batch = replace_batch(ruleset, &gid_of, self.seq, existing)?;
+        let batch = match self.submit(&batch)? {
+            Ok(()) => batch,
+            Err(rejection) => {
+                if rejection.existing_table(&batch).is_none() {
+                    return Err(rejection.into_error(&batch));
+                }
+                let existing = self.managed_tables_present()?;
+                let batch = replace_batch(ruleset, &gid_of, self.seq, &existing)?;
+                match self.submit(&batch)? {
+                    Ok(()) => batch,
+                    Err(again) => {
+                        return Err(match again.existing_table(&batch) {
+                            Some(table) => NftError::Raced { table },
+                            None => again.into_error(&batch),
+                        })
+                    }
+                }
+            }
+        };
         Ok(Applied {
             tables: ruleset.tables.iter().map(|t| t.name.clone()).collect(),
             rules: ruleset.tables.iter().map(|t| t.rules.len()).sum(),
@@ -146,33 +222,73 @@ impl NfTables {
     /// the kernel's verdict. On any error nothing of it is applied; the error names the
     /// first failing message's origin.
     pub fn send_batch(&mut self, batch: &Batch) -> Result<()> {
+        self.submit(batch)?
+            .map_err(|rejection| rejection.into_error(batch))
+    }
+
+    /// Sends a batch and collects the kernel's verdict: `Err` of the outer result for a
+    /// socket failure, `Err` of the inner one when the kernel refused the batch.
+    fn submit(&mut self, batch: &Batch) -> Result<std::result::Result<(), Rejection>> {
         const OP: &str = "sending the nf_tables batch";
         let bytes = batch.bytes();
         // The whole batch must fit in one datagram; the default send buffer (~200 KiB)
-        // already holds Istio's largest ruleset, so only raise it when needed.
-        if bytes.len() > 128 * 1024 {
-            self.sock
-                .reserve_send(bytes.len())
-                .map_err(|e| socket_error(OP, e))?;
-        }
+        // already holds Istio's largest ruleset, so it is raised only when needed.
+        self.sock
+            .reserve_send(bytes.len())
+            .map_err(|e| socket_error(OP, e))?;
+        // Every message may fail, and the kernel queues all the errors before the sentinel
+        // below is answered: a reply that does not fit is dropped.
+        self.sock
+            .reserve_receive(batch.messages().len() * REPLY_ROOM)
+            .map_err(|e| socket_error(OP, e))?;
         self.send(OP, &bytes)?;
         // The kernel processes the batch inside sendmsg and queues its errors before
         // anything sent later is answered: the reply to this request closes the batch.
-        let sentinel = batch.next_seq();
+        let mut sentinel = batch.next_seq();
         self.seq = sentinel.wrapping_add(1);
         self.send(OP, &getgen_request(sentinel))?;
-        let mut failures: Vec<(u32, Errno)> = Vec::new();
+        let mut failures: Vec<Failure> = Vec::new();
+        // `draining`: replies were lost, read what is queued before asking again; `lost`:
+        // some error reports never arrived.
+        let mut draining = false;
+        let mut lost = false;
         'recv: loop {
-            for msg in self.receive(OP)? {
+            let received = if draining {
+                self.sock.receive_queued()
+            } else {
+                self.sock.receive().map(Some)
+            };
+            let msgs = match received {
+                Ok(Some(msgs)) => msgs,
+                // Replies were dropped for want of room. Only errors answer a batch (its
+                // messages ask for no acknowledgement), so it was refused. The sentinel's
+                // reply may be lost too: read what is queued, then ask again.
+                Err(SocketError::Io(_, Errno::ENOBUFS)) => {
+                    draining = true;
+                    lost = true;
+                    continue;
+                }
+                Ok(None) => {
+                    draining = false;
+                    sentinel = self.seq;
+                    self.seq = sentinel.wrapping_add(1);
+                    self.send(OP, &getgen_request(sentinel))?;
+                    continue;
+                }
+                Err(e) => return Err(socket_error(OP, e)),
+            };
+            for msg in msgs {
                 if msg.seq == sentinel {
                     break 'recv;
                 }
-                if msg.kind == libc::NLMSG_ERROR as u16 {
+                if msg.kind == NLMSG_ERROR {
                     match error_code(&msg.payload) {
                         Some(0) => {}
-                        Some(code) if batch.origin(msg.seq).is_some() => {
-                            failures.push((msg.seq, Errno::from_raw(-code)))
-                        }
+                        Some(code) if batch.origin(msg.seq).is_some() => failures.push(Failure {
+                            seq: msg.seq,
+                            errno: Errno::from_raw(-code),
+                            ack: ext_ack(msg.flags, &msg.payload),
+                        }),
                         // Left over from an earlier exchange on this socket.
                         Some(_) => {}
                         None => return Err(malformed(OP, "truncated NLMSG_ERROR".into())),
@@ -180,53 +296,22 @@ impl NfTables {
                 }
             }
         }
-        failures.sort_by_key(|(seq, _)| *seq);
-        match failures.first() {
-            None => Ok(()),
-            Some(&(seq, errno)) => Err(NftError::Rejected {
-                origin: batch
-                    .origin(seq)
-                    .map(|o| o.to_string())
-                    .unwrap_or_else(|| format!("message {seq}")),
-                errno,
-                others: failures.len() - 1,
-            }),
+        failures.sort_by_key(|f| f.seq);
+        if failures.is_empty() && !lost {
+            return Ok(Ok(()));
         }
+        Ok(Err(Rejection { failures, lost }))
     }
 
     /// The names of the inet tables in this namespace (read-only).
     pub fn inet_tables(&mut self) -> Result<Vec<String>> {
         const OP: &str = "listing the nftables tables";
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        self.send(OP, &gettable_dump_request(seq))?;
         let mut names = Vec::new();
-        loop {
-            for msg in self.receive(OP)? {
-                if msg.seq != seq {
-                    continue;
-                }
-                match i32::from(msg.kind) {
-                    libc::NLMSG_DONE => return Ok(names),
-                    libc::NLMSG_ERROR => match error_code(&msg.payload) {
-                        Some(0) => {}
-                        Some(code) => {
-                            return Err(NftError::Io {
-                                op: OP.into(),
-                                errno: Errno::from_raw(-code),
-                            })
-                        }
-                        None => return Err(malformed(OP, "truncated NLMSG_ERROR".into())),
-                    },
-                    _ if msg.kind == nft_netlink::nft_type(NFT_MSG_NEWTABLE) => {
-                        let name = nft_netlink::table_name_of(&msg.payload)
-                            .ok_or_else(|| malformed(OP, "table without a name".into()))?;
-                        names.push(name);
-                    }
-                    _ => {}
-                }
-            }
+        for payload in self.dump(OP, DumpKind::Tables, gettable_dump_request)? {
+            let (name, _) = nft_netlink::parse_table(&payload).map_err(|d| malformed(OP, d))?;
+            names.push(name);
         }
+        Ok(names)
     }
 
     /// Which of our tables exist (read-only); empty after a cleanup.
@@ -249,15 +334,19 @@ impl NfTables {
         const OP: &str = "comparing the nftables ruleset";
         let batch = replace_batch(ruleset, &|name| groups.gid(name), 0, &[])?;
         let expected = nft_netlink::expected_tables(&batch).map_err(|d| malformed(OP, d))?;
-        let mut attempts = 0;
-        let found = loop {
-            attempts += 1;
+        let mut consistent = None;
+        for _ in 0..CHECK_ATTEMPTS {
             let before = self.generation()?;
             let found = self.dump_managed_tables()?;
-            if self.generation()? == before || attempts == 3 {
-                break found;
+            if self.generation()? == before {
+                consistent = Some(found);
+                break;
             }
-        };
+        }
+        let found = consistent.ok_or_else(|| NftError::Unstable {
+            op: OP.into(),
+            attempts: CHECK_ATTEMPTS,
+        })?;
         let mut lines = Vec::new();
         for table in &expected {
             if !found.iter().any(|f| f.name == table.name) {
@@ -363,38 +452,55 @@ impl NfTables {
     }
 
     /// Sends a dump request and collects the payloads of its `kind` replies until
-    /// `NLMSG_DONE`, however many datagrams that takes.
+    /// `NLMSG_DONE`, however many datagrams that takes. An errno in `NLMSG_DONE` fails the
+    /// dump; a dump the kernel marks as interrupted (`NLM_F_DUMP_INTR`: the list changed
+    /// under it, so entries may be skipped or repeated) is redone.
     fn dump(
         &mut self,
         op: &str,
         kind: DumpKind,
-        request: impl FnOnce(u32) -> Vec<u8>,
+        request: impl Fn(u32) -> Vec<u8>,
     ) -> Result<Vec<Vec<u8>>> {
-        let seq = self.seq;
-        self.seq = self.seq.wrapping_add(1);
-        self.send(op, &request(seq))?;
         let reply = nft_netlink::dump_reply_type(kind);
-        let mut out = Vec::new();
-        loop {
-            for msg in self.receive(op)? {
-                if msg.seq != seq {
-                    continue;
-                }
-                match i32::from(msg.kind) {
-                    libc::NLMSG_DONE => return Ok(out),
-                    libc::NLMSG_ERROR => match error_code(&msg.payload) {
-                        Some(0) => {}
+        for _ in 0..DUMP_ATTEMPTS {
+            let seq = self.seq;
+            self.seq = self.seq.wrapping_add(1);
+            self.send(op, &request(seq))?;
+            let mut out = Vec::new();
+            let mut interrupted = false;
+            'recv: loop {
+                for msg in self.receive(op)? {
+                    if msg.seq != seq {
+                        continue;
+                    }
+                    interrupted |= msg.flags & NLM_F_DUMP_INTR != 0;
+                    match dump_step(&msg).map_err(|d| malformed(op, d))? {
+                        DumpStep::Done => break 'recv,
                         // A set that went away between the set and element dumps.
-                        Some(code) if kind == DumpKind::SetElems && -code == libc::ENOENT => {
-                            return Ok(out)
+                        DumpStep::Failed(code)
+                            if kind == DumpKind::SetElems && -code == libc::ENOENT =>
+                        {
+                            break 'recv
                         }
-                        _ => return Err(dump_error(op, &msg.payload)),
-                    },
-                    _ if msg.kind == reply => out.push(msg.payload),
-                    _ => {}
+                        DumpStep::Failed(code) => {
+                            return Err(NftError::Io {
+                                op: op.to_string(),
+                                errno: Errno::from_raw(-code),
+                            })
+                        }
+                        DumpStep::Item if msg.kind == reply => out.push(msg.payload),
+                        DumpStep::Item | DumpStep::Skip => {}
+                    }
                 }
             }
+            if !interrupted {
+                return Ok(out);
+            }
         }
+        Err(NftError::Unstable {
+            op: op.to_string(),
+            attempts: DUMP_ATTEMPTS,
+        })
     }
 
     fn send(&self, op: &str, buf: &[u8]) -> Result<()> {
@@ -404,6 +510,77 @@ impl NfTables {
     /// Reads one datagram and returns its messages.
     fn receive(&self, op: &str) -> Result<Vec<Msg>> {
         self.sock.receive().map_err(|e| socket_error(op, e))
+    }
+}
+
+/// One message of a batch the kernel refused: its sequence number, errno and explanation.
+#[derive(Debug)]
+struct Failure {
+    seq: u32,
+    errno: Errno,
+    ack: ExtAck,
+}
+
+/// Why the kernel refused a batch (nothing of it was applied).
+#[derive(Debug)]
+struct Rejection {
+    /// The failing messages in batch order.
+    failures: Vec<Failure>,
+    /// Some error replies were dropped (receive buffer full); the first ones are kept.
+    lost: bool,
+}
+
+impl Rejection {
+    /// The table whose creation failed because it exists: the listing the batch was built
+    /// from missed it.
+    fn existing_table(&self, batch: &Batch) -> Option<String> {
+        self.failures
+            .iter()
+            .find_map(|f| match batch.origin(f.seq) {
+                Some(Origin::Table {
+                    table,
+                    op: TableOp::Create,
+                }) if f.errno == Errno::EEXIST => Some(table.clone()),
+                _ => None,
+            })
+    }
+
+    /// The error naming the first failing message, with what the kernel says about it.
+    fn into_error(self, batch: &Batch) -> NftError {
+        let lost = self
+            .lost
+            .then(|| "some of its error reports were lost: receive buffer full".to_string());
+        let Some(first) = self.failures.first() else {
+            return NftError::Rejected {
+                origin: Origin::Batch.to_string(),
+                errno: Errno::ENOBUFS,
+                kernel: lost,
+                others: 0,
+            };
+        };
+        let message = batch.message(first.seq);
+        let located = first
+            .ack
+            .offset
+            .zip(message)
+            .and_then(|(offset, m)| nft_netlink::locate(&m.bytes, offset))
+            .map(|at| format!("at {at}"));
+        let kernel: Vec<String> = [
+            first.ack.message.as_ref().map(|m| format!("{m:?}")),
+            located,
+            lost,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        NftError::Rejected {
+            origin: message
+                .map(|m| m.origin.to_string())
+                .unwrap_or_else(|| format!("message {}", first.seq)),
+            errno: first.errno,
+            kernel: (!kernel.is_empty()).then(|| kernel.join(", ")),
+            others: self.failures.len() - 1,
+        }
     }
 }
 
@@ -440,6 +617,113 @@ fn malformed(op: &str, detail: String) -> NftError {
 mod tests {
     use super::*;
     use crate::netlink_wire::parse_messages;
+
+    /// A one-rule ruleset in our nat table.
+    fn one_rule() -> Ruleset {
+        use crate::backend::nftables::{NftChain, NftRule, NftTable, Stmt};
+        Ruleset {
+            tables: vec![NftTable {
+                name: "istio-proxy-nat".into(),
+                chains: vec![NftChain {
+                    name: "c".into(),
+                    base: None,
+                }],
+                rules: vec![NftRule {
+                    chain: "c".into(),
+                    index: None,
+                    stmts: vec![Stmt::Counter, Stmt::Return],
+                    purpose: "test",
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_the_exclusive_create_names_the_table_that_exists() {
+        let batch = replace_batch(&one_rule(), &|_| None, 10, &[]).unwrap();
+        let seq_of = |pick: &dyn Fn(&Origin) -> bool| {
+            batch
+                .messages()
+                .iter()
+                .find(|m| pick(&m.origin))
+                .unwrap()
+                .seq
+        };
+        let create = seq_of(&|o| {
+            matches!(
+                o,
+                Origin::Table {
+                    op: TableOp::Create,
+                    ..
+                }
+            )
+        });
+        let rule = seq_of(&|o| matches!(o, Origin::Rule(_)));
+        let refusal = |failures: Vec<(u32, Errno)>, lost| Rejection {
+            failures: failures
+                .into_iter()
+                .map(|(seq, errno)| Failure {
+                    seq,
+                    errno,
+                    ack: ExtAck::default(),
+                })
+                .collect(),
+            lost,
+        };
+        let stale = refusal(vec![(create, Errno::EEXIST)], false);
+        assert_eq!(
+            stale.existing_table(&batch).as_deref(),
+            Some("istio-proxy-nat")
+        );
+        // Another errno, or EEXIST elsewhere, is not a stale listing.
+        for other in [
+            refusal(vec![(create, Errno::ENOMEM)], false),
+            refusal(vec![(rule, Errno::EEXIST)], false),
+        ] {
+            assert_eq!(other.existing_table(&batch), None);
+        }
+        assert_eq!(
+            stale.into_error(&batch).to_string(),
+            "creating table inet istio-proxy-nat: File exists"
+        );
+    }
+
+    #[test]
+    fn a_refusal_carries_the_kernels_text_and_says_when_reports_were_lost() {
+        let batch = replace_batch(&one_rule(), &|_| None, 10, &[]).unwrap();
+        let rule = batch
+            .messages()
+            .iter()
+            .find(|m| matches!(m.origin, Origin::Rule(_)))
+            .unwrap()
+            .seq;
+        let explained = Rejection {
+            failures: vec![Failure {
+                seq: rule,
+                errno: Errno::ENOENT,
+                ack: ExtAck {
+                    message: Some("Unknown expression".into()),
+                    offset: None,
+                },
+            }],
+            lost: true,
+        };
+        assert_eq!(
+            explained.into_error(&batch).to_string(),
+            "rule 1 of istio-proxy-nat/c (test) `counter return`: No such file or directory \
+             [kernel: \"Unknown expression\", some of its error reports were lost: receive \
+             buffer full]"
+        );
+        let lost = Rejection {
+            failures: Vec::new(),
+            lost: true,
+        };
+        assert_eq!(
+            lost.into_error(&batch).to_string(),
+            "the nf_tables transaction: No buffer space available [kernel: some of its error \
+             reports were lost: receive buffer full]"
+        );
+    }
 
     #[test]
     fn replies_are_split_into_messages_and_truncation_is_an_error() {

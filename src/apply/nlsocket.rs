@@ -6,12 +6,16 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    bind, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
-    SockFlag, SockProtocol, SockType,
+    bind, getsockopt, recv, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags,
+    NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 
 use crate::netlink_wire::{parse_messages, Msg};
+
+/// `<linux/netlink.h>` socket options of level `SOL_NETLINK` (not in nix's option list).
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_EXT_ACK: libc::c_int = 11;
 
 /// The kernel answers synchronously; this only guards against waiting forever on a bug.
 const RECV_TIMEOUT_SECS: i64 = 10;
@@ -53,10 +57,49 @@ impl NlSocket {
         Ok(NlSocket { fd })
     }
 
+    /// Asks for short, explained error replies: `NETLINK_CAP_ACK` (an error carries the
+    /// failing request's header, not its whole body, so a batch with thousands of failing
+    /// messages still fits the receive buffer) and `NETLINK_EXT_ACK` (the kernel adds its own
+    /// error text and the offset of the attribute it objects to). Kernels without them
+    /// (before 4.3 and 4.12) answer as before, so a refusal is not an error.
+    pub fn enable_ext_ack(&self) {
+        for option in [NETLINK_CAP_ACK, NETLINK_EXT_ACK] {
+            let _ = set_netlink_flag(&self.fd, option);
+        }
+    }
+
     /// Makes room for a datagram of `len` bytes (a large nf_tables batch is one datagram).
+    /// `SO_SNDBUFFORCE` (what nft does) is not bounded by `net.core.wmem_max`, whose default
+    /// (about 208 KiB) is far below a batch of thousands of rules; it needs `CAP_NET_ADMIN`,
+    /// without which the bounded `SO_SNDBUF` is tried.
     pub fn reserve_send(&self, len: usize) -> Result<(), SocketError> {
-        setsockopt(&self.fd, sockopt::SndBuf, &(len + 4096))
+        // A datagram may take the buffer's reported size (twice what was set) less 32 bytes.
+        let current = getsockopt(&self.fd, sockopt::SndBuf).unwrap_or(0);
+        if current >= len + 32 {
+            return Ok(());
+        }
+        let size = len + 4096;
+        if setsockopt(&self.fd, sockopt::SndBufForce, &size).is_ok() {
+            return Ok(());
+        }
+        setsockopt(&self.fd, sockopt::SndBuf, &size)
             .map_err(|e| SocketError::Io("raising the netlink send buffer", e))
+    }
+
+    /// Makes room for `len` bytes of queued replies (one error per failing message of a
+    /// batch arrives before anything is read): `SO_RCVBUFFORCE`, else the bounded
+    /// `SO_RCVBUF`. Never shrinks the buffer.
+    pub fn reserve_receive(&self, len: usize) -> Result<(), SocketError> {
+        // The kernel reports twice what was set (its bookkeeping overhead).
+        let current = getsockopt(&self.fd, sockopt::RcvBuf).unwrap_or(0) / 2;
+        if current >= len {
+            return Ok(());
+        }
+        if setsockopt(&self.fd, sockopt::RcvBufForce, &len).is_ok() {
+            return Ok(());
+        }
+        setsockopt(&self.fd, sockopt::RcvBuf, &len)
+            .map_err(|e| SocketError::Io("raising the netlink receive buffer", e))
     }
 
     /// Sends one datagram.
@@ -79,14 +122,32 @@ impl NlSocket {
 
     /// Reads one datagram, whole, and splits it into messages.
     pub fn receive(&self) -> Result<Vec<Msg>, SocketError> {
+        self.receive_with(MsgFlags::empty())
+    }
+
+    /// [`NlSocket::receive`] without waiting: `Ok(None)` when nothing is queued.
+    pub fn receive_queued(&self) -> Result<Option<Vec<Msg>>, SocketError> {
+        match self.receive_with(MsgFlags::MSG_DONTWAIT) {
+            Err(SocketError::Io(_, Errno::EAGAIN)) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    fn receive_with(&self, flags: MsgFlags) -> Result<Vec<Msg>, SocketError> {
         let fd = self.fd.as_raw_fd();
         // Peek with MSG_TRUNC to learn the datagram's full size, so a large reply is never
         // cut short.
         let mut buf = vec![0u8; 0];
-        let size = retry_eintr(|| recv(fd, &mut buf, MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC))
-            .map_err(|e| SocketError::Io("receiving", e))?;
+        let size = retry_eintr(|| {
+            recv(
+                fd,
+                &mut buf,
+                flags | MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+            )
+        })
+        .map_err(|e| SocketError::Io("receiving", e))?;
         buf.resize(size, 0);
-        let n = retry_eintr(|| recv(fd, &mut buf, MsgFlags::empty()))
+        let n = retry_eintr(|| recv(fd, &mut buf, flags))
             .map_err(|e| SocketError::Io("receiving", e))?;
         buf.truncate(n);
         parse_messages(&buf).map_err(SocketError::Malformed)
@@ -100,4 +161,23 @@ fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
             other => return other,
         }
     }
+}
+
+/// Turns on a boolean `SOL_NETLINK` option. nix has no wrapper for netlink's own options, so
+/// this is the crate's one `setsockopt` by hand.
+#[allow(unsafe_code)]
+fn set_netlink_flag(fd: &OwnedFd, option: libc::c_int) -> nix::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is an open socket, borrowed (so kept open) for the call; the option value
+    // is a live c_int whose exact size is passed, and the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_NETLINK,
+            option,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Errno::result(rc).map(drop)
 }

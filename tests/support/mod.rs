@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod netlab;
+pub mod nft;
 
 use std::path::PathBuf;
 use std::process::Command;
