@@ -406,6 +406,72 @@ pub fn compare(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> State
     }
 }
 
+/// Rules of ours that the dump shows without some of their matches: a live rule that is not
+/// planned but is a planned rule of the same chain with whole options left out (same target).
+/// iptables-nft-save 1.8.7 prints so the rules written by 1.8.8 and later, which write port,
+/// mark and other matches as native nftables expressions it cannot translate back (measured:
+/// `-p tcp -m tcp --dport 15008 -j RETURN` reads `-p tcp -j RETURN`). Such a dump cannot be
+/// trusted. Only reported when a chain of ours holds one (its rules are ours by definition);
+/// the lines name each rule and its planned form. Text alone cannot tell such a reading from
+/// an earlier configuration of ours that lacked exactly those matches: the caller asks only
+/// when the dump tool is an iptables-nft older than 1.8.8.
+pub fn unreadable_rules(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut in_ours = false;
+    for (table, want) in expected {
+        let Some(live_table) = live.get(table.name()) else {
+            continue;
+        };
+        for (chain, planned) in &want.chains {
+            for spec in live_table.rules_of(chain.name()) {
+                if planned.contains(spec) {
+                    continue;
+                }
+                if let Some(full) = planned.iter().find(|p| reads_without_matches(spec, p)) {
+                    in_ours |= !chain.is_builtin();
+                    lines.push(format!(
+                        "{}: -A {} {spec} (planned: {full})",
+                        table.name(),
+                        chain.name()
+                    ));
+                }
+            }
+        }
+    }
+    if in_ours {
+        lines
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether `shown` is `full` with some of the options 1.8.7 cannot print left out (`-m tcp`
+/// and `-m udp` ports, `-m mark`): its words are a strict subsequence of `full`'s, only such
+/// words are missing, and the target (from `-j` on) is the same.
+fn reads_without_matches(shown: &str, full: &str) -> bool {
+    let target = |s: &str| s.find("-j ").map(|i| s[i..].to_string());
+    if shown.len() >= full.len() || target(shown).is_none() || target(shown) != target(full) {
+        return false;
+    }
+    let printable = |w: &str| {
+        [
+            "-m", "tcp", "udp", "mark", "--dport", "--sport", "--mark", "!",
+        ]
+        .contains(&w)
+            || w.bytes()
+                .all(|b| b.is_ascii_hexdigit() || b"x/:".contains(&b))
+    };
+    let mut shown_words = shown.split(' ').peekable();
+    for word in full.split(' ') {
+        if shown_words.peek() == Some(&word) {
+            shown_words.next();
+        } else if !printable(word) {
+            return false;
+        }
+    }
+    shown_words.next().is_none()
+}
+
 /// When a family's rules of ours are an interrupted install of exactly this plan — every table
 /// either exactly as planned or holding nothing of ours, as happens when a run is killed
 /// between two tables' commits — the tables still missing. `None` for anything else.
@@ -1025,5 +1091,49 @@ mod tests {
         assert!(incompatible_tables("# Table `raw' is incompatible, use 'nft' tool.\n# Table `mangle' is incompatible, use 'nft' tool.\n")
             == vec!["raw".to_string(), "mangle".to_string()]);
         assert_eq!(saved_by("*nat\nCOMMIT\n"), None);
+    }
+
+    /// What iptables-nft-save 1.8.7 printed (measured) for rules iptables-nft 1.8.11 wrote.
+    #[test]
+    fn rules_shown_without_their_matches_are_found() {
+        let r = |chain, matches, target| rule(Table::Nat, chain, matches, target);
+        let tunnel = r(
+            Chain::IstioInbound,
+            vec![
+                Match::Protocol(Protocol::Tcp),
+                Match::DestinationPort {
+                    port: "15008".parse().unwrap(),
+                    negate: false,
+                },
+            ],
+            Target::Return,
+        );
+        let expected = expected_tables(&[tunnel], &no_groups).unwrap();
+        let live = parse_save(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:ISTIO_INBOUND - [0:0]\n-A ISTIO_INBOUND -p tcp -j RETURN\nCOMMIT\n",
+        );
+        assert_eq!(
+            unreadable_rules(&live, &expected),
+            vec!["nat: -A ISTIO_INBOUND -p tcp -j RETURN (planned: -p tcp -m tcp --dport 15008 -j RETURN)"]
+        );
+        // A rule of a different configuration (another port) is drift, not a lossy reading.
+        let other = parse_save(
+            "*nat\n:ISTIO_INBOUND - [0:0]\n-A ISTIO_INBOUND -p tcp -m tcp --dport 15009 -j RETURN\nCOMMIT\n",
+        );
+        assert!(unreadable_rules(&other, &expected).is_empty());
+        assert!(!reads_without_matches(
+            "-p tcp -j ACCEPT",
+            "-p tcp -m tcp --dport 1 -j RETURN"
+        ));
+        assert!(!reads_without_matches("-j RETURN", "-j RETURN"));
+        // An owner match is printed by every version: its absence is drift.
+        assert!(!reads_without_matches(
+            "-o lo -j RETURN",
+            "-o lo -m owner --uid-owner 1337 -j RETURN"
+        ));
+        assert!(reads_without_matches(
+            "-o lo -p tcp -m owner ! --uid-owner 1337 -j RETURN",
+            "-o lo -p tcp -m tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN"
+        ));
     }
 }
