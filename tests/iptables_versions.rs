@@ -507,3 +507,40 @@ fn rules_written_by_one_version_are_in_place_for_another_or_a_clear_error() {
         failures.join("\n\n")
     );
 }
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn an_earlier_configuration_is_drift_for_iptables_nft_1_8_7_too() {
+    if !require_root("an_earlier_configuration_is_drift_for_iptables_nft_1_8_7_too") {
+        return;
+    }
+    // `-b '*'` plans `-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT`, which is what `-b 80`'s
+    // `... -m tcp --dport 80 ...` would look like to 1.8.7 if a newer version had written it;
+    // the port matches 1.8.7 prints in the same chains say it wrote them itself.
+    let tools = Tools::new("bullseye");
+    let lab = Lab::new().expect("lab");
+    let with_ports = |ports: &str| {
+        let mut args = default_v4();
+        let i = args.iter().position(|a| a == "-b").unwrap();
+        args[i + 1] = ports.to_string();
+        args
+    };
+    let out = run(&lab.pod, &tools, &with_ports("*"), &[]);
+    assert!(failed(&out).is_none(), "install: {}", out.stderr);
+    let refused = run(&lab.pod, &tools, &with_ports("80"), &[]);
+    assert!(
+        refused.code == Some(1) && refused.stderr.contains("--reconcile"),
+        "another configuration must be drift: {}",
+        refused.stderr
+    );
+    let mut reconcile = with_ports("80");
+    reconcile.push("--reconcile".to_string());
+    let out = run(&lab.pod, &tools, &reconcile, &[]);
+    assert!(failed(&out).is_none(), "--reconcile: {}", out.stderr);
+    let again = run(&lab.pod, &tools, &with_ports("80"), &[]);
+    assert!(
+        failed(&again).is_none() && again.stderr.contains("nothing changed"),
+        "{}",
+        again.stderr
+    );
+}

@@ -97,7 +97,8 @@ pub enum IptablesError {
          matches as native nftables expressions that older versions cannot print). meshinit cannot read \
          them, so it neither writes over them nor takes them for different rules; use an image whose \
          iptables is at least as new as the one that wrote them, or remove them with that \
-         version (--cleanup-only):\n{}",
+         version (--cleanup-only); if they are rules of an earlier configuration instead (one \
+         without those matches), run --cleanup-only with that configuration's arguments first:\n{}",
         lines.join("\n"),
         count = lines.len()
     )]

@@ -412,10 +412,27 @@ pub fn compare(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> State
 /// mark and other matches as native nftables expressions it cannot translate back (measured:
 /// `-p tcp -m tcp --dport 15008 -j RETURN` reads `-p tcp -j RETURN`). Such a dump cannot be
 /// trusted. Only reported when a chain of ours holds one (its rules are ours by definition);
-/// the lines name each rule and its planned form. Text alone cannot tell such a reading from
-/// an earlier configuration of ours that lacked exactly those matches: the caller asks only
-/// when the dump tool is an iptables-nft older than 1.8.8.
+/// the lines name each rule and its planned form. Text alone cannot always tell such a reading
+/// from an earlier configuration of ours that lacked exactly those matches: the caller asks
+/// only when the dump tool is an iptables-nft older than 1.8.8, and a dump whose chains of
+/// ours show any port or mark match is taken as readable.
 pub fn unreadable_rules(live: &Saved, expected: &BTreeMap<Table, ExpectedTable>) -> Vec<String> {
+    // A dump that shows a port or mark match in a chain of ours was written by a version that
+    // this one reads (our rules are written in one transaction per table): not a lossy
+    // reading, so a shorter rule there is an earlier configuration's (drift).
+    let shows_matches = live.values().any(|t| {
+        t.our_chains().any(|chain| {
+            t.rules_of(chain).iter().any(|spec| {
+                let words: Vec<&str> = spec.split(' ').collect();
+                words
+                    .windows(2)
+                    .any(|w| w[0] == "-m" && ["tcp", "udp", "mark"].contains(&w[1]))
+            })
+        })
+    });
+    if shows_matches {
+        return Vec::new();
+    }
     let mut lines = Vec::new();
     let mut in_ours = false;
     for (table, want) in expected {
@@ -1116,6 +1133,12 @@ mod tests {
             unreadable_rules(&live, &expected),
             vec!["nat: -A ISTIO_INBOUND -p tcp -j RETURN (planned: -p tcp -m tcp --dport 15008 -j RETURN)"]
         );
+        // An earlier configuration (`-b '*'`, no port) next to a port match this version
+        // printed: drift, not a lossy reading.
+        let earlier = parse_save(
+            "*nat\n:ISTIO_INBOUND - [0:0]\n-A ISTIO_INBOUND -p tcp -j RETURN\n-A ISTIO_INBOUND -p tcp -m tcp --dport 15021 -j RETURN\nCOMMIT\n",
+        );
+        assert!(unreadable_rules(&earlier, &expected).is_empty());
         // A rule of a different configuration (another port) is drift, not a lossy reading.
         let other = parse_save(
             "*nat\n:ISTIO_INBOUND - [0:0]\n-A ISTIO_INBOUND -p tcp -m tcp --dport 15009 -j RETURN\nCOMMIT\n",
