@@ -229,6 +229,8 @@ pub fn apply(
         ));
         let rules = &plan.rules(family);
         let expected = expected_tables(rules, &resolve).map_err(ApplyError::Precondition)?;
+        iptables::require_readable(runner, tools, &before, &expected)
+            .map_err(|e| ApplyError::Precondition(format!("{}: {e}", family_name(family))))?;
         let missing = missing_tables(&before, &expected);
         // A probe rule left by a run killed during variant detection goes in the same write.
         let probes = probe_cleanup_text(&before);
@@ -382,6 +384,8 @@ pub fn check(
             let Some(live) = live else {
                 continue;
             };
+            iptables::require_readable(runner, tools, &live, &expected)
+                .map_err(|e| ApplyError::Precondition(format!("{name}: {e}")))?;
             // Harmless (protocol 255 never matches), so not a difference; but ours to remove.
             let probes = leftover_probes(&live);
             if probes > 0 {
@@ -455,6 +459,12 @@ pub fn cleanup(
             let Some(before) = before else {
                 continue;
             };
+            iptables::require_readable(runner, tools, &before, &expected).map_err(|e| {
+                ApplyError::Precondition(format!(
+                    "{}: {e}; nothing was changed",
+                    family_name(family)
+                ))
+            })?;
             let ours = compare(&before, &expected) != State::Absent;
             let probes = probe_cleanup_text(&before);
             if !ours && probes.is_empty() {
