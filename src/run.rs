@@ -103,7 +103,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             return print_stdout(&format!("meshinit {}\n", env!("CARGO_PKG_VERSION")))
         }
         Err(e) => {
-            log.error(&format!("{e} (see --help)"));
+            log.error(&cli::error_message(argv, &e));
             summary.outcome = "nothing changed: invalid command line".to_string();
             return summary.finish(&log, exit_code::INVALID_INPUT);
         }
