@@ -306,6 +306,11 @@ impl RawArgs {
             .unwrap_or_else(|| panic!("{name} is not in the env-only table"))
     }
 
+    /// All environment-only settings in table order.
+    pub fn env_only_settings(&self) -> impl Iterator<Item = (&'static EnvSpec, &Setting)> {
+        ENV_ONLY.iter().map(|spec| (spec, self.env_only(spec.name)))
+    }
+
     /// All flags in table order, for logging the effective configuration.
     pub fn flags(&self) -> impl Iterator<Item = (&'static FlagSpec, &Setting)> {
         FLAGS.iter().map(|spec| (spec, self.get(spec.long)))
