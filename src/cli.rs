@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 mod help;
-pub use help::{error_message, nearest, usage};
+pub use help::{error_message, nearest, single_dash_hint, usage};
 
 /// The environment as meshinit sees it. Passed explicitly so tests never touch the process env.
 pub type Env = BTreeMap<String, String>;

@@ -220,7 +220,10 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     let config = match Config::build(&raw, host) {
         Ok(config) => config,
         Err(e) => {
-            log.error(&e.to_string());
+            match (&e, cli::single_dash_hint(argv)) {
+                (ConfigError::Invalid { .. }, Some(hint)) => log.error(&format!("{e}; {hint}")),
+                _ => log.error(&e.to_string()),
+            }
             summary.outcome = "nothing changed".to_string();
             let code = match e {
                 ConfigError::Invalid { .. } => exit_code::INVALID_INPUT,

@@ -123,3 +123,16 @@ fn help_is_grouped_with_placeholders_and_examples() {
         assert!(text.find(flag).unwrap() > last_group, "{flag} comes last");
     }
 }
+
+#[test]
+fn a_long_flag_with_one_dash_is_named() {
+    // pflag reads `-dry-run` as `-d ry-run`; the value error says what was probably meant.
+    let out = run_meshinit(&["-dry-run", "--ipv6=false"], &[]);
+    assert_eq!(out.code, Some(2));
+    assert!(error_line(&out.stderr).ends_with(
+        "-dry-run was read as -d with the value \"ry-run\"; did you mean --dry-run? (long flags take two dashes)"
+    ), "{}", out.stderr);
+    let out = run_meshinit(&["-native-nftables"], &[]);
+    assert!(error_line(&out.stderr)
+        .contains("did you mean --native-nftables? (long flags take two dashes)"));
+}

@@ -272,6 +272,30 @@ pub fn error_message(argv: &[String], error: &CliError) -> String {
     }
 }
 
+/// For an invalid value: a long flag written with one dash (`-dry-run` is pflag's `-d ry-run`),
+/// named so the value error is not the only clue.
+pub fn single_dash_hint(argv: &[String]) -> Option<String> {
+    let rest = argv.get(1..).unwrap_or_default();
+    let subcommand = rest
+        .first()
+        .map(String::as_str)
+        .filter(|s| matches!(*s, "explain" | "trace"));
+    let names = long_names(subcommand);
+    rest.iter().find_map(|arg| {
+        let body = arg.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
+        let name = body.split_once('=').map_or(body, |(n, _)| n);
+        if name.chars().count() < 3 {
+            return None;
+        }
+        let exact = names.iter().find(|n| normalized(n) == normalized(name))?;
+        let first = body.chars().next()?;
+        Some(format!(
+            "{arg} was read as -{first} with the value {:?}; did you mean --{exact}? (long flags take two dashes)",
+            &body[first.len_utf8()..]
+        ))
+    })
+}
+
 fn parse_bool(s: &str) -> bool {
     super::parse_go_bool(s).is_some()
 }
