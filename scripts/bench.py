@@ -7,7 +7,8 @@ rules (the least any restore-based installer can do). Also measured: the same ru
 with one `iptables` process per rule (how per-rule tools such as Istio 1.20's
 `--restore-format=false` or the `iptables` crate work), and a meshinit re-run (no-op).
 
-Usage: sudo scripts/bench.py [--samples N] [--binary target/release/meshinit]
+Usage: sudo scripts/bench.py [--samples N] [--binary PATH]
+(from any directory; the default binary is this repository's target/release/meshinit)
 """
 import argparse
 import os
@@ -15,6 +16,9 @@ import statistics
 import subprocess
 import sys
 import time
+
+# The repository this script belongs to, so that it runs from any directory.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
         "-b", "*", "-d", "15090,15021,15020", "--ipv6=false", "--redirect-dns",
@@ -51,11 +55,16 @@ def fresh_ns(i):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=21)
-    p.add_argument("--binary", default="target/release/meshinit")
+    p.add_argument("--binary", default=os.path.join(REPO, "target", "release", "meshinit"),
+                   help="meshinit to measure (default: %(default)s); relative to the current directory")
     a = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench needs root (network namespaces)")
     binary = os.path.abspath(a.binary)
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"no meshinit binary at {binary}: build it with `cargo build --release` in {REPO}, "
+                 "or pass --binary PATH")
+    print(f"binary: {binary}")
     rules = sh(binary, *ARGS, "--dry-run").stdout
     lines = [l for l in rules.splitlines() if l and not l.startswith("#")]
     per_rule = []

@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod help;
+pub use help::{error_message, nearest, single_dash_hint, usage};
+
 /// The environment as meshinit sees it. Passed explicitly so tests never touch the process env.
 pub type Env = BTreeMap<String, String>;
 
@@ -148,7 +151,7 @@ pub static FLAGS: &[FlagSpec] = &[
     flag!("capture-all-dns", None, Bool, "false", ["CAPTURE_ALL_DNS"], Istio,
         "capture DNS to any server, not only those of /etc/resolv.conf"),
     flag!("network-namespace", None, Value, "", ["NETWORK_NAMESPACE"], Istio,
-        "network namespace to apply the rules in"),
+        "network namespace to enter first: a path, /run/netns/NAME (what `ip netns` names) or /proc/PID/ns/net"),
     flag!("cni-mode", None, Bool, "false", ["CNI_MODE"], Istio,
         "run as called from the CNI plugin (pod-scoped xtables lock)"),
     flag!("reconcile", None, Bool, "false", ["RECONCILE"], Istio,
@@ -303,6 +306,11 @@ impl RawArgs {
             .unwrap_or_else(|| panic!("{name} is not in the env-only table"))
     }
 
+    /// All environment-only settings in table order.
+    pub fn env_only_settings(&self) -> impl Iterator<Item = (&'static EnvSpec, &Setting)> {
+        ENV_ONLY.iter().map(|spec| (spec, self.env_only(spec.name)))
+    }
+
     /// All flags in table order, for logging the effective configuration.
     pub fn flags(&self) -> impl Iterator<Item = (&'static FlagSpec, &Setting)> {
         FLAGS.iter().map(|spec| (spec, self.get(spec.long)))
@@ -357,8 +365,16 @@ pub fn parse(argv: &[String], env: &Env) -> Result<Command, CliError> {
             Ok(Command::Trace { raw, conn, json })
         }
         Some("istio-iptables") => Ok(parse_flags(&rest[1..], env, &[])?.0),
+        // The words clap-style tools accept, only in first position (no flag has such a value).
+        Some("help") if rest.len() == 1 => Ok(Command::Help),
+        Some("version") if rest.len() == 1 => Ok(Command::Version),
         _ => Ok(parse_flags(rest, env, &[])?.0),
     }
+}
+
+/// Go's `strconv.ParseBool`, for the parser's own switches (`--help=false`).
+fn parse_go_bool(s: &str) -> Option<bool> {
+    crate::config::types::parse_go_bool(s).ok()
 }
 
 /// `trace`'s own flags, beside the capture flags.
@@ -386,10 +402,20 @@ fn parse_flags(
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (body, None),
             };
-            match name {
-                "help" => return Ok((Command::Help, extras)),
-                "version" => return Ok((Command::Version, extras)),
-                _ => {}
+            // `--help` and `--version` are switches as in pflag: `--help=false` asks for nothing.
+            let command = match name {
+                "help" => Some(Command::Help),
+                "version" => Some(Command::Version),
+                _ => None,
+            };
+            if let Some(command) = command {
+                match inline.as_deref().map(parse_go_bool) {
+                    None | Some(Some(true)) => return Ok((command, extras)),
+                    Some(Some(false)) => continue,
+                    Some(None) => {
+                        return Err(CliError::BadValue(format!("--{name}"), inline.unwrap()))
+                    }
+                }
             }
             if let Some(&(long, kind)) = extra.iter().find(|(long, _)| *long == name) {
                 let value = match (kind, inline) {
@@ -429,8 +455,20 @@ fn parse_flags(
             let mut rest = &arg[1..];
             while let Some(c) = rest.chars().next() {
                 let after = &rest[c.len_utf8()..];
-                if c == 'h' {
-                    return Ok((Command::Help, extras));
+                if c == 'h' || c == 'V' {
+                    let command = if c == 'h' {
+                        Command::Help
+                    } else {
+                        Command::Version
+                    };
+                    match after.strip_prefix('=').filter(|v| !v.is_empty()) {
+                        None => return Ok((command, extras)),
+                        Some(v) => match parse_go_bool(v) {
+                            Some(true) => return Ok((command, extras)),
+                            Some(false) => break,
+                            None => return Err(CliError::BadValue(format!("-{c}"), v.into())),
+                        },
+                    }
                 }
                 let spec = FLAGS
                     .iter()
@@ -506,46 +544,6 @@ fn parse_flags(
         })
         .collect();
     Ok((Command::Run(RawArgs { flags, env_only }), extras))
-}
-
-/// The usage text for `--help`.
-pub fn usage() -> String {
-    let mut out = String::from(
-        "meshinit: installs a service-mesh pod's traffic-capture rules (drop-in for istio-iptables)\n\n\
-         Usage: meshinit [istio-iptables] [FLAGS]\n\
-         \x20      meshinit explain [FLAGS]                      where each kind of traffic goes\n\
-         \x20      meshinit trace [FLAGS] --conn SPEC [--json]   one connection's path, rule by rule\n\
-         \x20      (SPEC: out|in tcp|udp dst=ADDR:PORT [src=ADDR[:PORT]] [uid=N] [gid=N] [iface=IF] [oif=IF] [mark=N])\n\nFlags:\n",
-    );
-    for spec in FLAGS {
-        let names = match spec.short {
-            Some(s) => format!("-{s}, --{}", spec.long),
-            None => format!("    --{}", spec.long),
-        };
-        let env = if spec.env.is_empty() {
-            String::new()
-        } else {
-            format!(" [env {}]", spec.env.join(", "))
-        };
-        let default = if spec.default.is_empty() {
-            String::new()
-        } else {
-            format!(" (default {:?})", spec.default)
-        };
-        out.push_str(&format!("  {names}\n        {}{default}{env}\n", spec.help));
-    }
-    out.push_str("\nEnvironment only:\n");
-    for spec in ENV_ONLY {
-        out.push_str(&format!(
-            "  {}\n        {} (default {:?})\n",
-            spec.name, spec.help, spec.default
-        ));
-    }
-    out.push_str(
-        "\nExit codes: 0 success, 1 runtime failure, 2 invalid input, 3 --check found differences,\n\
-         126 validation failed.\n",
-    );
-    out
 }
 
 #[cfg(test)]

@@ -42,8 +42,27 @@ impl Log {
         self.emit(LogLevel::Error, msg);
     }
 
+    /// Logs `msg` with structured data: with `--log_as_json` the line carries `fields` under
+    /// `key` beside `msg` (so a log pipeline can query it); as text only `msg` is printed.
+    pub fn with_fields(&self, level: LogLevel, msg: &str, key: &str, fields: &serde_json::Value) {
+        if !self.enabled(level) {
+            return;
+        }
+        let line = if self.json {
+            format_json_line(SystemTime::now(), level, msg, Some((key, fields)))
+        } else {
+            format_line(false, SystemTime::now(), level, msg)
+        };
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    /// Whether a line at `level` would be printed.
+    pub fn enabled(&self, level: LogLevel) -> bool {
+        level >= self.level && self.level != LogLevel::None
+    }
+
     fn emit(&self, level: LogLevel, msg: &str) {
-        if level < self.level || self.level == LogLevel::None {
+        if !self.enabled(level) {
             return;
         }
         let line = format_line(self.json, SystemTime::now(), level, msg);
@@ -76,6 +95,22 @@ pub fn format_line(json: bool, now: SystemTime, level: LogLevel, msg: &str) -> S
         let msg = msg.replace('\n', "\n    ");
         format!("{time}\t{level}\t{msg}\n")
     }
+}
+
+/// One JSON line with an extra structured field.
+fn format_json_line(
+    now: SystemTime,
+    level: LogLevel,
+    msg: &str,
+    field: Option<(&str, &serde_json::Value)>,
+) -> String {
+    let mut line = format_line(true, now, level, msg);
+    if let Some((key, value)) = field {
+        // `format_line` ends the object with "}\n"; the field goes before it.
+        line.truncate(line.len() - 2);
+        line.push_str(&format!(",{}:{value}}}\n", json_string(key)));
+    }
+    line
 }
 
 /// A JSON string literal.
@@ -142,6 +177,21 @@ mod tests {
             line,
             "{\"time\":\"1970-01-01T00:00:00.000Z\",\"level\":\"warn\",\"msg\":\"a \\\"b\\\"\\n\\\\c\\u0001\"}\n"
         );
+    }
+
+    #[test]
+    fn json_lines_carry_a_structured_field() {
+        let fields = serde_json::json!({"exit_code": 0, "families": ["ipv4"]});
+        let line = format_json_line(
+            UNIX_EPOCH,
+            LogLevel::Info,
+            "summary",
+            Some(("summary", &fields)),
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["summary"], fields);
+        assert_eq!(parsed["msg"], "summary");
+        assert!(line.ends_with("}\n"));
     }
 
     #[test]

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use crate::apply::{self, exec::SystemRunner, ApplyError};
 use crate::cli::{self, Command, Env};
 use crate::config::detect::Host;
-use crate::config::{
-    BackendChoice, Config, ConfigError, DnsCapture, InboundCapture, InterceptMode, OutboundInclude,
-    OwnerGroups,
-};
+use crate::config::LogLevel;
+use crate::config::{BackendChoice, Config, ConfigError, DnsCapture};
 use crate::log::Log;
+use crate::plan::Family;
 use crate::{backend, plan, trace, validate};
+
+mod describe;
+use describe::{describe, log_sources, mode};
 
 /// The exit codes, documented in the README.
 pub mod exit_code {
@@ -29,14 +31,32 @@ pub mod exit_code {
     pub const VALIDATION_FAILED: u8 = 126;
 }
 
-/// What the last log line of every run reports.
+/// What the last log line of every run reports. What a run never got to (a backend after a
+/// parse error) is left out rather than shown as a placeholder.
 struct Summary {
     started: Instant,
     phases: Vec<(&'static str, Duration)>,
-    backend: String,
-    families: String,
-    rules: usize,
+    /// `apply`, `dry-run`, `check`, `cleanup`, `validation`, once the configuration is read.
+    mode: Option<&'static str>,
+    backend: Option<&'static str>,
+    /// The tools per family, as the apply step reports them (`IPv4 iptables-legacy`).
+    tools: Vec<String>,
+    families: Option<Vec<Family>>,
+    rules: Option<usize>,
+    /// The network namespace entered, as logged.
+    namespace: Option<String>,
+    /// What changed, one entry per change.
+    changes: Vec<String>,
+    /// The outcome in words when no change list says it.
     outcome: String,
+}
+
+/// `ipv4` / `ipv6`, as logs and the summary name a family.
+fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
 }
 
 impl Summary {
@@ -44,9 +64,13 @@ impl Summary {
         Summary {
             started: Instant::now(),
             phases: Vec::new(),
-            backend: "iptables".to_string(),
-            families: "-".to_string(),
-            rules: 0,
+            mode: None,
+            backend: None,
+            tools: Vec::new(),
+            families: None,
+            rules: None,
+            namespace: None,
+            changes: Vec::new(),
             outcome: "nothing changed".to_string(),
         }
     }
@@ -58,26 +82,99 @@ impl Summary {
             .push((name, self.started.elapsed().saturating_sub(done)));
     }
 
-    fn finish(mut self, log: &Log, code: u8) -> u8 {
-        self.phase("end");
+    fn outcome_text(&self) -> String {
+        if self.changes.is_empty() {
+            self.outcome.clone()
+        } else {
+            self.changes.join("; ")
+        }
+    }
+
+    /// The one-line text form.
+    fn text(&self, code: u8) -> String {
+        let mut parts = vec![format!("summary: exit {code}")];
+        if let Some(mode) = self.mode {
+            parts.push(format!("mode {mode}"));
+        }
+        if let Some(backend) = self.backend {
+            parts.push(if self.tools.is_empty() {
+                format!("backend {backend}")
+            } else {
+                format!("backend {backend} ({})", self.tools.join(", "))
+            });
+        }
+        if let Some(families) = &self.families {
+            let names: Vec<&str> = families.iter().map(|f| family_name(*f)).collect();
+            parts.push(format!("families {}", names.join(",")));
+        }
+        if let Some(rules) = self.rules {
+            parts.push(format!("{rules} rules planned"));
+        }
+        if let Some(ns) = &self.namespace {
+            parts.push(format!("namespace {ns}"));
+        }
+        parts.push(self.outcome_text());
         let phases: Vec<String> = self
             .phases
             .iter()
             .filter(|(name, _)| *name != "end")
             .map(|(name, d)| format!("{name} {:.1}ms", d.as_secs_f64() * 1000.0))
             .collect();
-        log.info(&format!(
-            "summary: exit {code}; backend {}; families {}; {} rules planned; {}; time {}",
-            self.backend,
-            self.families,
-            self.rules,
-            self.outcome,
+        parts.push(format!(
+            "time {}",
             if phases.is_empty() {
                 "-".to_string()
             } else {
                 phases.join(", ")
             }
         ));
+        parts.join("; ")
+    }
+
+    /// The same facts as fields, for `--log_as_json`.
+    fn fields(&self, code: u8) -> serde_json::Value {
+        let ms = |d: &Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let phases: serde_json::Map<String, serde_json::Value> = self
+            .phases
+            .iter()
+            .filter(|(name, _)| *name != "end")
+            .map(|(name, d)| (name.to_string(), ms(d).into()))
+            .collect();
+        // `IPv4 iptables-legacy` → {"ipv4": "iptables-legacy"}; a tool for no one family
+        // (nf_tables netlink serves both) stays in `tools` only.
+        let variants: serde_json::Map<String, serde_json::Value> = self
+            .tools
+            .iter()
+            .filter_map(|t| t.split_once(' '))
+            .filter(|(family, _)| matches!(*family, "IPv4" | "IPv6"))
+            .map(|(family, tool)| (family.to_lowercase(), tool.into()))
+            .collect();
+        serde_json::json!({
+            "exit_code": code,
+            "mode": self.mode,
+            "backend": self.backend,
+            "variants": variants,
+            "tools": self.tools,
+            "families": self.families.as_ref().map(|f| f.iter().map(|f| family_name(*f)).collect::<Vec<_>>()),
+            "rules_planned": self.rules,
+            "namespace": self.namespace,
+            "changed": !self.changes.is_empty(),
+            "change_count": self.changes.len(),
+            "changes": self.changes,
+            "outcome": self.outcome_text(),
+            "phases_ms": phases,
+            "total_ms": ms(&self.started.elapsed()),
+        })
+    }
+
+    fn finish(mut self, log: &Log, code: u8) -> u8 {
+        self.phase("end");
+        log.with_fields(
+            LogLevel::Info,
+            &self.text(code),
+            "summary",
+            &self.fields(code),
+        );
         code
     }
 }
@@ -103,7 +200,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             return print_stdout(&format!("meshinit {}\n", env!("CARGO_PKG_VERSION")))
         }
         Err(e) => {
-            log.error(&format!("{e} (see --help)"));
+            log.error(&cli::error_message(argv, &e));
             summary.outcome = "nothing changed: invalid command line".to_string();
             return summary.finish(&log, exit_code::INVALID_INPUT);
         }
@@ -112,15 +209,21 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     // meshinit is still single-threaded.
     let netns = &raw.get("network-namespace").value;
     if !netns.is_empty() {
-        if let Err(e) = apply::privileges::enter_netns(Path::new(netns)) {
-            log.error(&e);
-            return summary.finish(&log, exit_code::FAILURE);
+        match apply::privileges::enter_netns(Path::new(netns)) {
+            Ok(entered) => summary.namespace = Some(entered),
+            Err(e) => {
+                log.error(&e);
+                return summary.finish(&log, exit_code::FAILURE);
+            }
         }
     }
     let config = match Config::build(&raw, host) {
         Ok(config) => config,
         Err(e) => {
-            log.error(&e.to_string());
+            match (&e, cli::single_dash_hint(argv)) {
+                (ConfigError::Invalid { .. }, Some(hint)) => log.error(&format!("{e}; {hint}")),
+                _ => log.error(&e.to_string()),
+            }
             summary.outcome = "nothing changed".to_string();
             let code = match e {
                 ConfigError::Invalid { .. } => exit_code::INVALID_INPUT,
@@ -133,7 +236,21 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         level: config.run.log_level,
         json: config.run.log_json,
     };
-    log.info(&describe(&config));
+    let (text, fields) = describe(&config);
+    if log.json {
+        let first = text.lines().next().unwrap_or_default();
+        log.with_fields(LogLevel::Info, first, "config", &fields);
+    } else {
+        log.info(&text);
+    }
+    if let Some(entered) = &summary.namespace {
+        log.info(&format!("entered network namespace {entered}"));
+    }
+    log.info(&config.ipv6_reason);
+    if log.enabled(LogLevel::Debug) {
+        log_sources(&raw, env, &log);
+    }
+    summary.mode = Some(mode(&config.run));
     for warning in &config.warnings {
         log.warn(warning);
     }
@@ -151,17 +268,15 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     let plan = plan::plan(&config.capture);
     for family in plan.families() {
         for rule in &plan.rules(family) {
-            log.debug(&format!("{family:?} {rule}"));
+            log.debug(&format!("{} {rule}", family_name(family)));
         }
     }
-    summary.families = format!("{:?}", plan.families());
-    summary.rules = plan.families().iter().map(|f| plan.rules(*f).len()).sum();
+    summary.families = Some(plan.families());
+    summary.rules = Some(plan.families().iter().map(|f| plan.rules(*f).len()).sum());
     summary.phase("plan");
     let run = &config.run;
     let nftables = run.backend == BackendChoice::Nftables;
-    if nftables {
-        summary.backend = "nftables".to_string();
-    }
+    summary.backend = Some(if nftables { "nftables" } else { "iptables" });
     if run.dry_run {
         summary.outcome = "dry run: printed, nothing changed".to_string();
         let text = if nftables {
@@ -183,11 +298,15 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         "backend: {} ({why})",
         if nftables { "nftables" } else { "iptables" }
     ));
-    summary.backend = if nftables { "nftables" } else { "iptables" }.to_string();
+    summary.backend = Some(if nftables { "nftables" } else { "iptables" });
     if nftables {
         // One inet rule serves both families where iptables needs one per family.
         let ruleset = backend::nftables::ruleset(&plan);
-        summary.rules = ruleset.tables.iter().map(|t| t.rules.len()).sum();
+        summary.rules = Some(ruleset.tables.iter().map(|t| t.rules.len()).sum());
+    }
+    if run.cleanup_only {
+        // Cleanup removes what is there; the plan's count says nothing about that.
+        summary.rules = None;
     }
     if run.check {
         let checked = if nftables {
@@ -231,11 +350,10 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     summary.phase("apply");
     let code = match result {
         Ok(report) => {
-            if !report.tools.is_empty() {
-                summary.backend = format!("{} ({})", summary.backend, report.tools.join(", "));
-            }
-            if !report.changes.is_empty() {
-                summary.outcome = report.changes.join("; ");
+            summary.tools = report.tools;
+            summary.changes = report.changes;
+            if run.cleanup_only && summary.changes.is_empty() {
+                summary.outcome = "nothing of ours was found: nothing changed".to_string();
             }
             exit_code::SUCCESS
         }
@@ -328,6 +446,22 @@ fn inspect(raw: &cli::RawArgs, host: &dyn Host, log: &Log, conn: Option<(&str, b
 fn run_validation(config: &Config, log: &Log) -> u8 {
     let c = &config.capture;
     let ports = [c.proxy_port, c.inbound_capture_port];
+    // The probe is captured by the rule for the proxy's own traffic to a pod address over lo;
+    // from any other uid and gid it is not, whatever the rules.
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    let not_proxy = (!c.proxy_uids.contains(&uid) && !c.proxy_gids.contains(&gid)).then(|| {
+        format!(
+            "this process runs as uid {uid} (gid {gid}), which is not a proxy uid (-u {}) or gid (-g {}): only the proxy's own traffic is redirected to the inbound capture port, so the probe cannot be; run the validation as the proxy user, as Istio's istio-validation container does",
+            list(&c.proxy_uids),
+            list(&c.proxy_gids)
+        )
+    });
+    if let Some(why) = &not_proxy {
+        log.warn(why);
+    }
     let mut probes = vec![validate::Probe::v4()];
     if c.ipv6 {
         probes.push(validate::Probe::v6());
@@ -345,10 +479,14 @@ fn run_validation(config: &Config, log: &Log) -> u8 {
                 log.error(&format!("validation could not run: {e}"));
                 return exit_code::FAILURE;
             }
-            log.error(&format!(
-                "validation failed: {e}\n{}",
-                validate::FAILURE_ADVICE
-            ));
+            match &not_proxy {
+                // The likely cause comes first; the CNI advice does not apply to it.
+                Some(why) => log.error(&format!("validation failed: {why}\n({e})")),
+                None => log.error(&format!(
+                    "validation failed: {e}\n{}",
+                    validate::FAILURE_ADVICE
+                )),
+            }
             return exit_code::VALIDATION_FAILED;
         }
         log.info(&format!(
@@ -368,75 +506,5 @@ fn print_stdout(text: &str) -> u8 {
 }
 
 fn list<T: ToString>(items: &[T]) -> String {
-    if items.is_empty() {
-        "-".to_string()
-    } else {
-        items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
-    }
-}
-
-/// The effective configuration, logged once at start.
-fn describe(config: &Config) -> String {
-    let c = &config.capture;
-    let mode = match c.mode {
-        InterceptMode::Redirect => "REDIRECT",
-        InterceptMode::Tproxy => "TPROXY",
-    };
-    let inbound = match &c.inbound {
-        InboundCapture::None => "none".to_string(),
-        InboundCapture::All { exclude } => format!("all ports except {}", list(exclude)),
-        InboundCapture::Ports(ports) => format!("ports {}", list(ports)),
-    };
-    let outbound = match &c.outbound_include {
-        OutboundInclude::All => "all".to_string(),
-        OutboundInclude::Cidrs(cidrs) => {
-            format!("CIDRs {}", list(&[&cidrs.v4[..], &cidrs.v6[..]].concat()))
-        }
-    };
-    let groups = match &c.owner_groups {
-        OwnerGroups::AllExcept(g) => format!("all except {}", list(g)),
-        OwnerGroups::Only(g) => format!("only {}", list(g)),
-    };
-    let dns = match &c.dns {
-        DnsCapture::Off => "off".to_string(),
-        DnsCapture::All => "all servers".to_string(),
-        DnsCapture::Servers { v4, v6 } => {
-            let texts: Vec<&str> = v4.iter().chain(v6).map(|s| s.text.as_str()).collect();
-            format!("servers {}", list(&texts))
-        }
-    };
-    let r = &config.run;
-    format!(
-        "meshinit {version}: effective configuration\n\
-         proxy: outbound port {out}, inbound port {inp}, tunnel port {tun}, uids {uids}, gids {gids}\n\
-         inbound: {mode}, {inbound}; tproxy mark {mark}, route table {table}\n\
-         outbound: capture {outbound}, exclude CIDRs {xc}, include ports {ip}, exclude ports {xp}\n\
-         owner groups: {groups}; localhost {lb}\n\
-         interfaces: excluded {xi}, VM {vi}\n\
-         dns capture: {dns}; drop invalid: {di}; ipv6: {ipv6}\n\
-         run: dry-run {dry}, skip-rule-apply {skip}, validation {val}, reconcile {rec}, cleanup-only {clean}, force-apply {force}, backend {nft:?}",
-        version = env!("CARGO_PKG_VERSION"),
-        out = c.proxy_port,
-        inp = c.inbound_capture_port,
-        tun = c.inbound_tunnel_port,
-        uids = list(&c.proxy_uids),
-        gids = list(&c.proxy_gids),
-        mark = c.tproxy_mark,
-        table = c.route_table,
-        xc = list(&[&c.outbound_exclude.v4[..], &c.outbound_exclude.v6[..]].concat()),
-        ip = list(&c.outbound_ports_include),
-        xp = list(&c.outbound_ports_exclude),
-        lb = c.loopback_v4,
-        xi = list(&c.exclude_interfaces),
-        vi = list(&c.virt_interfaces),
-        di = c.drop_invalid,
-        ipv6 = c.ipv6,
-        dry = r.dry_run,
-        skip = r.skip_rule_apply,
-        val = r.run_validation,
-        rec = r.reconcile,
-        clean = r.cleanup_only,
-        force = r.force_apply,
-        nft = r.backend,
-    )
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }

@@ -194,7 +194,10 @@ fn json_logs_are_json_lines_only() {
     }
 }
 
-/// One JSON object per line with exactly `time` (RFC 3339, UTC), `level` and `msg` strings.
+/// One JSON object per line with exactly `time` (RFC 3339, UTC), `level` and `msg` strings, and
+/// at most one structured field beside them: `summary` (the last line, checked field by field
+/// by [`assert_summary_object`]), `config` (the effective configuration) or `settings` (debug:
+/// where each setting came from), each an object.
 fn assert_json_log_line(line: &str) -> serde_json::Map<String, serde_json::Value> {
     let value: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -203,9 +206,28 @@ fn assert_json_log_line(line: &str) -> serde_json::Map<String, serde_json::Value
         .unwrap_or_else(|| panic!("not a JSON object: {line}"))
         .clone();
     let keys: Vec<&str> = object.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["level", "msg", "time"], "{line}");
-    for key in keys {
+    let extra: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !["level", "msg", "time"].contains(k))
+        .collect();
+    let base: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !extra.contains(k))
+        .collect();
+    assert_eq!(base, ["level", "msg", "time"], "{line}");
+    assert!(extra.len() <= 1, "at most one structured field: {line}");
+    for key in base {
         assert!(object[key].is_string(), "{key} is not a string: {line}");
+    }
+    match extra.first() {
+        None => {}
+        Some(&"summary") => assert_summary_object(&object["summary"], line),
+        Some(&("config" | "settings")) => {
+            assert!(object[extra[0]].is_object(), "{line}")
+        }
+        Some(other) => panic!("unexpected field {other}: {line}"),
     }
     let time = object["time"].as_str().unwrap();
     assert!(
@@ -217,6 +239,74 @@ fn assert_json_log_line(line: &str) -> serde_json::Map<String, serde_json::Value
         "{line}"
     );
     object
+}
+
+/// The summary's fields, each with its type (null where the run never got that far).
+fn assert_summary_object(summary: &serde_json::Value, line: &str) {
+    use serde_json::Value;
+    let object = summary.as_object().unwrap_or_else(|| panic!("{line}"));
+    let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "backend",
+            "change_count",
+            "changed",
+            "changes",
+            "exit_code",
+            "families",
+            "mode",
+            "namespace",
+            "outcome",
+            "phases_ms",
+            "rules_planned",
+            "tools",
+            "total_ms",
+            "variants"
+        ],
+        "{line}"
+    );
+    let string_or_null = |v: &Value| v.is_string() || v.is_null();
+    let strings = |v: &Value| v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+    assert!(object["exit_code"].is_u64(), "{line}");
+    assert!(string_or_null(&object["mode"]), "{line}");
+    assert!(string_or_null(&object["backend"]), "{line}");
+    assert!(string_or_null(&object["namespace"]), "{line}");
+    assert!(object["outcome"].is_string(), "{line}");
+    assert!(object["changed"].is_boolean(), "{line}");
+    assert!(object["change_count"].is_u64(), "{line}");
+    assert!(
+        strings(&object["changes"]) && strings(&object["tools"]),
+        "{line}"
+    );
+    assert_eq!(
+        object["change_count"].as_u64(),
+        Some(object["changes"].as_array().unwrap().len() as u64)
+    );
+    assert!(
+        object["families"].is_null()
+            || object["families"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|f| f == "ipv4" || f == "ipv6")),
+        "{line}"
+    );
+    assert!(
+        object["rules_planned"].is_null() || object["rules_planned"].is_u64(),
+        "{line}"
+    );
+    assert!(
+        object["phases_ms"]
+            .as_object()
+            .is_some_and(|p| p.values().all(Value::is_f64)),
+        "{line}"
+    );
+    assert!(object["total_ms"].is_f64(), "{line}");
+    assert!(
+        object["variants"]
+            .as_object()
+            .is_some_and(|v| v.values().all(Value::is_string)),
+        "{line}"
+    );
 }
 
 #[test]
@@ -258,4 +348,156 @@ fn json_logs_stay_json_when_the_input_is_rejected() {
             "the last line is the summary: {last}"
         );
     }
+}
+
+#[test]
+fn json_summary_is_an_object_with_the_runs_facts() {
+    let mut args = istio_init_dry_run();
+    args.push("--log_as_json");
+    let out = run_meshinit(&args, &[]);
+    assert_eq!(out.code, Some(0));
+    let last = assert_json_log_line(out.stderr.lines().last().unwrap());
+    let s = &last["summary"];
+    assert_eq!(s["exit_code"], 0);
+    assert_eq!(s["mode"], "dry-run");
+    assert_eq!(s["backend"], "iptables");
+    assert_eq!(s["families"], serde_json::json!(["ipv4"]));
+    assert_eq!(s["rules_planned"], 18);
+    assert_eq!(s["changed"], false);
+    assert_eq!(s["namespace"], serde_json::Value::Null);
+    assert!(s["phases_ms"]["configure"].is_f64() && s["phases_ms"]["plan"].is_f64());
+    assert!(last["msg"]
+        .as_str()
+        .unwrap()
+        .starts_with("summary: exit 0; mode dry-run"));
+    // The effective configuration is one object too.
+    let config = out
+        .stderr
+        .lines()
+        .map(assert_json_log_line)
+        .find(|l| l.contains_key("config"))
+        .expect("a config line");
+    assert_eq!(config["config"]["proxy"]["uids"], serde_json::json!([1337]));
+    assert_eq!(config["config"]["inbound"]["ports"]["capture"], "all");
+    assert_eq!(config["config"]["run"]["backend"], "auto");
+    assert!(!config["msg"].as_str().unwrap().contains('\n'));
+
+    // A rejected command line: what the run never reached is null, not a placeholder.
+    let out = run_meshinit(&["--log_as_json", "--bogus"], &[]);
+    let last = assert_json_log_line(out.stderr.lines().last().unwrap());
+    let s = &last["summary"];
+    assert_eq!(s["exit_code"], 2);
+    for key in ["mode", "backend", "families", "rules_planned"] {
+        assert!(s[key].is_null(), "{key}: {s}");
+    }
+}
+
+#[test]
+fn logs_show_no_rust_debug_formatting_or_placeholders() {
+    let mut args = istio_init_dry_run();
+    args.extend(["--log_output_level=default:debug", "--dual-stack"]);
+    let out = run_meshinit(&args, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for leak in [
+        "[V4", "V4 ", "V6 ", "Auto", "Some(", "None", "Cidr {", "Port(",
+    ] {
+        assert!(!out.stderr.contains(leak), "{leak:?} in {}", out.stderr);
+    }
+    let summary = out.stderr.lines().last().unwrap();
+    assert!(
+        summary.contains("; families ipv4;") && summary.contains("; mode dry-run;"),
+        "{summary}"
+    );
+    assert!(out.stderr.contains("\tdebug\tipv4 nat/ISTIO_OUTPUT: "));
+    assert!(out.stderr.contains(", backend auto\n"));
+    let out = run_meshinit(&["--bogus"], &[]);
+    let summary = out.stderr.lines().last().unwrap();
+    assert_eq!(
+        summary.split_once('\t').unwrap().1,
+        "info\tsummary: exit 2; nothing changed: invalid command line; time -"
+    );
+}
+
+#[test]
+fn debug_logs_say_where_each_setting_came_from() {
+    let mut args = istio_init_dry_run();
+    args.extend(["--log_output_level=default:debug", "-p", "15009"]);
+    let env = [
+        ("ENVOY_PORT", "15005"),
+        ("REDIRECT_DNS", "false"),
+        ("ISTIO_META_DNS_CAPTURE", "true"),
+        ("MESHINIT_DNS_SERVERS", "10.96.0.10"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let out = run_meshinit(&args, &env);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for line in [
+        "    --envoy-port = \"15009\" from command line -p, overriding env ENVOY_PORT=\"15005\"\n",
+        "    --redirect-dns = \"true\" from env ISTIO_META_DNS_CAPTURE, overriding env REDIRECT_DNS=\"false\"\n",
+        "    --inbound-capture-port = \"15006\" from command line -z\n",
+        "    --inbound-tunnel-port = \"15008\" from default\n",
+        "    ENVOY_USER = \"istio-proxy\" from default\n",
+    ] {
+        assert!(out.stderr.contains(line), "{line:?} in {}", out.stderr);
+    }
+    // Not at info level.
+    let out = run_meshinit(&istio_init_dry_run(), &env);
+    assert!(!out.stderr.contains("where they came from"));
+}
+
+#[test]
+fn misleading_inputs_get_true_messages() {
+    // --xtables-wait below 1s is refused, as the README and the message say.
+    for wait in ["500ms", "0s", "999ms"] {
+        let out = run_meshinit(
+            &["-n", "--ipv6=false", &format!("--xtables-wait={wait}")],
+            &[],
+        );
+        assert_eq!(out.code, Some(2), "{wait}");
+        assert!(
+            out.stderr.contains("the wait must be at least 1s"),
+            "{}",
+            out.stderr
+        );
+    }
+    let out = run_meshinit(&["-n", "--ipv6=false", "--xtables-wait=1s"], &[]);
+    assert_eq!(out.code, Some(0));
+    // A named ENVOY_USER that does not exist: the fallback is said.
+    let out = run_meshinit(
+        &["-n", "--ipv6=false"],
+        &[("ENVOY_USER".to_string(), "nosuchuser".to_string())],
+    );
+    assert_eq!(out.code, Some(0));
+    assert!(
+        out.stderr.contains(
+            "warn\tENVOY_USER \"nosuchuser\" is not in /etc/passwd: the proxy uid falls back to 1337"
+        ),
+        "{}",
+        out.stderr
+    );
+    // Host bits in a CIDR: what the kernel will hold is shown; the rules print as given.
+    let out = run_meshinit(
+        &[
+            "-n",
+            "--ipv6=false",
+            "-i",
+            "10.0.0.1/8",
+            "-x",
+            "192.168.1.1/16,10.1.0.0/16",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains(
+        "--istio-service-cidr (-i, env ISTIO_SERVICE_CIDR): 10.0.0.1/8 has host bits set; the kernel stores it as 10.0.0.0/8"
+    ), "{}", out.stderr);
+    assert!(out
+        .stderr
+        .contains("192.168.1.1/16 has host bits set; the kernel stores it as 192.168.0.0/16"));
+    assert!(!out.stderr.contains("10.1.0.0/16 has host bits"));
+    assert!(out.stdout.contains("-d 10.0.0.1/8"), "dry run unchanged");
+    // Why IPv6 is off, when the flag decides.
+    assert!(out
+        .stderr
+        .contains("info\tIPv6 off: --ipv6=false (command line --ipv6)"));
 }

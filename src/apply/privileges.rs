@@ -7,15 +7,55 @@ use std::path::Path;
 use caps::{CapSet, Capability};
 
 /// Moves this process into the network namespace at `path`. Must run before any thread
-/// exists: `setns` moves only the calling thread, and later threads inherit from it.
-pub fn enter_netns(path: &Path) -> Result<(), String> {
-    let file = File::open(path)
-        .map_err(|e| format!("cannot open network namespace {}: {e}", path.display()))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-        format!(
-            "cannot enter network namespace {}: {e} (needs CAP_SYS_ADMIN)",
+/// exists: `setns` moves only the calling thread, and later threads inherit from it. Returns
+/// the namespace as the log names it: the path and its inode (`net:[4026532…]`, as `ls -l
+/// /proc/PID/ns/net` shows it).
+pub fn enter_netns(path: &Path) -> Result<String, String> {
+    let file = File::open(path).map_err(|e| {
+        let mut message = format!("cannot open network namespace {}: {e}", path.display());
+        // `ip netns` shows names; the flag takes a path, as Istio's does.
+        let bare = !path.as_os_str().is_empty() && path.components().count() == 1;
+        let named = Path::new("/run/netns").join(path);
+        if bare && named.exists() {
+            message.push_str(&format!(
+                "; --network-namespace takes a path: did you mean {}?",
+                named.display()
+            ));
+        } else {
+            message.push_str(
+                "; --network-namespace takes a path: /run/netns/NAME (what `ip netns` names) or /proc/PID/ns/net",
+            );
+        }
+        message
+    })?;
+    // A namespace file lives on nsfs; anything else (a regular file, a directory) is not one,
+    // which setns would only report as EINVAL.
+    let on_nsfs = nix::sys::statfs::fstatfs(&file)
+        .map(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        .unwrap_or(true);
+    if !on_nsfs {
+        return Err(format!(
+            "cannot enter network namespace {}: not a network namespace (give /run/netns/NAME or /proc/PID/ns/net)",
             path.display()
-        )
+        ));
+    }
+    let inode = file
+        .metadata()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok();
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        let why = match e {
+            nix::errno::Errno::EINVAL => {
+                "a namespace of another kind, not a network namespace (/proc/PID/ns/net is the network one)".to_string()
+            }
+            nix::errno::Errno::EPERM => format!("{e} (needs CAP_SYS_ADMIN)"),
+            _ => e.to_string(),
+        };
+        format!("cannot enter network namespace {}: {why}", path.display())
+    })?;
+    Ok(match inode {
+        Some(ino) => format!("{} (net:[{ino}])", path.display()),
+        None => path.display().to_string(),
     })
 }
 

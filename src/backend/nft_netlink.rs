@@ -1921,8 +1921,11 @@ fn intern<'a>(ids: &mut HashMap<&'a [Expr], usize>, rules: &'a [CheckedRule]) ->
 }
 
 fn exprs_text(exprs: &[Expr]) -> String {
-    let parts: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
-    parts.join(" ")
+    // In nft syntax where every expression is one `nft_text` knows; raw otherwise.
+    super::nft_text::rule_text(exprs).unwrap_or_else(|| {
+        let parts: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+        parts.join(" ")
+    })
 }
 
 /// The attributes of an nf_tables message payload (after its nfgenmsg).

@@ -40,21 +40,44 @@ impl Host for SystemHost {
 /// address decides, with dual-stack any IPv6 address turns IPv6 on. No usable address is an
 /// error (Istio panics with "no valid local IP address found").
 pub fn ipv6_from_addrs(addrs: &[IpAddr], dual_stack: bool) -> Result<bool, String> {
-    let mut usable = addrs
+    ipv6_decision(addrs, dual_stack).map(|(on, _)| on)
+}
+
+/// [`ipv6_from_addrs`], with the reason in words for the log ("IPv6 off: fd00::1 is present
+/// but --dual-stack is off, as Istio decides").
+pub fn ipv6_decision(addrs: &[IpAddr], dual_stack: bool) -> Result<(bool, String), String> {
+    let usable: Vec<IpAddr> = addrs
         .iter()
         .map(|a| a.to_canonical())
-        .filter(|a| !is_excluded(a));
-    let Some(first) = usable.next() else {
+        .filter(|a| !is_excluded(a))
+        .collect();
+    let Some(first) = usable.first() else {
         return Err(format!(
             "no valid local IP address found (looked at {} addresses; pass --ipv6=true|false to skip detection)",
             addrs.len()
         ));
     };
-    if dual_stack {
-        Ok(first.is_ipv6() || usable.any(|a| a.is_ipv6()))
-    } else {
-        Ok(first.is_ipv6())
-    }
+    let some_v6 = usable.iter().find(|a| a.is_ipv6());
+    Ok(match (first.is_ipv6(), some_v6, dual_stack) {
+        (true, _, _) => (
+            true,
+            format!("IPv6 on: the first usable address, {first}, is IPv6, as Istio decides"),
+        ),
+        (false, Some(v6), true) => (
+            true,
+            format!("IPv6 on: {v6} is present and --dual-stack is on, as Istio decides"),
+        ),
+        (false, Some(v6), false) => (
+            false,
+            format!(
+                "IPv6 off: {v6} is present but --dual-stack is off and the first usable address, {first}, is IPv4, as Istio decides (--ipv6=true or --dual-stack to turn it on)"
+            ),
+        ),
+        (false, None, _) => (
+            false,
+            format!("IPv6 off: no usable IPv6 address (the first usable address is {first})"),
+        ),
+    })
 }
 
 fn is_excluded(a: &IpAddr) -> bool {
@@ -114,6 +137,38 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<IpAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn ipv6_decision_says_why() {
+        let reason = |list: &[&str], dual| ipv6_decision(&addrs(list), dual).unwrap();
+        assert_eq!(
+            reason(&["10.1.2.3", "fd00:77::1"], false),
+            (false, "IPv6 off: fd00:77::1 is present but --dual-stack is off and the first usable address, 10.1.2.3, is IPv4, as Istio decides (--ipv6=true or --dual-stack to turn it on)".to_string())
+        );
+        assert_eq!(
+            reason(&["10.1.2.3", "fd00:77::1"], true),
+            (
+                true,
+                "IPv6 on: fd00:77::1 is present and --dual-stack is on, as Istio decides"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            reason(&["fe80::1", "fd00::2", "10.1.2.3"], false),
+            (
+                true,
+                "IPv6 on: the first usable address, fd00::2, is IPv6, as Istio decides".to_string()
+            )
+        );
+        assert_eq!(
+            reason(&["127.0.0.1", "10.1.2.3"], true),
+            (
+                false,
+                "IPv6 off: no usable IPv6 address (the first usable address is 10.1.2.3)"
+                    .to_string()
+            )
+        );
     }
 
     #[test]

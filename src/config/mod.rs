@@ -207,6 +207,8 @@ pub struct Config {
     pub run: RunOptions,
     /// Non-fatal findings (ignored flags, empty owner groups), logged before running.
     pub warnings: Vec<String>,
+    /// Why IPv6 is on or off (the flag, or what detection saw), logged with the configuration.
+    pub ipv6_reason: String,
 }
 
 /// Why a configuration could not be built.
@@ -285,7 +287,15 @@ impl Config {
         let proxy_uids = r.flag("proxy-uid", non_empty_ids)?;
         let proxy_uids = match proxy_uids {
             Some(uids) => uids,
-            None => vec![r.env_only("ENVOY_USER", |user| Ok(default_proxy_uid(host, user)))?],
+            None => {
+                let (uid, warning) =
+                    r.env_only("ENVOY_USER", |user| Ok(default_proxy_uid(host, user)))?;
+                // Only a user someone named is worth a warning; the default is often absent.
+                if raw.env_only("ENVOY_USER").source != crate::cli::Source::Default {
+                    warnings.extend(warning);
+                }
+                vec![uid]
+            }
         };
         // Istio's default: the GIDs are the UIDs' numbers.
         let proxy_gids = r
@@ -318,6 +328,25 @@ impl Config {
             "*" => Err("'*' would exclude every destination; list CIDRs instead".to_string()),
             list => CidrsByFamily::parse(list),
         })?;
+        // The kernel masks an address with host bits to its network; say what it will hold.
+        let included: &[&CidrsByFamily] = match &outbound_include {
+            OutboundInclude::Cidrs(c) => &[c],
+            OutboundInclude::All => &[],
+        };
+        for (long, cidrs) in included
+            .iter()
+            .map(|c| ("istio-service-cidr", *c))
+            .chain([("istio-service-exclude-cidr", &outbound_exclude)])
+        {
+            for cidr in cidrs.v4.iter().chain(&cidrs.v6) {
+                if let Some(network) = cidr.masked_if_host_bits() {
+                    warnings.push(format!(
+                        "{}: {cidr} has host bits set; the kernel stores it as {network}, which is what will match",
+                        crate::cli::flag(long).describe()
+                    ));
+                }
+            }
+        }
         let outbound_ports_include = r.flag("istio-outbound-ports", parse_ports)?;
         let outbound_ports_exclude = r.flag("istio-local-outbound-ports-exclude", parse_ports)?;
 
@@ -388,7 +417,7 @@ impl Config {
             })?,
             xtables_wait: r.flag("xtables-wait", |s| {
                 let wait = parse_go_duration(s)?;
-                if wait.is_zero() {
+                if wait < Duration::from_secs(1) {
                     return Err("the wait must be at least 1s".to_string());
                 }
                 Ok(wait)
@@ -407,13 +436,20 @@ impl Config {
         warnings.extend(ignored_flag_warnings(&r)?);
 
         // Detection, only for what the arguments leave open.
-        let ipv6 = match ipv6_choice {
-            Some(v) => v,
+        let (ipv6, ipv6_reason) = match ipv6_choice {
+            Some(v) => (
+                v,
+                format!(
+                    "IPv6 {}: --ipv6={v} ({})",
+                    if v { "on" } else { "off" },
+                    raw.get("ipv6").source
+                ),
+            ),
             None => {
                 let addrs = host.interface_addrs().map_err(|e| {
                     ConfigError::Detection(format!("cannot list interface addresses: {e}"))
                 })?;
-                detect::ipv6_from_addrs(&addrs, dual_stack).map_err(ConfigError::Detection)?
+                detect::ipv6_decision(&addrs, dual_stack).map_err(ConfigError::Detection)?
             }
         };
         let dns = if !redirect_dns {
@@ -467,6 +503,7 @@ impl Config {
             },
             run,
             warnings,
+            ipv6_reason,
         })
     }
 }
@@ -484,11 +521,23 @@ fn non_empty_ids(s: &str) -> Result<Option<Vec<u32>>, String> {
     Ok(Some(ids))
 }
 
-fn default_proxy_uid(host: &dyn Host, user: &str) -> u32 {
-    host.read_file("/etc/passwd")
-        .ok()
-        .and_then(|passwd| detect::uid_of(&passwd, user))
-        .unwrap_or(DEFAULT_PROXY_UID)
+/// The uid of `ENVOY_USER` from /etc/passwd, else Istio's 1337 — with a warning when the
+/// user was named but not found, since the rules then exempt a uid nobody asked for.
+fn default_proxy_uid(host: &dyn Host, user: &str) -> (u32, Option<String>) {
+    let passwd = host.read_file("/etc/passwd");
+    match passwd.as_ref().ok().and_then(|p| detect::uid_of(p, user)) {
+        Some(uid) => (uid, None),
+        None => {
+            let why = match &passwd {
+                Ok(_) => "is not in /etc/passwd".to_string(),
+                Err(e) => format!("cannot be looked up (/etc/passwd: {e})"),
+            };
+            let warning = format!(
+                "ENVOY_USER {user:?} {why}: the proxy uid falls back to {DEFAULT_PROXY_UID} (set -u / PROXY_UID to choose it)"
+            );
+            (DEFAULT_PROXY_UID, Some(warning))
+        }
+    }
 }
 
 /// The outbound mark (1338) is Istio's fixed mark for proxy-to-self traffic under TPROXY, so

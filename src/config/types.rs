@@ -91,6 +91,23 @@ impl Cidr {
     pub fn prefix_len(&self) -> u8 {
         self.len
     }
+    /// The network the kernel stores (`10.0.0.0/8` for `10.0.0.1/8`), when the address has
+    /// host bits set; `None` when it is already the network address.
+    pub fn masked_if_host_bits(&self) -> Option<String> {
+        let masked = match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        };
+        (masked != self.addr).then(|| format!("{masked}/{}", self.len))
+    }
     /// The host network of an address: /32 or /128.
     pub fn host(addr: IpAddr) -> Cidr {
         let len = if addr.is_ipv4() { 32 } else { 128 };
@@ -445,6 +462,13 @@ mod tests {
     #[test]
     fn go_bools_and_durations() {
         assert!(parse_go_bool("T").unwrap());
+        let masked = |s: &str| s.parse::<Cidr>().unwrap().masked_if_host_bits();
+        assert_eq!(masked("10.0.0.1/8").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(masked("10.0.0.0/8"), None);
+        assert_eq!(masked("0.0.0.0/0"), None);
+        assert_eq!(masked("1.2.3.4/0").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(masked("1.2.3.4/32"), None);
+        assert_eq!(masked("2001:db8::1/32").as_deref(), Some("2001:db8::/32"));
         assert!(!parse_go_bool("0").unwrap());
         assert!(parse_go_bool("yes").is_err());
         assert!(parse_go_bool("").is_err());

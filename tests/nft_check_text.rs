@@ -1,0 +1,97 @@
+//! `--check` on the native nftables backend prints an unexpected rule in nft syntax, exactly as
+//! `nft list` shows it (counter values aside), not as raw netlink expressions.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::netlab::Lab;
+use support::{require_root, ISTIO_INIT_ARGS as ARGS};
+
+/// Rules another owner adds to our output chain: every kind of match and statement the
+/// decoder knows, each as nft writes it back.
+const FOREIGN: &[&str] = &[
+    "ip daddr 10.1.2.3 tcp dport 8080 counter accept",
+    "meta skuid 1000 oifname \"lo\" ip6 saddr ::1 return",
+    "tcp dport { 1, 2 } redirect to :15001",
+    "ip daddr 10.0.0.0/8 udp sport 53 drop",
+    "ip daddr 10.16.0.0/12 return",
+    "ct state invalid,established drop",
+    "meta mark set 0x00000539 jump istio-redirect",
+    "oifname \"eth*\" return",
+    "ip saddr != 127.0.0.6 return",
+    "tcp dport != { 80, 443 } counter return",
+    "ip6 daddr fd00::/16 accept",
+    "meta l4proto udp return",
+    "ct zone set 5 return",
+    "meta skgid != 1337 th dport 9 return",
+];
+
+fn meshinit(lab: &Lab, extra: &[&str]) -> (Option<i32>, String) {
+    let mut argv = vec![env!("CARGO_BIN_EXE_meshinit")];
+    argv.extend(ARGS);
+    argv.extend(["--ipv6=false", "--native-nftables"]);
+    argv.extend(extra);
+    let out = lab.pod.exec(&argv, None).expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn native_check_prints_unexpected_rules_in_nft_syntax() {
+    if !require_root("native_check_prints_unexpected_rules_in_nft_syntax") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let (code, stderr) = meshinit(&lab, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let script: String = FOREIGN
+        .iter()
+        .map(|r| format!("add rule inet istio-proxy-nat istio-output {r}\n"))
+        .collect();
+    lab.pod.nft_apply(&script);
+
+    // nft's own text of each rule, by handle.
+    let listed = lab.pod.run(
+        &[
+            "nft",
+            "-a",
+            "list",
+            "chain",
+            "inet",
+            "istio-proxy-nat",
+            "istio-output",
+        ],
+        None,
+    );
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let nft: BTreeMap<String, String> = listed
+        .lines()
+        .filter_map(|l| {
+            let (rule, handle) = l.trim().rsplit_once(" # handle ")?;
+            Some((
+                handle.to_string(),
+                rule.replace("counter packets 0 bytes 0", "counter"),
+            ))
+        })
+        .collect();
+
+    let (code, stderr) = meshinit(&lab, &["--check"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    let ours: BTreeMap<String, String> = stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once("istio-output: unexpected rule (handle ")?.1;
+            let (handle, rest) = rest.split_once(')')?;
+            Some((handle.to_string(), rest.split_once(": ")?.1.to_string()))
+        })
+        .collect();
+    assert_eq!(ours.len(), FOREIGN.len(), "{stderr}");
+    for (handle, text) in &ours {
+        assert_eq!(Some(text), nft.get(handle), "handle {handle}\n{listed}");
+        assert!(!text.contains('['), "raw netlink: {text}");
+    }
+}
