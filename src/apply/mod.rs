@@ -7,6 +7,7 @@ pub mod exec;
 pub mod groups;
 pub mod iptables;
 pub mod lock;
+pub mod logfile;
 pub mod netlink;
 pub mod nftables;
 pub mod nlsocket;
