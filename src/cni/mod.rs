@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::cli::Env;
 use crate::config::detect::Host;
+use crate::config::{Config, ConfigError};
 use crate::log::Log;
 use crate::run::{self, FailureKind};
 use crate::{apply, exit_code};
@@ -47,6 +48,23 @@ impl Host for CniHost<'_> {
         Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("{path}: a CNI plugin does not read the node's copy"),
+        ))
+    }
+}
+
+/// Detection's stand-in for validating settings before the pod's namespace is entered: one
+/// IPv4 address, as a pod has after the interface plugin ran.
+struct StandInHost;
+
+impl Host for StandInHost {
+    fn interface_addrs(&self) -> std::io::Result<Vec<IpAddr>> {
+        Ok(vec![IpAddr::from([10, 0, 0, 1])])
+    }
+
+    fn read_file(&self, path: &str) -> std::io::Result<String> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            path.to_string(),
         ))
     }
 }
@@ -175,6 +193,7 @@ fn handle(
             &request.netns
         }
     ));
+    protocol::require_prev_result(&request)?;
     if matches!(command, Command::Status | Command::Gc) {
         // Nothing of meshinit's lives outside the pods' namespaces: always ready, nothing
         // to collect.
@@ -197,6 +216,20 @@ fn handle(
         Err(e) => return tolerate_on_del(command, e, log),
     };
     log.json = raw.get("log_as_json").value == "true";
+    // Bad values are reported before anything is touched, the namespace not even entered:
+    // the settings are validated with a stand-in for detection first.
+    let resolv_conf = resolv_conf(request.prev_result.as_deref());
+    let stand_in = CniHost {
+        inner: &StandInHost,
+        resolv_conf: resolv_conf.clone(),
+    };
+    if let Err(e @ ConfigError::Invalid { .. }) = Config::build(&raw, &stand_in) {
+        let error = CniError::new(
+            code::INVALID_CONFIG,
+            format!("invalid setting in istio_iptables_args or env: {e}"),
+        );
+        return tolerate_on_del(command, error, log);
+    }
     if command == Command::Del && (request.netns.is_empty() || !Path::new(&request.netns).exists())
     {
         log.info("DEL: the network namespace is gone, and the rules with it: nothing to remove");
@@ -206,7 +239,7 @@ fn handle(
         .map_err(|e| CniError::new(code::FAILED, e))?;
     let host = CniHost {
         inner: host,
-        resolv_conf: resolv_conf(request.prev_result.as_deref()),
+        resolv_conf,
     };
     let outcome = run::execute(&raw, &host, *log);
     let Some((kind, message)) = outcome.failure else {

@@ -198,6 +198,21 @@ pub fn version_of(stdin: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `ADD` and `CHECK` need `prevResult`: meshinit is a chained plugin.
+pub fn require_prev_result(request: &Request) -> Result<(), CniError> {
+    if matches!(request.command, Command::Add | Command::Check) && request.prev_result.is_none() {
+        return Err(CniError {
+            code: code::INVALID_CONFIG,
+            msg: format!(
+                "prevResult is missing: meshinit is a chained plugin, and {} needs the result of the plugin before it",
+                request.command.name()
+            ),
+            details: "put meshinit after the interface plugin (e.g. bridge, ptp, or the cluster's CNI) in the plugins list of a conflist".to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks the environment and decodes the network configuration for `command` (not
 /// `VERSION`).
 pub fn request(command: Command, env: &Env, stdin: &str) -> Result<Request, CniError> {
@@ -298,16 +313,6 @@ pub fn request(command: Command, env: &Env, stdin: &str) -> Result<Request, CniE
         }
     }
     let pod = pod_args(&var("CNI_ARGS"))?;
-    if matches!(command, Command::Add | Command::Check) && prev_result.is_none() {
-        return Err(CniError {
-            code: code::INVALID_CONFIG,
-            msg: format!(
-                "prevResult is missing: meshinit is a chained plugin, and {} needs the result of the plugin before it",
-                command.name()
-            ),
-            details: "put meshinit after the interface plugin (e.g. bridge, ptp, or the cluster's CNI) in the plugins list of a conflist".to_string(),
-        });
-    }
     Ok(Request {
         command,
         version,
