@@ -92,6 +92,9 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let stdout = std::io::stdout();
         return crate::cni::run(env, &mut stdin.lock(), &mut stdout.lock(), host);
     }
+    if argv.get(1).map(String::as_str) == Some("cni-install") {
+        return crate::cni::install_main(&argv[2..]);
+    }
     // Until the configuration is read, log as JSON if the flag is anywhere on the line.
     let log = Log {
         json: argv

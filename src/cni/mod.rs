@@ -10,6 +10,7 @@
 //! ```
 
 pub mod config;
+pub mod install;
 pub mod protocol;
 
 use std::io::{Read, Write};
@@ -18,7 +19,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::cli::Env;
+use crate::cli::{Env, RawArgs};
 use crate::config::detect::Host;
 use crate::config::{Config, ConfigError};
 use crate::log::Log;
@@ -66,6 +67,102 @@ impl Host for StandInHost {
             std::io::ErrorKind::NotFound,
             path.to_string(),
         ))
+    }
+}
+
+/// Validates the settings as `config` does, with a stand-in for detection.
+fn validate(raw: &RawArgs, resolv_conf: &str) -> Result<(), CniError> {
+    let stand_in = CniHost {
+        inner: &StandInHost,
+        resolv_conf: resolv_conf.to_string(),
+    };
+    match Config::build(raw, &stand_in) {
+        Err(e @ ConfigError::Invalid { .. }) => Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("invalid setting in istio_iptables_args or env: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `meshinit cni-install FLAGS`: copies this binary into the node's CNI bin directory and
+/// appends meshinit's entry to the node's conflist; with `--wait`, stays until SIGTERM and
+/// then takes the entry out again. Returns the exit code (2 for bad flags or a bad entry).
+pub fn install_main(args: &[String]) -> u8 {
+    let log = Log::default();
+    let read = |path: &str| apply::cni_files::read(Path::new(path));
+    let install = match install::parse(args, &read).and_then(|i| {
+        let fields = i.plugin.as_object().cloned().unwrap_or_default();
+        let plugin = config::plugin_config(&fields.into_iter().collect())
+            .map_err(|e| format!("--plugin-config: {}", e.msg))?;
+        for command in [Command::Add, Command::Del] {
+            let raw = config::raw_args(&plugin, command)
+                .map_err(|e| format!("--plugin-config: {}", e.msg))?;
+            validate(&raw, "").map_err(|e| format!("--plugin-config: {}", e.msg))?;
+        }
+        Ok(i)
+    }) {
+        Ok(install) => install,
+        Err(e) => {
+            log.error(&e);
+            return exit_code::INVALID_INPUT;
+        }
+    };
+    let signals = if install.wait {
+        match apply::cni_files::block_termination() {
+            Ok(set) => Some(set),
+            Err(e) => {
+                log.error(&e);
+                return exit_code::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let edit = |change: &dyn Fn(&str) -> Result<String, String>| -> Result<String, String> {
+        let name = match &install.conflist {
+            Some(name) => name.clone(),
+            None => install::pick_conflist(&apply::cni_files::names(&install.conf_dir)?)?,
+        };
+        let path = install.conf_dir.join(&name);
+        let text = apply::cni_files::read(&path)?;
+        let edited = change(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        apply::cni_files::replace(&path, &edited)?;
+        Ok(path.display().to_string())
+    };
+    let installed = apply::cni_files::install_binary(&install.bin_dir).and_then(|bin| {
+        let conflist = edit(&|text| install::with_plugin(text, &install.plugin))?;
+        Ok((bin, conflist))
+    });
+    match installed {
+        Ok((bin, conflist)) => log.info(&format!(
+            "installed {} and appended meshinit to the plugins of {conflist}",
+            bin.display()
+        )),
+        Err(e) => {
+            log.error(&format!("cni-install: {e}"));
+            return exit_code::FAILURE;
+        }
+    }
+    let Some(signals) = signals else {
+        return exit_code::SUCCESS;
+    };
+    if let Err(e) = apply::cni_files::wait_for_termination(&signals) {
+        log.error(&e);
+        return exit_code::FAILURE;
+    }
+    // New pods start without capture from now on; the binary stays for the DELs still due.
+    match edit(&install::without_plugin) {
+        Ok(conflist) => {
+            log.info(&format!("terminating: took meshinit out of {conflist}"));
+            exit_code::SUCCESS
+        }
+        Err(e) => {
+            log.error(&format!(
+                "terminating: cannot take meshinit out of the conflist: {e}"
+            ));
+            exit_code::FAILURE
+        }
     }
 }
 
@@ -216,18 +313,9 @@ fn handle(
         Err(e) => return tolerate_on_del(command, e, log),
     };
     log.json = raw.get("log_as_json").value == "true";
-    // Bad values are reported before anything is touched, the namespace not even entered:
-    // the settings are validated with a stand-in for detection first.
+    // Bad values are reported before anything is touched, the namespace not even entered.
     let resolv_conf = resolv_conf(request.prev_result.as_deref());
-    let stand_in = CniHost {
-        inner: &StandInHost,
-        resolv_conf: resolv_conf.clone(),
-    };
-    if let Err(e @ ConfigError::Invalid { .. }) = Config::build(&raw, &stand_in) {
-        let error = CniError::new(
-            code::INVALID_CONFIG,
-            format!("invalid setting in istio_iptables_args or env: {e}"),
-        );
+    if let Err(error) = validate(&raw, &resolv_conf) {
         return tolerate_on_del(command, error, log);
     }
     if command == Command::Del && (request.netns.is_empty() || !Path::new(&request.netns).exists())
