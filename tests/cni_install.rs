@@ -153,3 +153,34 @@ fn with_wait_sigterm_takes_the_entry_out_again() {
     );
     assert_eq!(dirs.types("10-k8s.conflist"), ["ptp", "portmap"]);
 }
+
+/// examples/cni-daemonset.yaml's ConfigMap `plugin.json` (a block scalar), as text.
+fn example_plugin_json() -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cni-daemonset.yaml"),
+    )
+    .unwrap();
+    let mut lines = text.lines().skip_while(|l| l.trim() != "plugin.json: |");
+    lines.next().expect("plugin.json: | in the ConfigMap");
+    lines
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_example_daemonsets_entry_is_accepted_and_installed() {
+    let dirs = Dirs::new("cni-install-example");
+    let path = dirs.root.join("plugin.json");
+    std::fs::write(&path, example_plugin_json()).unwrap();
+    let out = meshinit(&dirs.args(&format!("@{}", path.display())));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        dirs.types("10-k8s.conflist"),
+        ["ptp", "portmap", "meshinit"]
+    );
+}
