@@ -15,7 +15,8 @@
 # podman's settings for this machine (runc, ulimits it may set; see containers.conf below); a
 # cache of cargo's registry and target directory between builds ($MESHINIT_CACHE, default
 # ~/.cache/meshinit-image). Builds use --network host and runs use a namespace of their own,
-# so podman creates no network, bridge or firewall rule on the host.
+# so podman creates no network, bridge or firewall rule on the host; only the CNI-mode cases
+# (scripts/pod_test_cni.py) make bridges of their own, and remove them.
 #
 # On a machine with Docker Hub none of this is needed: `docker build -t meshinit .` and
 # `docker build --target nftables -t meshinit:nftables .` use the Dockerfile's default bases.

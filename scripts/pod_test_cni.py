@@ -33,8 +33,8 @@ TIMEOUT = 60
 class Rig:
     def __init__(self, t):
         self.t = t
-        tag = os.getpid() % 100000
-        self.nets = {kind: f"mict{tag}{kind[0]}" for kind in SUBNETS}
+        # mict<pid><g|b>: at most 15 bytes (a bridge's name), and a stale one is recognisable.
+        self.nets = {kind: f"mict{os.getpid()}{kind[0]}" for kind in SUBNETS}
         self.tmp = tempfile.mkdtemp(prefix="meshinit-cnitest-")
         self.bin = os.path.join(self.tmp, "bin")
         self.confdir = os.path.join(self.tmp, "net.d")
@@ -116,11 +116,24 @@ class Rig:
         for m in self.mounts:
             subprocess.run(["umount", m], capture_output=True)
         for net in self.nets.values():
-            subprocess.run(["ip", "link", "del", net], capture_output=True)
-            shutil.rmtree(f"/var/lib/cni/networks/{net}", ignore_errors=True)
-            for cached in glob.glob(f"/var/lib/cni/results/{net}-*"):
-                os.remove(cached)
+            remove_network(net)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def remove_network(net):
+    """A test network's bridge, IPAM state and cached results."""
+    subprocess.run(["ip", "link", "del", net], capture_output=True)
+    shutil.rmtree(f"/var/lib/cni/networks/{net}", ignore_errors=True)
+    for cached in glob.glob(f"/var/lib/cni/results/{net}-*"):
+        os.remove(cached)
+
+
+def sweep_stale():
+    """Networks left by an earlier run of these cases that was killed."""
+    r = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True)
+    for m in re.finditer(r"^\d+: (mict(\d+)[gb])[:@]", r.stdout, re.M):
+        if not os.path.exists(f"/proc/{m.group(2)}"):
+            remove_network(m.group(1))
 
 
 def ours_in(ns_path):
@@ -142,6 +155,7 @@ def ours_in(ns_path):
 
 
 def cni_cases(t):
+    sweep_stale()
     rig = Rig(t)
     state = {}
 
