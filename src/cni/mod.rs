@@ -202,18 +202,21 @@ fn exit_for(error: &CniError) -> u8 {
 pub fn run(env: &Env, stdin: &mut dyn Read, stdout: &mut dyn Write, host: &dyn Host) -> u8 {
     let mut log = Log::default();
     let mut input = String::new();
-    let outcome = protocol::command(env).and_then(|command| {
-        stdin.read_to_string(&mut input).map_err(|e| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("cannot read the network configuration from stdin: {e}"),
-            )
-        })?;
-        if command == Command::Version {
-            return Ok(Some(protocol::version_reply(&input)));
-        }
-        handle(command, env, &input, host, &mut log)
+    // stdin is read whatever comes next, so a runtime never writes into a closed pipe.
+    let read = stdin.read_to_string(&mut input).map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("cannot read the network configuration from stdin: {e}"),
+        )
     });
+    let outcome = read
+        .and_then(|_| protocol::command(env))
+        .and_then(|command| {
+            if command == Command::Version {
+                return Ok(Some(protocol::version_reply(&input)));
+            }
+            handle(command, env, &input, host, &mut log)
+        });
     let (text, code) = match outcome {
         Ok(text) => (text.unwrap_or_default(), exit_code::SUCCESS),
         Err(e) => {
