@@ -302,6 +302,8 @@ fn handle(
     let passed_through = |request: &Request| {
         (command == Command::Add).then(|| request.prev_result.clone().unwrap_or_default())
     };
+    // Before the capture settings are validated, on purpose: a mistake in them must not stop
+    // the pods of an excluded namespace (kube-system's DNS, the CNI itself) from starting.
     if let Some(ns) = &request.pod.namespace {
         if plugin.exclude_namespaces.contains(ns) {
             log.info(&format!(

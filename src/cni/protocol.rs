@@ -261,7 +261,7 @@ pub fn request(command: Command, env: &Env, stdin: &str) -> Result<Request, CniE
             ))
         }
     };
-    if matches!(command, Command::Status | Command::Gc) && version.as_str() < "1.1.0" {
+    if matches!(command, Command::Status | Command::Gc) && version != "1.1.0" {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
             format!(
