@@ -448,3 +448,14 @@ fn arguments_on_the_command_line_mean_the_command_line_even_with_cni_command_set
     assert!(child.wait().unwrap().success());
     assert!(text.starts_with("meshinit "), "{text}");
 }
+
+#[test]
+fn an_excluded_namespace_starts_even_when_the_capture_settings_are_bad() {
+    // kube-system's DNS must not depend on the mesh's settings being right.
+    let conf = config("1.0.0", "", true).replace(r#""-p", "15001""#, r#""-p", "70000""#);
+    let out = run("ADD", &pod_env("/run/netns/x", "kube-system"), &conf);
+    assert_eq!(out.code, Some(0), "{}", out.stdout);
+    assert_eq!(out.stdout, PREV_RESULT);
+    let out = run("ADD", &pod_env("/run/netns/x", "default"), &conf);
+    assert_eq!(out.error()["code"], 7, "other namespaces get the error");
+}
