@@ -4,7 +4,8 @@
 #   scripts/image.sh build   build localhost/meshinit:latest (meshinit + iptables, the default)
 #                            and localhost/meshinit:nftables (meshinit alone) from ./Dockerfile
 #   scripts/image.sh test    the offline manifest check (scripts/validate-examples.sh) and the
-#                            pod-level test (scripts/pod_test.py); ends with "N passed, N failed"
+#                            pod-level test (scripts/pod_test.py, with the CNI-mode cases of
+#                            scripts/pod_test_cni.py); ends with "N passed, N failed"
 #   scripts/image.sh bases   only make (or find) the two base images
 #   scripts/image.sh clean   remove the images and base images this script made, and its cache
 #
@@ -14,7 +15,8 @@
 # podman's settings for this machine (runc, ulimits it may set; see containers.conf below); a
 # cache of cargo's registry and target directory between builds ($MESHINIT_CACHE, default
 # ~/.cache/meshinit-image). Builds use --network host and runs use a namespace of their own,
-# so podman creates no network, bridge or firewall rule on the host.
+# so podman creates no network, bridge or firewall rule on the host; only the CNI-mode cases
+# (scripts/pod_test_cni.py) make bridges of their own, and remove them.
 #
 # On a machine with Docker Hub none of this is needed: `docker build -t meshinit .` and
 # `docker build --target nftables -t meshinit:nftables .` use the Dockerfile's default bases.
@@ -38,7 +40,7 @@ die() { log "error: $*"; exit 1; }
 # with apt-get, as CI runs); otherwise names them.
 ensure_packages() {
     local want=(podman runc mmdebstrap uidmap iptables nftables iproute2 util-linux procps
-        ca-certificates python3 python3-venv)
+        ca-certificates python3 python3-venv containernetworking-plugins)
     local missing=() p
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

@@ -15,7 +15,9 @@ owns the test: it simulates what the kubelet does for an injected pod, with real
 - the app and the proxy: the proxy is examples/pod.yaml's own proxy script (from its
   ConfigMap), run as the proxy container's user; the app is played by this file's echo
   servers and clients, run as the app container's user;
-- real TCP traffic, from the app out to the peer and from the peer in to the app.
+- real TCP traffic, from the app out to the peer and from the peer in to the app;
+- CNI mode: podman's CNI backend running the image's binary as a chained plugin
+  (scripts/pod_test_cni.py owns those cases).
 
 A connection's path is proven by addresses, not by timing: every echo server answers with
 the address it saw the connection come from, the proxy logs each connection's original
@@ -824,6 +826,8 @@ def main(argv):
         validation_without_rules(t, "image", "default image")
         validation_without_rules(t, "nft_image", "native nftables image")
         read_only(t)
+        from pod_test_cni import cni_cases  # this directory; the CNI cases live there
+        cni_cases(t)
     except KeyboardInterrupt as e:
         print(f"interrupted ({e}); cleaning up", flush=True)
         t.failed += 1

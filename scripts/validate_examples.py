@@ -9,8 +9,9 @@ This file owns what "the examples are valid" means:
   global.proxy_init.image as a full registry/name:tag (istio/istio#59066), and use only keys
   this file knows to be Istio's (no CRD schema for IstioOperator ships with the package);
 - consistency: istio-init is Istio's injected container verbatim but for the image, the same
-  in the plain and the native-sidecar pod; istio-validation is Istio CNI's; every example
-  names the same image; the demo proxy script compiles.
+  in the plain and the native-sidecar pod; istio-validation is Istio CNI's; the CNI DaemonSet
+  installs into the node's CNI directories with istio-init's arguments in its plugin entry;
+  every example names the same image; the demo proxy script compiles.
 
 Prints one line per case, "ok - NAME" or "not ok - NAME: WHY", then "N passed, N failed";
 exits 1 when any case failed.
@@ -213,6 +214,43 @@ def main():
         if [c["name"] for c in cni["spec"]["initContainers"]] != ["istio-validation"]:
             problems.append("istio-validation must be the only init container")
     case("examples/pod-cni-validation.yaml: istio-validation is Istio CNI's", problems)
+
+    problems = []
+    docs = load_all(EXAMPLES / "cni-daemonset.yaml")
+    ds = next((d for d in docs if d.get("kind") == "DaemonSet"), None)
+    cm = next((d for d in docs if d.get("kind") == "ConfigMap"), None)
+    installer = ds and next((c for c in dig(ds, "spec", "template", "spec", "containers") or []
+                             if c.get("name") == "install-cni"), None)
+    if not (installer and cm):
+        problems.append("no DaemonSet with an install-cni container and a ConfigMap")
+    else:
+        images["examples/cni-daemonset.yaml install-cni"] = installer.get("image")
+        args = installer.get("args", [])
+        flags = dict(a.split("=", 1) for a in args[1:] if "=" in a)
+        if args[:1] != ["cni-install"] or "--wait" not in args:
+            problems.append(f"args {args}: expected cni-install ... --wait")
+        volumes = {v["name"]: v for v in dig(ds, "spec", "template", "spec", "volumes") or []}
+        mounts = {m["mountPath"]: volumes.get(m["name"], {})
+                  for m in installer.get("volumeMounts", [])}
+        for flag, host in (("--bin-dir", "/opt/cni/bin"), ("--conf-dir", "/etc/cni/net.d")):
+            if dig(mounts.get(flags.get(flag), {}), "hostPath", "path") != host:
+                problems.append(f"{flag}={flags.get(flag)} is not the node's {host} (hostPath)")
+        config_path = flags.get("--plugin-config", "").lstrip("@")
+        directory, _, key = config_path.rpartition("/")
+        if dig(mounts.get(directory, {}), "configMap", "name") != dig(cm, "metadata", "name"):
+            problems.append(f"--plugin-config {config_path} is not in the ConfigMap's mount")
+        try:
+            import json
+            plugin = json.loads(dig(cm, "data", key) or "")
+            if plugin.get("type") != "meshinit":
+                problems.append('plugin.json: "type" is not "meshinit"')
+            if plugin.get("istio_iptables_args") != ISTIO_INIT_ARGS:
+                problems.append("plugin.json: istio_iptables_args are not istio-init's "
+                                f"{ISTIO_INIT_ARGS}")
+        except ValueError as e:
+            problems.append(f"ConfigMap {key} is not JSON: {e}")
+    case("examples/cni-daemonset.yaml: cni-install into the node's CNI directories, with "
+         "istio-init's arguments in the plugin entry", problems)
 
     for name, pod in found.items():
         for c in pod["spec"].get("initContainers", []):

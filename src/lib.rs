@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod backend;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod log;
 pub mod netlink_wire;

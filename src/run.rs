@@ -180,10 +180,20 @@ impl Summary {
 }
 
 /// Runs meshinit with these arguments and environment; returns the exit code.
+///
+/// With `CNI_COMMAND` in the environment and no arguments (a CNI runtime passes none), meshinit
+/// is a chained CNI plugin: [`crate::cni`] speaks the protocol on stdin and stdout.
 pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
-    let mut summary = Summary::new();
+    if env.contains_key("CNI_COMMAND") && argv.len() <= 1 {
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        return crate::cni::run(env, &mut stdin.lock(), &mut stdout.lock(), host);
+    }
+    if argv.get(1).map(String::as_str) == Some("cni-install") {
+        return crate::cni::install_main(&argv[2..]);
+    }
     // Until the configuration is read, log as JSON if the flag is anywhere on the line.
-    let mut log = Log {
+    let log = Log {
         json: argv
             .iter()
             .any(|a| a == "--log_as_json" || a == "--log_as_json=true"),
@@ -200,9 +210,68 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             return print_stdout(&format!("meshinit {}\n", env!("CARGO_PKG_VERSION")))
         }
         Err(e) => {
+            let mut summary = Summary::new();
             log.error(&cli::error_message(argv, &e));
             summary.outcome = "nothing changed: invalid command line".to_string();
             return summary.finish(&log, exit_code::INVALID_INPUT);
+        }
+    };
+    execute(&raw, host, log, argv, env).code
+}
+
+/// What kind of failure ended a run, for callers that report it otherwise than by exit code
+/// (the CNI error codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// Invalid input: nothing was changed (exit 2).
+    Invalid,
+    /// A run-time failure that changed nothing or was undone (exit 1).
+    Failed,
+    /// A run-time failure that left the namespace changed (exit 1).
+    LeftChanged,
+    /// `--check`: the live rules differ (exit 3).
+    CheckDiffers,
+    /// `--run-validation`: traffic is not redirected (exit 126).
+    NotRedirected,
+}
+
+/// How a run ended: its exit code and, on failure, what kind and the error's message.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// The exit code (README's table).
+    pub code: u8,
+    /// The failure, if the run failed.
+    pub failure: Option<(FailureKind, String)>,
+}
+
+impl Outcome {
+    fn ok(code: u8) -> Outcome {
+        Outcome {
+            code,
+            failure: None,
+        }
+    }
+}
+
+/// One run from its settings on: enter the namespace, configure, plan, print or apply. The
+/// summary line is logged at the end, whatever the outcome.
+///
+/// `argv` and `env` are what the settings came from (empty in CNI mode, whose settings come
+/// from the network configuration), for hints and the debug log of each setting's source.
+pub(crate) fn execute(
+    raw: &cli::RawArgs,
+    host: &dyn Host,
+    log: Log,
+    argv: &[String],
+    env: &Env,
+) -> Outcome {
+    let mut summary = Summary::new();
+    let mut log = log;
+    let fail = |summary: Summary, log: &Log, kind: FailureKind, code: u8, msg: String| {
+        log.error(&msg);
+        Outcome {
+            code: summary.finish(log, code),
+            failure: Some((kind, msg)),
         }
     };
     // Detection and everything after it must see the pod's namespace: enter it first, while
@@ -211,25 +280,23 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     if !netns.is_empty() {
         match apply::privileges::enter_netns(Path::new(netns)) {
             Ok(entered) => summary.namespace = Some(entered),
-            Err(e) => {
-                log.error(&e);
-                return summary.finish(&log, exit_code::FAILURE);
-            }
+            Err(e) => return fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, e),
         }
     }
-    let config = match Config::build(&raw, host) {
+    let config = match Config::build(raw, host) {
         Ok(config) => config,
         Err(e) => {
-            match (&e, cli::single_dash_hint(argv)) {
-                (ConfigError::Invalid { .. }, Some(hint)) => log.error(&format!("{e}; {hint}")),
-                _ => log.error(&e.to_string()),
-            }
             summary.outcome = "nothing changed".to_string();
-            let code = match e {
-                ConfigError::Invalid { .. } => exit_code::INVALID_INPUT,
-                ConfigError::Detection(_) => exit_code::FAILURE,
+            let (kind, code) = match e {
+                ConfigError::Invalid { .. } => (FailureKind::Invalid, exit_code::INVALID_INPUT),
+                ConfigError::Detection(_) => (FailureKind::Failed, exit_code::FAILURE),
             };
-            return summary.finish(&log, code);
+            // A value error caused by a long flag written with one dash says so.
+            let msg = match (&e, cli::single_dash_hint(argv)) {
+                (ConfigError::Invalid { .. }, Some(hint)) => format!("{e}; {hint}"),
+                _ => e.to_string(),
+            };
+            return fail(summary, &log, kind, code, msg);
         }
     };
     log = Log {
@@ -248,7 +315,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     }
     log.info(&config.ipv6_reason);
     if log.enabled(LogLevel::Debug) {
-        log_sources(&raw, env, &log);
+        log_sources(raw, env, &log);
     }
     summary.mode = Some(mode(&config.run));
     for warning in &config.warnings {
@@ -288,7 +355,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
             backend::iptables::dry_run_text(&plan)
         };
         let code = print_stdout(&text);
-        return summary.finish(&log, code);
+        return Outcome::ok(summary.finish(&log, code));
     }
     // The whole run's deadline for helper programs, counted from the start of the run.
     let runner = SystemRunner::new(Some(summary.started + run.timeout));
@@ -314,27 +381,30 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         } else {
             apply::check(&plan, run, &runner, &log)
         };
-        let code = match checked {
+        summary.phase("check");
+        return match checked {
             Ok(diffs) if diffs.is_empty() => {
                 summary.outcome = "check: rules in place".to_string();
-                exit_code::SUCCESS
+                Outcome::ok(summary.finish(&log, exit_code::SUCCESS))
             }
             Ok(diffs) => {
-                log.warn(&format!(
+                let msg = format!(
                     "the live rules differ from this configuration:\n{}",
                     diffs.join("\n")
-                ));
+                );
+                log.warn(&msg);
                 summary.outcome = "check: rules differ".to_string();
-                exit_code::CHECK_DIFFERS
+                Outcome {
+                    code: summary.finish(&log, exit_code::CHECK_DIFFERS),
+                    failure: Some((FailureKind::CheckDiffers, msg)),
+                }
             }
             Err(e) => {
-                log.error(&format!("cannot check: {e}"));
                 summary.outcome = "check: the live state could not be read".to_string();
-                exit_code::FAILURE
+                let msg = format!("cannot check: {e}");
+                fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, msg)
             }
         };
-        summary.phase("check");
-        return summary.finish(&log, code);
     }
 
     let result = match (run.cleanup_only, run.skip_rule_apply, nftables) {
@@ -348,36 +418,52 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         (false, false, false) => apply::apply(&plan, run, &runner, &log),
     };
     summary.phase("apply");
-    let code = match result {
+    match result {
         Ok(report) => {
             summary.tools = report.tools;
             summary.changes = report.changes;
             if run.cleanup_only && summary.changes.is_empty() {
                 summary.outcome = "nothing of ours was found: nothing changed".to_string();
             }
-            exit_code::SUCCESS
         }
         Err(e) => {
-            let (kind, outcome) = match e {
-                ApplyError::Precondition(_) => ("cannot apply", "nothing changed"),
-                ApplyError::Drift(_) => ("refusing to apply", "nothing changed"),
-                ApplyError::Failed(_) => ("applying failed", "nothing changed (undone)"),
+            let (what, outcome, kind) = match e {
+                ApplyError::Precondition(_) => {
+                    ("cannot apply", "nothing changed", FailureKind::Failed)
+                }
+                ApplyError::Drift(_) => {
+                    ("refusing to apply", "nothing changed", FailureKind::Failed)
+                }
+                ApplyError::Failed(_) => (
+                    "applying failed",
+                    "nothing changed (undone)",
+                    FailureKind::Failed,
+                ),
                 ApplyError::LeftChanged(_) => (
                     "applying failed",
                     "FAILED and left changed: see the error above",
+                    FailureKind::LeftChanged,
                 ),
             };
-            log.error(&format!("{kind}: {e}"));
             summary.outcome = outcome.to_string();
-            exit_code::FAILURE
+            let msg = format!("{what}: {e}");
+            return fail(summary, &log, kind, exit_code::FAILURE, msg);
         }
-    };
-    if code == exit_code::SUCCESS && run.run_validation {
+    }
+    if run.run_validation {
         let code = run_validation(&config, &log);
         summary.phase("validate");
-        return summary.finish(&log, code);
+        let failure = match code {
+            exit_code::SUCCESS => None,
+            exit_code::VALIDATION_FAILED => Some(FailureKind::NotRedirected),
+            _ => Some(FailureKind::Failed),
+        };
+        return Outcome {
+            code: summary.finish(&log, code),
+            failure: failure.map(|kind| (kind, "validation failed: see the log".to_string())),
+        };
     }
-    summary.finish(&log, code)
+    Outcome::ok(summary.finish(&log, exit_code::SUCCESS))
 }
 
 /// `explain` (no connection) and `trace` (a connection spec, and whether to print JSON): the

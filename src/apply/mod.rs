@@ -3,10 +3,12 @@
 //! restore transaction per family, reads it back, and undoes what it wrote if any step fails
 //! or the kernel's view differs — saying exactly what, if anything, was left changed.
 
+pub mod cni_files;
 pub mod exec;
 pub mod groups;
 pub mod iptables;
 pub mod lock;
+pub mod logfile;
 pub mod netlink;
 pub mod nftables;
 pub mod nlsocket;

@@ -1,0 +1,387 @@
+//! CNI mode: meshinit as a chained CNI plugin. A runtime runs the binary with `CNI_COMMAND`
+//! in its environment and the network configuration on stdin; meshinit turns that into the
+//! same settings the command line gives (`config`), enters `CNI_NETNS` and runs the same
+//! configure → plan → apply path, then prints `prevResult` through (`ADD`) or the CNI error
+//! object on stdout. Log lines go to stderr or the configuration's `log_file`, never stdout.
+//!
+//! ```text
+//! env + stdin ─▶ Request ─▶ PluginConfig ─▶ RawArgs ─▶ (enter CNI_NETNS) ─▶ Config ─▶ Plan ─▶ apply
+//!  (protocol)               (config)
+//! ```
+
+pub mod config;
+pub mod install;
+pub mod protocol;
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::cli::{Env, RawArgs};
+use crate::config::detect::Host;
+use crate::config::{Config, ConfigError};
+use crate::log::Log;
+use crate::run::{self, FailureKind};
+use crate::{apply, exit_code};
+use protocol::{code, CniError, Command, Request};
+
+/// Detection in CNI mode. The plugin runs in the node's mount namespace, so the files
+/// detection reads there (`/etc/resolv.conf`, `/etc/passwd`) are the node's, not the pod's:
+/// the DNS servers come from the previous result's `dns.nameservers` instead (none when it has
+/// none: give `--dns-servers`), and the proxy's uid from `-u` (Istio's 1337 by default).
+/// Interface addresses are read in the pod's namespace, entered before.
+struct CniHost<'a> {
+    inner: &'a dyn Host,
+    resolv_conf: String,
+}
+
+impl Host for CniHost<'_> {
+    fn interface_addrs(&self) -> std::io::Result<Vec<IpAddr>> {
+        self.inner.interface_addrs()
+    }
+
+    fn read_file(&self, path: &str) -> std::io::Result<String> {
+        if path == "/etc/resolv.conf" {
+            return Ok(self.resolv_conf.clone());
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{path}: a CNI plugin does not read the node's copy"),
+        ))
+    }
+}
+
+/// Detection's stand-in for validating settings before the pod's namespace is entered: one
+/// IPv4 address, as a pod has after the interface plugin ran.
+struct StandInHost;
+
+impl Host for StandInHost {
+    fn interface_addrs(&self) -> std::io::Result<Vec<IpAddr>> {
+        Ok(vec![IpAddr::from([10, 0, 0, 1])])
+    }
+
+    fn read_file(&self, path: &str) -> std::io::Result<String> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            path.to_string(),
+        ))
+    }
+}
+
+/// Validates the settings as `config` does, with a stand-in for detection.
+fn validate(raw: &RawArgs, resolv_conf: &str) -> Result<(), CniError> {
+    let stand_in = CniHost {
+        inner: &StandInHost,
+        resolv_conf: resolv_conf.to_string(),
+    };
+    match Config::build(raw, &stand_in) {
+        Err(e @ ConfigError::Invalid { .. }) => Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("invalid setting in istio_iptables_args or env: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `meshinit cni-install FLAGS`: copies this binary into the node's CNI bin directory and
+/// appends meshinit's entry to the node's conflist; with `--wait`, stays until SIGTERM and
+/// then takes the entry out again. Returns the exit code (2 for bad flags or a bad entry).
+pub fn install_main(args: &[String]) -> u8 {
+    let log = Log::default();
+    let read = |path: &str| apply::cni_files::read(Path::new(path));
+    let install = match install::parse(args, &read).and_then(|i| {
+        let fields = i.plugin.as_object().cloned().unwrap_or_default();
+        let plugin = config::plugin_config(&fields.into_iter().collect())
+            .map_err(|e| format!("--plugin-config: {}", e.msg))?;
+        for command in [Command::Add, Command::Del] {
+            let raw = config::raw_args(&plugin, command)
+                .map_err(|e| format!("--plugin-config: {}", e.msg))?;
+            validate(&raw, "").map_err(|e| format!("--plugin-config: {}", e.msg))?;
+        }
+        Ok(i)
+    }) {
+        Ok(install) => install,
+        Err(e) => {
+            log.error(&e);
+            return exit_code::INVALID_INPUT;
+        }
+    };
+    let signals = if install.wait {
+        match apply::cni_files::block_termination() {
+            Ok(set) => Some(set),
+            Err(e) => {
+                log.error(&e);
+                return exit_code::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let edit = |change: &dyn Fn(&str) -> Result<String, String>| -> Result<String, String> {
+        let name = match &install.conflist {
+            Some(name) => name.clone(),
+            None => install::pick_conflist(&apply::cni_files::names(&install.conf_dir)?)?,
+        };
+        let path = install.conf_dir.join(&name);
+        let text = apply::cni_files::read(&path)?;
+        let edited = change(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        apply::cni_files::replace(&path, &edited)?;
+        Ok(path.display().to_string())
+    };
+    let installed = apply::cni_files::install_binary(&install.bin_dir).and_then(|bin| {
+        let conflist = edit(&|text| install::with_plugin(text, &install.plugin))?;
+        Ok((bin, conflist))
+    });
+    match installed {
+        Ok((bin, conflist)) => log.info(&format!(
+            "installed {} and appended meshinit to the plugins of {conflist}",
+            bin.display()
+        )),
+        Err(e) => {
+            log.error(&format!("cni-install: {e}"));
+            return exit_code::FAILURE;
+        }
+    }
+    let Some(signals) = signals else {
+        return exit_code::SUCCESS;
+    };
+    if let Err(e) = apply::cni_files::wait_for_termination(&signals) {
+        log.error(&e);
+        return exit_code::FAILURE;
+    }
+    // New pods start without capture from now on; the binary stays for the DELs still due.
+    match edit(&install::without_plugin) {
+        Ok(conflist) => {
+            log.info(&format!("terminating: took meshinit out of {conflist}"));
+            exit_code::SUCCESS
+        }
+        Err(e) => {
+            log.error(&format!(
+                "terminating: cannot take meshinit out of the conflist: {e}"
+            ));
+            exit_code::FAILURE
+        }
+    }
+}
+
+/// `prevResult.dns.nameservers` as resolv.conf lines.
+fn resolv_conf(prev_result: Option<&str>) -> String {
+    let Some(result) = prev_result.and_then(|r| serde_json::from_str::<Value>(r).ok()) else {
+        return String::new();
+    };
+    result["dns"]["nameservers"]
+        .as_array()
+        .map(|servers| {
+            servers
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|s| format!("nameserver {s}\n"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The process exit code for a CNI error (the runtime reads the error object; the code keeps
+/// meshinit's table): bad input 2, `CHECK` differences 3, other failures 1.
+fn exit_for(error: &CniError) -> u8 {
+    match error.code {
+        code::INCOMPATIBLE_VERSION
+        | code::UNSUPPORTED_FIELD
+        | code::INVALID_ENV
+        | code::DECODING_FAILURE
+        | code::INVALID_CONFIG => exit_code::INVALID_INPUT,
+        code::CHECK_DIFFERS => exit_code::CHECK_DIFFERS,
+        _ => exit_code::FAILURE,
+    }
+}
+
+/// Runs one CNI command: `env` holds `CNI_*`, `stdin` the network configuration; the result or
+/// the error object goes to `stdout`. Returns the exit code.
+pub fn run(env: &Env, stdin: &mut dyn Read, stdout: &mut dyn Write, host: &dyn Host) -> u8 {
+    let mut log = Log::default();
+    let mut input = String::new();
+    // stdin is read whatever comes next, so a runtime never writes into a closed pipe.
+    let read = stdin.read_to_string(&mut input).map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("cannot read the network configuration from stdin: {e}"),
+        )
+    });
+    let outcome = read
+        .and_then(|_| protocol::command(env))
+        .and_then(|command| {
+            if command == Command::Version {
+                return Ok(Some(protocol::version_reply(&input)));
+            }
+            handle(command, env, &input, host, &mut log)
+        });
+    let (text, code) = match outcome {
+        Ok(text) => (text.unwrap_or_default(), exit_code::SUCCESS),
+        Err(e) => {
+            log.error(&format!("CNI error {}: {}", e.code, e.msg));
+            let version = protocol::version_of(&input)
+                .unwrap_or_else(|| protocol::DEFAULT_VERSION.to_string());
+            (e.to_json(&version), exit_for(&e))
+        }
+    };
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => code,
+        Err(_) => exit_code::FAILURE,
+    }
+}
+
+/// `DEL` with a configuration that `ADD` refuses succeeds: `ADD` installed nothing with it, and
+/// an error here would stop the runtime's teardown of the chain before the interface plugin
+/// releases the pod's address.
+fn tolerate_on_del(
+    command: Command,
+    error: CniError,
+    log: &Log,
+) -> Result<Option<String>, CniError> {
+    if command == Command::Del
+        && matches!(error.code, code::UNSUPPORTED_FIELD | code::INVALID_CONFIG)
+    {
+        log.warn(&format!(
+            "DEL with a configuration ADD refuses: {}; nothing removed (ADD installs nothing with it)",
+            error.msg
+        ));
+        return Ok(None);
+    }
+    Err(error)
+}
+
+/// `ADD`, `DEL`, `CHECK`, `STATUS`, `GC`: what is printed on success.
+fn handle(
+    command: Command,
+    env: &Env,
+    input: &str,
+    host: &dyn Host,
+    log: &mut Log,
+) -> Result<Option<String>, CniError> {
+    let request = protocol::request(command, env, input)?;
+    let plugin = match config::plugin_config(&request.fields) {
+        Ok(plugin) => plugin,
+        Err(e) => return tolerate_on_del(command, e, log),
+    };
+    if let Some(level) = plugin.log_level {
+        log.level = level;
+    }
+    if let Some(path) = &plugin.log_file {
+        if let Err(e) = apply::logfile::redirect_stderr(path) {
+            let error = CniError::new(code::INVALID_CONFIG, format!("log_file: {e}"));
+            if command != Command::Del {
+                return Err(error);
+            }
+            log.warn(&error.msg);
+        }
+    }
+    log.info(&format!(
+        "CNI {} (spec {}): network {}, container {}, pod {}, namespace {}",
+        command.name(),
+        request.version,
+        request.network,
+        request.container_id,
+        request.pod.describe(),
+        if request.netns.is_empty() {
+            "-"
+        } else {
+            &request.netns
+        }
+    ));
+    protocol::require_prev_result(&request)?;
+    if matches!(command, Command::Status | Command::Gc) {
+        // Nothing of meshinit's lives outside the pods' namespaces: always ready, nothing
+        // to collect.
+        return Ok(None);
+    }
+    let passed_through = |request: &Request| {
+        (command == Command::Add).then(|| request.prev_result.clone().unwrap_or_default())
+    };
+    // Before the capture settings are validated, on purpose: a mistake in them must not stop
+    // the pods of an excluded namespace (kube-system's DNS, the CNI itself) from starting.
+    if let Some(ns) = &request.pod.namespace {
+        if plugin.exclude_namespaces.contains(ns) {
+            log.info(&format!(
+                "pod {} is in namespace {ns}, which exclude_namespaces lists: nothing to do",
+                request.pod.describe()
+            ));
+            return Ok(passed_through(&request));
+        }
+    }
+    let raw = match config::raw_args(&plugin, command) {
+        Ok(raw) => raw,
+        Err(e) => return tolerate_on_del(command, e, log),
+    };
+    log.json = raw.get("log_as_json").value == "true";
+    // Bad values are reported before anything is touched, the namespace not even entered.
+    let resolv_conf = resolv_conf(request.prev_result.as_deref());
+    if let Err(error) = validate(&raw, &resolv_conf) {
+        return tolerate_on_del(command, error, log);
+    }
+    if command == Command::Del && (request.netns.is_empty() || !Path::new(&request.netns).exists())
+    {
+        log.info("DEL: the network namespace is gone, and the rules with it: nothing to remove");
+        return Ok(None);
+    }
+    apply::privileges::enter_netns(Path::new(&request.netns))
+        .map_err(|e| CniError::new(code::FAILED, e))?;
+    let host = CniHost {
+        inner: host,
+        resolv_conf,
+    };
+    let outcome = run::execute(&raw, &host, *log, &[], &Env::new());
+    let Some((kind, message)) = outcome.failure else {
+        return Ok(passed_through(&request));
+    };
+    let code = match kind {
+        FailureKind::Invalid if command == Command::Del => {
+            return tolerate_on_del(command, CniError::new(code::INVALID_CONFIG, message), log)
+        }
+        FailureKind::Invalid => code::INVALID_CONFIG,
+        FailureKind::Failed | FailureKind::NotRedirected => code::FAILED,
+        FailureKind::LeftChanged => code::LEFT_CHANGED,
+        FailureKind::CheckDiffers => code::CHECK_DIFFERS,
+    };
+    // The first line is the message; a longer text (a check's differences) goes in details.
+    let (msg, details) = match message.split_once('\n') {
+        Some((first, rest)) => {
+            let lines: Vec<&str> = rest.lines().collect();
+            let msg = format!(
+                "{} ({} line{}; first: {})",
+                first.trim_end_matches(':'),
+                lines.len(),
+                if lines.len() == 1 { "" } else { "s" },
+                lines.first().copied().unwrap_or_default()
+            );
+            (msg, message.clone())
+        }
+        None => (message, String::new()),
+    };
+    let msg = if kind == FailureKind::Invalid {
+        format!("invalid setting in istio_iptables_args or env: {msg}")
+    } else {
+        msg
+    };
+    Err(CniError { code, msg, details })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_servers_come_from_the_previous_result() {
+        let result = r#"{"cniVersion":"1.0.0","dns":{"nameservers":["10.96.0.10","fd00::a"]}}"#;
+        assert_eq!(
+            resolv_conf(Some(result)),
+            "nameserver 10.96.0.10\nnameserver fd00::a\n"
+        );
+        assert_eq!(resolv_conf(Some(r#"{"cniVersion":"1.0.0"}"#)), "");
+        assert_eq!(resolv_conf(None), "");
+    }
+}
