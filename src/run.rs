@@ -162,6 +162,24 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     if nftables {
         summary.backend = "nftables".to_string();
     }
+    if run.dry_run && run.cleanup_only {
+        // What cleanup would remove here, not the install rules.
+        let runner = SystemRunner::new(Some(summary.started + run.timeout));
+        let code = match apply::cleanup_preview(&config.capture, &runner) {
+            Ok(text) => {
+                summary.outcome = "dry run of --cleanup-only: printed, nothing changed".to_string();
+                print_stdout(&text)
+            }
+            Err(e) => {
+                log.error(&format!(
+                    "cannot show what --cleanup-only would remove: {e}"
+                ));
+                summary.outcome = "nothing changed".to_string();
+                exit_code::FAILURE
+            }
+        };
+        return summary.finish(&log, code);
+    }
     if run.dry_run {
         summary.outcome = "dry run: printed, nothing changed".to_string();
         let text = if nftables {
@@ -191,7 +209,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     }
     if run.check {
         let checked = if nftables {
-            apply::check_nftables(&plan)
+            apply::check_nftables(&plan, &runner, &log)
         } else {
             apply::check(&plan, run, &runner, &log)
         };
@@ -219,14 +237,14 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     }
 
     let result = match (run.cleanup_only, run.skip_rule_apply, nftables) {
-        (true, _, true) => apply::cleanup_nftables(&config.capture, run, &log),
-        (true, _, false) => apply::cleanup(&config.capture, run, &runner, &log),
+        // Cleanup removes ours from every backend, variant and family, whatever was chosen.
+        (true, _, _) => apply::cleanup(&config.capture, run, &runner, &log),
         (false, true, _) => Ok(apply::Report {
             changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
             ..apply::Report::default()
         }),
-        (false, false, true) => apply::apply_nftables(&plan, run, &log),
-        (false, false, false) => apply::apply(&plan, run, &runner, &log),
+        (false, false, true) => apply::apply_nftables(&config.capture, &plan, run, &runner, &log),
+        (false, false, false) => apply::apply(&config.capture, &plan, run, &runner, &log),
     };
     summary.phase("apply");
     let code = match result {

@@ -30,6 +30,8 @@ use crate::plan::{CtState, Family, Owner, Protocol};
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
 const NFNL_MSG_BATCH_END: u16 = 17;
+/// `NFNL_BATCH_GENID`: the generation a batch is valid for.
+const NFNL_BATCH_GENID: u16 = 1;
 const NFNETLINK_V0: u8 = 0;
 
 // Netfilter protocol families (<linux/netfilter.h>).
@@ -233,6 +235,13 @@ pub enum Origin {
     },
     /// A rule, or the anonymous set one of its matches uses.
     Rule(RuleOrigin),
+    /// Deleting a table of another family that iptables-nft created and left empty.
+    EmptyTable {
+        /// `ip` or `ip6`.
+        family: &'static str,
+        /// The table's name (`nat`, `mangle`, …).
+        table: String,
+    },
 }
 
 /// A rule of the batch, as a person finds it in the script.
@@ -266,6 +275,9 @@ impl fmt::Display for Origin {
                 write!(f, "{what} table inet {table}")
             }
             Origin::Chain { table, chain } => write!(f, "chain {table}/{chain}"),
+            Origin::EmptyTable { family, table } => {
+                write!(f, "deleting the empty table {family} {table}")
+            }
             Origin::Rule(r) => {
                 let set = if r.set { "the port set of " } else { "" };
                 write!(
@@ -1946,6 +1958,129 @@ fn string_attr(attrs: &[(u16, &[u8])], kind: u16) -> Option<String> {
 
 fn be_u32(v: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.try_into().ok()?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The iptables-nft side of nf_tables (families ip and ip6): what the inventory needs to know
+// without an iptables tool — which tables exist, their chains, how many rules and sets each
+// holds — and the batch that deletes tables iptables-nft left empty.
+
+/// The nf_tables families iptables-nft writes to: `ip` (IPv4) and `ip6` (IPv6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum XtFamily {
+    /// `ip`, what `iptables-nft` writes.
+    Ip,
+    /// `ip6`, what `ip6tables-nft` writes.
+    Ip6,
+}
+
+impl XtFamily {
+    /// The family as nft names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            XtFamily::Ip => "ip",
+            XtFamily::Ip6 => "ip6",
+        }
+    }
+
+    fn proto(self) -> u8 {
+        match self {
+            XtFamily::Ip => NFPROTO_IPV4,
+            XtFamily::Ip6 => NFPROTO_IPV6,
+        }
+    }
+}
+
+/// A dump request of every table, chain, rule or set of one family (no table filter).
+pub fn family_dump_request(kind: DumpKind, seq: u32, family: XtFamily) -> Vec<u8> {
+    let (msg, flags) = match kind {
+        DumpKind::Tables => (NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK),
+        DumpKind::Chains => (NFT_MSG_GETCHAIN, NLM_F_REQUEST | NLM_F_DUMP),
+        DumpKind::Rules => (NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP),
+        DumpKind::Sets | DumpKind::SetElems => (NFT_MSG_GETSET, NLM_F_REQUEST | NLM_F_DUMP),
+    };
+    message(msg, flags, seq, family.proto(), &[])
+}
+
+/// The table and chain of a `NEWRULE` payload, whatever its expressions (iptables-nft's
+/// `match`/`target` expressions included).
+pub fn rule_place(payload: &[u8]) -> Result<(String, String), String> {
+    let attrs = top_attrs(payload)?;
+    let table = string_attr(&attrs, NFTA_RULE_TABLE).ok_or("rule without a table")?;
+    let chain = string_attr(&attrs, NFTA_RULE_CHAIN).ok_or("rule without a chain")?;
+    Ok((table, chain))
+}
+
+/// The table of a `NEWSET` payload.
+pub fn set_table(payload: &[u8]) -> Result<String, String> {
+    let attrs = top_attrs(payload)?;
+    string_attr(&attrs, NFTA_SET_TABLE).ok_or_else(|| "set without a table".to_string())
+}
+
+/// One table of the `ip` or `ip6` family as the kernel holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyTable {
+    /// The family.
+    pub family: XtFamily,
+    /// The table's name.
+    pub name: String,
+    /// Its chains.
+    pub chains: Vec<ChainInfo>,
+    /// How many rules it holds.
+    pub rules: usize,
+    /// How many sets it holds.
+    pub sets: usize,
+}
+
+impl FamilyTable {
+    /// Whether the table holds nothing that acts: no rules, no sets, and only base chains
+    /// whose policy is accept — what iptables-nft leaves once our rules are deleted.
+    pub fn is_empty_shell(&self) -> bool {
+        self.rules == 0
+            && self.sets == 0
+            && self.chains.iter().all(|c| {
+                c.base
+                    .as_ref()
+                    .is_some_and(|b| b.policy == NF_ACCEPT as u32)
+            })
+    }
+}
+
+/// The batch that deletes these tables of one family, valid only while the ruleset's
+/// generation is still `generation` (`NFNL_BATCH_GENID`): if anything changed since the tables
+/// were read and found empty, the kernel refuses the whole batch (`ERESTART`).
+pub fn delete_tables_batch(
+    first_seq: u32,
+    family: XtFamily,
+    tables: &[String],
+    generation: u32,
+) -> Batch {
+    let mut b = Builder::new(first_seq);
+    // BATCH_BEGIN with the generation attribute.
+    let mut begin = vec![NFPROTO_UNSPEC, NFNETLINK_V0];
+    begin.extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+    put_attr(&mut begin, NFNL_BATCH_GENID, &generation.to_be_bytes());
+    b.messages[0].bytes =
+        netlink_wire::message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, first_seq, &begin);
+    for table in tables {
+        let mut body = Attrs::default();
+        body.str(NFTA_TABLE_NAME, table);
+        let bytes = message(
+            NFT_MSG_DELTABLE,
+            NLM_F_REQUEST,
+            b.seq,
+            family.proto(),
+            &body.0,
+        );
+        b.push(
+            bytes,
+            Origin::EmptyTable {
+                family: family.name(),
+                table: table.clone(),
+            },
+        );
+    }
+    b.finish()
 }
 
 #[cfg(test)]
