@@ -147,19 +147,35 @@ pub const PLACES: [Tools; 4] = [
 ];
 
 impl Inventory {
-    /// Reads every place. Needs the privileges to read (CAP_NET_ADMIN); read-only.
-    pub fn read(runner: &dyn Runner) -> Inventory {
-        Inventory {
-            iptables: PLACES
+    /// Reads every place, all at once (one thread per place: the run's `--timeout` budget is
+    /// shared with the writes that follow). Threads inherit the network namespace of the one
+    /// that spawns them. Needs the privileges to read (CAP_NET_ADMIN); read-only.
+    pub fn read(runner: &(dyn Runner + Sync)) -> Inventory {
+        std::thread::scope(|scope| {
+            let places: Vec<_> = PLACES
                 .iter()
-                .map(|&tools| IptablesPlace {
-                    tools,
-                    reading: read_iptables(runner, tools),
-                })
-                .collect(),
-            native: read_native(),
-            routing: read_routing(),
-        }
+                .map(|&tools| scope.spawn(move || read_iptables(runner, tools)))
+                .collect();
+            let native = scope.spawn(read_native);
+            let routing = read_routing();
+            let failed = |what: &str| format!("reading {what} panicked");
+            Inventory {
+                iptables: PLACES
+                    .iter()
+                    .zip(places)
+                    .map(|(&tools, handle)| IptablesPlace {
+                        tools,
+                        reading: handle
+                            .join()
+                            .unwrap_or_else(|_| Reading::Unreadable(failed(&tools.save()))),
+                    })
+                    .collect(),
+                native: native
+                    .join()
+                    .unwrap_or_else(|_| Reading::Unreadable(failed("the native tables"))),
+                routing,
+            }
+        })
     }
 
     /// The iptables place of these tools.

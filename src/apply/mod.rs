@@ -145,13 +145,13 @@ pub fn apply_nftables(
     capture: &Capture,
     plan: &Plan,
     opts: &RunOptions,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (mut lock, groups) = prepare(opts, reading_caps(runner))?;
     require_ipv6_usable(plan)?;
     let inventory = Inventory::read(runner);
-    require_readable(&inventory)?;
+    warn_unreadable(&inventory, log);
     let replace = opts.reconcile || opts.force_apply;
     let elsewhere: Vec<&IptablesPlace> = inventory.iptables_with_ours().collect();
     if !elsewhere.is_empty() && !replace {
@@ -235,7 +235,7 @@ pub fn apply_nftables(
 /// objects are in place, and no rules of ours are in iptables (another backend).
 pub fn check_nftables(
     plan: &Plan,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Vec<String>, ApplyError> {
     let groups = load_groups()?;
@@ -282,6 +282,17 @@ fn require_readable(inventory: &Inventory) -> Result<(), ApplyError> {
         "cannot see everything of ours in this network namespace; nothing was changed:\n{}",
         unreadable.join("\n")
     )))
+}
+
+/// An apply goes ahead when a place it does not write to cannot be read (e.g. the legacy
+/// tables as an unprivileged user with file capabilities: `/proc/net/ip_tables_names` is
+/// root's), as it always has, but says that it could not look there.
+fn warn_unreadable(inventory: &Inventory, log: &Log) {
+    for line in inventory.unreadable() {
+        log.warn(&format!(
+            "{line}; rules of ours there, if any, are not seen by this run (--cleanup-only and --check refuse in this case)"
+        ));
+    }
 }
 
 /// The refusal for rules of ours in another backend, variant or family than this run's.
@@ -510,7 +521,7 @@ pub fn apply(
     capture: &Capture,
     plan: &Plan,
     opts: &RunOptions,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (mut lock, groups) = prepare(opts, IPTABLES_CAPS)?;
@@ -627,7 +638,7 @@ pub fn apply(
             drift.join("\n")
         )));
     }
-    require_readable(&inventory)?;
+    warn_unreadable(&inventory, log);
 
     // Routing first: without its rules it changes nothing, while rules without their routes
     // would lose TPROXY'd connections.
@@ -732,7 +743,7 @@ fn elsewhere_for_iptables<'a>(
 pub fn check(
     plan: &Plan,
     opts: &RunOptions,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Vec<String>, ApplyError> {
     let groups = load_groups()?;
@@ -878,7 +889,10 @@ fn cleanup_plan(
 }
 
 /// `--dry-run --cleanup-only`: what a cleanup would remove in this namespace, read-only.
-pub fn cleanup_preview(capture: &Capture, runner: &dyn Runner) -> Result<String, ApplyError> {
+pub fn cleanup_preview(
+    capture: &Capture,
+    runner: &(dyn Runner + Sync),
+) -> Result<String, ApplyError> {
     privileges::require_capabilities(reading_caps(runner)).map_err(|e| {
         ApplyError::Precondition(format!(
             "a dry run of --cleanup-only reads this namespace's rules, which needs privileges: {e}"
@@ -923,7 +937,7 @@ pub fn cleanup_preview(capture: &Capture, runner: &dyn Runner) -> Result<String,
 pub fn cleanup(
     capture: &Capture,
     opts: &RunOptions,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (mut lock, groups) = prepare(opts, reading_caps(runner))?;
