@@ -575,3 +575,49 @@ fn a_dry_run_of_cleanup_prints_what_would_be_removed() {
 fn any4(port: u16) -> SocketAddr {
     SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)
 }
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_table_iptables_nft_shares_with_another_owner_is_kept_by_cleanup() {
+    if !require_root("a_table_iptables_nft_shares_with_another_owner_is_kept_by_cleanup") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let pod = &lab.pod;
+    // Another owner's rule in the nat table ours go into, and a chain of its own in mangle.
+    pod.run(
+        &[
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            "192.0.2.7",
+            "-j",
+            "ACCEPT",
+        ],
+        None,
+    );
+    pod.run(&["iptables-nft", "-t", "mangle", "-N", "FOREIGN"], None);
+    let tproxy = [
+        "--istio-inbound-interception-mode=TPROXY",
+        "--istio-inbound-ports=*",
+    ];
+    expect_code(&run(pod, &args(Place::Nft, false, &tproxy)), 0, "install");
+    expect_code(
+        &run(pod, &args(Place::Nft, false, &["--cleanup-only"])),
+        0,
+        "cleanup",
+    );
+    let nft = listing(pod);
+    assert!(
+        nft.contains("table ip nat") && nft.contains("ip daddr 192.0.2.7"),
+        "the nat table with the foreign rule stays:\n{nft}"
+    );
+    assert!(
+        nft.contains("table ip mangle") && nft.contains("chain FOREIGN"),
+        "the mangle table with the foreign chain stays:\n{nft}"
+    );
+    assert!(!nft.contains("ISTIO_"), "nothing of ours is left:\n{nft}");
+}

@@ -314,3 +314,33 @@ fn read_routing() -> Reading<Vec<Object>> {
         Err(e) => Reading::Unreadable(format!("cannot list meshinit's routing objects: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::iptables_save::parse_save;
+
+    #[test]
+    fn counts_are_our_chains_their_rules_and_jumps_into_them() {
+        let saved = parse_save(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n:KUBE - [0:0]\n\
+             -A PREROUTING -j KUBE\n-A OUTPUT -j ISTIO_OUTPUT\n-A OUTPUT -p 255 -j RETURN\n\
+             -A ISTIO_OUTPUT -o lo -j RETURN\n-A ISTIO_OUTPUT -j ISTIO_REDIRECT\n-A KUBE -j RETURN\nCOMMIT\n",
+        );
+        let c = counts(&saved);
+        assert_eq!(
+            c,
+            Counts {
+                chains: 1,
+                rules: 3,
+                probes: 1
+            }
+        );
+        assert_eq!(
+            c.to_string(),
+            "1 chain(s), 3 rule(s), 1 leftover probe rule(s)"
+        );
+        let foreign = parse_save("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j DROP\nCOMMIT\n");
+        assert!(!counts(&foreign).ours());
+    }
+}

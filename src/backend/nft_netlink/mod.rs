@@ -264,6 +264,80 @@ pub(super) fn be_u32(v: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_shell_is_only_accepting_base_chains_without_rules_or_sets() {
+        let base = |policy: i32| ChainInfo {
+            table: "nat".into(),
+            name: "OUTPUT".into(),
+            base: Some(BaseInfo {
+                kind: "nat".into(),
+                hook: 3,
+                priority: -100,
+                policy: policy as u32,
+            }),
+        };
+        let shell = FamilyTable {
+            family: XtFamily::Ip,
+            name: "nat".into(),
+            chains: vec![base(NF_ACCEPT)],
+            rules: 0,
+            sets: 0,
+        };
+        assert!(shell.is_empty_shell());
+        let regular = ChainInfo {
+            base: None,
+            name: "KUBE".into(),
+            ..base(NF_ACCEPT)
+        };
+        for held in [
+            FamilyTable {
+                rules: 1,
+                ..shell.clone()
+            },
+            FamilyTable {
+                sets: 1,
+                ..shell.clone()
+            },
+            FamilyTable {
+                chains: vec![base(NF_DROP)],
+                ..shell.clone()
+            },
+            FamilyTable {
+                chains: vec![base(NF_ACCEPT), regular],
+                ..shell.clone()
+            },
+        ] {
+            assert!(!held.is_empty_shell(), "{held:?}");
+        }
+    }
+
+    #[test]
+    fn the_empty_table_batch_is_bound_to_a_generation_and_names_each_table() {
+        let tables = ["nat".to_string(), "mangle".to_string()];
+        let batch = delete_tables_batch(40, XtFamily::Ip6, &tables, 0x1234_5678);
+        let msgs = batch.messages();
+        assert_eq!(msgs.len(), 4, "begin, two deletes, end");
+        // BATCH_BEGIN: nfgenmsg (4 bytes) then NFNL_BATCH_GENID, big-endian.
+        let begin = &msgs[0].bytes[netlink_wire::NLMSG_HDRLEN..];
+        let attrs = parse_attrs(&begin[NFGENMSG_LEN..]).unwrap();
+        assert_eq!(
+            attrs,
+            vec![(NFNL_BATCH_GENID, &0x1234_5678u32.to_be_bytes()[..])]
+        );
+        for (msg, name) in msgs[1..3].iter().zip(&tables) {
+            assert_eq!(
+                netlink_wire::u16_at(&msg.bytes, 4),
+                Some(nft_type(NFT_MSG_DELTABLE))
+            );
+            assert_eq!(msg.bytes[netlink_wire::NLMSG_HDRLEN], NFPROTO_IPV6);
+            assert_eq!(
+                msg.origin.to_string(),
+                format!("deleting the empty table ip6 {name}")
+            );
+        }
+        assert_eq!(batch.next_seq(), 44);
+    }
     use crate::netlink_wire::{align4, NLMSG_HDRLEN};
 
     /// As if all our tables existed: every table is replaced.
