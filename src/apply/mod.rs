@@ -542,8 +542,10 @@ pub fn apply(
     let mut drift = Vec::new();
     let mut report = Report::default();
     for family in plan.families() {
-        let chosen = iptables::choose_variant(runner, family, opts.force_iptables_binary)
-            .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+        let known = |tools| inventory.place(tools).saved().cloned();
+        let chosen =
+            iptables::choose_variant_known(runner, family, opts.force_iptables_binary, &known)
+                .map_err(|e| ApplyError::Precondition(e.to_string()))?;
         let (tools, before) = (chosen.tools, chosen.state);
         report
             .tools
@@ -752,6 +754,7 @@ pub fn check(
         Some(v) => vec![v],
         None => vec![IptablesVariant::Nft, IptablesVariant::Legacy],
     };
+    let inventory = Inventory::read(runner);
     let mut differences = Vec::new();
     for family in plan.families() {
         let name = family_name(family);
@@ -760,12 +763,16 @@ pub fn check(
         let mut found = Vec::new();
         for &variant in &variants {
             let tools = Tools { family, variant };
-            let live = iptables::save_if_present(runner, tools).map_err(|e| {
-                ApplyError::Precondition(format!(
-                    "cannot read the {name} rules with {}: {e}",
-                    tools.save()
-                ))
-            })?;
+            let live = match inventory.place(tools).saved() {
+                Some(saved) => Some(saved.clone()),
+                // Read again only to give the same answer (not installed) or error as always.
+                None => iptables::save_if_present(runner, tools).map_err(|e| {
+                    ApplyError::Precondition(format!(
+                        "cannot read the {name} rules with {}: {e}",
+                        tools.save()
+                    ))
+                })?,
+            };
             let Some(live) = live else {
                 continue;
             };
@@ -805,7 +812,6 @@ pub fn check(
         }
     }
     // Every other place: a family the plan lacks, the variant not forced, native tables.
-    let inventory = Inventory::read(runner);
     require_readable(&inventory)?;
     let families = plan.families();
     for place in inventory.iptables_with_ours() {
