@@ -621,3 +621,27 @@ fn a_table_iptables_nft_shares_with_another_owner_is_kept_by_cleanup() {
     );
     assert!(!nft.contains("ISTIO_"), "nothing of ours is left:\n{nft}");
 }
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_table_holding_only_a_named_object_of_another_owner_is_kept_by_cleanup() {
+    if !require_root("a_table_holding_only_a_named_object_of_another_owner_is_kept_by_cleanup") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let pod = &lab.pod;
+    expect_code(&run(pod, &args(Place::Nft, false, &[])), 0, "install");
+    // Another owner puts a named counter into the nat table iptables-nft made for us.
+    pod.nft_apply("add counter ip nat foreign_counter\n");
+    expect_code(
+        &run(pod, &args(Place::Nft, false, &["--cleanup-only"])),
+        0,
+        "cleanup",
+    );
+    let nft = listing(pod);
+    assert!(
+        nft.contains("table ip nat") && nft.contains("counter foreign_counter"),
+        "the table with the foreign object stays:\n{nft}"
+    );
+    assert!(!nft.contains("ISTIO_"), "nothing of ours is left:\n{nft}");
+}

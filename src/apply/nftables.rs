@@ -445,6 +445,7 @@ impl NfTables {
                 chains: Vec::new(),
                 rules: 0,
                 sets: 0,
+                others: 0,
             });
         }
         if tables.is_empty() {
@@ -466,6 +467,14 @@ impl NfTables {
             let table = nft_netlink::set_table(&msg).map_err(|d| malformed(OP, d))?;
             if let Some(t) = tables.iter_mut().find(|t| t.name == table) {
                 t.sets += 1;
+            }
+        }
+        for kind in [DumpKind::Objects, DumpKind::Flowtables] {
+            for msg in self.dump(OP, kind, request(kind))? {
+                let table = nft_netlink::set_table(&msg).map_err(|d| malformed(OP, d))?;
+                if let Some(t) = tables.iter_mut().find(|t| t.name == table) {
+                    t.others += 1;
+                }
             }
         }
         Ok(tables)

@@ -93,6 +93,8 @@ pub fn dump_reply_type(kind: DumpKind) -> u16 {
         DumpKind::Rules => NFT_MSG_NEWRULE,
         DumpKind::Sets => NFT_MSG_NEWSET,
         DumpKind::SetElems => NFT_MSG_NEWSETELEM,
+        DumpKind::Objects => NFT_MSG_NEWOBJ,
+        DumpKind::Flowtables => NFT_MSG_NEWFLOWTABLE,
     })
 }
 
@@ -109,6 +111,10 @@ pub enum DumpKind {
     Sets,
     /// `NFT_MSG_GETSETELEM`: the elements of one set.
     SetElems,
+    /// `NFT_MSG_GETOBJ`: stateful objects (named counters, quotas, …).
+    Objects,
+    /// `NFT_MSG_GETFLOWTABLE`: flowtables.
+    Flowtables,
 }
 
 /// One chain as the kernel holds it, or as a batch declares it.
@@ -541,6 +547,8 @@ pub fn family_dump_request(kind: DumpKind, seq: u32, family: XtFamily) -> Vec<u8
         DumpKind::Chains => (NFT_MSG_GETCHAIN, NLM_F_REQUEST | NLM_F_DUMP),
         DumpKind::Rules => (NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP),
         DumpKind::Sets | DumpKind::SetElems => (NFT_MSG_GETSET, NLM_F_REQUEST | NLM_F_DUMP),
+        DumpKind::Objects => (NFT_MSG_GETOBJ, NLM_F_REQUEST | NLM_F_DUMP),
+        DumpKind::Flowtables => (NFT_MSG_GETFLOWTABLE, NLM_F_REQUEST | NLM_F_DUMP),
     };
     message(msg, flags, seq, family.proto(), &[])
 }
@@ -554,11 +562,17 @@ pub fn rule_place(payload: &[u8]) -> Result<(String, String), String> {
     Ok((table, chain))
 }
 
-/// The table of a `NEWSET` payload.
+/// The table of a `NEWSET`, `NEWOBJ` or `NEWFLOWTABLE` payload (attribute 1 in all three).
 pub fn set_table(payload: &[u8]) -> Result<String, String> {
     let attrs = top_attrs(payload)?;
     string_attr(&attrs, NFTA_SET_TABLE).ok_or_else(|| "set without a table".to_string())
 }
+
+/// Stateful objects and flowtables of a family.
+pub(super) const NFT_MSG_NEWOBJ: u16 = 18;
+pub(super) const NFT_MSG_GETOBJ: u16 = 19;
+pub(super) const NFT_MSG_NEWFLOWTABLE: u16 = 22;
+pub(super) const NFT_MSG_GETFLOWTABLE: u16 = 23;
 
 /// One table of the `ip` or `ip6` family as the kernel holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -573,14 +587,18 @@ pub struct FamilyTable {
     pub rules: usize,
     /// How many sets it holds.
     pub sets: usize,
+    /// How many stateful objects and flowtables it holds.
+    pub others: usize,
 }
 
 impl FamilyTable {
-    /// Whether the table holds nothing that acts: no rules, no sets, and only base chains
-    /// whose policy is accept — what iptables-nft leaves once our rules are deleted.
+    /// Whether the table holds nothing that acts: no rules, sets, objects or flowtables, and
+    /// only base chains whose policy is accept — what iptables-nft leaves once our rules are
+    /// deleted.
     pub fn is_empty_shell(&self) -> bool {
         self.rules == 0
             && self.sets == 0
+            && self.others == 0
             && self.chains.iter().all(|c| {
                 c.base
                     .as_ref()

@@ -283,6 +283,7 @@ mod tests {
             chains: vec![base(NF_ACCEPT)],
             rules: 0,
             sets: 0,
+            others: 0,
         };
         assert!(shell.is_empty_shell());
         let regular = ChainInfo {
@@ -297,6 +298,10 @@ mod tests {
             },
             FamilyTable {
                 sets: 1,
+                ..shell.clone()
+            },
+            FamilyTable {
+                others: 1,
                 ..shell.clone()
             },
             FamilyTable {
