@@ -344,6 +344,22 @@ pub(crate) fn execute(
     let run = &config.run;
     let nftables = run.backend == BackendChoice::Nftables;
     summary.backend = Some(if nftables { "nftables" } else { "iptables" });
+    if run.dry_run && run.cleanup_only {
+        // What cleanup would remove here, not the install rules.
+        let runner = SystemRunner::new(Some(summary.started + run.timeout));
+        return match apply::cleanup_preview(&config.capture, &runner) {
+            Ok(text) => {
+                summary.outcome = "dry run of --cleanup-only: printed, nothing changed".to_string();
+                let code = print_stdout(&text);
+                Outcome::ok(summary.finish(&log, code))
+            }
+            Err(e) => {
+                summary.outcome = "nothing changed".to_string();
+                let msg = format!("cannot show what --cleanup-only would remove: {e}");
+                fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, msg)
+            }
+        };
+    }
     if run.dry_run {
         summary.outcome = "dry run: printed, nothing changed".to_string();
         let text = if nftables {
@@ -377,7 +393,7 @@ pub(crate) fn execute(
     }
     if run.check {
         let checked = if nftables {
-            apply::check_nftables(&plan)
+            apply::check_nftables(&plan, &runner, &log)
         } else {
             apply::check(&plan, run, &runner, &log)
         };
@@ -408,14 +424,14 @@ pub(crate) fn execute(
     }
 
     let result = match (run.cleanup_only, run.skip_rule_apply, nftables) {
-        (true, _, true) => apply::cleanup_nftables(&config.capture, run, &log),
-        (true, _, false) => apply::cleanup(&config.capture, run, &runner, &log),
+        // Cleanup removes ours from every backend, variant and family, whatever was chosen.
+        (true, _, _) => apply::cleanup(&config.capture, run, &runner, &log),
         (false, true, _) => Ok(apply::Report {
             changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
             ..apply::Report::default()
         }),
-        (false, false, true) => apply::apply_nftables(&plan, run, &log),
-        (false, false, false) => apply::apply(&plan, run, &runner, &log),
+        (false, false, true) => apply::apply_nftables(&config.capture, &plan, run, &runner, &log),
+        (false, false, false) => apply::apply(&config.capture, &plan, run, &runner, &log),
     };
     summary.phase("apply");
     match result {

@@ -3,7 +3,7 @@
 //! TPROXY ruleset and a configuration with every statement kind, then bytes flipped and cut
 //! at random. Every parser returns a value or an error — none panics — and the unmutated
 //! replies read back as exactly the ruleset that was applied. (The same parsers on arbitrary
-//! bytes and on mutated encoded messages are unit tests in `src/backend/nft_netlink.rs`.)
+//! bytes and on mutated encoded messages are unit tests in `src/backend/nft_netlink/mod.rs`.)
 
 mod support;
 

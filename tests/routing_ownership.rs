@@ -121,12 +121,9 @@ fn switching_tproxy_to_redirect_leaves_nothing_of_ours() {
     for backend in BACKENDS {
         let lab = Lab::new().expect("lab");
         let pristine = all_rules(&lab.pod);
-        // The iptables backend refuses to replace different rules of ours without it.
-        let reconcile = if backend == "--native-nftables" {
-            &[][..]
-        } else {
-            &["--reconcile"][..]
-        };
+        // Both backends refuse to replace different rules of ours without it (issue 9: one
+        // drift policy).
+        let reconcile = &["--reconcile"][..];
         run_ok(&lab.pod, &args(backend, &["-m", "TPROXY"]), backend);
         assert_eq!(tproxy_objects(&lab.pod).len(), 4, "{backend}");
         // Another mark and table: the old objects go, the new ones come.

@@ -350,6 +350,22 @@ pub fn choose_variant(
     family: Family,
     forced: Option<IptablesVariant>,
 ) -> Result<Chosen, IptablesError> {
+    choose_variant_known(runner, family, forced, &|_| None)
+}
+
+/// [`choose_variant`] given the dumps already read (the inventory's): a variant `known`
+/// answers for is not read again; any other is read as `choose_variant` does, so a missing
+/// or failing tool gives the same error.
+pub fn choose_variant_known(
+    runner: &dyn Runner,
+    family: Family,
+    forced: Option<IptablesVariant>,
+    known: &dyn Fn(Tools) -> Option<Saved>,
+) -> Result<Chosen, IptablesError> {
+    let read = |runner: &dyn Runner, tools: Tools| match known(tools) {
+        Some(saved) => Ok(saved),
+        None => save(runner, tools),
+    };
     let legacy = Tools {
         family,
         variant: IptablesVariant::Legacy,
@@ -368,11 +384,11 @@ pub fn choose_variant(
         return Ok(chosen(
             tools,
             "forced by --force-iptables-binary",
-            save(runner, tools)?,
+            read(runner, tools)?,
         ));
     }
-    let legacy_saved = save(runner, legacy);
-    let nft_saved = save(runner, nft);
+    let legacy_saved = read(runner, legacy);
+    let nft_saved = read(runner, nft);
     // A variant that exists but cannot be read may hold our rules: deciding without it could
     // install a second ruleset.
     for saved in [&legacy_saved, &nft_saved] {

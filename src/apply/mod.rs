@@ -6,6 +6,7 @@
 pub mod cni_files;
 pub mod exec;
 pub mod groups;
+pub mod inventory;
 pub mod iptables;
 pub mod lock;
 pub mod logfile;
@@ -17,19 +18,23 @@ pub mod procfs;
 pub mod routing;
 mod transaction;
 
+use std::collections::BTreeMap;
+
 use caps::Capability;
 
 use crate::backend::iptables::restore_text;
 use crate::backend::iptables_save::{
-    cleanup_text, compare, expected_tables, leftover_probes, missing_tables, probe_cleanup_text,
-    replace_text, State, PROBE_SPEC,
+    cleanup_text, compare, expected_tables, jumps_to_ours, leftover_probes, missing_tables,
+    probe_cleanup_text, replace_text, ExpectedTable, State, PROBE_SPEC,
 };
+use crate::backend::nft_netlink::XtFamily;
 use crate::backend::shadowing::shadowing;
-use crate::config::{BackendChoice, Capture, IptablesVariant, RunOptions};
+use crate::config::{BackendChoice, Capture, InterceptMode, IptablesVariant, RunOptions};
 use crate::log::Log;
-use crate::plan::{self, Family, Plan};
+use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
 use groups::Groups;
+use inventory::{counts, Inventory, IptablesPlace, Reading};
 use iptables::{Tools, XtablesLock};
 use netlink::{Changed, Netlink};
 use nftables::NfTables;
@@ -131,55 +136,95 @@ pub enum Backend {
     Nftables,
 }
 
-/// Installs the plan natively with nf_tables: our tables replaced in one atomic batch
-/// (idempotent by construction), after the routing objects; if the batch is rejected, the
-/// routing objects this run added are removed again. Once the batch is in, our routing
-/// objects that the plan no longer needs are removed.
-pub fn apply_nftables(plan: &Plan, opts: &RunOptions, log: &Log) -> Result<Report, ApplyError> {
-    let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
-    require_ipv6_usable(plan)?;
-    let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let added = add_routing(&mut nl, plan)?;
-    let applied = nft.apply(plan).map_err(|e| {
-        let left = undo_routing(&mut nl, &added);
-        failure(
-            vec![format!("{e}; the batch was rejected as a whole")],
-            left,
-        )
-    })?;
-    let mut changes: Vec<String> = added.iter().map(|o| format!("added {o}")).collect();
-    changes.push(format!(
-        "replaced tables {} ({} rules, {} netlink messages in one batch)",
-        applied.tables.join(", "),
-        applied.rules,
-        applied.messages
-    ));
-    changes.extend(remove_stale_routing(&mut nl, plan, log));
-    Ok(Report {
-        tools: vec!["nf_tables netlink".to_string()],
-        changes,
-    })
-}
-
-/// Removes our nftables tables and routing objects, nothing else.
-pub fn cleanup_nftables(
+/// Installs the plan natively with nf_tables: our tables replaced in one atomic batch, after
+/// the routing objects; if the batch is rejected, the routing objects this run added are
+/// removed again. Our tables exactly as planned are left alone (a re-run changes nothing);
+/// tables of ours that differ, or rules of ours in iptables, are refused without
+/// `--reconcile` like iptables drift. With it, the new tables go in first and the iptables
+/// rules of ours are removed after, so capture never stops. Once the batch is in, our
+/// routing objects that the plan no longer needs are removed.
+pub fn apply_nftables(
     capture: &Capture,
+    plan: &Plan,
     opts: &RunOptions,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    let (_lock, _) = prepare(opts, NETLINK_CAPS)?;
+    let (mut lock, groups) = prepare(opts, reading_caps(runner))?;
+    require_ipv6_usable(plan)?;
+    let inventory = Inventory::read(runner);
+    warn_unreadable(&inventory, log);
+    let replace = opts.reconcile || opts.force_apply;
+    let elsewhere: Vec<&IptablesPlace> = inventory.iptables_with_ours().collect();
+    if !elsewhere.is_empty() && !replace {
+        return Err(elsewhere_error(&elsewhere, &[]));
+    }
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let present = nft
-        .managed_tables_present()
-        .map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    nft.cleanup()
-        .map_err(|e| ApplyError::Failed(e.to_string()))?;
-    let mut changes: Vec<String> = present
-        .iter()
-        .map(|t| format!("deleted table inet {t}"))
-        .collect();
-    changes.extend(remove_routing(capture, log)?);
+    let ruleset = crate::backend::nftables::ruleset(plan);
+    let present = inventory.native_tables();
+    let mut install = true;
+    if !present.is_empty() {
+        let differences = nft
+            .differences(&ruleset, &groups)
+            .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+        if differences.is_empty() && !opts.force_apply {
+            log.info("native nftables: our tables are already as planned, nothing to do");
+            install = false;
+        } else if !differences.is_empty() && !replace {
+            return Err(ApplyError::Drift(format!(
+                "our nftables tables are already installed but differ from this configuration; nothing was changed. Re-run with --reconcile to replace them atomically.\n{}",
+                differences.join("\n")
+            )));
+        } else if !differences.is_empty() {
+            log.info(&format!(
+                "native nftables: replacing our tables, which differ from the plan:\n{}",
+                differences.join("\n")
+            ));
+        }
+    }
+    let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let added = add_routing(&mut nl, plan)?;
+    let mut changes: Vec<String> = added.iter().map(|o| format!("added {o}")).collect();
+    if install {
+        let applied = nft.apply_ruleset(&ruleset, &groups).map_err(|e| {
+            let left = undo_routing(&mut nl, &added);
+            failure(
+                vec![format!("{e}; the batch was rejected as a whole")],
+                left,
+            )
+        })?;
+        changes.push(format!(
+            "replaced tables {} ({} rules, {} netlink messages in one batch)",
+            applied.tables.join(", "),
+            applied.rules,
+            applied.messages
+        ));
+    }
+    if !elsewhere.is_empty() {
+        let removed = remove_elsewhere(
+            capture,
+            &elsewhere,
+            false,
+            &groups,
+            runner,
+            &xtables_lock(opts, &mut lock),
+            log,
+        )
+        .map_err(|e| {
+            ApplyError::LeftChanged(format!(
+                "the native tables are in place, but removing the rules of ours in iptables failed, so both are installed: {e}; re-run with --reconcile"
+            ))
+        })?;
+        changes.push(
+            "reconciled: installed here first, then removed the rules of ours elsewhere"
+                .to_string(),
+        );
+        changes.extend(removed);
+    }
+    changes.extend(remove_stale_routing(&mut nl, plan, log));
+    if !plan.ipv6 && !elsewhere.is_empty() {
+        changes.extend(remove_unplanned_lo_address(&mut nl, &inventory, log));
+    }
     Ok(Report {
         tools: vec!["nf_tables netlink".to_string()],
         changes,
@@ -188,28 +233,310 @@ pub fn cleanup_nftables(
 
 /// `--check` for the nftables backend: our tables that should be there are, no others of ours
 /// are, each has exactly the planned chains and, chain by chain, the planned rules in order
-/// (compared expression by expression with the batch an apply would send), and the routing
-/// objects are in place.
-pub fn check_nftables(plan: &Plan) -> Result<Vec<String>, ApplyError> {
+/// (compared expression by expression with the batch an apply would send), the routing
+/// objects are in place, and no rules of ours are in iptables (another backend).
+pub fn check_nftables(
+    plan: &Plan,
+    runner: &(dyn Runner + Sync),
+    log: &Log,
+) -> Result<Vec<String>, ApplyError> {
     let groups = load_groups()?;
+    let inventory = Inventory::read(runner);
+    require_readable(&inventory)?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut differences = nft
         .differences(&crate::backend::nftables::ruleset(plan), &groups)
         .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    if differences.is_empty() {
+        log.info("native nftables: in place");
+    }
+    for place in inventory.iptables_with_ours() {
+        differences.push(format!(
+            "{}: rules of ours are installed there too ({}), but this configuration uses the native nftables backend",
+            place.name(),
+            place.counts()
+        ));
+    }
     differences.extend(check_routing(plan)?);
     Ok(differences)
 }
 
-/// Installs the plan's rules.
+/// The capabilities reading every place needs: the iptables tools' when one is installed.
+fn reading_caps(runner: &dyn Runner) -> &'static [Capability] {
+    let any_tool = inventory::PLACES
+        .iter()
+        .any(|t| runner.installed(&t.save()));
+    if any_tool {
+        IPTABLES_CAPS
+    } else {
+        NETLINK_CAPS
+    }
+}
+
+/// Refuses to decide when a place that may hold rules of ours cannot be read: deciding
+/// without it could leave two rulesets, or claim a cleanup that did not happen.
+fn require_readable(inventory: &Inventory) -> Result<(), ApplyError> {
+    let unreadable = inventory.unreadable();
+    if unreadable.is_empty() {
+        return Ok(());
+    }
+    Err(ApplyError::Precondition(format!(
+        "cannot see everything of ours in this network namespace; nothing was changed:\n{}",
+        unreadable.join("\n")
+    )))
+}
+
+/// An apply goes ahead when a place it does not write to cannot be read (e.g. the legacy
+/// tables as an unprivileged user with file capabilities: `/proc/net/ip_tables_names` is
+/// root's), as it always has, but says that it could not look there.
+fn warn_unreadable(inventory: &Inventory, log: &Log) {
+    for line in inventory.unreadable() {
+        log.warn(&format!(
+            "{line}; rules of ours there, if any, are not seen by this run (--cleanup-only and --check refuse in this case)"
+        ));
+    }
+}
+
+/// The refusal for rules of ours in another backend, variant or family than this run's.
+fn elsewhere_error(places: &[&IptablesPlace], native: &[String]) -> ApplyError {
+    let mut lines: Vec<String> = places
+        .iter()
+        .map(|p| format!("{}: {}", p.name(), p.counts()))
+        .collect();
+    if !native.is_empty() {
+        lines.push(format!(
+            "native nftables: table(s) {}",
+            native
+                .iter()
+                .map(|t| format!("inet {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    ApplyError::Drift(format!(
+        "rules of ours are already installed in another place than this run would use; nothing was changed. Re-run with --reconcile to install them here first and then remove the others (capture never stops), or remove them with --cleanup-only.\n{}",
+        lines.join("\n")
+    ))
+}
+
+/// The restore input removing everything of ours from one place (plus leftover probes), and
+/// what it removes; `None` when nothing of ours is there.
+fn removal_text(
+    place: &IptablesPlace,
+    expected: &BTreeMap<Table, ExpectedTable>,
+) -> Option<(String, inventory::Counts)> {
+    let saved = place.saved()?;
+    let c = counts(saved);
+    let ours = compare(saved, expected) != State::Absent || c.ours();
+    if !ours && c.probes == 0 {
+        return None;
+    }
+    let text = if ours {
+        cleanup_text(saved, expected)
+    } else {
+        String::new()
+    };
+    Some((text + &probe_cleanup_text(saved), c))
+}
+
+/// Expected tables per family of this configuration with IPv6 on, in both interception
+/// modes merged, so that rules of ours in built-in chains (TPROXY's mangle rules among them)
+/// are recognised in either family whichever mode installed them.
+fn full_expected(
+    capture: &Capture,
+    groups: &Groups,
+) -> Result<[BTreeMap<Table, ExpectedTable>; 2], ApplyError> {
+    let resolve = |name: &str| resolve_group(groups, name);
+    let mut out: [BTreeMap<Table, ExpectedTable>; 2] = Default::default();
+    for mode in [InterceptMode::Redirect, InterceptMode::Tproxy] {
+        let full = plan::plan(&Capture {
+            ipv6: true,
+            mode,
+            ..capture.clone()
+        });
+        for family in [Family::V4, Family::V6] {
+            let tables =
+                expected_tables(&full.rules(family), &resolve).map_err(ApplyError::Precondition)?;
+            let merged = &mut out[family_index(family)];
+            for (table, expected) in tables {
+                let into = merged.entry(table).or_default();
+                for (chain, specs) in expected.chains {
+                    let have = into.chains.entry(chain).or_default();
+                    for spec in specs {
+                        if !have.contains(&spec) {
+                            have.push(spec);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn family_index(family: Family) -> usize {
+    match family {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
+}
+
+/// Removes every rule of ours from these iptables places (and, with `native`, our native
+/// tables), then the tables iptables-nft leaves empty; returns one line per place.
+fn remove_elsewhere(
+    capture: &Capture,
+    places: &[&IptablesPlace],
+    native: bool,
+    groups: &Groups,
+    runner: &dyn Runner,
+    lock: &XtablesLock,
+    log: &Log,
+) -> Result<Vec<String>, String> {
+    let expected = full_expected(capture, groups).map_err(|e| e.to_string())?;
+    let mut transactions = Vec::new();
+    let mut lines = Vec::new();
+    for place in places {
+        let want = &expected[family_index(place.tools.family)];
+        let Some((text, c)) = removal_text(place, want) else {
+            continue;
+        };
+        lines.push(format!("{}: removed {c}", place.name()));
+        transactions.push(Transaction {
+            tools: place.tools,
+            before: place.saved().cloned().unwrap_or_default(),
+            text,
+            fresh: false,
+            expected: want.clone(),
+            goal: Goal::Removed,
+        });
+    }
+    commit(&mut transactions, runner, lock, log).map_err(|(l, left)| {
+        let mut all = l;
+        all.extend(left);
+        all.join("\n")
+    })?;
+    lines.extend(remove_empty_xt_tables(places, log));
+    if native {
+        let mut nft = NfTables::open().map_err(|e| e.to_string())?;
+        let present = nft.managed_tables_present().map_err(|e| e.to_string())?;
+        if !present.is_empty() {
+            nft.cleanup().map_err(|e| e.to_string())?;
+            lines.push(format!(
+                "native nftables: deleted {}",
+                present
+                    .iter()
+                    .map(|t| format!("table inet {t}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(lines)
+}
+
+/// Deletes the `ip`/`ip6` tables that iptables-nft created for rules of ours and that are
+/// now empty shells (no rules, no sets, only base chains with policy accept), so the
+/// namespace is as it was before the install. Only tables that held ours are considered;
+/// the batch is valid only for the generation the tables were read in, so a rule added
+/// meanwhile keeps its table. A failure is a warning: an empty table changes no packet.
+fn remove_empty_xt_tables(places: &[&IptablesPlace], log: &Log) -> Vec<String> {
+    let mut lines = Vec::new();
+    for place in places {
+        if place.tools.variant != IptablesVariant::Nft || !place.ours() {
+            continue;
+        }
+        let family = match place.tools.family {
+            Family::V4 => XtFamily::Ip,
+            Family::V6 => XtFamily::Ip6,
+        };
+        let held: Vec<&String> = place
+            .saved()
+            .map(|s| {
+                s.iter()
+                    .filter(|(_, t)| {
+                        t.our_chains().next().is_some()
+                            || t.rules.values().flatten().any(|r| jumps_to_ours(r))
+                    })
+                    .map(|(name, _)| name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut outcome = Err("not tried".to_string());
+        for _ in 0..3 {
+            outcome = (|| {
+                let mut nft = NfTables::open().map_err(|e| e.to_string())?;
+                let generation = nft.generation().map_err(|e| e.to_string())?;
+                let empty: Vec<String> = nft
+                    .family_tables(family)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|t| held.contains(&&t.name) && t.is_empty_shell())
+                    .map(|t| t.name)
+                    .collect();
+                if !empty.is_empty() {
+                    nft.delete_family_tables(family, &empty, generation)
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(empty)
+            })();
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        match outcome {
+            Ok(empty) => lines.extend(empty.iter().map(|t| {
+                format!(
+                    "{}: deleted the table {} {t} it left empty",
+                    place.name(),
+                    family.name()
+                )
+            })),
+            Err(e) => log.warn(&format!(
+                "{}: the empty tables it created could not be deleted (they change no packet): {e}",
+                place.name()
+            )),
+        }
+    }
+    lines
+}
+
+/// Removes `::6` on lo (when ours) after the IPv6 rules of an earlier configuration were
+/// removed by a reconcile that turned IPv6 off.
+fn remove_unplanned_lo_address(nl: &mut Netlink, inventory: &Inventory, log: &Log) -> Vec<String> {
+    let ours = matches!(&inventory.routing, Reading::Read(o) if o.contains(&Object::LoAddress));
+    if !ours {
+        return Vec::new();
+    }
+    match routing::remove_each(nl, &[Object::LoAddress]) {
+        Ok(removed) => removed.iter().map(|o| format!("removed {o}")).collect(),
+        Err(e) => {
+            log.warn(&format!("{e} (the IPv6 rules are already removed)"));
+            Vec::new()
+        }
+    }
+}
+
+/// Installs the plan's rules with iptables. Rules of ours in another place — the other
+/// variant, a family the plan does not use, or native nftables tables — are refused like
+/// drift; with `--reconcile` the plan is installed first and they are removed after.
 pub fn apply(
+    capture: &Capture,
     plan: &Plan,
     opts: &RunOptions,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (mut lock, groups) = prepare(opts, IPTABLES_CAPS)?;
     require_ipv6_usable(plan)?;
     let resolve = |name: &str| resolve_group(&groups, name);
+    let inventory = Inventory::read(runner);
+    // Decided before a variant is chosen, so that a refusal probes nothing.
+    let elsewhere = elsewhere_for_iptables(&inventory, plan, opts.force_iptables_binary);
+    let native = inventory.native_tables().to_vec();
+    let moving = !elsewhere.is_empty() || !native.is_empty();
+    if moving && !(opts.reconcile || opts.force_apply) {
+        return Err(elsewhere_error(&elsewhere, &native));
+    }
 
     // Decide everything for every family before writing anything.
     let mut transactions = Vec::new();
@@ -217,8 +544,10 @@ pub fn apply(
     let mut drift = Vec::new();
     let mut report = Report::default();
     for family in plan.families() {
-        let chosen = iptables::choose_variant(runner, family, opts.force_iptables_binary)
-            .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+        let known = |tools| inventory.place(tools).saved().cloned();
+        let chosen =
+            iptables::choose_variant_known(runner, family, opts.force_iptables_binary, &known)
+                .map_err(|e| ApplyError::Precondition(e.to_string()))?;
         let (tools, before) = (chosen.tools, chosen.state);
         report
             .tools
@@ -315,6 +644,7 @@ pub fn apply(
             drift.join("\n")
         )));
     }
+    warn_unreadable(&inventory, log);
 
     // Routing first: without its rules it changes nothing, while rules without their routes
     // would lose TPROXY'd connections.
@@ -345,10 +675,69 @@ pub fn apply(
             log.warn(&format!("{}: {}", family_name(family), shadow.text));
         }
     }
+    if moving {
+        // The new rules are in and read back: only now do the old ones go.
+        let removed = remove_elsewhere(
+            capture,
+            &elsewhere,
+            !native.is_empty(),
+            &groups,
+            runner,
+            &xtables_lock(opts, &mut lock),
+            log,
+        )
+        .map_err(|e| {
+            ApplyError::LeftChanged(format!(
+                "the rules are installed with iptables, but removing the rules of ours elsewhere failed, so both are installed: {e}; re-run with --reconcile"
+            ))
+        })?;
+        report.changes.push(
+            "reconciled: installed here first, then removed the rules of ours elsewhere"
+                .to_string(),
+        );
+        report.changes.extend(removed);
+    }
     report
         .changes
         .extend(remove_stale_routing(&mut nl, plan, log));
+    if !plan.ipv6 && elsewhere.iter().any(|p| p.tools.family == Family::V6) {
+        report
+            .changes
+            .extend(remove_unplanned_lo_address(&mut nl, &inventory, log));
+    }
     Ok(report)
+}
+
+/// The iptables places holding rules of ours that an iptables run with this plan would not
+/// use: families the plan lacks, and for a planned family the variant that would not be
+/// chosen (the forced one is; else nft when it holds ours, as `choose_variant` decides).
+fn elsewhere_for_iptables<'a>(
+    inventory: &'a Inventory,
+    plan: &Plan,
+    forced: Option<IptablesVariant>,
+) -> Vec<&'a IptablesPlace> {
+    let families = plan.families();
+    inventory
+        .iptables_with_ours()
+        .filter(|p| {
+            let family = p.tools.family;
+            if !families.contains(&family) {
+                return true;
+            }
+            let chosen = forced.unwrap_or_else(|| {
+                let nft = Tools {
+                    family,
+                    variant: IptablesVariant::Nft,
+                };
+                if inventory.place(nft).ours() {
+                    IptablesVariant::Nft
+                } else {
+                    IptablesVariant::Legacy
+                }
+            });
+            p.tools.variant != chosen
+        })
+        .collect()
 }
 
 /// Compares the live rules with the plan without changing anything: the differences, one
@@ -360,7 +749,7 @@ pub fn apply(
 pub fn check(
     plan: &Plan,
     opts: &RunOptions,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Vec<String>, ApplyError> {
     let groups = load_groups()?;
@@ -369,6 +758,7 @@ pub fn check(
         Some(v) => vec![v],
         None => vec![IptablesVariant::Nft, IptablesVariant::Legacy],
     };
+    let inventory = Inventory::read(runner);
     let mut differences = Vec::new();
     for family in plan.families() {
         let name = family_name(family);
@@ -377,12 +767,16 @@ pub fn check(
         let mut found = Vec::new();
         for &variant in &variants {
             let tools = Tools { family, variant };
-            let live = iptables::save_if_present(runner, tools).map_err(|e| {
-                ApplyError::Precondition(format!(
-                    "cannot read the {name} rules with {}: {e}",
-                    tools.save()
-                ))
-            })?;
+            let live = match inventory.place(tools).saved() {
+                Some(saved) => Some(saved.clone()),
+                // Read again only to give the same answer (not installed) or error as always.
+                None => iptables::save_if_present(runner, tools).map_err(|e| {
+                    ApplyError::Precondition(format!(
+                        "cannot read the {name} rules with {}: {e}",
+                        tools.save()
+                    ))
+                })?,
+            };
             let Some(live) = live else {
                 continue;
             };
@@ -406,6 +800,8 @@ pub fn check(
             [(tools, state, live)] => {
                 if let State::Drifted(diffs) = state {
                     differences.push(format!("{name} ({}):\n{}", tools.save(), diffs.join("\n")));
+                } else {
+                    log.info(&format!("{name} ({}): in place", tools.main()));
                 }
                 for shadow in shadowing(live, &expected) {
                     let line = format!("{name} ({}): {}", tools.save(), shadow.text);
@@ -421,72 +817,170 @@ pub fn check(
             )),
         }
     }
+    // Every other place: a family the plan lacks, the variant not forced, native tables.
+    require_readable(&inventory)?;
+    let families = plan.families();
+    for place in inventory.iptables_with_ours() {
+        if !families.contains(&place.tools.family) {
+            differences.push(format!(
+                "{}: rules of ours are installed ({}) while {} is off in this configuration",
+                place.name(),
+                place.counts(),
+                family_name(place.tools.family)
+            ));
+        } else if opts
+            .force_iptables_binary
+            .is_some_and(|v| v != place.tools.variant)
+        {
+            differences.push(format!(
+                "{}: rules of ours are installed there too ({}), but this configuration uses the other variant",
+                place.name(),
+                place.counts()
+            ));
+        }
+    }
+    let native = inventory.native_tables();
+    if !native.is_empty() {
+        differences.push(format!(
+            "native nftables: table(s) {} of ours are installed too, but this configuration uses iptables",
+            native
+                .iter()
+                .map(|t| format!("inet {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     differences.extend(check_routing(plan)?);
     Ok(differences)
 }
 
-/// Removes everything of ours that this configuration would install, in both families and
-/// both variants, wherever it is found.
+/// What `--cleanup-only` would remove, per place, decided from one inventory: the restore
+/// input per iptables place, our native tables, our routing objects. The same decision is
+/// printed by a dry run and carried out by [`cleanup`].
+pub struct CleanupPlan {
+    /// The iptables places holding something of ours, each with its removal input.
+    pub iptables: Vec<(IptablesPlace, String, inventory::Counts)>,
+    /// Our native tables.
+    pub native: Vec<String>,
+    /// Our routing objects.
+    pub routing: Vec<Object>,
+    /// One line per place with nothing of ours, saying why it is known to be empty.
+    pub nothing: Vec<String>,
+}
+
+/// The cleanup decision: everything of ours, in every place, whatever this run's backend or
+/// IPv6 setting. A place that may hold ours but cannot be read refuses the whole cleanup.
+fn cleanup_plan(
+    inventory: &Inventory,
+    expected: &[BTreeMap<Table, ExpectedTable>; 2],
+) -> Result<CleanupPlan, ApplyError> {
+    require_readable(inventory)?;
+    let mut out = CleanupPlan {
+        iptables: Vec::new(),
+        native: inventory.native_tables().to_vec(),
+        routing: match &inventory.routing {
+            Reading::Read(objects) => objects.clone(),
+            _ => Vec::new(),
+        },
+        nothing: Vec::new(),
+    };
+    for place in &inventory.iptables {
+        match removal_text(place, &expected[family_index(place.tools.family)]) {
+            Some((text, c)) => out.iptables.push((place.clone(), text, c)),
+            None => out.nothing.push(match &place.reading {
+                Reading::Nothing(why) => format!("{}: nothing of ours ({why})", place.name()),
+                _ => format!("{}: nothing of ours", place.name()),
+            }),
+        }
+    }
+    if out.native.is_empty() {
+        out.nothing
+            .push("native nftables: nothing of ours".to_string());
+    }
+    Ok(out)
+}
+
+/// `--dry-run --cleanup-only`: what a cleanup would remove in this namespace, read-only.
+pub fn cleanup_preview(
+    capture: &Capture,
+    runner: &(dyn Runner + Sync),
+) -> Result<String, ApplyError> {
+    privileges::require_capabilities(reading_caps(runner)).map_err(|e| {
+        ApplyError::Precondition(format!(
+            "a dry run of --cleanup-only reads this namespace's rules, which needs privileges: {e}"
+        ))
+    })?;
+    let groups = load_groups()?;
+    let inventory = Inventory::read(runner);
+    let plan = cleanup_plan(&inventory, &full_expected(capture, &groups)?)?;
+    let mut out = String::from("# meshinit dry run: what --cleanup-only would remove here\n");
+    for (place, text, c) in &plan.iptables {
+        out.push_str(&format!(
+            "# {}: {c}, with {} --noflush:\n{text}",
+            place.name(),
+            place.tools.restore()
+        ));
+        if place.tools.variant == IptablesVariant::Nft {
+            out.push_str(&format!(
+                "# {}: then the tables it leaves empty (no rules, base chains with policy accept)\n",
+                place.name()
+            ));
+        }
+    }
+    for table in &plan.native {
+        out.push_str(&format!("# native nftables: delete table inet {table}\n"));
+    }
+    for object in plan.routing.iter().rev() {
+        out.push_str(&format!("# remove {object}\n"));
+    }
+    for line in &plan.nothing {
+        out.push_str(&format!("# {line}\n"));
+    }
+    if plan.iptables.is_empty() && plan.native.is_empty() && plan.routing.is_empty() {
+        out.push_str("# nothing of ours is installed: nothing would be removed\n");
+    }
+    Ok(out)
+}
+
+/// Removes everything of ours from every place it is found in — both iptables variants and
+/// both families, our native tables, the tables iptables-nft leaves empty, our routing
+/// objects and `::6` — whatever this run's backend or IPv6 setting; says per place what
+/// went. Refuses, changing nothing, when a place that may hold ours cannot be read.
 pub fn cleanup(
     capture: &Capture,
     opts: &RunOptions,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Report, ApplyError> {
-    let (mut lock, groups) = prepare(opts, IPTABLES_CAPS)?;
-    let resolve = |name: &str| resolve_group(&groups, name);
-    // Plan as if IPv6 were on, so IPv6 leftovers are recognised too.
-    let full = plan::plan(&Capture {
-        ipv6: true,
-        ..capture.clone()
-    });
-    let variants = match opts.force_iptables_binary {
-        Some(v) => vec![v],
-        None => vec![IptablesVariant::Legacy, IptablesVariant::Nft],
-    };
-    let mut transactions = Vec::new();
-    for family in [Family::V4, Family::V6] {
-        let expected =
-            expected_tables(&full.rules(family), &resolve).map_err(ApplyError::Precondition)?;
-        for &variant in &variants {
-            let tools = Tools { family, variant };
-            // A missing tool cannot have installed anything; a failing one leaves us blind.
-            let before = iptables::save_if_present(runner, tools).map_err(|e| {
-                ApplyError::Precondition(format!(
-                    "cannot read the {} rules with {}: {e}; nothing was changed",
-                    family_name(family),
-                    tools.save()
-                ))
+    let (mut lock, groups) = prepare(opts, reading_caps(runner))?;
+    let inventory = Inventory::read(runner);
+    let expected = full_expected(capture, &groups)?;
+    let plan = cleanup_plan(&inventory, &expected)?;
+    for line in &plan.nothing {
+        log.info(line);
+    }
+    // An iptables-nft older than 1.8.8 shows a newer one's rules without some matches:
+    // deleting by that text would fail or hit the wrong rule.
+    for (place, _, _) in &plan.iptables {
+        if let Some(saved) = place.saved() {
+            let want = &expected[family_index(place.tools.family)];
+            iptables::require_readable(runner, place.tools, saved, want).map_err(|e| {
+                ApplyError::Precondition(format!("{}: {e}; nothing was changed", place.name()))
             })?;
-            let Some(before) = before else {
-                continue;
-            };
-            iptables::require_readable(runner, tools, &before, &expected).map_err(|e| {
-                ApplyError::Precondition(format!(
-                    "{}: {e}; nothing was changed",
-                    family_name(family)
-                ))
-            })?;
-            let ours = compare(&before, &expected) != State::Absent;
-            let probes = probe_cleanup_text(&before);
-            if !ours && probes.is_empty() {
-                continue;
-            }
-            let text = if ours {
-                cleanup_text(&before, &expected)
-            } else {
-                String::new()
-            };
-            transactions.push(Transaction {
-                tools,
-                before,
-                text: text + &probes,
-                fresh: false,
-                expected: expected.clone(),
-                goal: Goal::Removed,
-            });
         }
     }
+    let mut transactions: Vec<Transaction> = plan
+        .iptables
+        .iter()
+        .map(|(place, text, _)| Transaction {
+            tools: place.tools,
+            before: place.saved().cloned().unwrap_or_default(),
+            text: text.clone(),
+            fresh: false,
+            expected: expected[family_index(place.tools.family)].clone(),
+            goal: Goal::Removed,
+        })
+        .collect();
     commit(
         &mut transactions,
         runner,
@@ -494,23 +988,40 @@ pub fn cleanup(
         log,
     )
     .map_err(|(lines, left)| failure(lines, left))?;
-    let removed = remove_routing(capture, log)?;
+    let mut changes: Vec<String> = plan
+        .iptables
+        .iter()
+        .map(|(place, _, c)| format!("{}: removed {c}", place.name()))
+        .collect();
+    let places: Vec<&IptablesPlace> = plan.iptables.iter().map(|(p, _, _)| p).collect();
+    changes.extend(remove_empty_xt_tables(&places, log));
+    if !plan.native.is_empty() {
+        let mut nft = NfTables::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
+        nft.cleanup().map_err(|e| {
+            let removed = if changes.is_empty() {
+                String::new()
+            } else {
+                format!(" (already removed: {})", changes.join("; "))
+            };
+            ApplyError::LeftChanged(format!("deleting our native nftables tables: {e}{removed}"))
+        })?;
+        changes.push(format!(
+            "native nftables: deleted {}",
+            plan.native
+                .iter()
+                .map(|t| format!("table inet {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    changes.extend(remove_routing(capture, log)?);
     Ok(Report {
-        tools: transactions
+        tools: plan
+            .iptables
             .iter()
-            .map(|t| format!("{} {}", family_name(t.tools.family), t.tools.main()))
+            .map(|(p, _, _)| format!("{} {}", family_name(p.tools.family), p.tools.main()))
             .collect(),
-        changes: transactions
-            .iter()
-            .map(|t| {
-                format!(
-                    "{}: removed rules with {}",
-                    family_name(t.tools.family),
-                    t.tools.restore()
-                )
-            })
-            .chain(removed)
-            .collect(),
+        changes,
     })
 }
 

@@ -26,7 +26,7 @@ use crate::netlink_wire::{
 
 use crate::backend::nft_netlink::{
     self, cleanup_batch, getgen_request, gettable_dump_request, replace_batch, Batch, DumpKind,
-    EncodeError, FoundTable, Origin, TableOp,
+    EncodeError, FamilyTable, FoundTable, Origin, TableOp, XtFamily,
 };
 use crate::backend::nftables::{ruleset, Ruleset, MANAGED_TABLES};
 use crate::plan::Plan;
@@ -431,8 +431,69 @@ impl NfTables {
         Ok(tables)
     }
 
+    /// Every table of the `ip` or `ip6` family (iptables-nft's) with its chains and how many
+    /// rules and sets it holds, read over netlink: needs no iptables tool.
+    pub fn family_tables(&mut self, family: XtFamily) -> Result<Vec<FamilyTable>> {
+        const OP: &str = "listing the iptables-nft tables";
+        let request = |kind| move |seq| nft_netlink::family_dump_request(kind, seq, family);
+        let mut tables = Vec::new();
+        for msg in self.dump(OP, DumpKind::Tables, request(DumpKind::Tables))? {
+            let (name, _) = nft_netlink::parse_table(&msg).map_err(|d| malformed(OP, d))?;
+            tables.push(FamilyTable {
+                family,
+                name,
+                chains: Vec::new(),
+                rules: 0,
+                sets: 0,
+                others: 0,
+            });
+        }
+        if tables.is_empty() {
+            return Ok(tables);
+        }
+        for msg in self.dump(OP, DumpKind::Chains, request(DumpKind::Chains))? {
+            let chain = nft_netlink::parse_chain(&msg).map_err(|d| malformed(OP, d))?;
+            if let Some(t) = tables.iter_mut().find(|t| t.name == chain.table) {
+                t.chains.push(chain);
+            }
+        }
+        for msg in self.dump(OP, DumpKind::Rules, request(DumpKind::Rules))? {
+            let (table, _) = nft_netlink::rule_place(&msg).map_err(|d| malformed(OP, d))?;
+            if let Some(t) = tables.iter_mut().find(|t| t.name == table) {
+                t.rules += 1;
+            }
+        }
+        for msg in self.dump(OP, DumpKind::Sets, request(DumpKind::Sets))? {
+            let table = nft_netlink::set_table(&msg).map_err(|d| malformed(OP, d))?;
+            if let Some(t) = tables.iter_mut().find(|t| t.name == table) {
+                t.sets += 1;
+            }
+        }
+        for kind in [DumpKind::Objects, DumpKind::Flowtables] {
+            for msg in self.dump(OP, kind, request(kind))? {
+                let table = nft_netlink::set_table(&msg).map_err(|d| malformed(OP, d))?;
+                if let Some(t) = tables.iter_mut().find(|t| t.name == table) {
+                    t.others += 1;
+                }
+            }
+        }
+        Ok(tables)
+    }
+
+    /// Deletes these tables of `family` in one transaction that the kernel carries out only if
+    /// the ruleset is still at `generation` (nothing changed since they were read).
+    pub fn delete_family_tables(
+        &mut self,
+        family: XtFamily,
+        tables: &[String],
+        generation: u32,
+    ) -> Result<()> {
+        let batch = nft_netlink::delete_tables_batch(self.seq, family, tables, generation);
+        self.send_batch(&batch)
+    }
+
     /// The ruleset's generation id, which every committed transaction changes.
-    fn generation(&mut self) -> Result<u32> {
+    pub fn generation(&mut self) -> Result<u32> {
         const OP: &str = "reading the nftables generation";
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);

@@ -273,6 +273,28 @@ impl Reader<'_> {
     }
 }
 
+/// Modes that cannot be combined: `--check` only reads, `--cleanup-only` removes, and a dry run
+/// of `--check` would be a check that does not check. Refused (exit 2) naming both flags.
+fn contradictory_modes(r: &Reader<'_>, run: &RunOptions) -> Result<(), ConfigError> {
+    let pairs = [
+        (run.check && run.cleanup_only, "check", "cleanup-only"),
+        (run.check && run.dry_run, "check", "dry-run"),
+    ];
+    for (both, first, second) in pairs {
+        if both {
+            let setting = r.raw.get(first);
+            return Err(invalid(
+                cli::flag(first).describe(),
+                setting,
+                format!(
+                    "--{first} contradicts --{second}: --check compares the live rules and changes nothing; run them separately"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Builds the configuration, consulting `host` only for what the arguments leave to
     /// detection.
@@ -433,6 +455,7 @@ impl Config {
             log_level: r.flag("log_output_level", parse_log_level)?,
             log_json: r.bool("log_as_json")?,
         };
+        contradictory_modes(&r, &run)?;
         warnings.extend(ignored_flag_warnings(&r)?);
 
         // Detection, only for what the arguments leave open.
