@@ -167,7 +167,7 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
         let text = if nftables {
             format!(
                 "# meshinit dry run: nftables script, as input to `nft -f`\n{}",
-                backend::nftables::nft_script(&plan)
+                backend::nftables::nft_script_with(&plan, run.nft_sets)
             )
         } else {
             backend::iptables::dry_run_text(&plan)
@@ -186,12 +186,12 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     summary.backend = if nftables { "nftables" } else { "iptables" }.to_string();
     if nftables {
         // One inet rule serves both families where iptables needs one per family.
-        let ruleset = backend::nftables::ruleset(&plan);
+        let ruleset = backend::nftables::ruleset_with(&plan, run.nft_sets);
         summary.rules = ruleset.tables.iter().map(|t| t.rules.len()).sum();
     }
     if run.check {
         let checked = if nftables {
-            apply::check_nftables(&plan)
+            apply::check_nftables(&plan, run.nft_sets)
         } else {
             apply::check(&plan, run, &runner, &log)
         };

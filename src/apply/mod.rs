@@ -23,7 +23,7 @@ use crate::backend::iptables_save::{
     replace_text, State, PROBE_SPEC,
 };
 use crate::backend::shadowing::shadowing;
-use crate::config::{BackendChoice, Capture, IptablesVariant, RunOptions};
+use crate::config::{BackendChoice, Capture, IptablesVariant, NftSets, RunOptions};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan};
 use exec::Runner;
@@ -139,7 +139,7 @@ pub fn apply_nftables(plan: &Plan, opts: &RunOptions, log: &Log) -> Result<Repor
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let added = add_routing(&mut nl, plan)?;
-    let applied = nft.apply(plan).map_err(|e| {
+    let applied = nft.apply(plan, opts.nft_sets).map_err(|e| {
         let left = undo_routing(&mut nl, &added);
         failure(
             vec![format!("{e}; the batch was rejected as a whole")],
@@ -188,11 +188,11 @@ pub fn cleanup_nftables(
 /// are, each has exactly the planned chains and, chain by chain, the planned rules in order
 /// (compared expression by expression with the batch an apply would send), and the routing
 /// objects are in place.
-pub fn check_nftables(plan: &Plan) -> Result<Vec<String>, ApplyError> {
+pub fn check_nftables(plan: &Plan, sets: NftSets) -> Result<Vec<String>, ApplyError> {
     let groups = load_groups()?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut differences = nft
-        .differences(&crate::backend::nftables::ruleset(plan), &groups)
+        .differences(&crate::backend::nftables::ruleset_with(plan, sets), &groups)
         .map_err(|e| ApplyError::Precondition(e.to_string()))?;
     differences.extend(check_routing(plan)?);
     Ok(differences)

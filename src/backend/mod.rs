@@ -4,5 +4,6 @@
 pub mod iptables;
 pub mod iptables_save;
 pub mod nft_netlink;
+pub mod nft_sets;
 pub mod nftables;
 pub mod shadowing;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use similar::{capture_diff_deadline, Algorithm, DiffOp};
 
+use crate::backend::nft_sets;
 use crate::backend::nftables::{
     cidr_family, wildcard_prefix, Direction, Hook, NftRule, NftTable, Ruleset, Stmt, MANAGED_TABLES,
 };
@@ -737,6 +738,27 @@ impl Builder {
                     });
                 }
             }
+            // Long lists as set lookups (src/backend/nft_sets.rs).
+            Stmt::AddressIn { dir, family, nets } => {
+                deps.network(e, *family);
+                let (offset, len) = nft_sets::address_field(*family, *dir);
+                payload(e, NFT_PAYLOAD_NETWORK_HEADER, offset, len);
+                let set_id = self.set_id();
+                let set = nft_sets::address_set(table, set_id, *family, nets);
+                self.lookup_set(e, set_id, set, origin);
+            }
+            Stmt::PortIn { proto, dir, ports } => {
+                deps.transport(e, *proto);
+                let offset = match dir {
+                    Direction::Source => 0,
+                    Direction::Destination => 2,
+                };
+                payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2);
+                let set_id = self.set_id();
+                let ports: Vec<u16> = ports.iter().map(|p| p.get()).collect();
+                let set = nft_sets::port_set(table, set_id, *proto, *dir, &ports);
+                self.lookup_set(e, set_id, set, origin);
+            }
             Stmt::Owner { owner, negate, .. } => {
                 let (key, id) =
                     match owner {
@@ -791,6 +813,42 @@ impl Builder {
             }
         }
         Ok(())
+    }
+
+    /// An anonymous set's messages (tagged as the rule's set) and the `lookup` of register 1
+    /// in it.
+    fn lookup_set(
+        &mut self,
+        e: &mut Attrs,
+        set_id: u32,
+        set: nft_sets::SetMessages,
+        origin: &RuleOrigin,
+    ) {
+        let origin = Origin::Rule(RuleOrigin {
+            set: true,
+            ..origin.clone()
+        });
+        self.nft(
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            Attrs(set.newset),
+            origin.clone(),
+        );
+        for elems in set.elems {
+            self.nft(
+                NFT_MSG_NEWSETELEM,
+                NLM_F_CREATE,
+                Attrs(elems),
+                origin.clone(),
+            );
+        }
+        expr(e, "lookup", |a| {
+            a.u32(NFTA_LOOKUP_SREG, NFT_REG_1);
+            a.str(NFTA_LOOKUP_SET, ANON_SET_NAME);
+            a.u32(NFTA_LOOKUP_SET_ID, set_id);
+            // Not sent by nft, but dumped by the kernel: sent so that `--check` compares equal.
+            a.u32(NFTA_LOOKUP_FLAGS, 0);
+        });
     }
 
     /// A constant anonymous set of ports (`NEWSET` + `NEWSETELEM`), as nft creates for
@@ -1270,7 +1328,11 @@ pub struct SetContents {
 
 impl fmt::Display for SetContents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<String> = self.keys.iter().map(|k| show_bytes(k)).collect();
+        let keys: Vec<String> = if self.flags & nft_sets::NFT_SET_INTERVAL != 0 {
+            nft_sets::show_interval_keys(self.key_len, &self.keys)
+        } else {
+            self.keys.iter().map(|k| show_bytes(k)).collect()
+        };
         write!(f, "{{ {} }}", keys.join(", "))
     }
 }
@@ -1305,11 +1367,8 @@ pub fn parse_set_elems(payload: &[u8]) -> Result<SetElems, String> {
     let mut keys = Vec::new();
     if let Some(list) = attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS) {
         for (_, elem) in parse_attrs(list)? {
-            let elem = parse_attrs(elem)?;
-            let key = attr(&elem, NFTA_SET_ELEM_KEY).ok_or("set element without a key")?;
-            let key = parse_attrs(key)?;
-            let value = attr(&key, NFTA_DATA_VALUE).ok_or("set element key without a value")?;
-            keys.push(value.to_vec());
+            // An interval's end is told from a start (src/backend/nft_sets.rs).
+            keys.extend(nft_sets::element_keys(elem)?);
         }
     }
     Ok(SetElems {

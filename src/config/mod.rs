@@ -135,6 +135,19 @@ pub enum BackendChoice {
     Nftables,
 }
 
+/// When the native nftables backend turns a run of rules that differ in one CIDR or port into
+/// one rule with a set lookup (`--nft-sets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NftSets {
+    /// Runs longer than [`crate::backend::nftables::SET_THRESHOLD`] rules; shorter lists keep
+    /// Istio's exact text.
+    Auto,
+    /// Every run of two or more rules.
+    Always,
+    /// Never: one rule per entry, as Istio writes it.
+    Never,
+}
+
 /// Which iptables variant to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IptablesVariant {
@@ -184,6 +197,8 @@ pub struct RunOptions {
     pub force_apply: bool,
     /// `--backend`, with Istio's `--native-nftables` folded in.
     pub backend: BackendChoice,
+    /// `--nft-sets`: when the native nftables backend uses set lookups.
+    pub nft_sets: NftSets,
     /// `--force-iptables-binary`: the variant to use; `None` to detect it per family.
     pub force_iptables_binary: Option<IptablesVariant>,
     /// `--xtables-wait`: how long to wait for the xtables lock and meshinit's namespace lock.
@@ -380,6 +395,12 @@ impl Config {
                     _ => Err("expected auto, iptables or nftables".to_string()),
                 })?
             },
+            nft_sets: r.flag("nft-sets", |s| match s {
+                "auto" => Ok(NftSets::Auto),
+                "always" => Ok(NftSets::Always),
+                "never" => Ok(NftSets::Never),
+                _ => Err("expected auto, always or never".to_string()),
+            })?,
             force_iptables_binary: r.flag("force-iptables-binary", |s| match s {
                 "" => Ok(None),
                 "legacy" => Ok(Some(IptablesVariant::Legacy)),
