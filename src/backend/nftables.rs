@@ -1485,6 +1485,101 @@ mod tests {
         );
     }
 
+    fn script_rules_with(args: &[&str], sets: &str) -> Vec<String> {
+        let mut all: Vec<&str> = args.to_vec();
+        let flag = format!("--nft-sets={sets}");
+        all.push(&flag);
+        use crate::cli::{parse, Command, Env};
+        use crate::config::{detect::SystemHost, Config};
+        let mut argv = vec!["meshinit".to_string()];
+        argv.extend(all.iter().map(|a| a.to_string()));
+        let Command::Run(raw) = parse(&argv, &Env::new()).unwrap() else {
+            panic!("not a run")
+        };
+        let config = Config::build(&raw, &SystemHost).unwrap();
+        nft_script_with(&crate::plan::plan(&config.capture), config.run.nft_sets)
+            .lines()
+            .filter(|l| l.contains(" rule "))
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn long_lists_become_sets_and_short_ones_keep_istios_text() {
+        let ports: Vec<String> = (9000..9017).map(|p| p.to_string()).collect();
+        let b = format!("-b={}", ports.join(","));
+        let base = [
+            "--ipv6=false",
+            "--dns-servers=",
+            &b,
+            "-x=10.1.0.0/16,10.3.0.0/24",
+        ];
+        let nat = "add rule inet istio-proxy-nat";
+        // 17 ports: more than the threshold, one set; 2 CIDRs (+ loopback): rules.
+        let auto = script_rules_with(&base, "auto");
+        let set = format!(
+            "{nat} istio-inbound meta l4proto tcp tcp dport {{ {} }} counter jump istio-in-redirect",
+            ports.join(", ")
+        );
+        assert!(auto.contains(&set), "{auto:#?}");
+        assert!(auto.contains(&format!(
+            "{nat} istio-output ip daddr 10.1.0.0/16 counter return"
+        )));
+        let never = script_rules_with(&base, "never");
+        assert_eq!(never.len(), auto.len() + 16);
+        let always = script_rules_with(&base, "always");
+        assert!(always.contains(&format!(
+            "{nat} istio-output ip daddr {{ 10.1.0.0/16, 10.3.0.0/24, 127.0.0.1/32 }} counter return"
+        )));
+    }
+
+    #[test]
+    fn interleaved_per_port_rules_regroup_and_later_inserts_keep_their_place() {
+        let args = [
+            "--ipv6=false",
+            "--dns-servers=",
+            "-m=TPROXY",
+            "-b=8080,9090,7070",
+        ];
+        let rules = script_rules_with(&args, "always");
+        let mangle = "inet istio-proxy-mangle istio-inbound";
+        let want = [
+            format!("add rule {mangle} meta l4proto tcp ct state related,established tcp dport {{ 7070, 8080, 9090 }} counter jump istio-divert"),
+            format!("add rule {mangle} meta l4proto tcp tcp dport {{ 7070, 8080, 9090 }} counter jump istio-tproxy"),
+            format!("insert rule {mangle} index 0 meta l4proto tcp mark 1337 counter return"),
+            format!("insert rule {mangle} index 1 iifname lo meta l4proto tcp ip saddr 127.0.0.6/32 counter return"),
+            format!("insert rule {mangle} index 2 iifname lo meta l4proto tcp mark != 1338 counter return"),
+        ];
+        let got: Vec<&String> = rules.iter().filter(|r| r.contains(mangle)).collect();
+        assert_eq!(got.len(), 5, "{got:#?}");
+        for w in &want {
+            assert!(rules.contains(w), "{w} missing from {got:#?}");
+        }
+    }
+
+    #[test]
+    fn overlapping_networks_stay_rules_when_their_action_is_not_idempotent() {
+        let mark = |net: &str| NftRule {
+            chain: "c".into(),
+            index: None,
+            stmts: vec![
+                Stmt::Address {
+                    dir: Direction::Destination,
+                    net: cidr(net),
+                    negate: false,
+                },
+                Stmt::Counter,
+                Stmt::SetMark(1),
+            ],
+            purpose: "test",
+        };
+        // A packet to 10.1.2.3 passes both rules: one set rule would count it once.
+        let nested = vec![mark("10.0.0.0/8"), mark("10.1.0.0/16")];
+        assert_eq!(with_sets(nested.clone(), NftSets::Always), nested);
+        let apart = vec![mark("10.0.0.0/16"), mark("10.2.0.0/16")];
+        assert_eq!(with_sets(apart, NftSets::Always).len(), 1);
+    }
+
     #[test]
     fn only_chains_with_rules_are_declared_in_istios_order() {
         let r = |chain, target| rule(Table::Raw, chain, vec![], target);
