@@ -268,7 +268,7 @@ impl fmt::Display for Origin {
             }
             Origin::Chain { table, chain } => write!(f, "chain {table}/{chain}"),
             Origin::Rule(r) => {
-                let set = if r.set { "the port set of " } else { "" };
+                let set = if r.set { "the set of " } else { "" };
                 write!(
                     f,
                     "{set}rule {} of {}/{} ({}) `{}`",
