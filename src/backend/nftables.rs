@@ -465,13 +465,33 @@ fn base_chain(table: Table, chain: Chain) -> Option<BaseChain> {
 /// copy per family (`ISTIO_OUTPUT → ISTIO_OUTPUT_DNS`, raw `PREROUTING → ISTIO_INBOUND`, the
 /// include-all `→ ISTIO_REDIRECT` and its VM-interface inserts) Istio writes it once.
 pub fn nft_rules(plan: &Plan) -> Vec<&Rule> {
-    let mut v4_texts: Vec<(Table, Chain, Position, String)> = Vec::new();
+    // A set: with thousands of excluded CIDRs a list would make this quadratic.
+    let mut v4_texts: std::collections::HashSet<(Table, Chain, Option<u64>, String)> =
+        std::collections::HashSet::new();
     let mut out = Vec::new();
     for rule in &plan.rules {
-        let key = || (rule.table, rule.chain, rule.position, rule_body(rule));
+        let position = match rule.position {
+            Position::Append => None,
+            Position::Insert(n) => Some(u64::from(n)),
+        };
+        let key = || (rule.table, rule.chain, position, rule_body(rule));
+        // A rule with an address match names its family (`ip`/`ip6`), so its text never
+        // repeats the other family's: no text needed (thousands of CIDR rules).
+        let has_address = rule
+            .matches
+            .iter()
+            .any(|m| matches!(m, Match::Destination { .. } | Match::Source(_)));
+        if has_address {
+            if rule.scope != Scope::Only(Family::V6) || plan.ipv6 {
+                out.push(rule);
+            }
+            continue;
+        }
         match rule.scope {
             Scope::Both => {}
-            Scope::Only(Family::V4) => v4_texts.push(key()),
+            Scope::Only(Family::V4) => {
+                v4_texts.insert(key());
+            }
             Scope::Only(Family::V6) => {
                 if !plan.ipv6 || v4_texts.contains(&key()) {
                     continue;
