@@ -540,6 +540,71 @@ mod tests {
         );
     }
 
+    /// A ruleset with a 3,000-CIDR set: its batch has one `NEWSET` and several `NEWSETELEM`s,
+    /// each tagged as the set of its rule, and what the batch leaves reads as the ranges.
+    #[test]
+    fn a_set_rule_in_a_batch_names_its_rule_and_reads_back_as_ranges() {
+        use crate::backend::nft_netlink::{expected_tables, replace_batch, Origin};
+        use crate::backend::nftables::{NftRule, NftTable, Ruleset, Stmt};
+        let nets: Vec<Cidr> = (0..3000)
+            .map(|i| {
+                format!("172.{}.{}.0/24", 16 + 2 * i / 256, 2 * i % 256)
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let rs = Ruleset {
+            tables: vec![NftTable {
+                name: "istio-proxy-nat".into(),
+                chains: vec![crate::backend::nftables::NftChain {
+                    name: "istio-output".into(),
+                    base: None,
+                }],
+                rules: vec![NftRule {
+                    chain: "istio-output".into(),
+                    index: None,
+                    stmts: vec![
+                        Stmt::AddressIn {
+                            dir: Direction::Destination,
+                            family: Family::V4,
+                            nets,
+                        },
+                        Stmt::Counter,
+                        Stmt::Return,
+                    ],
+                    purpose: "excluded outbound CIDR",
+                }],
+            }],
+        };
+        let batch = replace_batch(&rs, &|_| None, 1, &[]).unwrap();
+        let sets: Vec<String> = batch
+            .messages()
+            .iter()
+            .filter(|m| matches!(&m.origin, Origin::Rule(r) if r.set))
+            .map(|m| m.origin.to_string())
+            .collect();
+        // NEWSET + 6,001 elements in 7 messages.
+        assert_eq!(sets.len(), 8);
+        assert!(
+            sets[0].starts_with("the set of rule 1 of istio-proxy-nat/istio-output"),
+            "{}",
+            &sets[0][..100]
+        );
+        let tables = expected_tables(&batch).unwrap();
+        let rule = &tables[0].rules[0].1[0];
+        let shown = rule
+            .exprs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            shown.contains("172.16.0.0/24, 172.16.2.0/24, "),
+            "{}",
+            &shown[..300]
+        );
+    }
+
     #[test]
     fn long_lists_are_spread_over_messages() {
         let ports: Vec<u16> = (1..=2500).collect();
