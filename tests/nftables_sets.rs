@@ -195,6 +195,7 @@ fn scenario(sets: &str) {
         listen(&lab.peer, "peer-82", any4(82)),
     ];
     let args = args(sets);
+    let before = (listing(&lab.pod), addresses(&lab.pod));
     let out = meshinit(&lab.pod, &args, &[]);
     assert_eq!(out.code, Some(0), "apply: {}", tail(&out.stderr));
     let rules = rule_count(&lab.pod);
@@ -237,8 +238,16 @@ fn scenario(sets: &str) {
     cleanup.push("--cleanup-only".into());
     let out = meshinit(&lab.pod, &cleanup, &[]);
     assert_eq!(out.code, Some(0), "cleanup: {}", tail(&out.stderr));
-    let left = listing(&lab.pod);
-    assert!(!left.contains("istio-proxy"), "left after cleanup:\n{left}");
+    let after = (listing(&lab.pod), addresses(&lab.pod));
+    assert!(
+        after == before,
+        "cleanup left the namespace changed: {after:?}"
+    );
+}
+
+/// The pod's addresses (meshinit adds `::6` on lo with IPv6).
+fn addresses(ns: &Netns) -> String {
+    String::from_utf8_lossy(&ns.run(&["ip", "-br", "addr"], None).stdout).into_owned()
 }
 
 /// One element of the excluded set replaced (10.99.0.0/16 → 10.99.0.0/17, so 10.99.200.0 is
