@@ -5,8 +5,9 @@
 //! The plan is first turned into a [`Ruleset`]: tables, chains and rules made of typed
 //! [`Stmt`]s in nft's order. That list is the single source of truth for what each rule
 //! means; [`nft_script`] renders it as the `nft -f` script (byte for byte Istio's), and
-//! [`super::nft_netlink`] encodes the same list as nf_tables netlink messages. Pure data;
-//! loading it belongs to `apply`.
+//! [`super::nft_netlink`] encodes the same list as nf_tables netlink messages. Long lists
+//! (Istio's rule per CIDR or port) then become one rule with a set lookup ([`with_sets`],
+//! `--nft-sets`), with the same traffic. Pure data; loading it belongs to `apply`.
 
 use std::collections::HashMap;
 use std::fmt;
