@@ -195,6 +195,8 @@ pub static FLAGS: &[FlagSpec] = &[
         "auto|iptables|nftables; auto is iptables unless no iptables tool is installed"),
     flag!("check", None, Bool, "false", ["MESHINIT_CHECK"], Meshinit,
         "compare the live rules with this configuration; change nothing (exit 3 when they differ)"),
+    flag!("nft-sets", None, Value, "auto", ["MESHINIT_NFT_SETS"], Meshinit,
+        "auto|always|never: native nftables turns long CIDR and port lists into one set lookup"),
 ];
 
 /// Environment-only settings (no flag), as in Istio.

@@ -365,7 +365,7 @@ pub(crate) fn execute(
         let text = if nftables {
             format!(
                 "# meshinit dry run: nftables script, as input to `nft -f`\n{}",
-                backend::nftables::nft_script(&plan)
+                backend::nftables::nft_script_with(&plan, run.nft_sets)
             )
         } else {
             backend::iptables::dry_run_text(&plan)
@@ -384,7 +384,7 @@ pub(crate) fn execute(
     summary.backend = Some(if nftables { "nftables" } else { "iptables" });
     if nftables {
         // One inet rule serves both families where iptables needs one per family.
-        let ruleset = backend::nftables::ruleset(&plan);
+        let ruleset = backend::nftables::ruleset_with(&plan, run.nft_sets);
         summary.rules = Some(ruleset.tables.iter().map(|t| t.rules.len()).sum());
     }
     if run.cleanup_only {
@@ -393,7 +393,7 @@ pub(crate) fn execute(
     }
     if run.check {
         let checked = if nftables {
-            apply::check_nftables(&plan, &runner, &log)
+            apply::check_nftables(&plan, run.nft_sets, &runner, &log)
         } else {
             apply::check(&plan, run, &runner, &log)
         };

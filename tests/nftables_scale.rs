@@ -12,7 +12,8 @@ use meshinit::apply::nftables::{NfTables, NftError};
 use meshinit::backend::nft_netlink::{
     compare_table, replace_batch, ChainInfo, CheckedRule, CheckedTable, Expr, Value,
 };
-use meshinit::backend::nftables::{ruleset, NftRule, Ruleset, Stmt};
+use meshinit::backend::nftables::{ruleset, ruleset_with, NftRule, Ruleset, Stmt};
+use meshinit::config::NftSets;
 use support::apply::{default_args, meshinit, plan_for};
 use support::netlab::{Lab, Netns};
 use support::nft::{groups, in_netns, listing, rule_count};
@@ -72,7 +73,7 @@ fn cidrs(n: usize) -> String {
         .join(",")
 }
 
-/// A batch of about 1.6 MB (5,000 excluded CIDRs, one rule each) applied by the binary in a
+/// A batch of about 1.6 MB (5,000 excluded CIDRs, one rule each: `--nft-sets=never`) applied by the binary in a
 /// namespace with the stock buffer limits, read back by `--check` (in place), and a rule
 /// deleted in the middle named by `--check` as the one missing rule.
 #[test]
@@ -85,7 +86,10 @@ fn five_thousand_excluded_cidrs_apply_and_check_with_stock_buffer_limits() {
     let mut args = default_args();
     args.push("--native-nftables".into());
     args.push(format!("--istio-service-exclude-cidr={}", cidrs(5000)));
-    let rs = ruleset(&plan_for(&args, &[]));
+    // A rule per CIDR, as Istio writes them: the largest batch (sets would make it one rule;
+    // tests/nftables_sets.rs covers that).
+    args.push("--nft-sets=never".into());
+    let rs = ruleset_with(&plan_for(&args, &[]), NftSets::Never);
     let planned: usize = rs.tables.iter().map(|t| t.rules.len()).sum();
     assert!(planned > 5000, "{planned}");
     // More than a send buffer bounded by the stock wmem_max can take (the kernel doubles it).

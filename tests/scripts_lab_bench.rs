@@ -103,12 +103,23 @@ fn bench_runs_from_any_directory() {
     }
     let out = Command::new("python3")
         .args([&format!("{REPO}/scripts/bench.py"), "--samples", "1"])
+        .args(["--sizes", "0", "--conns", "20"])
         .current_dir("/")
         .output()
         .expect("bench runs");
     let all = text(&out);
     let binary = format!("{REPO}/target/release/meshinit");
-    if std::path::Path::new(&binary).exists() {
+    let client = format!("{REPO}/target/release/examples/connrate");
+    let exists = |p: &str| std::path::Path::new(p).exists();
+    if exists(&binary) && !exists(&client) {
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(
+            all.contains(&format!(
+                "no connrate client at {client}: build it with `cargo build --release --example connrate`"
+            )),
+            "{all}"
+        );
+    } else if exists(&binary) {
         assert!(out.status.success(), "{all}");
         assert!(all.contains(&format!("binary: {binary}")), "{all}");
     } else {

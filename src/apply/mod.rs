@@ -29,7 +29,7 @@ use crate::backend::iptables_save::{
 };
 use crate::backend::nft_netlink::XtFamily;
 use crate::backend::shadowing::shadowing;
-use crate::config::{BackendChoice, Capture, InterceptMode, IptablesVariant, RunOptions};
+use crate::config::{BackendChoice, Capture, InterceptMode, IptablesVariant, NftSets, RunOptions};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
@@ -160,7 +160,7 @@ pub fn apply_nftables(
         return Err(elsewhere_error(&elsewhere, &[]));
     }
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
-    let ruleset = crate::backend::nftables::ruleset(plan);
+    let ruleset = crate::backend::nftables::ruleset_with(plan, opts.nft_sets);
     let present = inventory.native_tables();
     let mut install = true;
     if !present.is_empty() {
@@ -237,6 +237,7 @@ pub fn apply_nftables(
 /// objects are in place, and no rules of ours are in iptables (another backend).
 pub fn check_nftables(
     plan: &Plan,
+    sets: NftSets,
     runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Vec<String>, ApplyError> {
@@ -245,7 +246,7 @@ pub fn check_nftables(
     require_readable(&inventory)?;
     let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let mut differences = nft
-        .differences(&crate::backend::nftables::ruleset(plan), &groups)
+        .differences(&crate::backend::nftables::ruleset_with(plan, sets), &groups)
         .map_err(|e| ApplyError::Precondition(e.to_string()))?;
     if differences.is_empty() {
         log.info("native nftables: in place");

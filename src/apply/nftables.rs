@@ -28,7 +28,8 @@ use crate::backend::nft_netlink::{
     self, cleanup_batch, getgen_request, gettable_dump_request, replace_batch, Batch, DumpKind,
     EncodeError, FamilyTable, FoundTable, Origin, TableOp, XtFamily,
 };
-use crate::backend::nftables::{ruleset, Ruleset, MANAGED_TABLES};
+use crate::backend::nftables::{ruleset_with, Ruleset, MANAGED_TABLES};
+use crate::config::NftSets;
 use crate::plan::Plan;
 
 pub use super::groups::{Groups, GROUP_FILE};
@@ -159,12 +160,13 @@ impl NfTables {
     /// Makes our tables exactly what the plan says, in one transaction: tables the plan uses
     /// are replaced, ours it does not use are deleted, nothing else is touched. Group names
     /// are resolved from `/etc/group`.
-    pub fn apply(&mut self, plan: &Plan) -> Result<Applied> {
+    /// `sets` is the `--nft-sets` policy for long lists.
+    pub fn apply(&mut self, plan: &Plan, sets: NftSets) -> Result<Applied> {
         let groups = Groups::load(Path::new(GROUP_FILE)).map_err(|detail| NftError::Groups {
             path: GROUP_FILE.to_string(),
             detail,
         })?;
-        self.apply_ruleset(&ruleset(plan), &groups)
+        self.apply_ruleset(&ruleset_with(plan, sets), &groups)
     }
 
     /// [`NfTables::apply`] for a ruleset already built, with a given group database.

@@ -4,6 +4,7 @@
 pub mod iptables;
 pub mod iptables_save;
 pub mod nft_netlink;
+pub mod nft_sets;
 pub mod nft_text;
 pub mod nftables;
 pub mod shadowing;

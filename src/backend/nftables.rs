@@ -5,13 +5,16 @@
 //! The plan is first turned into a [`Ruleset`]: tables, chains and rules made of typed
 //! [`Stmt`]s in nft's order. That list is the single source of truth for what each rule
 //! means; [`nft_script`] renders it as the `nft -f` script (byte for byte Istio's), and
-//! [`super::nft_netlink`] encodes the same list as nf_tables netlink messages. Pure data;
-//! loading it belongs to `apply`.
+//! [`super::nft_netlink`] encodes the same list as nf_tables netlink messages. Long lists
+//! (Istio's rule per CIDR or port) then become one rule with a set lookup ([`with_sets`],
+//! `--nft-sets`), with the same traffic. Pure data; loading it belongs to `apply`.
 
 use std::collections::HashMap;
 use std::fmt;
 
+use super::nft_sets;
 use crate::config::types::{Cidr, IfName, Port};
+use crate::config::NftSets;
 use crate::plan::{
     Chain, CtState, Family, Match, Owner, Plan, Position, Protocol, Rule, Scope, Table, Target,
 };
@@ -227,6 +230,26 @@ pub enum Stmt {
         /// The set's elements, in plan order.
         ports: Vec<Port>,
     },
+    /// `ip[6] saddr|daddr { NET, … }`: an anonymous interval set, for a run of rules that
+    /// differed only in this network (see [`with_sets`]).
+    AddressIn {
+        /// `saddr` (`Source`) or `daddr` (`Destination`).
+        dir: Direction,
+        /// `ip` or `ip6`: every network of the list is of this family.
+        family: Family,
+        /// The networks, as listed; the set holds the ranges they cover, merged.
+        nets: Vec<Cidr>,
+    },
+    /// `tcp|udp sport|dport { P, Q, … }`: an anonymous set, for a run of rules that differed
+    /// only in this port (see [`with_sets`]).
+    PortIn {
+        /// `tcp` or `udp`.
+        proto: Protocol,
+        /// `sport` (`Source`) or `dport` (`Destination`).
+        dir: Direction,
+        /// The ports, as listed; the set holds each once.
+        ports: Vec<Port>,
+    },
     /// `[meta] skuid|skgid [!=] ID`; `meta` is only spelling (Istio writes it in raw).
     Owner {
         /// The user or group id.
@@ -352,6 +375,38 @@ impl fmt::Display for Stmt {
                     list.join(", ")
                 )
             }
+            Stmt::AddressIn { dir, family, nets } => {
+                let key = match dir {
+                    Direction::Source => "saddr",
+                    Direction::Destination => "daddr",
+                };
+                let list: Vec<String> = nft_sets::intervals(nets)
+                    .into_iter()
+                    .map(|r| nft_sets::show_interval(*family, r))
+                    .collect();
+                write!(
+                    f,
+                    "{} {key} {{ {} }}",
+                    family_word(*family),
+                    list.join(", ")
+                )
+            }
+            Stmt::PortIn { proto, dir, ports } => {
+                let key = match dir {
+                    Direction::Source => "sport",
+                    Direction::Destination => "dport",
+                };
+                let mut list: Vec<u16> = ports.iter().map(|p| p.get()).collect();
+                list.sort_unstable();
+                list.dedup();
+                let list: Vec<String> = list.iter().map(u16::to_string).collect();
+                write!(
+                    f,
+                    "{} {key} {{ {} }}",
+                    protocol_name(*proto),
+                    list.join(", ")
+                )
+            }
             Stmt::Owner {
                 owner,
                 negate,
@@ -411,13 +466,33 @@ fn base_chain(table: Table, chain: Chain) -> Option<BaseChain> {
 /// copy per family (`ISTIO_OUTPUT → ISTIO_OUTPUT_DNS`, raw `PREROUTING → ISTIO_INBOUND`, the
 /// include-all `→ ISTIO_REDIRECT` and its VM-interface inserts) Istio writes it once.
 pub fn nft_rules(plan: &Plan) -> Vec<&Rule> {
-    let mut v4_texts: Vec<(Table, Chain, Position, String)> = Vec::new();
+    // A set: with thousands of excluded CIDRs a list would make this quadratic.
+    let mut v4_texts: std::collections::HashSet<(Table, Chain, Option<u64>, String)> =
+        std::collections::HashSet::new();
     let mut out = Vec::new();
     for rule in &plan.rules {
-        let key = || (rule.table, rule.chain, rule.position, rule_body(rule));
+        let position = match rule.position {
+            Position::Append => None,
+            Position::Insert(n) => Some(u64::from(n)),
+        };
+        let key = || (rule.table, rule.chain, position, rule_body(rule));
+        // A rule with an address match names its family (`ip`/`ip6`), so its text never
+        // repeats the other family's: no text needed (thousands of CIDR rules).
+        let has_address = rule
+            .matches
+            .iter()
+            .any(|m| matches!(m, Match::Destination { .. } | Match::Source(_)));
+        if has_address {
+            if rule.scope != Scope::Only(Family::V6) || plan.ipv6 {
+                out.push(rule);
+            }
+            continue;
+        }
         match rule.scope {
             Scope::Both => {}
-            Scope::Only(Family::V4) => v4_texts.push(key()),
+            Scope::Only(Family::V4) => {
+                v4_texts.insert(key());
+            }
             Scope::Only(Family::V6) => {
                 if !plan.ipv6 || v4_texts.contains(&key()) {
                     continue;
@@ -442,8 +517,24 @@ pub fn insert_index(position: Position, chain_len: usize) -> Option<usize> {
     }
 }
 
-/// The plan as nftables tables, chains and rules (see [`Ruleset`]).
+/// The plan as nftables tables, chains and rules (see [`Ruleset`]), with sets for long lists
+/// as `--nft-sets=auto` has them.
 pub fn ruleset(plan: &Plan) -> Ruleset {
+    ruleset_with(plan, NftSets::Auto)
+}
+
+/// [`ruleset`] with the given `--nft-sets` policy (see [`with_sets`]).
+pub fn ruleset_with(plan: &Plan, sets: NftSets) -> Ruleset {
+    let mut rs = per_rule_ruleset(plan);
+    for table in &mut rs.tables {
+        let rules = std::mem::take(&mut table.rules);
+        table.rules = with_sets(rules, sets);
+    }
+    rs
+}
+
+/// The plan as nftables tables, chains and rules, one rule per plan rule (Istio's text).
+fn per_rule_ruleset(plan: &Plan) -> Ruleset {
     let rules = nft_rules(plan);
     let mut tables = Vec::new();
     for table in TABLE_ORDER {
@@ -479,11 +570,361 @@ pub fn ruleset(plan: &Plan) -> Ruleset {
     Ruleset { tables }
 }
 
+/// Under `--nft-sets=auto`, a run of more than this many rules that differ only in one
+/// network or one port becomes one rule with a set lookup; shorter lists keep Istio's text (a
+/// rule per entry), which every one of Istio's cases uses.
+pub const SET_THRESHOLD: usize = 16;
+
+/// What varies between the rules of a run: a positive address or a positive port match, on
+/// one side of the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyKind {
+    Addr(Direction),
+    Port(Direction),
+}
+
+/// The index of the rule's statement of that kind, when it has exactly one.
+fn key_of(rule: &NftRule, kind: KeyKind) -> Option<usize> {
+    let mut found = None;
+    for (i, stmt) in rule.stmts.iter().enumerate() {
+        let hit = match (kind, stmt) {
+            (
+                KeyKind::Addr(want),
+                Stmt::Address {
+                    dir, negate: false, ..
+                },
+            ) => *dir == want,
+            (
+                KeyKind::Port(want),
+                Stmt::Port {
+                    dir, negate: false, ..
+                },
+            ) => *dir == want,
+            _ => false,
+        };
+        if hit {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(i);
+        }
+    }
+    found
+}
+
+/// A rule with its varying statement taken out: rules of one template differ only in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Template {
+    /// Where the varying statement was.
+    pos: usize,
+    /// The address family or the port's protocol: a set holds keys of one type.
+    tag: u8,
+    /// Every other statement.
+    rest: Vec<Stmt>,
+}
+
+/// The template of a rule and what a packet must have to possibly match it: its family (for
+/// an address) or its protocol and port (for a port), as one number.
+fn template(rule: &NftRule, pos: usize) -> (Template, u32) {
+    let (tag, exclusive) = match &rule.stmts[pos] {
+        Stmt::Address { net, .. } => {
+            let fam = cidr_family(net) as u8;
+            (fam, u32::from(fam))
+        }
+        Stmt::Port { proto, port, .. } => {
+            let p = *proto as u8;
+            (p, (u32::from(p) << 16) | u32::from(port.get()))
+        }
+        _ => unreachable!("key_of found the statement"),
+    };
+    let mut rest = rule.stmts.clone();
+    rest.remove(pos);
+    (Template { pos, tag, rest }, exclusive)
+}
+
+/// Statements that change the packet or its connection and let it go on.
+fn modifies(stmt: &Stmt) -> bool {
+    matches!(
+        stmt,
+        Stmt::SetMark(_) | Stmt::SaveMark | Stmt::RestoreMark | Stmt::CtZone(_)
+    )
+}
+
+/// Whether a packet that matches several rules with these statements ends up as if it had
+/// matched only the first: the rule ends evaluation (a verdict, `redirect`, `tproxy`), or it
+/// jumps to a chain that changes nothing on the way back, or it only counts.
+fn once_is_enough(stmts: &[Stmt], rules: &[NftRule], depth: usize) -> bool {
+    let ends = stmts.iter().any(|s| {
+        matches!(
+            s,
+            Stmt::Return | Stmt::Accept | Stmt::Drop | Stmt::Redirect(_) | Stmt::Tproxy { .. }
+        )
+    });
+    if ends {
+        return true;
+    }
+    if stmts.iter().any(modifies) {
+        return false;
+    }
+    stmts.iter().all(|s| match s {
+        Stmt::Jump(chain) => depth < 8 && chain_is_pure(chain, rules, depth + 1),
+        _ => true,
+    })
+}
+
+/// A chain whose traversal changes nothing when the packet comes back out of it: each rule
+/// either ends evaluation or modifies nothing (and jumps only to such chains).
+fn chain_is_pure(chain: &str, rules: &[NftRule], depth: usize) -> bool {
+    rules.iter().filter(|r| r.chain == chain).all(|r| {
+        let terminal = r.stmts.iter().any(|s| {
+            matches!(
+                s,
+                Stmt::Accept | Stmt::Drop | Stmt::Redirect(_) | Stmt::Tproxy { .. }
+            )
+        });
+        terminal || once_is_enough(&r.stmts, rules, depth)
+    })
+}
+
+/// The rules a run becomes, or `None` when it stays as it is. The run's rules are grouped by
+/// template (groups in order of first appearance); a group of at least `min` rules becomes one
+/// rule with a set. Regrouping reorders rules, which is exact only when any two rules a single
+/// packet could match keep their order: ports differ per packet (a packet has one protocol
+/// and port) and families too, so it is checked that, per port (or per family), the groups
+/// appear in increasing order; otherwise only consecutive rules of one template are merged.
+/// A set replaces several matching rules by one, so a packet matching several entries (nested
+/// networks, a repeated port) takes the action once: allowed when once is enough (see
+/// [`once_is_enough`]) or when no two entries overlap.
+fn run_with_sets(
+    run: &[NftRule],
+    kind: KeyKind,
+    min: usize,
+    all: &[NftRule],
+) -> Option<Vec<NftRule>> {
+    let mut groups: Vec<(Template, Vec<&NftRule>)> = Vec::new();
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    let mut in_order = true;
+    for rule in run {
+        let pos = key_of(rule, kind)?;
+        let (t, exclusive) = template(rule, pos);
+        let g = match groups.iter().position(|(g, _)| *g == t) {
+            Some(g) => g,
+            None => {
+                groups.push((t, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[g].1.push(rule);
+        let last = seen.entry(exclusive).or_insert(g);
+        in_order &= g >= *last;
+        *last = g;
+    }
+    if !in_order {
+        // Split into runs of one template each, which merge without reordering.
+        let mut out = Vec::new();
+        let mut changed = false;
+        let mut start = 0;
+        for i in 1..=run.len() {
+            let same = i < run.len() && {
+                let t = |r: &NftRule| template(r, key_of(r, kind).unwrap_or(0)).0;
+                t(&run[i]) == t(&run[start])
+            };
+            if !same {
+                match run_with_sets(&run[start..i], kind, min, all) {
+                    Some(rules) => {
+                        changed = true;
+                        out.extend(rules);
+                    }
+                    None => out.extend_from_slice(&run[start..i]),
+                }
+                start = i;
+            }
+        }
+        return changed.then_some(out);
+    }
+    let mut out = Vec::new();
+    let mut changed = false;
+    for (t, members) in groups {
+        let mergeable = members.len() >= min
+            && (once_is_enough(&t.rest, all, 0) || !entries_overlap(&members, t.pos));
+        if !mergeable {
+            out.extend(members.into_iter().cloned());
+            continue;
+        }
+        changed = true;
+        let first = members[0];
+        let stmt = match &first.stmts[t.pos] {
+            Stmt::Address { dir, net, .. } => Stmt::AddressIn {
+                dir: *dir,
+                family: cidr_family(net),
+                nets: members
+                    .iter()
+                    .filter_map(|r| match &r.stmts[t.pos] {
+                        Stmt::Address { net, .. } => Some(net.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            },
+            Stmt::Port { proto, dir, .. } => Stmt::PortIn {
+                proto: *proto,
+                dir: *dir,
+                ports: members
+                    .iter()
+                    .filter_map(|r| match &r.stmts[t.pos] {
+                        Stmt::Port { port, .. } => Some(*port),
+                        _ => None,
+                    })
+                    .collect(),
+            },
+            _ => unreachable!("key_of found the statement"),
+        };
+        let mut stmts = t.rest.clone();
+        stmts.insert(t.pos, stmt);
+        out.push(NftRule {
+            chain: first.chain.clone(),
+            index: None,
+            stmts,
+            purpose: first.purpose,
+        });
+    }
+    changed.then_some(out)
+}
+
+/// Whether two rules of a group can match the same packet: nested or overlapping networks,
+/// or a repeated port.
+fn entries_overlap(members: &[&NftRule], pos: usize) -> bool {
+    let mut nets = Vec::new();
+    let mut ports = Vec::new();
+    for r in members {
+        match &r.stmts[pos] {
+            Stmt::Address { net, .. } => nets.push(net.clone()),
+            Stmt::Port { port, .. } => ports.push(port.get()),
+            _ => {}
+        }
+    }
+    ports.sort_unstable();
+    nft_sets::overlapping(&nets) || ports.windows(2).any(|w| w[0] == w[1])
+}
+
+/// A table's rules (in the order they are added, inserts with their index) with every run of
+/// rules that differ only in one network or one port, longer than the policy allows, replaced
+/// by one rule with a set lookup — same traffic, one rule to walk instead of thousands. A run
+/// is consecutive appends to one chain. Later inserts into the chain keep their place: their
+/// indices are recounted, and a run an insert would land inside of is left as it is.
+pub fn with_sets(rules: Vec<NftRule>, sets: NftSets) -> Vec<NftRule> {
+    let min = match sets {
+        NftSets::Never => return rules,
+        NftSets::Always => 2,
+        NftSets::Auto => SET_THRESHOLD + 1,
+    };
+    const KINDS: [KeyKind; 4] = [
+        KeyKind::Addr(Direction::Destination),
+        KeyKind::Addr(Direction::Source),
+        KeyKind::Port(Direction::Destination),
+        KeyKind::Port(Direction::Source),
+    ];
+    // Runs: [start, end) of the rule list, with what they become.
+    let mut runs: Vec<(usize, usize, Vec<NftRule>)> = Vec::new();
+    let mut i = 0;
+    while i < rules.len() {
+        let mut best: Option<(usize, KeyKind)> = None;
+        for kind in KINDS {
+            let len = rules[i..]
+                .iter()
+                .take_while(|r| {
+                    r.chain == rules[i].chain && r.index.is_none() && key_of(r, kind).is_some()
+                })
+                .count();
+            if len >= 2 && best.is_none_or(|(l, _)| len > l) {
+                best = Some((len, kind));
+            }
+        }
+        match best {
+            Some((len, kind)) => {
+                if let Some(new) = run_with_sets(&rules[i..i + len], kind, min, &rules) {
+                    runs.push((i, i + len, new));
+                }
+                i += len;
+            }
+            None => i += 1,
+        }
+    }
+    if runs.is_empty() {
+        return rules;
+    }
+    // Recount insert indices; drop runs an insert lands inside of, until none does.
+    loop {
+        let run_at = |k: usize| runs.iter().position(|(s, e, _)| (*s..*e).contains(&k));
+        let weight = |k: usize| match run_at(k) {
+            Some(r) if runs[r].0 == k => runs[r].2.len(),
+            Some(_) => 0,
+            None => 1,
+        };
+        let mut order: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut new_index: HashMap<usize, usize> = HashMap::new();
+        let mut conflict = None;
+        for (k, rule) in rules.iter().enumerate() {
+            let chain = order.entry(rule.chain.as_str()).or_default();
+            match rule.index {
+                None => chain.push(k),
+                Some(at) => {
+                    if let Some(&target) = chain.get(at) {
+                        if let Some(r) = run_at(target) {
+                            if runs[r].0 != target {
+                                conflict = Some(r);
+                                break;
+                            }
+                        }
+                    }
+                    new_index.insert(
+                        k,
+                        chain[..at.min(chain.len())]
+                            .iter()
+                            .map(|t| weight(*t))
+                            .sum(),
+                    );
+                    chain.insert(at.min(chain.len()), k);
+                }
+            }
+        }
+        if let Some(r) = conflict {
+            runs.remove(r);
+            if runs.is_empty() {
+                return rules;
+            }
+            continue;
+        }
+        let mut out = Vec::with_capacity(rules.len());
+        let mut runs_iter = runs.into_iter().peekable();
+        let mut k = 0;
+        while k < rules.len() {
+            if runs_iter.peek().is_some_and(|(s, _, _)| *s == k) {
+                let (_, end, new) = runs_iter.next().expect("peeked");
+                out.extend(new);
+                k = end;
+                continue;
+            }
+            let mut rule = rules[k].clone();
+            if let Some(i) = new_index.get(&k) {
+                rule.index = Some(*i);
+            }
+            out.push(rule);
+            k += 1;
+        }
+        return out;
+    }
+}
+
 /// The whole `nft -f` script for a plan: per table with rules (nat, mangle, raw), `add table`
 /// and `flush table`, the chains that receive rules, then the rules in generation order
 /// (`add rule …` or `insert rule … index N …`). Empty when nothing is planned.
 pub fn nft_script(plan: &Plan) -> String {
     script(&ruleset(plan))
+}
+
+/// [`nft_script`] with the given `--nft-sets` policy.
+pub fn nft_script_with(plan: &Plan, sets: NftSets) -> String {
+    script(&ruleset_with(plan, sets))
 }
 
 /// A ruleset as `nft -f` text (see [`nft_script`]).
@@ -1063,6 +1504,101 @@ mod tests {
                 "insert rule inet istio-proxy-nat prerouting index 0 iifname eth1 counter jump istio-redirect",
             ]
         );
+    }
+
+    fn script_rules_with(args: &[&str], sets: &str) -> Vec<String> {
+        let mut all: Vec<&str> = args.to_vec();
+        let flag = format!("--nft-sets={sets}");
+        all.push(&flag);
+        use crate::cli::{parse, Command, Env};
+        use crate::config::{detect::SystemHost, Config};
+        let mut argv = vec!["meshinit".to_string()];
+        argv.extend(all.iter().map(|a| a.to_string()));
+        let Command::Run(raw) = parse(&argv, &Env::new()).unwrap() else {
+            panic!("not a run")
+        };
+        let config = Config::build(&raw, &SystemHost).unwrap();
+        nft_script_with(&crate::plan::plan(&config.capture), config.run.nft_sets)
+            .lines()
+            .filter(|l| l.contains(" rule "))
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn long_lists_become_sets_and_short_ones_keep_istios_text() {
+        let ports: Vec<String> = (9000..9017).map(|p| p.to_string()).collect();
+        let b = format!("-b={}", ports.join(","));
+        let base = [
+            "--ipv6=false",
+            "--dns-servers=",
+            &b,
+            "-x=10.1.0.0/16,10.3.0.0/24",
+        ];
+        let nat = "add rule inet istio-proxy-nat";
+        // 17 ports: more than the threshold, one set; 2 CIDRs (+ loopback): rules.
+        let auto = script_rules_with(&base, "auto");
+        let set = format!(
+            "{nat} istio-inbound meta l4proto tcp tcp dport {{ {} }} counter jump istio-in-redirect",
+            ports.join(", ")
+        );
+        assert!(auto.contains(&set), "{auto:#?}");
+        assert!(auto.contains(&format!(
+            "{nat} istio-output ip daddr 10.1.0.0/16 counter return"
+        )));
+        let never = script_rules_with(&base, "never");
+        assert_eq!(never.len(), auto.len() + 16);
+        let always = script_rules_with(&base, "always");
+        assert!(always.contains(&format!(
+            "{nat} istio-output ip daddr {{ 10.1.0.0/16, 10.3.0.0/24, 127.0.0.1/32 }} counter return"
+        )));
+    }
+
+    #[test]
+    fn interleaved_per_port_rules_regroup_and_later_inserts_keep_their_place() {
+        let args = [
+            "--ipv6=false",
+            "--dns-servers=",
+            "-m=TPROXY",
+            "-b=8080,9090,7070",
+        ];
+        let rules = script_rules_with(&args, "always");
+        let mangle = "inet istio-proxy-mangle istio-inbound";
+        let want = [
+            format!("add rule {mangle} meta l4proto tcp ct state related,established tcp dport {{ 7070, 8080, 9090 }} counter jump istio-divert"),
+            format!("add rule {mangle} meta l4proto tcp tcp dport {{ 7070, 8080, 9090 }} counter jump istio-tproxy"),
+            format!("insert rule {mangle} index 0 meta l4proto tcp mark 1337 counter return"),
+            format!("insert rule {mangle} index 1 iifname lo meta l4proto tcp ip saddr 127.0.0.6/32 counter return"),
+            format!("insert rule {mangle} index 2 iifname lo meta l4proto tcp mark != 1338 counter return"),
+        ];
+        let got: Vec<&String> = rules.iter().filter(|r| r.contains(mangle)).collect();
+        assert_eq!(got.len(), 5, "{got:#?}");
+        for w in &want {
+            assert!(rules.contains(w), "{w} missing from {got:#?}");
+        }
+    }
+
+    #[test]
+    fn overlapping_networks_stay_rules_when_their_action_is_not_idempotent() {
+        let mark = |net: &str| NftRule {
+            chain: "c".into(),
+            index: None,
+            stmts: vec![
+                Stmt::Address {
+                    dir: Direction::Destination,
+                    net: cidr(net),
+                    negate: false,
+                },
+                Stmt::Counter,
+                Stmt::SetMark(1),
+            ],
+            purpose: "test",
+        };
+        // A packet to 10.1.2.3 passes both rules: one set rule would count it once.
+        let nested = vec![mark("10.0.0.0/8"), mark("10.1.0.0/16")];
+        assert_eq!(with_sets(nested.clone(), NftSets::Always), nested);
+        let apart = vec![mark("10.0.0.0/16"), mark("10.2.0.0/16")];
+        assert_eq!(with_sets(apart, NftSets::Always).len(), 1);
     }
 
     #[test]

@@ -135,6 +135,19 @@ pub enum BackendChoice {
     Nftables,
 }
 
+/// When the native nftables backend turns a run of rules that differ in one CIDR or port into
+/// one rule with a set lookup (`--nft-sets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NftSets {
+    /// Runs longer than [`crate::backend::nftables::SET_THRESHOLD`] rules; shorter lists keep
+    /// Istio's exact text.
+    Auto,
+    /// Every run of two or more rules.
+    Always,
+    /// Never: one rule per entry, as Istio writes it.
+    Never,
+}
+
 /// Which iptables variant to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IptablesVariant {
@@ -184,6 +197,8 @@ pub struct RunOptions {
     pub force_apply: bool,
     /// `--backend`, with Istio's `--native-nftables` folded in.
     pub backend: BackendChoice,
+    /// `--nft-sets`: when the native nftables backend uses set lookups.
+    pub nft_sets: NftSets,
     /// `--force-iptables-binary`: the variant to use; `None` to detect it per family.
     pub force_iptables_binary: Option<IptablesVariant>,
     /// `--xtables-wait`: how long to wait for the xtables lock and meshinit's namespace lock.
@@ -215,7 +230,7 @@ pub struct Config {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// Bad input: exit code 2.
-    #[error("invalid value {value:?} for {setting} (from {origin}): {reason}")]
+    #[error("invalid value {} for {setting} (from {origin}): {reason}", shown_value(.value))]
     Invalid {
         /// The setting as error messages name it (flag, short name, env names).
         setting: String,
@@ -232,12 +247,45 @@ pub enum ConfigError {
 }
 
 fn invalid(setting: String, s: &Setting, reason: impl Into<String>) -> ConfigError {
+    let mut reason = reason.into();
+    if s.value.len() >= ARG_LIMIT_SUSPECT {
+        reason.push_str(&format!(
+            " (the value is {} bytes, at the kernel's limit of 128 KiB for one argument or \
+             environment variable, about 8,000 CIDRs: it was probably cut off; shorten the \
+             list, e.g. by merging adjacent CIDRs)",
+            s.value.len()
+        ));
+    }
     ConfigError::Invalid {
         setting,
         value: s.value.clone(),
         origin: s.source.clone(),
-        reason: reason.into(),
+        reason,
     }
+}
+
+/// The kernel refuses a single argument or environment string longer than 128 KiB
+/// (`MAX_ARG_STRLEN`); a list this close to it was most likely cut off by whatever built it.
+const ARG_LIMIT_SUSPECT: usize = 128 * 1024 - 1024;
+
+/// A rejected value as an error message quotes it: whole when short, else its start and end
+/// with its size, so that a list of thousands of CIDRs does not fill the log.
+fn shown_value(value: &str) -> String {
+    const LONG: usize = 200;
+    if value.len() <= LONG {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(80).collect();
+    let tail: String = {
+        let mut t: Vec<char> = value.chars().rev().take(60).collect();
+        t.reverse();
+        t.into_iter().collect()
+    };
+    format!(
+        "{head:?} … {tail:?} ({} bytes, {} entries)",
+        value.len(),
+        value.split(',').filter(|e| !e.is_empty()).count()
+    )
 }
 
 /// Reads and checks one setting at a time, so every error carries the setting's names.
@@ -431,6 +479,12 @@ impl Config {
                     _ => Err("expected auto, iptables or nftables".to_string()),
                 })?
             },
+            nft_sets: r.flag("nft-sets", |s| match s {
+                "auto" => Ok(NftSets::Auto),
+                "always" => Ok(NftSets::Always),
+                "never" => Ok(NftSets::Never),
+                _ => Err("expected auto, always or never".to_string()),
+            })?,
             force_iptables_binary: r.flag("force-iptables-binary", |s| match s {
                 "" => Ok(None),
                 "legacy" => Ok(Some(IptablesVariant::Legacy)),

@@ -568,3 +568,27 @@ fn removed_and_logging_flags_warn_when_they_change_nothing() {
         .any(|w| w.contains("stderr")));
     assert!(warnings(&["--log_output_level=default:info", "--log_as_json"]).is_empty());
 }
+
+#[test]
+fn a_long_rejected_list_is_quoted_short_and_a_cut_off_one_says_so() {
+    let list: Vec<String> = (0..9000)
+        .map(|i| format!("172.{}.{}.0/24", 16 + i / 256 % 16, i % 256))
+        .collect();
+    let mut value = list.join(",");
+    value.truncate(128 * 1024 - 1);
+    let err = build(&["-x", &value], &[]).unwrap_err();
+    let text = err.to_string();
+    assert!(text.len() < 1000, "{} bytes: {text}", text.len());
+    assert!(text.contains("--istio-service-exclude-cidr"), "{text}");
+    assert!(text.contains("is not a CIDR"), "{text}");
+    assert!(
+        text.contains("128 KiB") && text.contains("cut off"),
+        "{text}"
+    );
+    // A short bad list is quoted whole, without the hint.
+    let text = build(&["-x", "10.0.0.0/8,10.1.2."], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("\"10.0.0.0/8,10.1.2.\""), "{text}");
+    assert!(!text.contains("128 KiB"), "{text}");
+}

@@ -212,7 +212,11 @@ pub struct SetContents {
 
 impl fmt::Display for SetContents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<String> = self.keys.iter().map(|k| show_bytes(k)).collect();
+        let keys: Vec<String> = if self.flags & nft_sets::NFT_SET_INTERVAL != 0 {
+            nft_sets::show_interval_keys(self.key_len, &self.keys)
+        } else {
+            self.keys.iter().map(|k| show_bytes(k)).collect()
+        };
         write!(f, "{{ {} }}", keys.join(", "))
     }
 }
@@ -247,11 +251,8 @@ pub fn parse_set_elems(payload: &[u8]) -> Result<SetElems, String> {
     let mut keys = Vec::new();
     if let Some(list) = attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS) {
         for (_, elem) in parse_attrs(list)? {
-            let elem = parse_attrs(elem)?;
-            let key = attr(&elem, NFTA_SET_ELEM_KEY).ok_or("set element without a key")?;
-            let key = parse_attrs(key)?;
-            let value = attr(&key, NFTA_DATA_VALUE).ok_or("set element key without a value")?;
-            keys.push(value.to_vec());
+            // An interval's end is told from a start (src/backend/nft_sets.rs).
+            keys.extend(nft_sets::element_keys(elem)?);
         }
     }
     Ok(SetElems {

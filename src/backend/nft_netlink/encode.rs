@@ -103,7 +103,7 @@ impl fmt::Display for Origin {
                 write!(f, "deleting the empty table {family} {table}")
             }
             Origin::Rule(r) => {
-                let set = if r.set { "the port set of " } else { "" };
+                let set = if r.set { "the set of " } else { "" };
                 write!(
                     f,
                     "{set}rule {} of {}/{} ({}) `{}`",
@@ -573,6 +573,27 @@ impl Builder {
                     });
                 }
             }
+            // Long lists as set lookups (src/backend/nft_sets.rs).
+            Stmt::AddressIn { dir, family, nets } => {
+                deps.network(e, *family);
+                let (offset, len) = nft_sets::address_field(*family, *dir);
+                payload(e, NFT_PAYLOAD_NETWORK_HEADER, offset, len);
+                let set_id = self.set_id();
+                let set = nft_sets::address_set(table, set_id, *family, nets);
+                self.lookup_set(e, set_id, set, origin);
+            }
+            Stmt::PortIn { proto, dir, ports } => {
+                deps.transport(e, *proto);
+                let offset = match dir {
+                    Direction::Source => 0,
+                    Direction::Destination => 2,
+                };
+                payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2);
+                let set_id = self.set_id();
+                let ports: Vec<u16> = ports.iter().map(|p| p.get()).collect();
+                let set = nft_sets::port_set(table, set_id, *proto, *dir, &ports);
+                self.lookup_set(e, set_id, set, origin);
+            }
             Stmt::Owner { owner, negate, .. } => {
                 let (key, id) =
                     match owner {
@@ -627,6 +648,42 @@ impl Builder {
             }
         }
         Ok(())
+    }
+
+    /// An anonymous set's messages (tagged as the rule's set) and the `lookup` of register 1
+    /// in it.
+    fn lookup_set(
+        &mut self,
+        e: &mut Attrs,
+        set_id: u32,
+        set: nft_sets::SetMessages,
+        origin: &RuleOrigin,
+    ) {
+        let origin = Origin::Rule(RuleOrigin {
+            set: true,
+            ..origin.clone()
+        });
+        self.nft(
+            NFT_MSG_NEWSET,
+            NLM_F_CREATE,
+            Attrs(set.newset),
+            origin.clone(),
+        );
+        for elems in set.elems {
+            self.nft(
+                NFT_MSG_NEWSETELEM,
+                NLM_F_CREATE,
+                Attrs(elems),
+                origin.clone(),
+            );
+        }
+        expr(e, "lookup", |a| {
+            a.u32(NFTA_LOOKUP_SREG, NFT_REG_1);
+            a.str(NFTA_LOOKUP_SET, ANON_SET_NAME);
+            a.u32(NFTA_LOOKUP_SET_ID, set_id);
+            // Not sent by nft, but dumped by the kernel: sent so that `--check` compares equal.
+            a.u32(NFTA_LOOKUP_FLAGS, 0);
+        });
     }
 
     /// A constant anonymous set of ports (`NEWSET` + `NEWSETELEM`), as nft creates for

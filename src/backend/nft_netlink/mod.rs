@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use similar::{capture_diff_deadline, Algorithm, DiffOp};
 
+use crate::backend::nft_sets;
 use crate::backend::nftables::{
     cidr_family, wildcard_prefix, Direction, Hook, NftRule, NftTable, Ruleset, Stmt, MANAGED_TABLES,
 };
