@@ -532,3 +532,37 @@ fn check_reports_each_kind_of_tampering_and_changes_nothing() {
         }
     }
 }
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn the_summary_says_installed_on_a_fresh_install_and_replaced_on_a_forced_one() {
+    if !require_root("the_summary_says_installed_on_a_fresh_install_and_replaced_on_a_forced_one") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let mut args = default_args();
+    args.push("--native-nftables".to_string());
+    let summary = |out: &support::Output| {
+        out.stderr
+            .lines()
+            .find(|l| l.contains("summary: exit"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let fresh = meshinit(&lab.pod, &args, &[]);
+    assert_ok(&fresh, "fresh native install");
+    assert!(
+        summary(&fresh).contains("installed tables"),
+        "{}",
+        fresh.stderr
+    );
+    assert!(!summary(&fresh).contains("replaced"), "{}", fresh.stderr);
+    args.push("--force-apply".to_string());
+    let forced = meshinit(&lab.pod, &args, &[]);
+    assert_ok(&forced, "forced re-install");
+    assert!(
+        summary(&forced).contains("replaced tables"),
+        "{}",
+        forced.stderr
+    );
+}

@@ -193,8 +193,14 @@ pub fn apply_nftables(
                 left,
             )
         })?;
+        // A fresh install adds; only tables of ours that were there are replaced.
+        let verb = if present.is_empty() {
+            "installed"
+        } else {
+            "replaced"
+        };
         changes.push(format!(
-            "replaced tables {} ({} rules, {} netlink messages in one batch)",
+            "{verb} tables {} ({} rules, {} netlink messages in one batch)",
             applied.tables.join(", "),
             applied.rules,
             applied.messages
