@@ -6,31 +6,21 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::nft_netlink::{
+    ANON_SET_NAME, NFTA_DATA_VALUE, NFTA_SET_DESC, NFTA_SET_DESC_SIZE, NFTA_SET_ELEM_KEY,
+    NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_SET_ID,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_FLAGS, NFTA_SET_ID, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE,
+    NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_SET_USERDATA, NLA_F_NESTED,
+};
 use super::nftables::Direction;
 use crate::config::types::Cidr;
 use crate::netlink_wire::{parse_attrs, put_attr};
 use crate::plan::{Family, Protocol};
 
 // nf_tables set attributes (linux/netfilter/nf_tables.h).
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
-const NFTA_SET_FLAGS: u16 = 3;
-const NFTA_SET_KEY_TYPE: u16 = 4;
-const NFTA_SET_KEY_LEN: u16 = 5;
-const NFTA_SET_DESC: u16 = 9;
-const NFTA_SET_ID: u16 = 10;
-const NFTA_SET_USERDATA: u16 = 13;
-const NFTA_SET_DESC_SIZE: u16 = 1;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
-const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
-const NFTA_DATA_VALUE: u16 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
 
 /// `NFT_SET_ANONYMOUS | NFT_SET_CONSTANT`: bound to one rule, freed with it, never changed.
 pub const ANON_CONSTANT: u32 = 0x1 | 0x2;
@@ -49,7 +39,6 @@ const TYPE_INET_SERVICE: u32 = 13;
 pub const ELEMS_PER_MESSAGE: usize = 1000;
 
 /// The anonymous set's name; the kernel replaces `%d` with a number.
-const ANON_SET_NAME: &str = "__set%d";
 
 /// The address ranges a list of networks of one family covers, inclusive, sorted, with
 /// overlapping, nested and adjacent networks merged into one range (what nft does before it
