@@ -38,8 +38,6 @@ const TYPE_INET_SERVICE: u32 = 13;
 /// CIDRs (10,000 elements, about 400 kB) must be spread over several messages, as nft does.
 pub const ELEMS_PER_MESSAGE: usize = 1000;
 
-/// The anonymous set's name; the kernel replaces `%d` with a number.
-
 /// The address ranges a list of networks of one family covers, inclusive, sorted, with
 /// overlapping, nested and adjacent networks merged into one range (what nft does before it
 /// sends an interval set, and what the kernel would refuse otherwise).
@@ -413,7 +411,7 @@ pub fn element_keys(elem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
-/// An interval set's keys (as [`element_key`] gives them, sorted) as readable ranges:
+/// An interval set's keys (as [`element_keys`] gives them, sorted) as readable ranges:
 /// `10.0.0.0/8`, `172.16.0.0-172.16.5.255`; a key that is not part of a well-formed range is
 /// shown as it is.
 pub fn show_interval_keys(key_len: u32, keys: &[Vec<u8>]) -> Vec<String> {
