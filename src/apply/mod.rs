@@ -207,7 +207,7 @@ pub fn apply_nftables(
         ));
     }
     if !elsewhere.is_empty() {
-        let removed = remove_elsewhere(
+        changes.extend(move_from_elsewhere(
             capture,
             &elsewhere,
             false,
@@ -215,17 +215,8 @@ pub fn apply_nftables(
             runner,
             &xtables_lock(opts, &mut lock),
             log,
-        )
-        .map_err(|e| {
-            ApplyError::LeftChanged(format!(
-                "the native tables are in place, but removing the rules of ours in iptables failed, so both are installed: {e}; re-run with --reconcile"
-            ))
-        })?;
-        changes.push(
-            "reconciled: installed here first, then removed the rules of ours elsewhere"
-                .to_string(),
-        );
-        changes.extend(removed);
+            "the native tables are in place",
+        )?);
     }
     changes.extend(remove_stale_routing(&mut nl, plan, log));
     if !plan.ipv6 && !elsewhere.is_empty() {
@@ -386,6 +377,32 @@ fn family_index(family: Family) -> usize {
         Family::V4 => 0,
         Family::V6 => 1,
     }
+}
+
+/// The second half of a move under `--reconcile`, once the new ruleset is in place (`here`
+/// says where): removes the rules of ours elsewhere, so capture never stops; the change lines,
+/// or `LeftChanged` when removing fails and both rulesets remain.
+#[allow(clippy::too_many_arguments)]
+fn move_from_elsewhere(
+    capture: &Capture,
+    places: &[&IptablesPlace],
+    native: bool,
+    groups: &Groups,
+    runner: &dyn Runner,
+    lock: &XtablesLock,
+    log: &Log,
+    here: &str,
+) -> Result<Vec<String>, ApplyError> {
+    let removed = remove_elsewhere(capture, places, native, groups, runner, lock, log).map_err(|e| {
+        ApplyError::LeftChanged(format!(
+            "{here}, but removing the rules of ours elsewhere failed, so both are installed: {e}; re-run with --reconcile"
+        ))
+    })?;
+    let mut changes = vec![
+        "reconciled: installed here first, then removed the rules of ours elsewhere".to_string(),
+    ];
+    changes.extend(removed);
+    Ok(changes)
 }
 
 /// Removes every rule of ours from these iptables places (and, with `native`, our native
@@ -684,7 +701,7 @@ pub fn apply(
     }
     if moving {
         // The new rules are in and read back: only now do the old ones go.
-        let removed = remove_elsewhere(
+        report.changes.extend(move_from_elsewhere(
             capture,
             &elsewhere,
             !native.is_empty(),
@@ -692,17 +709,8 @@ pub fn apply(
             runner,
             &xtables_lock(opts, &mut lock),
             log,
-        )
-        .map_err(|e| {
-            ApplyError::LeftChanged(format!(
-                "the rules are installed with iptables, but removing the rules of ours elsewhere failed, so both are installed: {e}; re-run with --reconcile"
-            ))
-        })?;
-        report.changes.push(
-            "reconciled: installed here first, then removed the rules of ours elsewhere"
-                .to_string(),
-        );
-        report.changes.extend(removed);
+            "the rules are installed with iptables",
+        )?);
     }
     report
         .changes
