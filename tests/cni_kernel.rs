@@ -6,53 +6,33 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use support::netlab::{Client, Lab, ListenerSpec, Netns};
 use support::{require_root, ISTIO_INIT_ARGS};
 
-struct Reply {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+/// What one plugin invocation printed and how it exited.
+type Reply = support::Output;
 
 fn cni(command: &str, netns: &Netns, stdin: &str) -> Reply {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
-        .env_clear()
+    let netns = netns.path().display().to_string();
+    let env = [
         // The runtime's PATH: the iptables tools are found there.
-        .env(
+        (
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", "c0ffee")
-        .env("CNI_NETNS", netns.path())
-        .env("CNI_IFNAME", "eth0")
-        .env(
+        ),
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", "c0ffee"),
+        ("CNI_NETNS", &netns),
+        ("CNI_IFNAME", "eth0"),
+        (
             "CNI_ARGS",
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("meshinit runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Reply {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        ),
+    ];
+    support::run_meshinit_stdin(&env, stdin)
 }
 
 const PREV_RESULT: &str = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/run/netns/x"}],"ips":[{"address":"10.1.0.5/16","interface":0}]}"#;

@@ -2,56 +2,31 @@
 //! code for every command and every error class, with the spec's example configurations
 //! (result pass-through byte for byte, the error object's fields and codes).
 
-use std::io::Write;
+mod support;
+
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 /// What one plugin invocation printed and how it exited.
-struct Reply {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+type Reply = support::Output;
 
-impl Reply {
-    /// stdout as the CNI error object, checked for the spec's fields.
-    fn error(&self) -> Value {
-        let v: Value = serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout));
-        for key in ["cniVersion", "code", "msg"] {
-            assert!(v.get(key).is_some(), "error object lacks {key}: {v}");
-        }
-        assert!(v["code"].is_u64(), "{v}");
-        assert!(v["msg"].is_string(), "{v}");
-        v
+/// stdout as the CNI error object, checked for the spec's fields.
+fn error_object(reply: &Reply) -> Value {
+    let v: Value = serde_json::from_str(&reply.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", reply.stdout));
+    for key in ["cniVersion", "code", "msg"] {
+        assert!(v.get(key).is_some(), "error object lacks {key}: {v}");
     }
+    assert!(v["code"].is_u64(), "{v}");
+    assert!(v["msg"].is_string(), "{v}");
+    v
 }
 
-/// Runs the binary as a CNI runtime does: no arguments, `CNI_*` in a clean environment, the
-/// configuration on stdin.
 fn cni(command: &str, env: &[(&str, String)], stdin: &str) -> Reply {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("meshinit runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Reply {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut all: Vec<(&str, String)> = vec![("CNI_COMMAND", command.to_string())];
+    all.extend(env.iter().cloned());
+    support::run_meshinit_stdin(&all, stdin)
 }
 
 /// The environment of an ADD/DEL/CHECK for a Kubernetes pod, as podman and the kubelet's
@@ -224,7 +199,7 @@ fn bad_values_are_invalid_config_naming_the_field_before_anything_is_touched() {
         let conf = config("1.0.0", extra, true);
         let out = run("ADD", &pod_env(netns, "default"), &conf);
         assert_eq!(out.code, Some(2), "{extra}: {}", out.stdout);
-        let err = out.error();
+        let err = error_object(&out);
         assert_eq!(err["code"], 7, "{extra}: {err}");
         assert!(
             err["msg"].as_str().unwrap().contains(named),
@@ -236,7 +211,7 @@ fn bad_values_are_invalid_config_naming_the_field_before_anything_is_touched() {
     let conf = config("1.0.0", "", true).replace(r#""-p", "15001""#, r#""-p", "70000""#);
     let out = run("ADD", &pod_env(netns, "default"), &conf);
     assert_eq!(out.code, Some(2), "{}", out.stdout);
-    let err = out.error();
+    let err = error_object(&out);
     assert_eq!(err["code"], 7, "{err}");
     let msg = err["msg"].as_str().unwrap();
     assert!(
@@ -255,7 +230,7 @@ fn bad_values_are_invalid_config_naming_the_field_before_anything_is_touched() {
             &format!(r#""{flag}""#),
         );
         let out = run("ADD", &pod_env(netns, "default"), &conf);
-        let err = out.error();
+        let err = error_object(&out);
         assert_eq!(err["code"], 7, "{flag}: {err}");
         assert!(
             err["msg"]
@@ -275,7 +250,7 @@ fn an_unknown_field_is_unsupported_field_with_its_key_and_value() {
         &config("1.0.0", r#", "exclude_namespace": ["kube-system"]"#, true),
     );
     assert_eq!(out.code, Some(2));
-    let err = out.error();
+    let err = error_object(&out);
     assert_eq!(err["code"], 2, "{err}");
     let msg = err["msg"].as_str().unwrap();
     assert!(
@@ -306,13 +281,13 @@ fn versions_meshinit_does_not_speak_are_incompatible() {
             &config(version, "", true),
         );
         assert_eq!(out.code, Some(2));
-        let err = out.error();
+        let err = error_object(&out);
         assert_eq!(err["code"], 1, "{version}: {err}");
         assert!(err["msg"].as_str().unwrap().contains(version), "{err}");
     }
     // STATUS and GC are 1.1.0's.
     let out = run("STATUS", &[], &config("1.0.0", "", false));
-    assert_eq!(out.error()["code"], 1);
+    assert_eq!(error_object(&out)["code"], 1);
     for command in ["STATUS", "GC"] {
         let out = run(command, &[], &config("1.1.0", "", false));
         assert_eq!(out.code, Some(0), "{command}: {}", out.stderr);
@@ -325,7 +300,7 @@ fn input_that_is_not_a_configuration_is_a_decoding_failure() {
     for stdin in ["", "not json", "[1,2]", r#"{"cniVersion": "1.0.0""#] {
         let out = run("ADD", &pod_env("/run/netns/x", "default"), stdin);
         assert_eq!(out.code, Some(2), "{stdin:?}");
-        let err = out.error();
+        let err = error_object(&out);
         assert_eq!(err["code"], 6, "{stdin:?}: {err}");
         assert_eq!(err["cniVersion"], "1.0.0");
     }
@@ -334,7 +309,7 @@ fn input_that_is_not_a_configuration_is_a_decoding_failure() {
         (r#"{"name": "n", "type": "meshinit"}"#, "cniVersion"),
         (r#"{"cniVersion": "1.0.0", "type": "meshinit"}"#, "name"),
     ] {
-        let err = run("DEL", &pod_env("/run/netns/x", "default"), conf).error();
+        let err = error_object(&run("DEL", &pod_env("/run/netns/x", "default"), conf));
         assert_eq!(err["code"], 7, "{err}");
         assert!(err["msg"].as_str().unwrap().contains(named), "{err}");
     }
@@ -349,7 +324,7 @@ fn add_and_check_need_a_previous_result() {
             &config("1.0.0", "", false),
         );
         assert_eq!(out.code, Some(2), "{command}");
-        let err = out.error();
+        let err = error_object(&out);
         assert_eq!(err["code"], 7, "{err}");
         assert!(err["msg"].as_str().unwrap().contains("prevResult"), "{err}");
         assert!(
@@ -364,7 +339,7 @@ fn bad_environment_is_invalid_env_naming_the_variable() {
     let conf = config("1.0.0", "", true);
     let out = cni("FROB", &[], &conf);
     assert_eq!(out.code, Some(2));
-    let err = out.error();
+    let err = error_object(&out);
     assert_eq!(err["code"], 4, "{err}");
     assert!(
         err["msg"].as_str().unwrap().contains("CNI_COMMAND"),
@@ -387,7 +362,7 @@ fn bad_environment_is_invalid_env_naming_the_variable() {
         for command in ["ADD", "CHECK"] {
             let out = run(command, &env, &conf);
             assert_eq!(out.code, Some(2), "{var}={value:?}");
-            let err = out.error();
+            let err = error_object(&out);
             assert_eq!(err["code"], 4, "{command} {var}={value:?}: {err}");
             assert!(err["msg"].as_str().unwrap().contains(var), "{err}");
         }
@@ -419,7 +394,7 @@ fn stdout_carries_only_the_reply_and_log_file_takes_the_log() {
         &pod_env("/run/netns/x", "default"),
         &config("1.0.0", &extra, false),
     );
-    assert_eq!(out.error()["code"], 7);
+    assert_eq!(error_object(&out)["code"], 7);
     assert_eq!(out.stderr, "");
     assert!(std::fs::read_to_string(&log)
         .unwrap()
@@ -457,5 +432,9 @@ fn an_excluded_namespace_starts_even_when_the_capture_settings_are_bad() {
     assert_eq!(out.code, Some(0), "{}", out.stdout);
     assert_eq!(out.stdout, PREV_RESULT);
     let out = run("ADD", &pod_env("/run/netns/x", "default"), &conf);
-    assert_eq!(out.error()["code"], 7, "other namespaces get the error");
+    assert_eq!(
+        error_object(&out)["code"],
+        7,
+        "other namespaces get the error"
+    );
 }

@@ -130,6 +130,31 @@ pub fn run_meshinit<S: AsRef<str>>(args: &[S], env: &[(String, String)]) -> Outp
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("meshinit runs");
+    output(out)
+}
+
+/// Runs the meshinit binary with no arguments, exactly this environment and `stdin` on its
+/// standard input, as a CNI runtime runs a plugin.
+pub fn run_meshinit_stdin<K: AsRef<str>, V: AsRef<str>>(env: &[(K, V)], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("meshinit runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes())
+        .expect("writing stdin");
+    output(child.wait_with_output().expect("meshinit ends"))
+}
+
+fn output(out: std::process::Output) -> Output {
     Output {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
