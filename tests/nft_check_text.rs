@@ -6,6 +6,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use support::netlab::Lab;
+use support::nft::chain_with_handles;
 use support::{require_root, ISTIO_INIT_ARGS as ARGS};
 
 /// Rules another owner adds to our output chain: every kind of match and statement the
@@ -55,19 +56,7 @@ fn native_check_prints_unexpected_rules_in_nft_syntax() {
     lab.pod.nft_apply(&script);
 
     // nft's own text of each rule, by handle.
-    let listed = lab.pod.run(
-        &[
-            "nft",
-            "-a",
-            "list",
-            "chain",
-            "inet",
-            "istio-proxy-nat",
-            "istio-output",
-        ],
-        None,
-    );
-    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let listed = chain_with_handles(&lab.pod, "istio-proxy-nat", "istio-output");
     let nft: BTreeMap<String, String> = listed
         .lines()
         .filter_map(|l| {

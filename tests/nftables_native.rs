@@ -13,7 +13,7 @@ use meshinit::backend::nft_netlink::replace_batch;
 use meshinit::backend::nftables::{ruleset, NftRule, Ruleset, Stmt};
 use support::apply::{assert_ok, default_args, meshinit, plan_for};
 use support::netlab::{Lab, Netns};
-use support::nft::{groups, in_netns, listing, without_counters};
+use support::nft::{chain_with_handles, groups, in_netns, listing, without_counters};
 use support::{conformance_cases, diff, nftables_case, require_root, Case};
 
 /// A case's script with every group name replaced by its gid, so `nft` (which resolves names
@@ -383,8 +383,7 @@ fn listing_with_handles(ns: &Netns) -> String {
 
 /// The handle of the `n`-th (1-based) rule of a chain of ours, from `nft -a`.
 fn handle_of(ns: &Netns, table: &str, chain: &str, n: usize) -> (String, String) {
-    let out = ns.run(&["nft", "-a", "list", "chain", "inet", table, chain], None);
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = chain_with_handles(ns, table, chain);
     let line = text
         .lines()
         // The table and chain lines carry handles too.

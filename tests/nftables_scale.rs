@@ -16,7 +16,7 @@ use meshinit::backend::nftables::{ruleset, ruleset_with, NftRule, Ruleset, Stmt}
 use meshinit::config::NftSets;
 use support::apply::{default_args, meshinit, plan_for};
 use support::netlab::{Lab, Netns};
-use support::nft::{groups, in_netns, listing, rule_count};
+use support::nft::{chain_with_handles, groups, in_netns, listing, rule_count};
 use support::require_root;
 
 /// The kernel's stock `net.core.wmem_max` and `rmem_max` (what most nodes run with).
@@ -113,23 +113,7 @@ fn five_thousand_excluded_cidrs_apply_and_check_with_stock_buffer_limits() {
     eprintln!("{planned} rules, {batch} bytes: apply {applied:?}, --check {checked:?} (debug)");
 
     // Delete the 2,500th excluded CIDR's rule: exactly that rule is reported missing.
-    let text = String::from_utf8(
-        lab.pod
-            .run(
-                &[
-                    "nft",
-                    "-a",
-                    "list",
-                    "chain",
-                    "inet",
-                    "istio-proxy-nat",
-                    "istio-output",
-                ],
-                None,
-            )
-            .stdout,
-    )
-    .unwrap();
+    let text = chain_with_handles(&lab.pod, "istio-proxy-nat", "istio-output");
     let target = "ip daddr 10.9.195.0/24 ";
     let line = text
         .lines()

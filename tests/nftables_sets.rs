@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use support::apply::meshinit;
 use support::netlab::{Client, ClientError, Lab, Landing, Listener, ListenerSpec, Netns};
-use support::nft::{listing, rule_count};
+use support::nft::{chain_with_handles, listing, rule_count};
 use support::require_root;
 
 const APP: u32 = 1000;
@@ -253,23 +253,7 @@ fn addresses(ns: &Netns) -> String {
 /// One element of the excluded set replaced (10.99.0.0/16 → 10.99.0.0/17, so 10.99.200.0 is
 /// no longer excluded): `--check` names the rule as different.
 fn tamper_and_check(lab: &Lab, check: &[String]) {
-    let chain = String::from_utf8(
-        lab.pod
-            .run(
-                &[
-                    "nft",
-                    "-a",
-                    "list",
-                    "chain",
-                    "inet",
-                    "istio-proxy-nat",
-                    "istio-output",
-                ],
-                None,
-            )
-            .stdout,
-    )
-    .unwrap();
+    let chain = chain_with_handles(&lab.pod, "istio-proxy-nat", "istio-output");
     let line = chain
         .lines()
         .find(|l| l.contains("10.99.0.0/16"))

@@ -295,6 +295,12 @@ fn warn_unreadable(inventory: &Inventory, log: &Log) {
     }
 }
 
+/// Our native tables as nft names them: `inet istio-proxy-nat, inet istio-proxy-mangle`.
+fn inet_tables(tables: &[String]) -> String {
+    let named: Vec<String> = tables.iter().map(|t| format!("inet {t}")).collect();
+    named.join(", ")
+}
+
 /// The refusal for rules of ours in another backend, variant or family than this run's.
 fn elsewhere_error(places: &[&IptablesPlace], native: &[String]) -> ApplyError {
     let mut lines: Vec<String> = places
@@ -302,14 +308,7 @@ fn elsewhere_error(places: &[&IptablesPlace], native: &[String]) -> ApplyError {
         .map(|p| format!("{}: {}", p.name(), p.counts()))
         .collect();
     if !native.is_empty() {
-        lines.push(format!(
-            "native nftables: table(s) {}",
-            native
-                .iter()
-                .map(|t| format!("inet {t}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        lines.push(format!("native nftables: table(s) {}", inet_tables(native)));
     }
     ApplyError::Drift(format!(
         "rules of ours are already installed in another place than this run would use; nothing was changed. Re-run with --reconcile to install them here first and then remove the others (capture never stops), or remove them with --cleanup-only.\n{}",
@@ -858,11 +857,7 @@ pub fn check(
     if !native.is_empty() {
         differences.push(format!(
             "native nftables: table(s) {} of ours are installed too, but this configuration uses iptables",
-            native
-                .iter()
-                .map(|t| format!("inet {t}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            inet_tables(native)
         ));
     }
     differences.extend(check_routing(plan)?);

@@ -39,6 +39,12 @@ pub fn listing(ns: &Netns) -> String {
     without_counters(ns, &["nft", "list", "ruleset"])
 }
 
+/// `nft -a list chain inet TABLE CHAIN`: one chain of ours with each rule's handle.
+pub fn chain_with_handles(ns: &Netns, table: &str, chain: &str) -> String {
+    let out = ns.run(&["nft", "-a", "list", "chain", "inet", table, chain], None);
+    String::from_utf8(out.stdout).expect("nft prints UTF-8")
+}
+
 /// What `argv` (an nft listing) prints, without counter values.
 pub fn without_counters(ns: &Netns, argv: &[&str]) -> String {
     let out = ns.run(argv, None);
