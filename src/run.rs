@@ -346,7 +346,10 @@ pub(crate) fn execute(
     summary.backend = Some(if nftables { "nftables" } else { "iptables" });
     if run.dry_run && run.cleanup_only {
         // What cleanup would remove here, not the install rules.
-        let runner = SystemRunner::new(Some(summary.started + run.timeout));
+        let runner = SystemRunner::new(Some(apply::exec::Deadline {
+            started: summary.started,
+            timeout: run.timeout,
+        }));
         return match apply::cleanup_preview(&config.capture, &runner) {
             Ok(text) => {
                 summary.outcome = "dry run of --cleanup-only: printed, nothing changed".to_string();
@@ -374,7 +377,10 @@ pub(crate) fn execute(
         return Outcome::ok(summary.finish(&log, code));
     }
     // The whole run's deadline for helper programs, counted from the start of the run.
-    let runner = SystemRunner::new(Some(summary.started + run.timeout));
+    let runner = SystemRunner::new(Some(apply::exec::Deadline {
+        started: summary.started,
+        timeout: run.timeout,
+    }));
     let (backend, why) = apply::resolve_backend(run.backend, &runner);
     let nftables = backend == apply::Backend::Nftables;
     log.info(&format!(

@@ -54,12 +54,21 @@ pub const GRACE_AFTER_DEADLINE: Duration = Duration::from_secs(10);
 /// it started: it runs in a process group of its own) and reported by name and run time.
 #[derive(Clone, Copy, Debug)]
 pub struct SystemRunner {
-    deadline: Option<Instant>,
+    deadline: Option<Deadline>,
+}
+
+/// The run's deadline: `timeout` (`--timeout`) after the run `started`.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    /// When the run started.
+    pub started: Instant,
+    /// How long it may take.
+    pub timeout: Duration,
 }
 
 impl SystemRunner {
-    /// Helpers bounded by `deadline`; `None` for no bound.
-    pub fn new(deadline: Option<Instant>) -> SystemRunner {
+    /// Helpers bounded by the run's deadline; `None` for no bound.
+    pub fn new(deadline: Option<Deadline>) -> SystemRunner {
         SystemRunner { deadline }
     }
 
@@ -67,7 +76,7 @@ impl SystemRunner {
     /// (the helper is a rollback after a timeout), [`GRACE_AFTER_DEADLINE`].
     fn limit(&self) -> Option<Duration> {
         self.deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
+            let left = (d.started + d.timeout).saturating_duration_since(Instant::now());
             if left.is_zero() {
                 GRACE_AFTER_DEADLINE
             } else {
@@ -128,6 +137,10 @@ impl Runner for SystemRunner {
         let waiter = thread::spawn(move || {
             let _ = done.send(child.wait());
         });
+        let timeout = self
+            .deadline
+            .map(|d| d.timeout.as_secs_f64())
+            .unwrap_or_default();
         let status = match self.limit() {
             Some(limit) => match exited.recv_timeout(limit) {
                 Ok(status) => status,
@@ -138,7 +151,7 @@ impl Runner for SystemRunner {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
-                            "{program} did not finish within {:.1}s and was killed (the run's deadline, --timeout)",
+                            "{program} did not finish within {:.1}s and was killed at the run's deadline (--timeout {timeout}s from the start of the run)",
                             started.elapsed().as_secs_f64()
                         ),
                     ));
@@ -177,7 +190,10 @@ mod tests {
 
     #[test]
     fn feeds_and_drains_at_once_so_large_outputs_before_reading_do_not_deadlock() {
-        let runner = SystemRunner::new(Some(Instant::now() + Duration::from_secs(30)));
+        let runner = SystemRunner::new(Some(Deadline {
+            started: Instant::now(),
+            timeout: Duration::from_secs(30),
+        }));
         let input = "x".repeat(1 << 20);
         let out = runner
             .run(
@@ -194,7 +210,10 @@ mod tests {
 
     #[test]
     fn a_helper_still_running_at_the_deadline_is_killed_and_named() {
-        let runner = SystemRunner::new(Some(Instant::now() + Duration::from_millis(300)));
+        let runner = SystemRunner::new(Some(Deadline {
+            started: Instant::now(),
+            timeout: Duration::from_millis(300),
+        }));
         let started = Instant::now();
         // The shell's child keeps stdout open: it must die too, or draining would hang.
         let err = runner
@@ -203,7 +222,10 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(
-            err.to_string().starts_with("sh did not finish within 0."),
+            err.to_string().starts_with("sh did not finish within 0.")
+                && err
+                    .to_string()
+                    .contains("(--timeout 0.3s from the start of the run)"),
             "{err}"
         );
         // After the deadline a helper (a rollback) still gets its grace period.
