@@ -9,7 +9,7 @@ use crate::apply::{self, exec::SystemRunner, ApplyError};
 use crate::cli::{self, Command, Env};
 use crate::config::detect::Host;
 use crate::config::LogLevel;
-use crate::config::{BackendChoice, Config, ConfigError, DnsCapture};
+use crate::config::{self, BackendChoice, Config, ConfigError, DnsCapture};
 use crate::log::Log;
 use crate::plan::Family;
 use crate::{backend, plan, trace, validate};
@@ -429,16 +429,34 @@ pub(crate) fn execute(
         };
     }
 
-    let result = match (run.cleanup_only, run.skip_rule_apply, nftables) {
-        // Cleanup removes ours from every backend, variant and family, whatever was chosen.
-        (true, _, _) => apply::cleanup(&config.capture, run, &runner, &log),
-        (false, true, _) => Ok(apply::Report {
-            changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
-            ..apply::Report::default()
-        }),
-        (false, false, true) => apply::apply_nftables(&config.capture, &plan, run, &runner, &log),
-        (false, false, false) => apply::apply(&config.capture, &plan, run, &runner, &log),
+    // One place retries transient failures, for every backend: each attempt reads the
+    // namespace afresh, and its lock waits end at the run's deadline.
+    let policy = apply::retry::Policy {
+        retries: run.retries,
+        pause: run.retry_pause,
+        deadline: apply::exec::Deadline {
+            started: summary.started,
+            timeout: run.timeout,
+        },
     };
+    let result = apply::retry::with_retries(&policy, &log, |left| {
+        let run = &config::RunOptions {
+            xtables_wait: run.xtables_wait.min(left),
+            ..run.clone()
+        };
+        match (run.cleanup_only, run.skip_rule_apply, nftables) {
+            // Cleanup removes ours from every backend, variant and family, whatever was chosen.
+            (true, _, _) => apply::cleanup(&config.capture, run, &runner, &log),
+            (false, true, _) => Ok(apply::Report {
+                changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
+                ..apply::Report::default()
+            }),
+            (false, false, true) => {
+                apply::apply_nftables(&config.capture, &plan, run, &runner, &log)
+            }
+            (false, false, false) => apply::apply(&config.capture, &plan, run, &runner, &log),
+        }
+    });
     summary.phase("apply");
     match result {
         Ok(report) => {
@@ -455,6 +473,10 @@ pub(crate) fn execute(
                 }
                 ApplyError::Drift(_) => {
                     ("refusing to apply", "nothing changed", FailureKind::Failed)
+                }
+                // Transient failures left nothing changed, whether written and undone or not.
+                ApplyError::Transient { .. } => {
+                    ("applying failed", "nothing changed", FailureKind::Failed)
                 }
                 ApplyError::Failed(_) => (
                     "applying failed",

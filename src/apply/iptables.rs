@@ -65,6 +65,9 @@ pub enum IptablesError {
         stderr: String,
         /// A hint at the cause (held xtables lock, missing kernel module), or empty.
         hint: String,
+        /// Why the failure may pass (see [`super::retry::transient_tool`]); `None` when it
+        /// will not.
+        transient: Option<String>,
     },
     /// The dump tool says it cannot list these tables (rules or chains iptables cannot
     /// express, e.g. added with `nft`): their content is unknown, so nothing may be written
@@ -156,8 +159,20 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
         program: program.to_string(),
         code: out.code,
         hint,
+        transient: super::retry::transient_tool(program, &out),
         stderr: out.stderr.trim().to_string(),
     })
+}
+
+impl IptablesError {
+    /// Why this failure may pass when tried again (a lock held past its wait, the kernel's
+    /// `EBUSY`/`EAGAIN`/`EINTR`); `None` for every other failure.
+    pub fn transient(&self) -> Option<&str> {
+        match self {
+            IptablesError::Tool { transient, .. } => transient.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Names the kernel piece behind the iptables errors that mean one is missing.

@@ -65,10 +65,33 @@ impl Drop for NetnsLock {
     }
 }
 
+/// Why the lock was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LockError {
+    /// Another run held it for all of the wait (transient: it is released when that run
+    /// ends); the message, and who held it when that is known.
+    Held {
+        /// The whole message.
+        message: String,
+        /// `pid N, comm`, when found.
+        holder: Option<String>,
+    },
+    /// The lock could not be made or taken at all.
+    Failed(String),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Held { message, .. } | LockError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
 /// Takes the lock of the calling thread's network namespace, waiting at most `wait`.
-pub fn lock_netns(wait: Duration) -> Result<NetnsLock, String> {
+pub fn lock_netns(wait: Duration) -> Result<NetnsLock, LockError> {
     let addr = UnixAddr::new_abstract(LOCK_NAME.as_bytes())
-        .map_err(|e| format!("cannot name meshinit's namespace lock: {e}"))?;
+        .map_err(|e| LockError::Failed(format!("cannot name meshinit's namespace lock: {e}")))?;
     let deadline = Instant::now() + wait;
     loop {
         // CLOEXEC: the iptables tools must not inherit (and so outlive us holding) the lock.
@@ -79,7 +102,9 @@ pub fn lock_netns(wait: Duration) -> Result<NetnsLock, String> {
             None,
         )
         .map_err(|e| {
-            format!("cannot make meshinit's namespace lock: socket: {e}; nothing was changed")
+            LockError::Failed(format!(
+                "cannot make meshinit's namespace lock: socket: {e}; nothing was changed"
+            ))
         })?;
         match bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &addr) {
             Ok(()) => {
@@ -93,17 +118,22 @@ pub fn lock_netns(wait: Duration) -> Result<NetnsLock, String> {
             }
             Err(Errno::EADDRINUSE) if Instant::now() < deadline => std::thread::sleep(RETRY),
             Err(Errno::EADDRINUSE) => {
-                let holder = holder(&addr)
+                let holder = holder(&addr);
+                let held_by = holder
+                    .as_ref()
                     .map(|h| format!("; held by {h}"))
                     .unwrap_or_default();
-                return Err(format!(
-                    "another meshinit holds the lock of this network namespace (abstract unix socket @{LOCK_NAME}{holder}) for longer than {wait:?}; nothing was changed"
-                ));
+                return Err(LockError::Held {
+                    message: format!(
+                        "another meshinit holds the lock of this network namespace (abstract unix socket @{LOCK_NAME}{held_by}) for longer than {wait:?}; nothing was changed"
+                    ),
+                    holder,
+                });
             }
             Err(e) => {
-                return Err(format!(
+                return Err(LockError::Failed(format!(
                     "cannot take meshinit's namespace lock (abstract unix socket @{LOCK_NAME}): {e}; nothing was changed"
-                ))
+                )))
             }
         }
     }
@@ -158,7 +188,10 @@ mod tests {
             let addr = UnixAddr::new_abstract(LOCK_NAME.as_bytes()).unwrap();
             assert_eq!(peer_pid(&addr), Some(std::process::id()));
             let started = Instant::now();
-            let err = lock_netns(Duration::from_millis(200)).err().expect("held");
+            let err = lock_netns(Duration::from_millis(200))
+                .err()
+                .expect("held")
+                .to_string();
             assert!(started.elapsed() >= Duration::from_millis(200));
             assert!(
                 err.contains(&format!("held by pid {}, ", std::process::id())),

@@ -15,6 +15,7 @@ pub mod nftables;
 pub mod nlsocket;
 pub mod privileges;
 pub mod procfs;
+pub mod retry;
 pub mod routing;
 mod transaction;
 
@@ -39,7 +40,7 @@ use iptables::{Tools, XtablesLock};
 use netlink::{Changed, Netlink};
 use nftables::NfTables;
 use routing::Object;
-use transaction::{commit, failure, Goal, Transaction};
+use transaction::{commit, failure, CommitFailure, Goal, Transaction};
 
 /// Why applying or cleaning up stopped. Except for `LeftChanged`, the namespace is as it was
 /// before.
@@ -57,6 +58,32 @@ pub enum ApplyError {
     /// A write failed and could not be undone completely; the message says what is left.
     #[error("{0}")]
     LeftChanged(String),
+    /// A step failed for a reason that may pass (a lock held past its wait, the kernel's
+    /// `EBUSY`/`EAGAIN`/`EINTR`), and nothing was left changed: `--retries` tries again.
+    #[error("{message}")]
+    Transient {
+        /// The whole error, as the other kinds' text.
+        message: String,
+        /// Why it is transient, in a few words, for the retry's log line.
+        reason: String,
+    },
+}
+
+impl ApplyError {
+    /// The same kind of error with `context` on a line before its message.
+    pub fn with_context(self, context: &str) -> ApplyError {
+        let add = |m: String| format!("{context}:\n{m}");
+        match self {
+            ApplyError::Precondition(m) => ApplyError::Precondition(add(m)),
+            ApplyError::Drift(m) => ApplyError::Drift(add(m)),
+            ApplyError::Failed(m) => ApplyError::Failed(add(m)),
+            ApplyError::LeftChanged(m) => ApplyError::LeftChanged(add(m)),
+            ApplyError::Transient { message, reason } => ApplyError::Transient {
+                message: add(message),
+                reason,
+            },
+        }
+    }
 }
 
 /// What a run did, for the summary line.
@@ -90,7 +117,16 @@ fn prepare(
     privileges::require_capabilities(caps).map_err(ApplyError::Precondition)?;
     // Waiting for another run counts against this run's deadline too.
     let wait = opts.xtables_wait.min(opts.timeout);
-    let lock = lock::lock_netns(wait).map_err(ApplyError::Precondition)?;
+    let lock = lock::lock_netns(wait).map_err(|e| match e {
+        lock::LockError::Held { message, holder } => ApplyError::Transient {
+            reason: format!(
+                "another meshinit held this namespace's lock ({}) longer than {wait:?}",
+                holder.unwrap_or_else(|| "holder unknown".to_string())
+            ),
+            message,
+        },
+        lock::LockError::Failed(message) => ApplyError::Precondition(message),
+    })?;
     Ok((lock, load_groups()?))
 }
 
@@ -159,14 +195,14 @@ pub fn apply_nftables(
     if !elsewhere.is_empty() && !replace {
         return Err(elsewhere_error(&elsewhere, &[]));
     }
-    let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let mut nft = NfTables::open().map_err(nft_precondition)?;
     let ruleset = crate::backend::nftables::ruleset_with(plan, opts.nft_sets);
     let present = inventory.native_tables();
     let mut install = true;
     if !present.is_empty() {
         let differences = nft
             .differences(&ruleset, &groups)
-            .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+            .map_err(nft_precondition)?;
         if differences.is_empty() && !opts.force_apply {
             log.info("native nftables: our tables are already as planned, nothing to do");
             install = false;
@@ -191,6 +227,7 @@ pub fn apply_nftables(
             failure(
                 vec![format!("{e}; the batch was rejected as a whole")],
                 left,
+                e.transient(),
             )
         })?;
         // A fresh install adds; only tables of ours that were there are replaced.
@@ -257,6 +294,17 @@ pub fn check_nftables(
     }
     differences.extend(check_routing(plan)?);
     Ok(differences)
+}
+
+/// An nf_tables failure before anything was written: transient when the kernel's errno is.
+fn nft_precondition(e: nftables::NftError) -> ApplyError {
+    match e.transient() {
+        Some(reason) => ApplyError::Transient {
+            message: e.to_string(),
+            reason,
+        },
+        None => ApplyError::Precondition(e.to_string()),
+    }
 }
 
 /// The capabilities reading every place needs: the iptables tools' when one is installed.
@@ -433,9 +481,9 @@ fn remove_elsewhere(
             goal: Goal::Removed,
         });
     }
-    commit(&mut transactions, runner, lock, log).map_err(|(l, left)| {
-        let mut all = l;
-        all.extend(left);
+    commit(&mut transactions, runner, lock, log).map_err(|f| {
+        let mut all = f.lines;
+        all.extend(f.left);
         all.join("\n")
     })?;
     lines.extend(remove_empty_xt_tables(places, log));
@@ -680,9 +728,9 @@ pub fn apply(
         log,
     ) {
         Ok(read_back) => read_back,
-        Err((lines, mut left)) => {
-            left.extend(undo_routing(&mut nl, &added));
-            return Err(failure(lines, left));
+        Err(mut f) => {
+            f.left.extend(undo_routing(&mut nl, &added));
+            return Err(f.into_error());
         }
     };
     let added: Vec<String> = added.iter().map(|o| format!("added {o}")).collect();
@@ -997,7 +1045,7 @@ pub fn cleanup(
         &xtables_lock(opts, &mut lock),
         log,
     )
-    .map_err(|(lines, left)| failure(lines, left))?;
+    .map_err(CommitFailure::into_error)?;
     let mut changes: Vec<String> = plan
         .iptables
         .iter()
@@ -1067,7 +1115,12 @@ fn add_routing(nl: &mut Netlink, plan: &Plan) -> Result<Vec<Object>, ApplyError>
             Ok(Changed::No) => {}
             Err(e) => {
                 let left = undo_routing(nl, &added);
-                return Err(failure(vec![format!("adding {object}: {e}")], left));
+                let transient = e.errno().and_then(retry::transient_errno);
+                return Err(failure(
+                    vec![format!("adding {object}: {e}")],
+                    left,
+                    transient,
+                ));
             }
         }
     }

@@ -108,6 +108,19 @@ pub enum NftError {
     },
 }
 
+impl NftError {
+    /// Why this failure may pass when tried again: the kernel's `EBUSY`, `EAGAIN` or `EINTR`
+    /// (see [`super::retry::transient_errno`]); `None` for every other failure.
+    pub fn transient(&self) -> Option<String> {
+        match self {
+            NftError::Rejected { errno, .. } | NftError::Io { errno, .. } => {
+                super::retry::transient_errno(*errno)
+            }
+            _ => None,
+        }
+    }
+}
+
 fn kernel_text(kernel: &Option<String>) -> String {
     match kernel {
         Some(text) => format!(" [kernel: {text}]"),

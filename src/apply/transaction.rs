@@ -40,11 +40,21 @@ pub(super) enum Goal {
 }
 
 /// Turns the lines describing a failure and what could not be undone into the error: only
-/// when nothing is left does it say so.
-pub(super) fn failure(mut lines: Vec<String>, left: Vec<String>) -> ApplyError {
+/// when nothing is left does it say so. A failure whose cause may pass (`transient`, the
+/// reason) is `Transient` when nothing is left, so `--retries` may try again; with anything
+/// left it is `LeftChanged` whatever the cause.
+pub(super) fn failure(
+    mut lines: Vec<String>,
+    left: Vec<String>,
+    transient: Option<String>,
+) -> ApplyError {
     if left.is_empty() {
         lines.push("nothing was left changed".to_string());
-        ApplyError::Failed(lines.join("\n"))
+        let message = lines.join("\n");
+        match transient {
+            Some(reason) => ApplyError::Transient { message, reason },
+            None => ApplyError::Failed(message),
+        }
     } else {
         lines.extend(left);
         lines.push("the namespace was left changed as described above".to_string());
@@ -52,9 +62,22 @@ pub(super) fn failure(mut lines: Vec<String>, left: Vec<String>) -> ApplyError {
     }
 }
 
-/// Why a commit failed: the lines saying what happened and what was undone, and the lines
-/// saying what could not be undone (empty when nothing is left changed).
-pub(super) type CommitFailure = (Vec<String>, Vec<String>);
+/// Why a commit failed.
+pub(super) struct CommitFailure {
+    /// What happened and what was undone.
+    pub lines: Vec<String>,
+    /// What could not be undone (empty when nothing is left changed).
+    pub left: Vec<String>,
+    /// Why the failed tool's run may pass when tried again, when it may.
+    pub transient: Option<String>,
+}
+
+impl CommitFailure {
+    /// The error for this failure (see [`failure`]).
+    pub fn into_error(self) -> ApplyError {
+        failure(self.lines, self.left, self.transient)
+    }
+}
 
 /// Feeds each transaction in turn, then reads every family back: the kernel must hold exactly
 /// what was planned. If a write fails or any read-back differs, what the transactions wrote
@@ -90,13 +113,18 @@ pub(super) fn commit(
             runner,
             lock,
             format!("{name}: {e}"),
+            e.transient().map(str::to_string),
         ));
     }
     let mut read_back = Vec::new();
     for t in transactions.iter() {
         let name = family_name(t.tools.family);
+        let mut transient = None;
         let problem = match iptables::save(runner, t.tools) {
-            Err(e) => Some(format!("cannot read the rules back: {e}")),
+            Err(e) => {
+                transient = e.transient().map(str::to_string);
+                Some(format!("cannot read the rules back: {e}"))
+            }
             Ok(now) => {
                 let mut problems = Vec::new();
                 match (t.goal, compare(&now, &t.expected)) {
@@ -125,6 +153,7 @@ pub(super) fn commit(
                     "{name}: read-back differs from the plan after writing with {}:\n{problem}",
                     t.tools.restore()
                 ),
+                transient,
             ));
         }
     }
@@ -139,6 +168,7 @@ fn undo(
     runner: &dyn Runner,
     lock: &XtablesLock,
     cause: String,
+    transient: Option<String>,
 ) -> CommitFailure {
     let mut lines = vec![cause];
     let mut left = Vec::new();
@@ -177,7 +207,11 @@ fn undo(
             )),
         }
     }
-    (lines, left)
+    CommitFailure {
+        lines,
+        left,
+        transient,
+    }
 }
 
 #[cfg(test)]
@@ -262,9 +296,13 @@ mod tests {
             restores: RefCell::new(vec![1]),
             calls: RefCell::default(),
         };
-        let (lines, left) =
-            commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
+        let CommitFailure {
+            lines,
+            left,
+            transient,
+        } = commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
         assert!(left.is_empty(), "{left:?}");
+        assert_eq!(transient, None, "exit 1 \"boom\" is not transient");
         assert!(
             lines
                 .iter()
@@ -278,7 +316,7 @@ mod tests {
             .filter(|c| c.starts_with("iptables-nft-restore"))
             .count();
         assert_eq!(restores, 1, "no second restore: {:?}", fake.calls.borrow());
-        let ApplyError::Failed(message) = failure(lines, left) else {
+        let ApplyError::Failed(message) = failure(lines, left, None) else {
             panic!("nothing is left");
         };
         assert!(message.ends_with("nothing was left changed"), "{message}");
@@ -294,7 +332,7 @@ mod tests {
             restores: RefCell::new(vec![0, 1]),
             calls: RefCell::default(),
         };
-        let (lines, left) =
+        let CommitFailure { lines, left, .. } =
             commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
         assert!(lines[0].contains("read-back differs"), "{lines:?}");
         assert!(
@@ -307,8 +345,9 @@ mod tests {
             undo, "iptables-nft-restore *nat\n-D OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n",
             "only our jump is deleted; the foreign rule is not rewritten"
         );
+        // Even a transient cause is not retried once something is left.
         assert!(matches!(
-            failure(lines, left),
+            failure(lines, left, Some("the kernel answered EBUSY".into())),
             ApplyError::LeftChanged(m) if !m.contains("nothing was left changed")
         ));
     }

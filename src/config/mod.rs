@@ -20,6 +20,10 @@ use types::{
 pub const DEFAULT_PROXY_UID: u32 = 1337;
 /// Istio limits the include list of owner groups: all of them end up in one iptables rule.
 pub const MAX_OWNER_GROUPS_INCLUDE: usize = 64;
+/// `--retries` at most: attempts are bounded by `--timeout` anyway; more than this is a typo.
+pub const MAX_RETRIES: u32 = 100;
+/// `--retry-pause` at least: a shorter pause would only spin against a lock or busy kernel.
+pub const MIN_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 /// How inbound connections reach the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +207,13 @@ pub struct RunOptions {
     pub force_iptables_binary: Option<IptablesVariant>,
     /// `--xtables-wait`: how long to wait for the xtables lock and meshinit's namespace lock.
     pub xtables_wait: Duration,
-    /// `--timeout`: the run's deadline for helper programs (the iptables tools).
+    /// `--timeout`: the run's deadline for helper programs (the iptables tools), and for
+    /// every attempt under `--retries`.
     pub timeout: Duration,
+    /// `--retries`: how many times a transient failure is tried again (0: never).
+    pub retries: u32,
+    /// `--retry-pause`: the pause before each further attempt.
+    pub retry_pause: Duration,
     /// `--check`: compare the live rules with the plan; change nothing.
     pub check: bool,
     /// `--log_output_level` (the `default` scope).
@@ -341,6 +350,22 @@ fn contradictory_modes(r: &Reader<'_>, run: &RunOptions) -> Result<(), ConfigErr
         }
     }
     Ok(())
+}
+
+/// A pause before a retry as long as the whole run's deadline leaves no time for a retry:
+/// refused (exit 2) naming both flags, rather than silently never retrying.
+fn retry_within_timeout(r: &Reader<'_>, run: &RunOptions) -> Result<(), ConfigError> {
+    if run.retries == 0 || run.retry_pause < run.timeout {
+        return Ok(());
+    }
+    Err(invalid(
+        cli::flag("retry-pause").describe(),
+        r.raw.get("retry-pause"),
+        format!(
+            "the pause before a retry must be shorter than --timeout ({}s), the deadline of the whole run including its retries",
+            run.timeout.as_secs_f64()
+        ),
+    ))
 }
 
 impl Config {
@@ -505,11 +530,27 @@ impl Config {
                 }
                 Ok(timeout)
             })?,
+            retries: r.flag("retries", |s| match s.parse::<u32>() {
+                Ok(n) if n <= MAX_RETRIES => Ok(n),
+                Ok(_) => Err(format!("at most {MAX_RETRIES} retries")),
+                Err(_) => Err(format!("expected a whole number from 0 to {MAX_RETRIES}")),
+            })?,
+            retry_pause: r.flag("retry-pause", |s| {
+                let pause = parse_go_duration(s)?;
+                if pause < MIN_RETRY_PAUSE {
+                    return Err(format!(
+                        "the pause must be at least {}ms",
+                        MIN_RETRY_PAUSE.as_millis()
+                    ));
+                }
+                Ok(pause)
+            })?,
             check: r.bool("check")?,
             log_level: r.flag("log_output_level", parse_log_level)?,
             log_json: r.bool("log_as_json")?,
         };
         contradictory_modes(&r, &run)?;
+        retry_within_timeout(&r, &run)?;
         warnings.extend(ignored_flag_warnings(&r)?);
 
         // Detection, only for what the arguments leave open.

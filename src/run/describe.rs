@@ -132,6 +132,17 @@ pub fn describe(config: &Config) -> (String, Value) {
         force = r.force_apply,
         backend = backend_name(r.backend),
     );
+    // Said only when asked for, so Istio's arguments log the same block as before.
+    let text = if r.retries > 0 {
+        format!(
+            "{text}, retries {} (pause {}s, within --timeout {}s)",
+            r.retries,
+            r.retry_pause.as_secs_f64(),
+            r.timeout.as_secs_f64()
+        )
+    } else {
+        text
+    };
     let fields = json!({
         "version": version,
         "proxy": {
@@ -172,6 +183,8 @@ pub fn describe(config: &Config) -> (String, Value) {
             "force_apply": r.force_apply,
             "check": r.check,
             "backend": backend_name(r.backend),
+            "retries": r.retries,
+            "retry_pause_ms": r.retry_pause.as_millis() as u64,
         },
     });
     (text, fields)

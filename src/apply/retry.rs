@@ -1,0 +1,362 @@
+//! Bounded retry of transient failures (`--retries`, `--retry-pause`, inside the run's
+//! `--timeout`): which failures are transient — a lock held past its wait, the kernel
+//! answering `EBUSY`, `EAGAIN` or `EINTR` — and the one loop that runs an apply or cleanup
+//! again after one of them, logging each retry with its reason.
+//!
+//! A failure is marked transient where it is known (the restore tool's exit code and stderr,
+//! a netlink errno, the namespace lock's `EADDRINUSE`) and carried up as
+//! [`ApplyError::Transient`], which also means "nothing was left changed": a failure whose
+//! undo did not succeed is `LeftChanged` and never retried.
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use serde_json::json;
+
+use super::exec::{Deadline, Output};
+use super::ApplyError;
+use crate::config::LogLevel;
+use crate::log::Log;
+
+/// What legacy iptables exits with when it gave up waiting for the xtables lock (iptables'
+/// `RESOURCE_PROBLEM`; 1.8.9 prints `Another app is currently holding the xtables lock.
+/// Stopped waiting after 1s.`).
+const XTABLES_LOCK_EXIT: i32 = 4;
+
+/// Why a failure is transient, when it is: the errno of a kernel answer that says "not now"
+/// rather than "no" — `EBUSY` (an object in use or a writer busy), `EAGAIN` (try again),
+/// `EINTR` (interrupted). `EPERM`, `ENOENT`, `EOPNOTSUPP`, `EINVAL` and the rest are answers
+/// about the request itself or the kernel, which another attempt does not change.
+pub fn transient_errno(errno: Errno) -> Option<String> {
+    match errno {
+        Errno::EBUSY | Errno::EAGAIN | Errno::EINTR => {
+            Some(format!("the kernel answered {errno:?} ({})", errno.desc()))
+        }
+        _ => None,
+    }
+}
+
+/// Why a failed restore tool's run is transient, when it is: legacy iptables giving up on the
+/// xtables lock (exit 4 naming the lock), or the kernel's `EBUSY`/`EAGAIN`/`EINTR` as the tool
+/// prints them (`strerror` text, e.g. iptables-nft's `RULE_APPEND failed (Device or resource
+/// busy)`). Other failures — bad rules, a missing module, no permission — are not.
+pub fn transient_tool(program: &str, out: &Output) -> Option<String> {
+    let stderr = out.stderr.trim();
+    if out.code == Some(XTABLES_LOCK_EXIT) && stderr.contains("holding the xtables lock") {
+        return Some(format!(
+            "{program}: another program held the xtables lock longer than --xtables-wait ({})",
+            stderr.lines().last().unwrap_or(stderr)
+        ));
+    }
+    // The lock's own EAGAIN line ("Can't lock /run/xtables.lock: Resource temporarily
+    // unavailable") comes with the exit above; without it, such text is the kernel's answer.
+    [Errno::EBUSY, Errno::EAGAIN, Errno::EINTR]
+        .into_iter()
+        .find(|errno| stderr.contains(errno.desc()))
+        .map(|errno| {
+            format!(
+                "{program}: the kernel answered {errno:?} ({}) (exit {})",
+                errno.desc(),
+                out.code.map_or("by signal".to_string(), |c| c.to_string())
+            )
+        })
+}
+
+/// `--retries` and `--retry-pause`, with the run's deadline they live within.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// How many more attempts after the first (0: none, Istio's behaviour).
+    pub retries: u32,
+    /// The pause before each further attempt.
+    pub pause: Duration,
+    /// The run's deadline (`--timeout` from the start of the run): no attempt starts after it.
+    pub deadline: Deadline,
+}
+
+impl Policy {
+    /// How long until the deadline.
+    fn left(&self) -> Duration {
+        (self.deadline.started + self.deadline.timeout).saturating_duration_since(Instant::now())
+    }
+}
+
+/// Runs `attempt` (an apply or a cleanup, which reads the namespace afresh and takes its locks
+/// each time) until it succeeds, fails for a reason that is not transient, or the attempts or
+/// the deadline run out. `attempt` is given the time left until the deadline, to bound its
+/// lock waits by. Each retry is logged (warn) with its reason; the final error names the
+/// attempts made, the last reason and, when it was the limit, the deadline.
+pub fn with_retries<T>(
+    policy: &Policy,
+    log: &Log,
+    mut attempt: impl FnMut(Duration) -> Result<T, ApplyError>,
+) -> Result<T, ApplyError> {
+    let attempts = policy.retries.saturating_add(1);
+    let mut number = 1;
+    let mut retried: Vec<String> = Vec::new();
+    loop {
+        let result = attempt(policy.left());
+        let (message, reason) = match result {
+            Ok(value) => {
+                if number > 1 {
+                    log.info(&format!(
+                        "attempt {number} of {attempts} succeeded, after {} transient failure(s)",
+                        number - 1
+                    ));
+                }
+                return Ok(value);
+            }
+            Err(ApplyError::Transient { message, reason }) => (message, reason),
+            // Not transient: never retried; after retries, the error says what came before.
+            Err(e) if number == 1 => return Err(e),
+            Err(e) => {
+                let context = format!(
+                    "attempt {number} of {attempts} failed for a reason that is not transient, after {} transient failure(s) (the last: {})",
+                    number - 1,
+                    retried.last().map(String::as_str).unwrap_or_default()
+                );
+                return Err(e.with_context(&context));
+            }
+        };
+        if policy.retries == 0 {
+            return Err(ApplyError::Transient {
+                message: format!(
+                    "{message}\n(this may pass: --retries retries such failures within --timeout)"
+                ),
+                reason,
+            });
+        }
+        if number == attempts {
+            return Err(ApplyError::Transient {
+                message: format!(
+                    "gave up after {number} attempts (--retries {}), each failed for a transient reason; the last because {reason}:\n{message}",
+                    policy.retries
+                ),
+                reason,
+            });
+        }
+        let left = policy.left();
+        if left <= policy.pause {
+            return Err(ApplyError::Transient {
+                message: format!(
+                    "gave up after {number} of {attempts} attempts: the run's deadline (--timeout {}s from the start of the run) is {:.1}s away, within the pause before the next attempt (--retry-pause {}s); the last attempt failed because {reason}:\n{message}",
+                    policy.deadline.timeout.as_secs_f64(),
+                    left.as_secs_f64(),
+                    policy.pause.as_secs_f64()
+                ),
+                reason,
+            });
+        }
+        let text = format!(
+            "attempt {number} of {attempts} failed for a transient reason: {reason}; nothing was left changed; retrying in {}s ({:.1}s left before the deadline, --timeout)",
+            policy.pause.as_secs_f64(),
+            left.as_secs_f64()
+        );
+        log.with_fields(
+            LogLevel::Warn,
+            &text,
+            "retry",
+            &json!({
+                "attempt": number,
+                "attempts": attempts,
+                "reason": reason,
+                "pause_ms": policy.pause.as_millis() as u64,
+                "deadline_left_ms": left.as_millis() as u64,
+            }),
+        );
+        retried.push(reason);
+        std::thread::sleep(policy.pause);
+        number += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn policy(retries: u32, pause_ms: u64, timeout_ms: u64) -> Policy {
+        Policy {
+            retries,
+            pause: Duration::from_millis(pause_ms),
+            deadline: Deadline {
+                started: Instant::now(),
+                timeout: Duration::from_millis(timeout_ms),
+            },
+        }
+    }
+
+    fn transient(n: u32) -> ApplyError {
+        ApplyError::Transient {
+            message: format!("failure {n}"),
+            reason: format!("reason {n}"),
+        }
+    }
+
+    fn quiet() -> Log {
+        Log {
+            level: LogLevel::None,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn only_ebusy_eagain_and_eintr_are_transient_errnos() {
+        for errno in [Errno::EBUSY, Errno::EAGAIN, Errno::EINTR] {
+            let reason = transient_errno(errno).expect("transient");
+            assert!(reason.contains(errno.desc()), "{reason}");
+        }
+        for errno in [
+            Errno::EPERM,
+            Errno::EACCES,
+            Errno::ENOENT,
+            Errno::EOPNOTSUPP,
+            Errno::EINVAL,
+            Errno::EEXIST,
+            Errno::ENOBUFS,
+            Errno::EAFNOSUPPORT,
+            Errno::EPROTONOSUPPORT,
+        ] {
+            assert_eq!(transient_errno(errno), None, "{errno}");
+        }
+    }
+
+    fn out(code: i32, stderr: &str) -> Output {
+        Output {
+            code: Some(code),
+            stdout: String::new(),
+            stderr: stderr.to_string(),
+        }
+    }
+
+    #[test]
+    fn restore_failures_are_transient_only_for_the_lock_and_the_kernels_not_now() {
+        // iptables 1.8.9's exact text when the lock stays held (measured).
+        let lock = out(
+            4,
+            "Can't lock /run/xtables.lock: Resource temporarily unavailable\nAnother app is currently holding the xtables lock. Stopped waiting after 1s.\n",
+        );
+        let reason = transient_tool("iptables-legacy-restore", &lock).expect("transient");
+        assert!(
+            reason.contains("xtables lock") && reason.contains("Stopped waiting after 1s."),
+            "{reason}"
+        );
+        let busy = out(
+            4,
+            "iptables-restore v1.8.9 (nf_tables): line 3: RULE_APPEND failed (Device or resource busy): rule in chain OUTPUT\n",
+        );
+        assert!(transient_tool("iptables-nft-restore", &busy)
+            .unwrap()
+            .contains("EBUSY"));
+        for permanent in [
+            out(2, "iptables-restore v1.8.9 (legacy): Couldn't load target `TPROXY':No such file or directory\n"),
+            out(1, "iptables-restore: line 2 failed\n"),
+            out(4, "iptables-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)\n"),
+            out(4, "Fatal: can't open lock file /run/xtables.lock: Read-only file system\n"),
+            out(1, "iptables-restore v1.8.9 (nf_tables): line 2: RULE_APPEND failed (Operation not supported): rule in chain OUTPUT\n"),
+        ] {
+            assert_eq!(
+                transient_tool("iptables-restore", &permanent),
+                None,
+                "{}",
+                permanent.stderr
+            );
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_until_it_passes_and_each_retry_is_counted() {
+        let calls = Cell::new(0);
+        let got = with_retries(&policy(3, 10, 10_000), &quiet(), |_| {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 {
+                Err(transient(calls.get()))
+            } else {
+                Ok("done")
+            }
+        });
+        assert_eq!(got.unwrap(), "done");
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[test]
+    fn what_is_not_transient_is_never_retried() {
+        let calls = Cell::new(0);
+        let got: Result<(), _> = with_retries(&policy(5, 10, 10_000), &quiet(), |_| {
+            calls.set(calls.get() + 1);
+            Err(ApplyError::Precondition("missing CAP_NET_ADMIN".into()))
+        });
+        assert_eq!(calls.get(), 1);
+        assert!(matches!(got, Err(ApplyError::Precondition(m)) if m == "missing CAP_NET_ADMIN"));
+        // Left changed after a retry: still left changed, and says what came before.
+        let calls = Cell::new(0);
+        let got: Result<(), _> = with_retries(&policy(5, 10, 10_000), &quiet(), |_| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                Err(transient(1))
+            } else {
+                Err(ApplyError::LeftChanged("undo failed".into()))
+            }
+        });
+        assert_eq!(calls.get(), 2);
+        let Err(ApplyError::LeftChanged(m)) = got else {
+            panic!("{got:?}");
+        };
+        assert!(
+            m.starts_with("attempt 2 of 6 failed for a reason that is not transient, after 1 transient failure(s) (the last: reason 1)") && m.ends_with("undo failed"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn attempts_run_out_and_the_error_names_them_and_the_last_reason() {
+        let calls = Cell::new(0);
+        let got: Result<(), _> = with_retries(&policy(2, 10, 10_000), &quiet(), |_| {
+            calls.set(calls.get() + 1);
+            Err(transient(calls.get()))
+        });
+        assert_eq!(calls.get(), 3);
+        let Err(ApplyError::Transient { message, .. }) = got else {
+            panic!("{got:?}");
+        };
+        assert!(
+            message.starts_with("gave up after 3 attempts (--retries 2), each failed for a transient reason; the last because reason 3:\nfailure 3"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn no_attempt_is_started_when_the_deadline_falls_within_the_pause() {
+        let calls = Cell::new(0);
+        let started = Instant::now();
+        let got: Result<(), _> = with_retries(&policy(10, 400, 1_000), &quiet(), |left| {
+            assert!(left <= Duration::from_millis(1_000));
+            calls.set(calls.get() + 1);
+            Err(transient(calls.get()))
+        });
+        // Attempts at about 0 and 400 ms; at 800 ms the deadline is 200 ms away.
+        assert_eq!(calls.get(), 2);
+        assert!(started.elapsed() < Duration::from_millis(1_000));
+        let Err(ApplyError::Transient { message, .. }) = got else {
+            panic!("{got:?}");
+        };
+        assert!(
+            message.starts_with("gave up after 2 of 11 attempts: the run's deadline (--timeout 1s from the start of the run) is 0.")
+                && message.contains("(--retry-pause 0.4s); the last attempt failed because reason 2:\nfailure 2"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn without_retries_a_transient_failure_fails_at_once_saying_it_may_pass() {
+        let calls = Cell::new(0);
+        let got: Result<(), _> = with_retries(&policy(0, 10, 10_000), &quiet(), |_| {
+            calls.set(calls.get() + 1);
+            Err(transient(1))
+        });
+        assert_eq!(calls.get(), 1);
+        let Err(ApplyError::Transient { message, .. }) = got else {
+            panic!("{got:?}");
+        };
+        assert!(message.starts_with("failure 1\n(this may pass"), "{message}");
+    }
+}
