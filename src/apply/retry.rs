@@ -333,15 +333,15 @@ mod tests {
             calls.set(calls.get() + 1);
             Err(transient(calls.get()))
         });
-        // Attempts at about 0 and 400 ms; at 800 ms the deadline is 200 ms away.
-        assert_eq!(calls.get(), 2);
+        // Attempts at about 0, 400 and 800 ms; then the deadline is 200 ms away.
+        assert_eq!(calls.get(), 3);
         assert!(started.elapsed() < Duration::from_millis(1_000));
         let Err(ApplyError::Transient { message, .. }) = got else {
             panic!("{got:?}");
         };
         assert!(
-            message.starts_with("gave up after 2 of 11 attempts: the run's deadline (--timeout 1s from the start of the run) is 0.")
-                && message.contains("(--retry-pause 0.4s); the last attempt failed because reason 2:\nfailure 2"),
+            message.starts_with("gave up after 3 of 11 attempts: the run's deadline (--timeout 1s from the start of the run) is 0.")
+                && message.contains("(--retry-pause 0.4s); the last attempt failed because reason 3:\nfailure 3"),
             "{message}"
         );
     }

@@ -517,6 +517,52 @@ fn bad_bools_durations_and_choices_are_rejected() {
 }
 
 #[test]
+fn retries_are_opt_in_and_bad_counts_and_pauses_are_rejected() {
+    let run = build(&[], &[]).unwrap().run;
+    assert_eq!((run.retries, run.retry_pause), (0, Duration::from_secs(1)));
+    let run = build(&["--retries=3"], &[("MESHINIT_RETRY_PAUSE", "250ms")])
+        .unwrap()
+        .run;
+    assert_eq!(
+        (run.retries, run.retry_pause),
+        (3, Duration::from_millis(250))
+    );
+    assert_eq!(
+        build(&[], &[("MESHINIT_RETRIES", "5")]).unwrap().run.retries,
+        5
+    );
+    for bad in ["-1", "three", "1.5", "101", ""] {
+        let msg = rejected(
+            &[&format!("--retries={bad}")],
+            &[],
+            &["--retries", "MESHINIT_RETRIES"],
+        );
+        assert!(msg.contains(&format!("invalid value \"{bad}\"")), "{msg}");
+    }
+    rejected(
+        &[],
+        &[("MESHINIT_RETRIES", "many")],
+        &["--retries", "env MESHINIT_RETRIES", "\"many\""],
+    );
+    for bad in ["1", "5ms", "-1s", "soon"] {
+        rejected(
+            &[&format!("--retry-pause={bad}")],
+            &[],
+            &["--retry-pause", "MESHINIT_RETRY_PAUSE", bad],
+        );
+    }
+    // A pause as long as the whole deadline would never retry: refused, naming both.
+    let msg = rejected(
+        &["--retries=2", "--retry-pause=5s", "--timeout=5s"],
+        &[],
+        &["--retry-pause", "MESHINIT_RETRY_PAUSE", "\"5s\"", "--timeout (5s)"],
+    );
+    assert!(msg.contains("shorter than --timeout"), "{msg}");
+    // Without retries the pause is never used, so it is not held against the timeout.
+    assert!(build(&["--retry-pause=5s", "--timeout=5s"], &[]).is_ok());
+}
+
+#[test]
 fn backend_choice_folds_in_native_nftables() {
     let backend = |args: &[&str]| build(args, &[]).map(|c| c.run.backend);
     assert_eq!(backend(&[]).unwrap(), BackendChoice::Auto);
