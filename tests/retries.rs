@@ -227,7 +227,10 @@ fn a_restore_answered_ebusy_is_retried() {
         return;
     }
     let lab = Lab::new().expect("lab");
-    let dir = PathBuf::from(format!("/tmp/meshinit-retries-ebusy-{}", std::process::id()));
+    let dir = PathBuf::from(format!(
+        "/tmp/meshinit-retries-ebusy-{}",
+        std::process::id()
+    ));
     let path = tools_with_broken(&dir, "iptables-nft-restore");
     let real = String::from_utf8(
         std::process::Command::new("sh")
@@ -247,7 +250,10 @@ fn a_restore_answered_ebusy_is_retried() {
         ),
     )
     .unwrap();
-    let env = vec![("PATH".to_string(), format!("{path}:/usr/sbin:/usr/bin:/bin"))];
+    let env = vec![(
+        "PATH".to_string(),
+        format!("{path}:/usr/sbin:/usr/bin:/bin"),
+    )];
     let out = meshinit(
         &lab.pod,
         &args("nft", &["--retries=2", "--retry-pause=100ms"]),
@@ -298,7 +304,10 @@ fn what_is_not_transient_is_never_retried() {
         assert!(started.elapsed() < Duration::from_secs(1), "{backend}");
     }
     // A restore tool failing for a reason that is not transient: once, and undone.
-    let dir = PathBuf::from(format!("/tmp/meshinit-retries-broken-{}", std::process::id()));
+    let dir = PathBuf::from(format!(
+        "/tmp/meshinit-retries-broken-{}",
+        std::process::id()
+    ));
     let path = tools_with_broken(&dir, "iptables-nft-restore");
     let env = vec![("PATH".to_string(), format!("{path}:/usr/bin:/bin"))];
     let out = meshinit(

@@ -357,6 +357,9 @@ mod tests {
         let Err(ApplyError::Transient { message, .. }) = got else {
             panic!("{got:?}");
         };
-        assert!(message.starts_with("failure 1\n(this may pass"), "{message}");
+        assert!(
+            message.starts_with("failure 1\n(this may pass"),
+            "{message}"
+        );
     }
 }

@@ -528,7 +528,10 @@ fn retries_are_opt_in_and_bad_counts_and_pauses_are_rejected() {
         (3, Duration::from_millis(250))
     );
     assert_eq!(
-        build(&[], &[("MESHINIT_RETRIES", "5")]).unwrap().run.retries,
+        build(&[], &[("MESHINIT_RETRIES", "5")])
+            .unwrap()
+            .run
+            .retries,
         5
     );
     for bad in ["-1", "three", "1.5", "101", ""] {
@@ -555,7 +558,12 @@ fn retries_are_opt_in_and_bad_counts_and_pauses_are_rejected() {
     let msg = rejected(
         &["--retries=2", "--retry-pause=5s", "--timeout=5s"],
         &[],
-        &["--retry-pause", "MESHINIT_RETRY_PAUSE", "\"5s\"", "--timeout (5s)"],
+        &[
+            "--retry-pause",
+            "MESHINIT_RETRY_PAUSE",
+            "\"5s\"",
+            "--timeout (5s)",
+        ],
     );
     assert!(msg.contains("shorter than --timeout"), "{msg}");
     // Without retries the pause is never used, so it is not held against the timeout.
