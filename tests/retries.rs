@@ -217,6 +217,79 @@ fn a_held_namespace_lock_is_retried_until_it_is_released() {
     }
 }
 
+/// What changed while a run waited is seen by its next attempt: each attempt reads the
+/// namespace again. Someone installs exactly our rules while meshinit's lock is held; the
+/// retried run then finds them in place and writes nothing. A cleanup behind a held lock is
+/// retried the same way.
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn each_attempt_reads_the_namespace_again() {
+    if !require_root("each_attempt_reads_the_namespace_again") {
+        return;
+    }
+    for backend in ["nft", "native"] {
+        let lab = Lab::new().expect("lab");
+        let dry = support::run_meshinit(&args(backend, &["--dry-run"]), &[]);
+        assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+        let holder = hold_netns_lock(&lab, HOLD);
+        let retried = std::thread::scope(|scope| {
+            let run = scope.spawn(|| {
+                meshinit(
+                    &lab.pod,
+                    &args(backend, &["--retries=5", "--retry-pause=1s"]),
+                    &[],
+                )
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            match backend {
+                "native" => lab.pod.nft_apply(&dry.stdout),
+                _ => {
+                    lab.pod
+                        .run(&["iptables-nft-restore", "--noflush"], Some(&dry.stdout));
+                }
+            }
+            run.join().unwrap()
+        });
+        holder.join().unwrap();
+        assert_eq!(retried.code, Some(0), "{backend}: {}", retried.stderr);
+        assert!(
+            !retry_lines(&retried).is_empty(),
+            "{backend}: {}",
+            retried.stderr
+        );
+        let summary = retried.stderr.lines().last().unwrap();
+        assert!(
+            retried.stderr.contains("nothing to do")
+                && !summary.contains("installed")
+                && !summary.contains("replaced"),
+            "{backend}: the retried attempt must see the rules installed meanwhile:\n{}",
+            retried.stderr
+        );
+        let check = meshinit(&lab.pod, &args(backend, &["--check"]), &[]);
+        assert_eq!(check.code, Some(0), "{backend}: {}", check.stderr);
+
+        // Cleanup behind a held lock: retried, then everything of ours is gone.
+        let holder = hold_netns_lock(&lab, HOLD);
+        let out = meshinit(
+            &lab.pod,
+            &args(
+                backend,
+                &["--cleanup-only", "--retries=5", "--retry-pause=1s"],
+            ),
+            &[],
+        );
+        holder.join().unwrap();
+        assert_eq!(out.code, Some(0), "{backend}: {}", out.stderr);
+        assert!(!retry_lines(&out).is_empty(), "{backend}: {}", out.stderr);
+        let rules = all_rules(&lab.pod);
+        let native = support::nft::listing(&lab.pod);
+        assert!(
+            !rules.contains("ISTIO_") && !native.contains("istio-proxy"),
+            "{backend}: {rules}\n{native}"
+        );
+    }
+}
+
 /// The kernel's EBUSY cannot be provoked on demand from a test, so it is played by an
 /// iptables-nft-restore that fails once with the text iptables-nft prints for it, then runs
 /// the real tool: the classification of the tool's output is what is tested end to end.

@@ -224,11 +224,14 @@ mod tests {
     use std::cell::RefCell;
     use std::time::Duration;
 
-    /// Save prints a fixed dump; restore answers from a queue of exit codes; calls recorded.
+    /// Save prints a fixed dump; restore answers from a queue of exit codes (a failure prints
+    /// `failure`, or "boom"); calls recorded.
+    #[derive(Default)]
     struct Fake {
         dump: String,
         restores: RefCell<Vec<i32>>,
         calls: RefCell<Vec<String>>,
+        failure: Option<&'static str>,
     }
 
     impl Runner for Fake {
@@ -260,7 +263,7 @@ mod tests {
                 stderr: if code == 0 {
                     String::new()
                 } else {
-                    "boom".into()
+                    self.failure.unwrap_or("boom").into()
                 },
             })
         }
@@ -294,7 +297,7 @@ mod tests {
         let fake = Fake {
             dump: BEFORE.to_string(),
             restores: RefCell::new(vec![1]),
-            calls: RefCell::default(),
+            ..Fake::default()
         };
         let CommitFailure {
             lines,
@@ -330,7 +333,7 @@ mod tests {
             dump: "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
                 .to_string(),
             restores: RefCell::new(vec![0, 1]),
-            calls: RefCell::default(),
+            ..Fake::default()
         };
         let CommitFailure { lines, left, .. } =
             commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
@@ -350,5 +353,26 @@ mod tests {
             failure(lines, left, Some("the kernel answered EBUSY".into())),
             ApplyError::LeftChanged(m) if !m.contains("nothing was left changed")
         ));
+    }
+
+    #[test]
+    fn a_write_refused_for_a_held_lock_that_changed_nothing_is_transient() {
+        let fake = Fake {
+            dump: BEFORE.to_string(),
+            restores: RefCell::new(vec![4]),
+            failure: Some(
+                "Another app is currently holding the xtables lock. Stopped waiting after 1s.",
+            ),
+            ..Fake::default()
+        };
+        let f = commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
+        assert!(f.left.is_empty(), "{:?}", f.left);
+        match f.into_error() {
+            ApplyError::Transient { message, reason } => {
+                assert!(reason.contains("xtables lock"), "{reason}");
+                assert!(message.ends_with("nothing was left changed"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
