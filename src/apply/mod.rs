@@ -120,8 +120,9 @@ fn prepare(
     let lock = lock::lock_netns(wait).map_err(|e| match e {
         lock::LockError::Held { message, holder } => ApplyError::Transient {
             reason: format!(
-                "another meshinit held this namespace's lock ({}) longer than {wait:?}",
-                holder.unwrap_or_else(|| "holder unknown".to_string())
+                "another meshinit held this namespace's lock ({}) longer than {:.1}s",
+                holder.unwrap_or_else(|| "holder unknown".to_string()),
+                wait.as_secs_f64()
             ),
             message,
         },
