@@ -226,6 +226,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn netlink_errors_carry_their_errno_to_the_classifier() {
+        use crate::apply::netlink::NetlinkError;
+        use crate::apply::nftables::NftError;
+        let rejected = |errno| NftError::Rejected {
+            origin: "rule 1 of istio-proxy-nat/istio-output".into(),
+            errno,
+            kernel: None,
+            others: 0,
+        };
+        assert!(rejected(Errno::EBUSY)
+            .transient()
+            .unwrap()
+            .contains("EBUSY"));
+        assert!(rejected(Errno::EAGAIN).transient().is_some());
+        assert_eq!(rejected(Errno::EOPNOTSUPP).transient(), None);
+        let io = |errno| NftError::Io {
+            op: "listing tables".into(),
+            errno,
+        };
+        assert!(io(Errno::EINTR).transient().unwrap().contains("EINTR"));
+        assert_eq!(io(Errno::EPERM).transient(), None);
+        // Already retried once inside the batch code: another writer keeps creating it.
+        assert_eq!(NftError::Raced { table: "t".into() }.transient(), None);
+        let route = |errno| NetlinkError::Rejected {
+            op: "adding rule fwmark 1337 lookup 133 (IPv4)".into(),
+            errno,
+        };
+        assert!(route(Errno::EBUSY)
+            .errno()
+            .and_then(transient_errno)
+            .is_some());
+        assert_eq!(route(Errno::ENOENT).errno().and_then(transient_errno), None);
+    }
+
     fn out(code: i32, stderr: &str) -> Output {
         Output {
             code: Some(code),
