@@ -101,6 +101,8 @@ prop_compose! {
             owner_groups,
             loopback_v4: Cidr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), loopback_len).unwrap(),
             dns, drop_invalid, ipv6,
+            inbound_exclude_sources: Default::default(),
+            outbound_uid_port_excludes: Vec::new(),
         }
     }
 }
