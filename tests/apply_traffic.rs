@@ -106,6 +106,7 @@ scenarios!(
     // meshinit's own options (not Istio's).
     inbound_source_exclusion,
     outbound_port_exclusion_per_uid,
+    tproxy_inbound_source_exclusion,
 );
 
 fn run_scenario(name: &str, variant: Variant, body: fn(&Lab, Variant)) {
@@ -1506,4 +1507,82 @@ fn outbound_port_exclusion_per_uid(lab: &Lab, variant: Variant) {
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
+}
+
+/// `--exclude-inbound-sources` under TPROXY (mangle's inbound dispatch): a peer connecting
+/// from an excluded network reaches the app itself (not TPROXYed), in both families; from
+/// outside it is TPROXYed to the transparent listener, source and destination kept.
+fn tproxy_inbound_source_exclusion(lab: &Lab, variant: Variant) {
+    let (pod, peer_ns) = (&lab.pod, &lab.peer);
+    let inside4 = Ipv4Addr::new(198, 51, 100, 7);
+    let inside6 = Ipv6Addr::new(0xfd00, 0x5151, 0, 0, 0, 0, 0, 7);
+    for a in [IpAddr::V4(inside4), IpAddr::V6(inside6)] {
+        lab.add_peer_addr(a).expect("extra peer address");
+    }
+    let mut ls = Listeners::default();
+    ls.add(
+        pod,
+        ListenerSpec::tcp("inbound", any4(INBOUND_PORT)).transparent(),
+    )
+    .add(
+        pod,
+        ListenerSpec::tcp("inbound6", any6(INBOUND_PORT)).transparent(),
+    )
+    .tcp(pod, "outbound", any4(OUTBOUND_PORT))
+    .tcp(pod, "app-8080", any4(8080))
+    .tcp(pod, "app6-8080", any6(8080));
+
+    let m = Meshinit::new(
+        lab,
+        variant,
+        true,
+        &[
+            "-p",
+            "15001",
+            "-z",
+            "15006",
+            "-u",
+            "1337",
+            "-m",
+            "TPROXY",
+            "-i",
+            "*",
+            "-b",
+            "*",
+            "--exclude-inbound-sources=198.51.100.0/24,fd00:5151::/64,203.0.113.0/24",
+        ],
+    );
+    m.apply_and_check(|| {
+        for (dst, inside, outside, listener, app_listener) in [
+            (
+                lab.pod4(8080),
+                IpAddr::V4(inside4),
+                IpAddr::V4(lab.peer_v4),
+                "inbound",
+                "app-8080",
+            ),
+            (
+                lab.pod6(8080),
+                IpAddr::V6(inside6),
+                IpAddr::V6(lab.peer_v6),
+                "inbound6",
+                "app6-8080",
+            ),
+        ] {
+            let l = tcp_lands(
+                &format!("peer from {inside} (excluded) -> {dst}"),
+                peer().bind(addr(inside, 0)).tcp(peer_ns, dst),
+                app_listener,
+                dst,
+            );
+            assert_eq!(l.remote.ip(), inside, "{l}");
+            let l = tcp_lands(
+                &format!("peer from {outside} -> {dst} (TPROXY)"),
+                peer().bind(addr(outside, 0)).tcp(peer_ns, dst),
+                listener,
+                dst,
+            );
+            assert_eq!((l.local, l.remote.ip()), (dst, outside), "{l}");
+        }
+    });
 }
