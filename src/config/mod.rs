@@ -428,6 +428,13 @@ impl Config {
                 }
             }
         }
+        let no_sources = inbound_exclude_sources == CidrsByFamily::default();
+        if inbound == InboundCapture::None && !no_sources {
+            warnings.push(format!(
+                "{} has no effect: no inbound port is captured (-b is empty)",
+                crate::cli::flag("exclude-inbound-sources").describe()
+            ));
+        }
         let outbound_ports_include = r.flag("istio-outbound-ports", parse_ports)?;
         let outbound_ports_exclude = r.flag("istio-local-outbound-ports-exclude", parse_ports)?;
         let outbound_uid_port_excludes =

@@ -621,8 +621,16 @@ fn meshinit_own_options_parse_and_default_to_nothing() {
     .capture;
     assert_eq!(from_env.inbound_exclude_sources.v4.len(), 1);
     assert_eq!(from_env.outbound_uid_port_excludes.len(), 1);
+    let cfg = build(&["--exclude-inbound-sources=10.1.0.0/16"], &[]).unwrap();
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("--exclude-inbound-sources") && w.contains("no effect")),
+        "{:?}",
+        cfg.warnings
+    );
     // Host bits: kept, with the same warning as -x.
-    let cfg = build(&["--exclude-inbound-sources=10.1.2.3/16"], &[]).unwrap();
+    let cfg = build(&["-b", "*", "--exclude-inbound-sources=10.1.2.3/16"], &[]).unwrap();
     assert!(
         cfg.warnings
             .iter()
