@@ -96,7 +96,7 @@ pub fn dns_zone_for_excluded_uids(c: &Capture) -> Vec<Rule> {
             Rule::new(
                 Table::Raw,
                 Chain::IstioOutputDns,
-                "uid excluded from DNS capture: its queries in the resolver's conntrack zone 1",
+                "uid excluded from DNS capture: its queries in the resolver's conntrack zone 1 (meshinit's --exclude-outbound-ports-for-uids)",
                 vec![
                     Match::Protocol(Protocol::Udp),
                     Match::DestinationPort {
