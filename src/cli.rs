@@ -201,6 +201,10 @@ pub static FLAGS: &[FlagSpec] = &[
         "compare the live rules with this configuration; change nothing (exit 3 when they differ)"),
     flag!("nft-sets", None, Value, "auto", ["MESHINIT_NFT_SETS"], Meshinit,
         "auto|always|never: native nftables turns long CIDR and port lists into one set lookup"),
+    flag!("exclude-inbound-sources", None, Value, "", ["MESHINIT_EXCLUDE_INBOUND_SOURCES"], Meshinit,
+        "inbound connections from these CIDRs (both families) are never captured"),
+    flag!("exclude-outbound-ports-for-uids", None, Value, "", ["MESHINIT_EXCLUDE_OUTBOUND_PORTS_FOR_UIDS"], Meshinit,
+        "PROTO:PORTS:UIDS entries, ';'-separated (tcp:9090:1500;tcp,udp:53,8125:1600): these uids' connections to these ports are not captured"),
 ];
 
 /// Environment-only settings (no flag), as in Istio.

@@ -3,6 +3,8 @@
 //! change nothing, and cleanup must restore the namespace exactly. This is what keeps re-runs
 //! idempotent for inputs beyond Istio's 27 cases: a mismatch between meshinit's idea of the
 //! kernel's form of a rule and the kernel's would make every re-run see drift.
+//! meshinit's own options (`--exclude-inbound-sources`, `--exclude-outbound-ports-for-uids`)
+//! are drawn on top of half of the configurations.
 
 mod istio_model;
 mod support;
@@ -32,6 +34,48 @@ fn numeric_groups(cfg: &mut IstioConfig) {
     cfg.owner_groups_exclude = numeric(&cfg.owner_groups_exclude);
 }
 
+/// meshinit's own options, at random: source networks of both families (host bits, nesting
+/// and more than 16 of a family possible: sets under native nftables) and uid-port entries
+/// (long port lists possible), as extra arguments.
+fn own_options() -> impl Strategy<Value = Vec<String>> {
+    let net = prop_oneof![
+        (any::<[u8; 4]>(), 8u8..=32)
+            .prop_map(|(a, len)| format!("{}.{}.{}.{}/{len}", a[0], a[1], a[2], a[3])),
+        (any::<u128>(), 16u8..=128)
+            .prop_map(|(a, len)| format!("{}/{len}", std::net::Ipv6Addr::from(a))),
+    ];
+    let entry = (
+        prop_oneof![Just("tcp"), Just("udp"), Just("tcp,udp"), Just("*")],
+        proptest::collection::vec(1u16.., 1..20),
+        proptest::collection::vec(0u32..5000, 1..3),
+    )
+        .prop_map(|(proto, ports, uids)| {
+            let list = |v: Vec<String>| v.join(",");
+            format!(
+                "{proto}:{}:{}",
+                list(ports.iter().map(u16::to_string).collect()),
+                list(uids.iter().map(u32::to_string).collect())
+            )
+        });
+    (
+        proptest::collection::vec(net, 0..40),
+        proptest::collection::vec(entry, 0..3),
+    )
+        .prop_map(|(nets, entries)| {
+            let mut out = Vec::new();
+            if !nets.is_empty() {
+                out.push(format!("--exclude-inbound-sources={}", nets.join(",")));
+            }
+            if !entries.is_empty() {
+                out.push(format!(
+                    "--exclude-outbound-ports-for-uids={}",
+                    entries.join(";")
+                ));
+            }
+            out
+        })
+}
+
 fn config() -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -52,6 +96,7 @@ proptest! {
     fn random_configurations_apply_exactly_rerun_as_no_op_and_clean_up(
         mut cfg in istio_config(),
         backend in prop_oneof![Just("--force-iptables-binary=legacy"), Just("--force-iptables-binary=nft"), Just("--native-nftables")],
+        own in prop_oneof![Just(Vec::new()), own_options()],
     ) {
         if !require_root("random_configurations_apply_exactly_rerun_as_no_op_and_clean_up") {
             return Ok(());
@@ -59,7 +104,8 @@ proptest! {
         numeric_groups(&mut cfg);
         let (mut args, env) = to_cli(&cfg);
         args.push(backend.to_string());
-        let case = format!("{backend}\n{}", to_case_args(&cfg));
+        args.extend(own.iter().cloned());
+        let case = format!("{backend} {own:?}\n{}", to_case_args(&cfg));
         let lab = Lab::new().expect("lab");
         let before = all_rules(&lab.pod);
 

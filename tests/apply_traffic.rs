@@ -103,6 +103,10 @@ scenarios!(
     // Needs meshinit's TPROXY policy routes: without them a destination that is not the pod's
     // own address is forwarded (and dropped) instead of delivered to the proxy.
     tproxy_foreign_destination,
+    // meshinit's own options (not Istio's).
+    inbound_source_exclusion,
+    outbound_port_exclusion_per_uid,
+    tproxy_inbound_source_exclusion,
 );
 
 fn run_scenario(name: &str, variant: Variant, body: fn(&Lab, Variant)) {
@@ -123,6 +127,8 @@ struct Meshinit<'a> {
     ipv6: bool,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The native backend runs with the test's PATH too (to see iptables rules it moves).
+    full_path: bool,
 }
 
 /// The normalised output of every save tool in the pod namespace, keyed by tool.
@@ -146,6 +152,7 @@ impl<'a> Meshinit<'a> {
             ipv6,
             args: all,
             env: Vec::new(),
+            full_path: false,
         }
     }
 
@@ -159,7 +166,7 @@ impl<'a> Meshinit<'a> {
     /// test runner's environment changes the configuration.
     fn run(&self) -> (Option<i32>, String) {
         let path = match self.variant {
-            Variant::Native => {
+            Variant::Native if !self.full_path => {
                 let empty = std::env::temp_dir().join("meshinit-empty-path");
                 std::fs::create_dir_all(&empty).expect("an empty PATH directory");
                 empty.into_os_string()
@@ -1160,6 +1167,422 @@ fn tproxy_foreign_destination(lab: &Lab, variant: Variant) {
                 dst,
             );
             assert_eq!(l.local, dst, "TPROXY must keep the destination: {l}");
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// meshinit's own options (not Istio's): --exclude-inbound-sources and
+// --exclude-outbound-ports-for-uids
+
+/// The backend a scenario's rules are moved to by `--reconcile` (each variant to another one).
+fn next_backend(variant: Variant) -> Variant {
+    match variant {
+        Variant::Legacy => Variant::Native,
+        Variant::Native => Variant::Nft,
+        Variant::Nft => Variant::Legacy,
+    }
+}
+
+/// One rule of meshinit's own that the lifecycle deletes by hand: in iptables' words (table,
+/// then the rule after `-D`) and as a fragment of its nft listing (chain, text).
+struct OwnRule<'a> {
+    table: &'a str,
+    iptables: Vec<String>,
+    v6: bool,
+    nft_chain: &'a str,
+    nft_text: String,
+    /// What `--check`'s report must contain: for iptables, then for native nftables.
+    named: [&'a str; 2],
+}
+
+/// Deletes `rule` from the live ruleset of `variant`, as an operator would.
+fn delete_by_hand(lab: &Lab, variant: Variant, rule: &OwnRule<'_>) {
+    let out = if variant == Variant::Native {
+        let table = format!("istio-proxy-{}", rule.table);
+        let listing = support::nft::chain_with_handles(&lab.pod, &table, rule.nft_chain);
+        let line = listing
+            .lines()
+            .find(|l| l.contains(&rule.nft_text))
+            .unwrap_or_else(|| panic!("no rule {:?} in\n{listing}", rule.nft_text));
+        let handle = line.rsplit("# handle ").next().unwrap().trim().to_string();
+        lab.pod.run(
+            &[
+                "nft",
+                "delete",
+                "rule",
+                "inet",
+                &table,
+                rule.nft_chain,
+                "handle",
+                &handle,
+            ],
+            None,
+        )
+    } else {
+        let tool = format!(
+            "{}-{}",
+            if rule.v6 { "ip6tables" } else { "iptables" },
+            variant.name()
+        );
+        let mut argv = vec![tool.as_str(), "-t", rule.table, "-D"];
+        argv.extend(rule.iptables.iter().map(String::as_str));
+        lab.pod.run(&argv, None)
+    };
+    assert!(
+        out.status.success(),
+        "deleting {:?} by hand: {}",
+        rule.iptables,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What every rule of ours goes through, for the new options' rules: `--check` passes right
+/// after apply (the native backend's encode/decode/compare round trip included); a rule of
+/// theirs deleted by hand is found by `--check` (exit 3, naming it) and put back by
+/// `--reconcile`; `--reconcile` with another backend moves everything there (the traffic is
+/// checked again there); `--cleanup-only` leaves nothing of ours.
+fn own_rules_lifecycle(
+    lab: &Lab,
+    variant: Variant,
+    ipv6: bool,
+    args: &[&str],
+    deleted: &OwnRule<'_>,
+    traffic: impl Fn(),
+) {
+    // Once rules moved, a backend must see the other's leftovers (legacy keeps empty
+    // tables), so runs after the first ones get the test's PATH even for native.
+    let with = |v: Variant, extra: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(extra);
+        let mut m = Meshinit::new(lab, v, ipv6, &all);
+        m.full_path = v != variant;
+        m
+    };
+    let (code, log) = with(variant, &["--check"]).run();
+    assert_eq!(code, Some(0), "{variant}: --check right after apply\n{log}");
+
+    delete_by_hand(lab, variant, deleted);
+    let tampered = snapshot(&lab.pod);
+    let (code, log) = with(variant, &["--check"]).run();
+    assert_eq!(
+        code,
+        Some(3),
+        "{variant}: --check after deleting {:?}\n{log}",
+        deleted.iptables
+    );
+    let named = deleted.named[usize::from(variant == Variant::Native)];
+    assert!(
+        log.contains(named),
+        "{variant}: --check must name the deleted rule ({named}):\n{log}"
+    );
+    assert_eq!(snapshot(&lab.pod), tampered, "--check changed something");
+    let (code, log) = with(variant, &["--reconcile"]).run();
+    assert_eq!(code, Some(0), "{variant}: --reconcile\n{log}");
+    let (code, log) = with(variant, &["--check"]).run();
+    assert_eq!(code, Some(0), "{variant}: --check after --reconcile\n{log}");
+
+    let other = next_backend(variant);
+    let (code, log) = with(other, &["--reconcile"]).run();
+    assert_eq!(code, Some(0), "{variant} -> {other}: --reconcile\n{log}");
+    let after = snapshot(&lab.pod);
+    let holds_ours = |v: Variant| match v {
+        Variant::Native => after["nft"].contains("table inet istio-proxy-"),
+        _ => [false, true]
+            .iter()
+            .any(|v6| after[&v.save_tool(*v6)].contains(":ISTIO_")),
+    };
+    assert!(
+        holds_ours(other) && !holds_ours(variant),
+        "{variant} -> {other}: the rules must have moved\n{}",
+        dump(&after)
+    );
+    let (code, log) = with(other, &["--check"]).run();
+    assert_eq!(code, Some(0), "{other}: --check after the move\n{log}");
+    traffic();
+
+    let (code, log) = with(other, &["--cleanup-only"]).run();
+    assert_eq!(code, Some(0), "{other}: --cleanup-only\n{log}");
+    let clean = snapshot(&lab.pod);
+    let left: Vec<&String> = clean
+        .values()
+        .filter(|t| t.contains("ISTIO_") || t.contains("istio-proxy-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{other}: cleanup left rules of ours\n{}",
+        dump(&clean)
+    );
+}
+
+/// `--exclude-inbound-sources` with 20 networks per family (so the native backend looks them
+/// up in one set per family, under `--nft-sets=auto`): a peer connecting from an address
+/// inside one of them reaches the app directly, from its lab address (outside) it is
+/// captured, in both families; outbound is untouched.
+fn inbound_source_exclusion(lab: &Lab, variant: Variant) {
+    let (pod, peer_ns) = (&lab.pod, &lab.peer);
+    let inside4 = Ipv4Addr::new(198, 51, 7, 7);
+    let inside6 = Ipv6Addr::new(0xfd00, 0x5151, 7, 0, 0, 0, 0, 7);
+    for a in [IpAddr::V4(inside4), IpAddr::V6(inside6)] {
+        lab.add_peer_addr(a).expect("extra peer address");
+    }
+    let mut nets: Vec<String> = (0..20).map(|i| format!("198.51.{i}.0/24")).collect();
+    nets.extend((0..20).map(|i| format!("fd00:5151:{i:x}::/64")));
+    let sources = format!("--exclude-inbound-sources={}", nets.join(","));
+    let mut ls = Listeners::default();
+    ls.tcp(pod, "outbound", any4(OUTBOUND_PORT))
+        .tcp(pod, "inbound", any4(INBOUND_PORT))
+        .tcp(pod, "inbound6", any6(INBOUND_PORT))
+        .tcp(pod, "app-8080", any4(8080))
+        .tcp(pod, "app6-8080", any6(8080))
+        .tcp(peer_ns, "peer-80", any4(80));
+    let mut args = ISTIO_INIT_ARGS.to_vec();
+    args.push(&sources);
+
+    let traffic = || {
+        for (dst, inside, outside, captured, app_listener) in [
+            (
+                lab.pod4(8080),
+                IpAddr::V4(inside4),
+                IpAddr::V4(lab.peer_v4),
+                "inbound",
+                "app-8080",
+            ),
+            (
+                lab.pod6(8080),
+                IpAddr::V6(inside6),
+                IpAddr::V6(lab.peer_v6),
+                "inbound6",
+                "app6-8080",
+            ),
+        ] {
+            let l = tcp_lands(
+                &format!("peer from {inside} (excluded) -> {dst}"),
+                peer().bind(addr(inside, 0)).tcp(peer_ns, dst),
+                app_listener,
+                dst,
+            );
+            assert_eq!(l.remote.ip(), inside, "the excluded source: {l}");
+            let l = tcp_lands(
+                &format!("peer from {outside} -> {dst}"),
+                peer().bind(addr(outside, 0)).tcp(peer_ns, dst),
+                captured,
+                dst,
+            );
+            assert_eq!(l.remote.ip(), outside, "{l}");
+        }
+        let out = lab.peer4(80);
+        tcp_lands("app->peer:80", app().tcp(pod, out), "outbound", out);
+    };
+    let m = Meshinit::new(lab, variant, true, &args);
+    m.apply_and_check(traffic);
+    if variant == Variant::Native {
+        let listing = support::nft::listing(pod);
+        for family in ["ip saddr {", "ip6 saddr {"] {
+            assert!(
+                listing.contains(family),
+                "20 excluded sources must be one set lookup ({family}):\n{listing}"
+            );
+        }
+    }
+    let deleted = OwnRule {
+        table: "nat",
+        iptables: strings(&["ISTIO_INBOUND", "-s", "198.51.7.0/24", "-j", "RETURN"]),
+        v6: false,
+        nft_chain: "istio-inbound",
+        // Under sets the one rule holds every network: deleting it removes them all.
+        nft_text: "ip saddr {".to_string(),
+        named: [
+            "missing: -A ISTIO_INBOUND -s 198.51.7.0/24 -j RETURN",
+            "missing rule 2 `ip saddr { 198.51.0.0-198.51.19.255 } counter return`",
+        ],
+    };
+    own_rules_lifecycle(lab, variant, true, &args, &deleted, traffic);
+}
+
+/// `--exclude-outbound-ports-for-uids 'tcp:9090:1500,1600;udp:53:1500;tcp:8080:1337'` with DNS
+/// capture of the peer's resolver: uid 1500's connections to port 9090 reach the peer
+/// directly, in both families, as do uid 1600's; the app's (uid 1000) to 9090 and uid 1500's
+/// to port 80 are captured; uid 1500's UDP DNS queries bypass DNS capture and their answers
+/// come back through a pod firewall that drops UDP from port 53 that is not part of a known
+/// connection (so the query must be in the answer's conntrack zone), while the app's are
+/// still captured, as are uid 1500's TCP DNS connections (only `udp:53` is listed); the proxy
+/// (1337) to its own pod's 8080 goes to the app, not through inbound (the exclusion comes
+/// before the `-o lo` owner rules), while to another port of its pod it still goes inbound.
+fn outbound_port_exclusion_per_uid(lab: &Lab, variant: Variant) {
+    let (pod, peer_ns) = (&lab.pod, &lab.peer);
+    let unlisted = Ipv4Addr::new(192, 0, 2, 53);
+    lab.add_peer_addr(unlisted.into())
+        .expect("extra peer address");
+    let mut ls = dns_listeners(lab, true, unlisted);
+    ls.tcp(pod, "outbound6", any6(OUTBOUND_PORT))
+        .tcp(pod, "inbound", any4(INBOUND_PORT))
+        .tcp(pod, "app-8080", any4(8080))
+        .tcp(pod, "app-8081", any4(8081))
+        .tcp(peer_ns, "peer-80", any4(80))
+        .tcp(peer_ns, "peer-9090", any4(9090))
+        .tcp(peer_ns, "peer6-9090", any6(9090));
+    // A pod firewall of the user's: UDP answers from port 53 must belong to a connection.
+    lab.pod.nft_apply(
+        "table inet userfw { chain input { type filter hook input priority 0 ; \
+         udp sport 53 ct state new counter drop ; }\n}\n",
+    );
+    let servers = format!("--dns-servers={},{}", lab.peer_v4, lab.peer_v6);
+    let mut args = ISTIO_INIT_ARGS.to_vec();
+    args.extend([
+        "--redirect-dns",
+        &servers,
+        "--exclude-outbound-ports-for-uids",
+        "tcp:9090:1500,1600;udp:53:1500;tcp:8080:1337",
+    ]);
+    let listed = || Client::user(1500, 1500);
+
+    let traffic = || {
+        for (dst, direct, captured) in [
+            (lab.peer4(9090), "peer-9090", "outbound"),
+            (lab.peer6(9090), "peer6-9090", "outbound6"),
+        ] {
+            tcp_lands(
+                &format!("uid 1500->{dst}"),
+                listed().tcp(pod, dst),
+                direct,
+                dst,
+            );
+            tcp_lands(
+                &format!("uid 1600->{dst}"),
+                Client::user(1600, 1600).tcp(pod, dst),
+                direct,
+                dst,
+            );
+            tcp_lands(&format!("app->{dst}"), app().tcp(pod, dst), captured, dst);
+        }
+        let p80 = lab.peer4(80);
+        tcp_lands("uid 1500->peer:80", listed().tcp(pod, p80), "outbound", p80);
+        for (resolver, suffix) in [(lab.peer4(53), ""), (lab.peer6(53), "6")] {
+            udp_lands(
+                &format!("uid 1500->{resolver}/udp (excluded from DNS capture)"),
+                listed().udp(pod, resolver),
+                &format!("resolver{suffix}-udp"),
+            );
+            udp_lands(
+                &format!("app->{resolver}/udp"),
+                app().udp(pod, resolver),
+                &format!("dns-proxy{suffix}-udp"),
+            );
+            tcp_lands(
+                &format!("uid 1500->{resolver}/tcp (only udp:53 listed)"),
+                listed().tcp(pod, resolver),
+                &format!("dns-proxy{suffix}-tcp"),
+                resolver,
+            );
+        }
+        let own = lab.pod4(8080);
+        tcp_lands(
+            "proxy->own pod:8080 (listed)",
+            proxy().tcp(pod, own),
+            "app-8080",
+            own,
+        );
+        let own = lab.pod4(8081);
+        tcp_lands("proxy->own pod:8081", proxy().tcp(pod, own), "inbound", own);
+    };
+    let m = Meshinit::new(lab, variant, true, &args);
+    m.apply_and_check(traffic);
+    let deleted = OwnRule {
+        table: "nat",
+        iptables: strings(&[
+            "ISTIO_OUTPUT", "-p", "tcp", "--dport", "9090", "-m", "owner", "--uid-owner", "1500",
+            "-j", "RETURN",
+        ]),
+        v6: false,
+        nft_chain: "istio-output",
+        nft_text: "tcp dport 9090 meta skuid 1500".to_string(),
+        named: [
+            "missing: -A ISTIO_OUTPUT -p tcp -m tcp --dport 9090 -m owner --uid-owner 1500 -j RETURN",
+            "missing rule 1 `tcp dport 9090 skuid 1500 counter return`",
+        ],
+    };
+    own_rules_lifecycle(lab, variant, true, &args, &deleted, traffic);
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// `--exclude-inbound-sources` under TPROXY (mangle's inbound dispatch): a peer connecting
+/// from an excluded network reaches the app itself (not TPROXYed), in both families; from
+/// outside it is TPROXYed to the transparent listener, source and destination kept.
+fn tproxy_inbound_source_exclusion(lab: &Lab, variant: Variant) {
+    let (pod, peer_ns) = (&lab.pod, &lab.peer);
+    let inside4 = Ipv4Addr::new(198, 51, 100, 7);
+    let inside6 = Ipv6Addr::new(0xfd00, 0x5151, 0, 0, 0, 0, 0, 7);
+    for a in [IpAddr::V4(inside4), IpAddr::V6(inside6)] {
+        lab.add_peer_addr(a).expect("extra peer address");
+    }
+    let mut ls = Listeners::default();
+    ls.add(
+        pod,
+        ListenerSpec::tcp("inbound", any4(INBOUND_PORT)).transparent(),
+    )
+    .add(
+        pod,
+        ListenerSpec::tcp("inbound6", any6(INBOUND_PORT)).transparent(),
+    )
+    .tcp(pod, "outbound", any4(OUTBOUND_PORT))
+    .tcp(pod, "app-8080", any4(8080))
+    .tcp(pod, "app6-8080", any6(8080));
+
+    let m = Meshinit::new(
+        lab,
+        variant,
+        true,
+        &[
+            "-p",
+            "15001",
+            "-z",
+            "15006",
+            "-u",
+            "1337",
+            "-m",
+            "TPROXY",
+            "-i",
+            "*",
+            "-b",
+            "*",
+            "--exclude-inbound-sources=198.51.100.0/24,fd00:5151::/64,203.0.113.0/24",
+        ],
+    );
+    m.apply_and_check(|| {
+        for (dst, inside, outside, listener, app_listener) in [
+            (
+                lab.pod4(8080),
+                IpAddr::V4(inside4),
+                IpAddr::V4(lab.peer_v4),
+                "inbound",
+                "app-8080",
+            ),
+            (
+                lab.pod6(8080),
+                IpAddr::V6(inside6),
+                IpAddr::V6(lab.peer_v6),
+                "inbound6",
+                "app6-8080",
+            ),
+        ] {
+            let l = tcp_lands(
+                &format!("peer from {inside} (excluded) -> {dst}"),
+                peer().bind(addr(inside, 0)).tcp(peer_ns, dst),
+                app_listener,
+                dst,
+            );
+            assert_eq!(l.remote.ip(), inside, "{l}");
+            let l = tcp_lands(
+                &format!("peer from {outside} -> {dst} (TPROXY)"),
+                peer().bind(addr(outside, 0)).tcp(peer_ns, dst),
+                listener,
+                dst,
+            );
+            assert_eq!((l.local, l.remote.ip()), (dst, outside), "{l}");
         }
     });
 }

@@ -144,6 +144,24 @@ fn bad_input_exits_2_naming_the_flag_and_value() {
             &[("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "10.0.0.1/8")],
             &["ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"],
         ),
+        (
+            &["--exclude-inbound-sources=10.0.0.0/8,nope"],
+            &[],
+            &[
+                "--exclude-inbound-sources",
+                "MESHINIT_EXCLUDE_INBOUND_SOURCES",
+                "nope",
+            ],
+        ),
+        (
+            &[],
+            &[("MESHINIT_EXCLUDE_OUTBOUND_PORTS_FOR_UIDS", "tcp:9090:root")],
+            &[
+                "--exclude-outbound-ports-for-uids",
+                "MESHINIT_EXCLUDE_OUTBOUND_PORTS_FOR_UIDS",
+                "tcp:9090:root",
+            ],
+        ),
         (&["--bogus"], &[], &["--bogus"]),
         (&["-p"], &[], &["-p"]),
         (&["stray"], &[], &["stray"]),

@@ -290,3 +290,97 @@ fn bad_connection_specs_exit_2_naming_the_field() {
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("--conn"), "{}", out.stderr);
 }
+
+#[test]
+fn explain_and_trace_account_for_meshinit_own_exclusions() {
+    let own = [
+        "--exclude-inbound-sources=192.0.2.0/24",
+        "--exclude-outbound-ports-for-uids=tcp:9090:1500;udp:53:1600",
+        "--redirect-dns",
+        "--dns-servers=10.96.0.10",
+    ];
+    // run() pins --dns-servers= first; the later value wins.
+    let out = run("explain", &own, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let t = &out.stdout;
+    let by = "(meshinit's --exclude-outbound-ports-for-uids)";
+    expect_row(t, "out uid 1500 → port 9090 tcp", "not captured", by);
+    expect_row(
+        t,
+        "out uid 1500 → port 80 tcp (not listed for it)",
+        "redirected to port 15001",
+        "nat/ISTIO_REDIRECT",
+    );
+    expect_row(
+        t,
+        "out uid 1600 → DNS 10.96.0.10:53 udp",
+        "not captured: goes to its destination (conntrack zone 1)",
+        by,
+    );
+    expect_row(
+        t,
+        "out app → DNS 10.96.0.10:53 udp",
+        "redirected to port 15053 (conntrack zone 2)",
+        "nat/ISTIO_OUTPUT_DNS",
+    );
+    expect_row(
+        t,
+        "in  peer 192.0.2.0 → app port 8080 (--exclude-inbound-sources 192.0.2.0/24)",
+        "not captured",
+        "nat/ISTIO_INBOUND: excluded inbound source",
+    );
+    expect_row(
+        t,
+        "in  peer → app port 8080 ",
+        "redirected to port 15006",
+        "nat/ISTIO_IN_REDIRECT",
+    );
+
+    // trace: the app (uid 1000) to 9090 is still captured; from outside the excluded
+    // network inbound is captured, from inside it is decided by the new rule, in the rule
+    // position iptables lists (after the tunnel-port RETURN).
+    for (conn, verdict, decided) in [
+        (
+            "out tcp uid=1000 dst=203.0.113.10:9090",
+            "redirect",
+            "ISTIO_REDIRECT",
+        ),
+        ("out tcp uid=1500 dst=203.0.113.10:9090", "accept", "uid"),
+        (
+            "in tcp src=192.0.2.9 dst=10.244.0.5:8080 iface=eth0",
+            "accept",
+            "source",
+        ),
+        (
+            "in tcp src=198.51.100.9 dst=10.244.0.5:8080 iface=eth0",
+            "redirect",
+            "ISTIO_IN_REDIRECT",
+        ),
+    ] {
+        let mut args = own.to_vec();
+        let spec = format!("--conn={conn}");
+        args.extend([spec.as_str(), "--json"]);
+        let out = run("trace", &args, &[]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        assert_eq!(json["verdict"], verdict, "{conn}: {json}");
+        assert!(
+            json["decided_by"].to_string().contains(decided),
+            "{conn}: {json}"
+        );
+    }
+    let out = run(
+        "trace",
+        &[
+            own[0],
+            "--conn=in tcp src=192.0.2.9 dst=10.244.0.5:8080 iface=eth0",
+        ],
+        &[],
+    );
+    assert!(
+        out.stdout
+            .contains("nat/ISTIO_INBOUND rule 2: excluded inbound source"),
+        "{}",
+        out.stdout
+    );
+}

@@ -126,6 +126,22 @@ fn random_config(rng: &mut Rng, ipv6: bool) -> (Vec<String>, Vec<(String, String
     if rng.chance(20) {
         args.push("--drop-invalid".to_string());
     }
+    // meshinit's own options.
+    if rng.chance(30) {
+        let sources = match rng.next() % 2 {
+            0 => v6("198.18.0.0/24", "fd00:198:18::/64"),
+            _ => v6("198.18.1.0/24,10.0.0.0/8", "fd00::/8"),
+        };
+        args.push(format!("--exclude-inbound-sources={sources}"));
+    }
+    if rng.chance(30) {
+        let entries = rng.pick(&[
+            "tcp:9090,80:1000",
+            "tcp,udp:53,8080:1000,2000",
+            "*:8125:2000;tcp:80:1337",
+        ]);
+        args.push(format!("--exclude-outbound-ports-for-uids={entries}"));
+    }
     args.push(format!("--ipv6={ipv6}"));
     (args, env)
 }
@@ -196,12 +212,14 @@ fn random_probe(rng: &mut Rng, lab: &Lab) -> Probe {
         }
     } else {
         let dst = socket(pod, port);
+        // Also from the extra addresses, inside and outside `--exclude-inbound-sources`.
+        let src = *rng.pick(&[peer, peer, extra[0], extra[1]]);
         Probe {
-            spec: format!("in {proto} src={peer} dst={} iface=eth0", spec_addr(dst)),
+            spec: format!("in {proto} src={src} dst={} iface=eth0", spec_addr(dst)),
             outbound: false,
             udp,
             creds: Creds::new(0, 0),
-            src: peer,
+            src,
             dst,
         }
     }
@@ -301,7 +319,9 @@ fn connect(probe: &Probe, lab: &Lab) -> Result<Landing, ClientError> {
             client.tcp(&lab.pod, probe.dst)
         }
     } else {
-        let client = Client::root().timeout(timeout);
+        let client = Client::root()
+            .timeout(timeout)
+            .bind(SocketAddr::new(probe.src, 0));
         if probe.udp {
             client.udp(&lab.peer, probe.dst)
         } else {

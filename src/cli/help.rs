@@ -61,6 +61,8 @@ fn placeholder(long: &str) -> &'static str {
         "log_output_level" | "log_stacktrace_level" => "LEVELS",
         "ipv6" => "WHEN",
         "dns-servers" => "ADDRS",
+        "exclude-inbound-sources" => "CIDRS",
+        "exclude-outbound-ports-for-uids" => "ENTRIES",
         "backend" => "BACKEND",
         "conn" => "SPEC",
         _ => "VALUE",

@@ -4,6 +4,7 @@
 
 pub mod detect;
 pub mod types;
+pub mod uid_ports;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use types::{
     parse_decimal, parse_go_bool, parse_go_duration, parse_ids, parse_ifnames, parse_ports,
     split_list, Cidr, CidrsByFamily, GroupRef, IfName, Port,
 };
+use uid_ports::{parse_uid_port_excludes, UidPortExclude};
 
 /// Istio's fallback proxy UID when `ENVOY_USER` cannot be resolved.
 pub const DEFAULT_PROXY_UID: u32 = 1337;
@@ -126,6 +128,12 @@ pub struct Capture {
     pub drop_invalid: bool,
     /// Whether IPv6 rules are installed (`--ipv6`, else detected).
     pub ipv6: bool,
+    /// `--exclude-inbound-sources` (meshinit's own): inbound connections from these networks
+    /// are never captured. Empty: Istio's rules unchanged.
+    pub inbound_exclude_sources: CidrsByFamily,
+    /// `--exclude-outbound-ports-for-uids` (meshinit's own): per-uid outbound port
+    /// exclusions. Empty: Istio's rules unchanged.
+    pub outbound_uid_port_excludes: Vec<UidPortExclude>,
 }
 
 /// Which backend installs the rules.
@@ -423,16 +431,19 @@ impl Config {
             "*" => Err("'*' would exclude every destination; list CIDRs instead".to_string()),
             list => CidrsByFamily::parse(list),
         })?;
+        let inbound_exclude_sources = r.flag("exclude-inbound-sources", |s| match s {
+            "*" => Err("'*' would exclude every source; list CIDRs instead".to_string()),
+            list => CidrsByFamily::parse(list),
+        })?;
         // The kernel masks an address with host bits to its network; say what it will hold.
         let included: &[&CidrsByFamily] = match &outbound_include {
             OutboundInclude::Cidrs(c) => &[c],
             OutboundInclude::All => &[],
         };
-        for (long, cidrs) in included
-            .iter()
-            .map(|c| ("istio-service-cidr", *c))
-            .chain([("istio-service-exclude-cidr", &outbound_exclude)])
-        {
+        for (long, cidrs) in included.iter().map(|c| ("istio-service-cidr", *c)).chain([
+            ("istio-service-exclude-cidr", &outbound_exclude),
+            ("exclude-inbound-sources", &inbound_exclude_sources),
+        ]) {
             for cidr in cidrs.v4.iter().chain(&cidrs.v6) {
                 if let Some(network) = cidr.masked_if_host_bits() {
                     warnings.push(format!(
@@ -442,8 +453,17 @@ impl Config {
                 }
             }
         }
+        let no_sources = inbound_exclude_sources == CidrsByFamily::default();
+        if inbound == InboundCapture::None && !no_sources {
+            warnings.push(format!(
+                "{} has no effect: no inbound port is captured (-b is empty)",
+                crate::cli::flag("exclude-inbound-sources").describe()
+            ));
+        }
         let outbound_ports_include = r.flag("istio-outbound-ports", parse_ports)?;
         let outbound_ports_exclude = r.flag("istio-local-outbound-ports-exclude", parse_ports)?;
+        let outbound_uid_port_excludes =
+            r.flag("exclude-outbound-ports-for-uids", parse_uid_port_excludes)?;
 
         let groups_exclude = r.env_only("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", parse_groups)?;
         let owner_groups = r.env_only("ISTIO_OUTBOUND_OWNER_GROUPS", |s| {
@@ -618,6 +638,8 @@ impl Config {
                 dns,
                 drop_invalid,
                 ipv6,
+                inbound_exclude_sources,
+                outbound_uid_port_excludes,
             },
             run,
             warnings,

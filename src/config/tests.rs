@@ -646,3 +646,99 @@ fn a_long_rejected_list_is_quoted_short_and_a_cut_off_one_says_so() {
     assert!(text.contains("\"10.0.0.0/8,10.1.2.\""), "{text}");
     assert!(!text.contains("128 KiB"), "{text}");
 }
+
+#[test]
+fn meshinit_own_options_parse_and_default_to_nothing() {
+    let c = ok(&[]);
+    assert_eq!(c.inbound_exclude_sources, CidrsByFamily::default());
+    assert!(c.outbound_uid_port_excludes.is_empty());
+    let c = ok(&[
+        "--exclude-inbound-sources=10.1.0.0/16,fd00:1::/64",
+        "--exclude-outbound-ports-for-uids=tcp:9090:1500;tcp,udp:53,8125:1600,1700",
+    ]);
+    assert_eq!(c.inbound_exclude_sources.v4[0].to_string(), "10.1.0.0/16");
+    assert_eq!(c.inbound_exclude_sources.v6[0].to_string(), "fd00:1::/64");
+    let uid_ports: Vec<String> = c
+        .outbound_uid_port_excludes
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(uid_ports, ["tcp:9090:1500", "tcp,udp:53,8125:1600,1700"]);
+    let from_env = build(
+        &[],
+        &[
+            ("MESHINIT_EXCLUDE_INBOUND_SOURCES", "192.0.2.0/24"),
+            ("MESHINIT_EXCLUDE_OUTBOUND_PORTS_FOR_UIDS", "udp:53:1500"),
+        ],
+    )
+    .unwrap()
+    .capture;
+    assert_eq!(from_env.inbound_exclude_sources.v4.len(), 1);
+    assert_eq!(from_env.outbound_uid_port_excludes.len(), 1);
+    let cfg = build(&["--exclude-inbound-sources=10.1.0.0/16"], &[]).unwrap();
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("--exclude-inbound-sources") && w.contains("no effect")),
+        "{:?}",
+        cfg.warnings
+    );
+    // Host bits: kept, with the same warning as -x.
+    let cfg = build(&["-b", "*", "--exclude-inbound-sources=10.1.2.3/16"], &[]).unwrap();
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("--exclude-inbound-sources")
+                && w.contains("MESHINIT_EXCLUDE_INBOUND_SOURCES")
+                && w.contains("10.1.0.0/16")),
+        "{:?}",
+        cfg.warnings
+    );
+}
+
+#[test]
+fn bad_meshinit_own_options_are_rejected_naming_flag_env_and_value() {
+    for (value, says) in [
+        ("10.0.0.0/33", "is not a CIDR"),
+        ("10.0.0.1", "missing /prefix-length"),
+        ("*", "'*'"),
+        ("10.0.0.0/8,bad", "\"bad\""),
+    ] {
+        rejected(
+            &[&format!("--exclude-inbound-sources={value}")],
+            &[],
+            &[
+                "--exclude-inbound-sources",
+                "env MESHINIT_EXCLUDE_INBOUND_SOURCES",
+                &format!("{value:?}"),
+                says,
+            ],
+        );
+    }
+    rejected(
+        &[],
+        &[("MESHINIT_EXCLUDE_INBOUND_SOURCES", "fd00::/129")],
+        &[
+            "from env MESHINIT_EXCLUDE_INBOUND_SOURCES",
+            "\"fd00::/129\"",
+        ],
+    );
+    for (value, says) in [
+        ("tcp:9090:istio", "not a numeric id"),
+        ("sctp:9090:1500", "not tcp, udp or *"),
+        ("tcp::1500", "has no ports"),
+        ("tcp:9090", "PROTO:PORTS:UIDS"),
+        ("tcp:70000:1500", "1-65535"),
+    ] {
+        rejected(
+            &["--exclude-outbound-ports-for-uids", value],
+            &[],
+            &[
+                "--exclude-outbound-ports-for-uids",
+                "env MESHINIT_EXCLUDE_OUTBOUND_PORTS_FOR_UIDS",
+                &format!("{value:?}"),
+                says,
+            ],
+        );
+    }
+}

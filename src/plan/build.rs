@@ -47,6 +47,16 @@ impl Rules {
         });
     }
 
+    /// Rules already scoped (meshinit's own options, see `own`), in order.
+    fn scoped(&mut self, rules: Vec<Rule>) {
+        for rule in rules {
+            match rule.scope {
+                Scope::Both => self.both(rule),
+                Scope::Only(family) => self.only(family, rule),
+            }
+        }
+    }
+
     /// A rule for both families that refers to a family-specific address.
     fn per_family(&mut self, make: impl Fn(&FamilyAddrs) -> Rule) {
         let v4 = make(&self.v4_addrs);
@@ -235,6 +245,8 @@ pub fn plan(c: &Capture) -> Plan {
             Target::Return,
         ));
     }
+    // meshinit's own, after `-o`'s RETURNs: a uid's excluded ports (see `own`).
+    r.scoped(super::own::outbound_uid_port_returns(c));
 
     // `-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN`: the proxy's inbound passthrough.
     r.per_family(|a| {
@@ -516,6 +528,8 @@ fn plan_inbound(r: &mut Rules, c: &Capture) {
         vec![tcp()],
         Target::Jump(IstioInbound),
     ));
+    // meshinit's own, before any capture or divert rule: excluded sources (see `own`).
+    r.scoped(super::own::inbound_source_returns(c, table));
 
     let capture = |r: &mut Rules, port: Option<Port>| {
         let port_match: Vec<Match> = port.into_iter().map(dport).collect();
@@ -665,6 +679,8 @@ fn plan_dns(r: &mut Rules, c: &Capture, owners: &[(Owner, bool)]) {
             Target::ConntrackZone(2),
         ));
     }
+    // meshinit's own, before the app-query zone 2 rules: uids excluded from DNS (see `own`).
+    r.scoped(super::own::dns_zone_for_excluded_uids(c));
     let query = "app DNS queries: conntrack zone 2";
     let answer = "DNS answers from resolvers: conntrack zone 1";
     if all {

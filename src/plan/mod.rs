@@ -3,6 +3,7 @@
 //! (see `build`); backends only translate it.
 
 mod build;
+mod own;
 
 pub use build::plan;
 

@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::config::detect::DnsServer;
 use crate::config::types::CidrsByFamily;
+use crate::config::uid_ports::UidPortExclude;
 use crate::config::{
     Capture, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
 };
@@ -73,6 +74,45 @@ fn dns_servers() -> impl Strategy<Value = Vec<DnsServer>> {
     })
 }
 
+fn uid_excludes() -> impl Strategy<Value = Vec<UidPortExclude>> {
+    let entry = (
+        any::<(bool, bool)>(),
+        proptest::collection::vec(port(), 1..4),
+        proptest::collection::vec(0u32..5000, 1..3),
+    )
+        .prop_map(|((tcp, udp), mut ports, uids)| {
+            // Sometimes the DNS port, which also exempts the uid from DNS capture.
+            if tcp && udp {
+                ports.push(DNS_PORT);
+            }
+            UidPortExclude {
+                tcp: tcp || !udp,
+                udp,
+                ports,
+                uids,
+            }
+        });
+    proptest::collection::vec(entry, 0..3)
+}
+
+/// A chain's rules in the order the kernel holds them after the plan's appends and inserts.
+fn installed(rules: &[Rule], table: Table, chain: Chain) -> Vec<Rule> {
+    let mut out: Vec<Rule> = Vec::new();
+    for rule in rules
+        .iter()
+        .filter(|r| r.table == table && r.chain == chain)
+    {
+        match rule.position {
+            Position::Append => out.push(rule.clone()),
+            Position::Insert(n) => {
+                let at = (n as usize).saturating_sub(1).min(out.len());
+                out.insert(at, rule.clone());
+            }
+        }
+    }
+    out
+}
+
 prop_compose! {
     fn capture()(
         (proxy_port, inbound_capture_port, inbound_tunnel_port) in (port(), port(), port()),
@@ -92,6 +132,7 @@ prop_compose! {
             DnsCapture::Servers { v4, v6 }
         })],
         (drop_invalid, ipv6) in (any::<bool>(), any::<bool>()),
+        (inbound_exclude_sources, outbound_uid_port_excludes) in (cidrs(), uid_excludes()),
     ) -> Capture {
         Capture {
             proxy_port, inbound_capture_port, inbound_tunnel_port, proxy_uids, proxy_gids,
@@ -101,6 +142,7 @@ prop_compose! {
             owner_groups,
             loopback_v4: Cidr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), loopback_len).unwrap(),
             dns, drop_invalid, ipv6,
+            inbound_exclude_sources, outbound_uid_port_excludes,
         }
     }
 }
@@ -186,6 +228,46 @@ proptest! {
                     prop_assert!(n >= 1 && n <= *len + 1, "{} inserted at {} of {}", rule, n, len);
                 }
                 *len += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn meshinit_own_exclusions_come_before_any_capture(c in capture()) {
+        let p = plan(&c);
+        let ours = |r: &Rule| r.purpose.contains("meshinit's");
+        for family in p.families() {
+            let rules = p.rules(family);
+            // Inbound: every excluded source's RETURN before any jump (capture, divert).
+            let table = if c.mode == InterceptMode::Tproxy { Table::Mangle } else { Table::Nat };
+            let inbound = installed(&rules, table, Chain::IstioInbound);
+            let sources = c.inbound_exclude_sources.family(family == Family::V6);
+            let planned = inbound.iter().filter(|r| ours(r)).count();
+            let expected = if c.inbound == InboundCapture::None { 0 } else { sources.len() };
+            prop_assert_eq!(planned, expected);
+            if let Some(first_jump) = inbound.iter().position(|r| r.jump_target().is_some()) {
+                prop_assert!(inbound.iter().rposition(ours).is_none_or(|last| last < first_jump));
+            }
+            // Outbound: every uid-port RETURN before any rule of Istio's with an owner match
+            // (the `-o lo` ones included) and before the DNS jump.
+            let output = installed(&rules, Table::Nat, Chain::IstioOutput);
+            let first_other = output.iter().position(|r| !ours(r) && (
+                r.matches.iter().any(|m| matches!(m, Match::Owner { .. }))
+                    || r.jump_target().is_some()));
+            if let (Some(last), Some(first)) = (output.iter().rposition(ours), first_other) {
+                prop_assert!(last < first, "an exclusion after {}", output[first]);
+            }
+            let count: usize = c.outbound_uid_port_excludes.iter()
+                .map(|e| e.uids.len() * e.ports.len() * (usize::from(e.tcp) + usize::from(e.udp)))
+                .sum();
+            prop_assert_eq!(output.iter().filter(|r| ours(r)).count(), count);
+            // A uid exempted from UDP DNS gets zone 1 before any app-query zone 2 rule.
+            let raw = installed(&rules, Table::Raw, Chain::IstioOutputDns);
+            let zone2 = raw.iter().position(|r| r.target == Target::ConntrackZone(2)
+                && !r.matches.iter().any(|m| matches!(m, Match::Owner { .. })));
+            for (i, r) in raw.iter().enumerate().filter(|(_, r)| ours(r)) {
+                prop_assert_eq!(&r.target, &Target::ConntrackZone(1));
+                prop_assert!(zone2.is_none_or(|z| i < z));
             }
         }
     }

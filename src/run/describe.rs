@@ -187,6 +187,30 @@ pub fn describe(config: &Config) -> (String, Value) {
             "retry_pause_ms": r.retry_pause.as_millis() as u64,
         },
     });
+    // meshinit's own capture options: said only when used, so that a run with Istio's flags
+    // alone describes itself exactly as before.
+    let sources = [
+        &c.inbound_exclude_sources.v4[..],
+        &c.inbound_exclude_sources.v6[..],
+    ]
+    .concat();
+    let uid_ports = &c.outbound_uid_port_excludes;
+    let (mut text, mut fields) = (text, fields);
+    if !sources.is_empty() || !uid_ports.is_empty() {
+        text.push_str(&format!(
+            "\nmeshinit's own: exclude inbound sources {}, exclude outbound ports for uids {}",
+            list(&sources),
+            if uid_ports.is_empty() {
+                "-".to_string()
+            } else {
+                strings(uid_ports).join(";")
+            }
+        ));
+        fields["meshinit_own"] = json!({
+            "exclude_inbound_sources": strings(&sources),
+            "exclude_outbound_ports_for_uids": strings(uid_ports),
+        });
+    }
     (text, fields)
 }
 

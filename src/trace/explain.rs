@@ -181,6 +181,29 @@ pub fn probes(capture: &Capture, groups: GroupLookup<'_>) -> Vec<(String, Conn)>
                 );
             }
         }
+        // meshinit's own: each listed uid to each listed port, and to a port it does not list.
+        for entry in &capture.outbound_uid_port_excludes {
+            for &uid in &entry.uids {
+                let protocols = [(entry.tcp, Protocol::Tcp), (entry.udp, Protocol::Udp)];
+                for (_, p) in protocols.into_iter().filter(|(on, _)| *on) {
+                    for port in &entry.ports {
+                        add(
+                            format!(
+                                "uid {uid} → port {port} {} (--exclude-outbound-ports-for-uids)",
+                                proto_name(p)
+                            ),
+                            out(p, uid, uid, s.outside, port.get()),
+                        );
+                    }
+                }
+                if let Some(other) = (80..).find(|p| entry.ports.iter().all(|q| q.get() != *p)) {
+                    add(
+                        format!("uid {uid} → port {other} tcp (not listed for it)"),
+                        out(Protocol::Tcp, uid, uid, s.outside, other),
+                    );
+                }
+            }
+        }
         for port in &capture.outbound_ports_include {
             add(
                 format!("app → port {port} (-q)"),
@@ -214,6 +237,21 @@ pub fn probes(capture: &Capture, groups: GroupLookup<'_>) -> Vec<(String, Conn)>
                 format!("proxy → DNS {} udp", show(server, 53)),
                 out(Protocol::Udp, proxy_uid, proxy_gid, server, 53),
             );
+            let dns_port = crate::plan::DNS_PORT;
+            let exempt = capture
+                .outbound_uid_port_excludes
+                .iter()
+                .filter(|e| e.excludes_udp_port(dns_port))
+                .flat_map(|e| e.uids.iter().copied());
+            for uid in exempt {
+                add(
+                    format!(
+                        "uid {uid} → DNS {} udp (--exclude-outbound-ports-for-uids)",
+                        show(server, 53)
+                    ),
+                    out(Protocol::Udp, uid, uid, server, 53),
+                );
+            }
         }
         match &capture.owner_groups {
             OwnerGroups::AllExcept(list) | OwnerGroups::Only(list) => {
@@ -255,6 +293,15 @@ pub fn probes(capture: &Capture, groups: GroupLookup<'_>) -> Vec<(String, Conn)>
             format!("peer → app port {APP_PORT} udp"),
             inbound(Protocol::Udp, s.peer, s.pod, APP_PORT),
         );
+        for net in capture.inbound_exclude_sources.family(v6) {
+            add(
+                format!(
+                    "peer {} → app port {APP_PORT} (--exclude-inbound-sources {net})",
+                    inside(net)
+                ),
+                inbound(Protocol::Tcp, inside(net), s.pod, APP_PORT),
+            );
+        }
         for name in &capture.exclude_interfaces {
             let mut c = inbound(Protocol::Tcp, s.peer, s.pod, APP_PORT);
             c.iif = Some(iface_example(name.as_str()));
