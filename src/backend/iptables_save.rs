@@ -182,10 +182,12 @@ pub fn canonical_spec(rule: &Rule, resolve: GroupResolver<'_>) -> Result<String,
             Match::InInterface(_) | Match::OutInterface(_) => {}
             Match::Protocol(p) => proto = Some(*p),
             Match::DestinationPort { port, negate } => {
+                // A range of one port (`8000:8000`) prints as that port.
                 modules.push(format!(
-                    "-m {} {}--dport {port}",
+                    "-m {} {}--dport {}",
                     proto_name(proto)?,
-                    neg(*negate)
+                    neg(*negate),
+                    port.saved()
                 ));
             }
             Match::SourcePort(port) => {
@@ -869,7 +871,7 @@ mod tests {
                 },
                 Match::Protocol(Protocol::Tcp),
                 Match::DestinationPort {
-                    port: tun,
+                    port: tun.into(),
                     negate: true,
                 },
                 Match::Owner {

@@ -135,6 +135,14 @@ const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
+const NFT_CMP_LTE: u32 = 3;
+const NFT_CMP_GTE: u32 = 5;
+// The range expression (`tcp dport != 8000-9000`).
+const NFTA_RANGE_SREG: u16 = 1;
+const NFTA_RANGE_OP: u16 = 2;
+const NFTA_RANGE_FROM_DATA: u16 = 3;
+const NFTA_RANGE_TO_DATA: u16 = 4;
+const NFT_RANGE_NEQ: u32 = 1;
 const NFTA_PAYLOAD_DREG: u16 = 1;
 const NFTA_PAYLOAD_BASE: u16 = 2;
 const NFTA_PAYLOAD_OFFSET: u16 = 3;
@@ -864,7 +872,7 @@ mod tests {
             Stmt::Port {
                 proto: Protocol::Tcp,
                 dir: Direction::Destination,
-                port: Port::new_const(15008),
+                port: Port::new_const(15008).into(),
                 negate: true,
             },
             Stmt::PortNotIn {
