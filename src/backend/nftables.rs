@@ -692,7 +692,8 @@ fn chain_is_pure(chain: &str, rules: &[NftRule], depth: usize) -> bool {
 /// packet could match keep their order: ports differ per packet (a packet has one protocol
 /// and port) and families too, so it is checked that, per port (or per family), the groups
 /// appear in increasing order; otherwise only consecutive rules of one template are merged.
-/// A range spans ports, so a run holding one is only merged consecutively.
+/// A range covers many ports, so with one in the run this is checked for each pair of rules
+/// whose ports overlap.
 /// A set replaces several matching rules by one, so a packet matching several entries (nested
 /// networks, a repeated port) takes the action once: allowed when once is enough (see
 /// [`once_is_enough`]) or when no two entries overlap.
@@ -705,6 +706,7 @@ fn run_with_sets(
     let mut groups: Vec<(Template, Vec<&NftRule>)> = Vec::new();
     let mut seen: HashMap<u32, usize> = HashMap::new();
     let mut in_order = true;
+    let mut group_of: Vec<usize> = Vec::with_capacity(run.len());
     for rule in run {
         let pos = key_of(rule, kind)?;
         let (t, exclusive) = template(rule, pos);
@@ -716,16 +718,31 @@ fn run_with_sets(
             }
         };
         groups[g].1.push(rule);
+        group_of.push(g);
         let last = seen.entry(exclusive).or_insert(g);
         in_order &= g >= *last;
         *last = g;
     }
-    let spans = |r: &NftRule| {
-        r.stmts
-            .iter()
-            .any(|s| matches!(s, Stmt::Port { port, .. } if port.lo() != port.hi()))
+    // A range matches many ports: per port it covers, the groups must still come in order.
+    // Checked pair by pair (ranges make runs short), only when the run holds one.
+    let span = |r: &NftRule| match key_of(r, kind).map(|pos| &r.stmts[pos]) {
+        Some(Stmt::Port { proto, port, .. }) => Some((*proto as u8, port.lo(), port.hi())),
+        _ => None,
     };
-    in_order &= groups.len() < 2 || !run.iter().any(spans);
+    if groups.len() > 1 && run.iter().any(|r| span(r).is_some_and(|(_, lo, hi)| lo != hi)) {
+        let of_rule: Vec<(usize, (u8, Port, Port))> = run
+            .iter()
+            .zip(&group_of)
+            .filter_map(|(r, g)| Some((*g, span(r)?)))
+            .collect();
+        for (j, (gj, (tj, loj, hij))) in of_rule.iter().enumerate() {
+            for (gi, (ti, loi, hii)) in &of_rule[..j] {
+                if ti == tj && loi <= hij && loj <= hii && gj < gi {
+                    in_order = false;
+                }
+            }
+        }
+    }
     if !in_order {
         // Split into runs of one template each, which merge without reordering.
         let mut out = Vec::new();

@@ -140,8 +140,9 @@ impl FromStr for PortRange {
         };
         let (lo, hi) = (bound(lo)?, bound(hi)?);
         if lo > hi {
+            let sep = &s[at..=at];
             return Err(format!(
-                "{s:?} is a reversed range; write the lower port first ({lo}:{hi} would be {hi}:{lo})"
+                "{s:?} is a reversed range (its first port is above its last); write {hi}{sep}{lo}"
             ));
         }
         Ok(PortRange {
