@@ -729,7 +729,11 @@ fn run_with_sets(
         Some(Stmt::Port { proto, port, .. }) => Some((*proto as u8, port.lo(), port.hi())),
         _ => None,
     };
-    if groups.len() > 1 && run.iter().any(|r| span(r).is_some_and(|(_, lo, hi)| lo != hi)) {
+    if groups.len() > 1
+        && run
+            .iter()
+            .any(|r| span(r).is_some_and(|(_, lo, hi)| lo != hi))
+    {
         let of_rule: Vec<(usize, (u8, Port, Port))> = run
             .iter()
             .zip(&group_of)
