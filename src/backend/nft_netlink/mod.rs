@@ -668,8 +668,9 @@ mod tests {
     }
 
     /// What `nft --debug=netlink` shows nft itself sends: `tcp dport 8000-9000` as `cmp gte`
-    /// + `cmp lte`, `!= 8000-9000` as `range neq`, a range of one port as `cmp eq`, a set with
-    /// a range as an interval set (adjacent ports merged); each reads back as nft prints it.
+    /// then `cmp lte`, `!= 8000-9000` as `range neq`, a range of one port as `cmp eq`, a set
+    /// with a range as an interval set (adjacent ports merged); each reads back as nft prints
+    /// it.
     #[test]
     fn port_ranges_encode_as_nft_does_and_read_back_as_it_prints() {
         use crate::config::types::PortRange;
