@@ -1636,6 +1636,59 @@ mod tests {
     }
 
     #[test]
+    fn port_ranges_regroup_only_where_no_overlapping_entries_change_order() {
+        let rule = |proto, port: &str, stmt: Stmt| NftRule {
+            chain: "c".into(),
+            index: None,
+            stmts: vec![
+                Stmt::Port {
+                    proto,
+                    dir: Direction::Destination,
+                    port: port.parse().unwrap(),
+                    negate: false,
+                },
+                Stmt::Counter,
+                stmt,
+            ],
+            purpose: "test",
+        };
+        let ret = |proto, port: &str| rule(proto, port, Stmt::Return);
+        let jump = |port: &str| rule(Protocol::Tcp, port, Stmt::Jump("x".into()));
+        let text = |rules: Vec<NftRule>| -> Vec<String> {
+            rules.iter().map(|r| r.stmts[0].to_string()).collect()
+        };
+        // `-o` with ranges: TCP and UDP alternate; a packet has one protocol, so they regroup.
+        let alternating = vec![
+            ret(Protocol::Tcp, "22:23"),
+            ret(Protocol::Udp, "22:23"),
+            ret(Protocol::Tcp, "24"),
+            ret(Protocol::Udp, "24"),
+        ];
+        assert_eq!(
+            text(with_sets(alternating, NftSets::Always)),
+            ["tcp dport { 22-24 }", "udp dport { 22-24 }"]
+        );
+        // Port 7 first meets the jump (5-10); regrouping the returns {1, 7} ahead of it would
+        // change that, so only consecutive rules of one kind merge.
+        let crossing = vec![
+            ret(Protocol::Tcp, "1"),
+            jump("5-10"),
+            ret(Protocol::Tcp, "7"),
+        ];
+        assert_eq!(with_sets(crossing.clone(), NftSets::Always), crossing);
+        // No overlap between the groups: regrouped.
+        let apart = vec![
+            ret(Protocol::Tcp, "1"),
+            jump("5-10"),
+            ret(Protocol::Tcp, "11"),
+        ];
+        assert_eq!(
+            text(with_sets(apart, NftSets::Always)),
+            ["tcp dport { 1, 11 }", "tcp dport 5-10"]
+        );
+    }
+
+    #[test]
     fn only_chains_with_rules_are_declared_in_istios_order() {
         let r = |chain, target| rule(Table::Raw, chain, vec![], target);
         let p = plan(
