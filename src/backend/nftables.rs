@@ -692,8 +692,7 @@ fn chain_is_pure(chain: &str, rules: &[NftRule], depth: usize) -> bool {
 /// packet could match keep their order: ports differ per packet (a packet has one protocol
 /// and port) and families too, so it is checked that, per port (or per family), the groups
 /// appear in increasing order; otherwise only consecutive rules of one template are merged.
-/// A range covers many ports, so with one in the run this is checked for each pair of rules
-/// whose ports overlap.
+/// A range covers many ports, so it is checked against every rule whose ports it overlaps.
 /// A set replaces several matching rules by one, so a packet matching several entries (nested
 /// networks, a repeated port) takes the action once: allowed when once is enough (see
 /// [`once_is_enough`]) or when no two entries overlap.
@@ -723,25 +722,25 @@ fn run_with_sets(
         in_order &= g >= *last;
         *last = g;
     }
-    // A range matches many ports: per port it covers, the groups must still come in order.
-    // Checked pair by pair (ranges make runs short), only when the run holds one.
+    // A range matches many ports: for each port it covers, the groups must still come in
+    // order. Pairs of single ports are checked above; here each range against every rule.
     let span = |r: &NftRule| match key_of(r, kind).map(|pos| &r.stmts[pos]) {
         Some(Stmt::Port { proto, port, .. }) => Some((*proto as u8, port.lo(), port.hi())),
         _ => None,
     };
-    if groups.len() > 1
-        && run
-            .iter()
-            .any(|r| span(r).is_some_and(|(_, lo, hi)| lo != hi))
-    {
-        let of_rule: Vec<(usize, (u8, Port, Port))> = run
-            .iter()
-            .zip(&group_of)
-            .filter_map(|(r, g)| Some((*g, span(r)?)))
-            .collect();
-        for (j, (gj, (tj, loj, hij))) in of_rule.iter().enumerate() {
-            for (gi, (ti, loi, hii)) in &of_rule[..j] {
-                if ti == tj && loi <= hij && loj <= hii && gj < gi {
+    if groups.len() > 1 {
+        let spans: Vec<Option<(u8, Port, Port)>> = run.iter().map(span).collect();
+        for (i, s) in spans.iter().enumerate() {
+            let Some((tag, lo, hi)) = *s else { continue };
+            if lo == hi {
+                continue;
+            }
+            for (j, other) in spans.iter().enumerate() {
+                let Some((t, l, h)) = *other else { continue };
+                let overlap = t == tag && l <= hi && lo <= h;
+                let reordered =
+                    (j < i && group_of[j] > group_of[i]) || (j > i && group_of[j] < group_of[i]);
+                if overlap && reordered {
                     in_order = false;
                 }
             }
