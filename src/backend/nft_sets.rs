@@ -1,7 +1,8 @@
-//! Sets for long lists under native nftables: the address intervals a CIDR list covers
-//! (merged as nft merges them), their nft text, and the nf_tables attributes of the anonymous
-//! sets a rule looks them up in — an interval set of addresses, a plain set of ports — plus
-//! how an interval set's elements read back. Pure data; [`super::nft_netlink`] puts these
+//! Sets for long lists under native nftables: the address intervals a CIDR list covers and
+//! the port intervals a port list with ranges covers (merged as nft merges them), their nft
+//! text, and the nf_tables attributes of the anonymous sets a rule looks them up in — an
+//! interval set of addresses, a plain set of ports or an interval set when a range is among
+//! them — plus how an interval set's elements read back. Pure data; [`super::nft_netlink`] puts these
 //! attributes into the batch and [`super::nftables`] decides which rules use a set.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
