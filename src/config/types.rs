@@ -1,6 +1,6 @@
-//! Domain value types of the configuration (ports, CIDRs, interface names, owner ids and groups)
-//! and the parsers that make them: each one rejects what Istio's generator would turn into a
-//! broken or silently different rule.
+//! Domain value types of the configuration (ports and port ranges, CIDRs, interface names,
+//! owner ids and groups) and the parsers that make them: each one rejects what Istio's generator
+//! would turn into a broken or silently different rule.
 
 use std::fmt;
 use std::net::IpAddr;
