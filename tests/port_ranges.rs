@@ -98,13 +98,27 @@ fn ours_left(pod: &Netns) -> bool {
     now.contains("ISTIO_") || now.contains("istio-proxy")
 }
 
-/// Deletes by hand the one rule of ours that matches `range` (iptables spelling `LO:HI`):
-/// with iptables by its spec in `chain`, with nft by its handle in the chain of ours named
-/// like it.
-fn delete_range_rule(pod: &Netns, backend: Backend, chain: &str, spec: &str, range: &str) {
+/// A rule of ours to delete by hand: its table and chain (iptables names), its iptables spec,
+/// and the range it matches (iptables spelling `LO:HI`).
+struct Tamper {
+    table: &'static str,
+    chain: &'static str,
+    spec: &'static str,
+    range: &'static str,
+}
+
+/// Deletes by hand the rule of ours that matches `t.range`: with iptables by its spec, with
+/// nft by its handle (the first rule with the range in the chain of ours named like it).
+fn delete_range_rule(pod: &Netns, backend: Backend, t: &Tamper) {
+    let Tamper {
+        table,
+        chain,
+        spec,
+        range,
+    } = *t;
     if !backend.native() {
         let tool = format!("iptables-{}", backend.variant());
-        let mut argv = vec![tool.as_str(), "-t", "nat", "-D", chain];
+        let mut argv = vec![tool.as_str(), "-t", table, "-D", chain];
         argv.extend(spec.split(' '));
         let out = pod.run(&argv, None);
         assert!(out.status.success(), "{argv:?}: {out:?}");
@@ -112,7 +126,8 @@ fn delete_range_rule(pod: &Netns, backend: Backend, chain: &str, spec: &str, ran
     }
     let nft_chain = chain.to_lowercase().replace('_', "-");
     let nft_range = range.replace(':', "-");
-    let text = chain_with_handles(pod, "istio-proxy-nat", &nft_chain);
+    let nft_table = format!("istio-proxy-{table}");
+    let text = chain_with_handles(pod, &nft_table, &nft_chain);
     let line = text
         .lines()
         .find(|l| l.contains(&nft_range))
@@ -120,14 +135,7 @@ fn delete_range_rule(pod: &Netns, backend: Backend, chain: &str, spec: &str, ran
     let handle = line.rsplit(' ').next().expect("a handle");
     let out = pod.run(
         &[
-            "nft",
-            "delete",
-            "rule",
-            "inet",
-            "istio-proxy-nat",
-            &nft_chain,
-            "handle",
-            handle,
+            "nft", "delete", "rule", "inet", &nft_table, &nft_chain, "handle", handle,
         ],
         None,
     );
@@ -137,13 +145,7 @@ fn delete_range_rule(pod: &Netns, backend: Backend, chain: &str, spec: &str, ran
 /// Installs `args`, checks `traffic`, runs `--check` (in place), re-runs (nothing changes),
 /// checks the traffic again, deletes the rule for `range` by hand (`--check` exits 3 and names
 /// it), then cleans up (nothing of ours left).
-fn scenario(
-    lab: &Lab,
-    backend: Backend,
-    args: &[&str],
-    traffic: &dyn Fn(),
-    tampered: (&str, &str, &str),
-) {
+fn scenario(lab: &Lab, backend: Backend, args: &[&str], traffic: &dyn Fn(), tampered: Tamper) {
     let mut args = strings(args);
     args.extend(backend.args());
     args.push("--ipv6=false".to_string());
@@ -189,8 +191,8 @@ fn scenario(
     );
     traffic();
 
-    let (chain, spec, range) = tampered;
-    delete_range_rule(&lab.pod, backend, chain, spec, range);
+    let range = tampered.range;
+    delete_range_rule(&lab.pod, backend, &tampered);
     let tampered_rules = rules_now(&lab.pod);
     let out = meshinit(&lab.pod, &with("--check"), &[]);
     assert_eq!(
@@ -282,11 +284,12 @@ fn captured_ranges(backend: Backend) {
             "9000-9010",
         ],
         &traffic,
-        (
-            "ISTIO_OUTPUT",
-            "-p tcp --dport 9000:9010 -j ISTIO_REDIRECT",
-            "9000:9010",
-        ),
+        Tamper {
+            table: "nat",
+            chain: "ISTIO_OUTPUT",
+            spec: "-p tcp --dport 9000:9010 -j ISTIO_REDIRECT",
+            range: "9000:9010",
+        },
     );
     drop(keep);
 }
@@ -357,11 +360,68 @@ fn excluded_ranges(backend: Backend) {
             "9000:9010,9020",
         ],
         &traffic,
-        (
-            "ISTIO_INBOUND",
-            "-p tcp --dport 8000:8010 -j RETURN",
-            "8000:8010",
-        ),
+        Tamper {
+            table: "nat",
+            chain: "ISTIO_INBOUND",
+            spec: "-p tcp --dport 8000:8010 -j RETURN",
+            range: "8000:8010",
+        },
+    );
+    drop(keep);
+}
+
+/// `-m TPROXY -b 8000:8010,8020`: both of TPROXY's rules per entry (divert of established
+/// connections, TPROXY of new ones) take the range: 8000 and 8010 reach the transparent
+/// listener with their destination kept, 7999 and 8011 reach the app.
+fn tproxy_ranges(backend: Backend) {
+    let lab = Lab::new().expect("lab");
+    let (pod, peer) = (&lab.pod, &lab.peer);
+    let mut keep = vec![ListenerSpec::tcp("inbound", any4(INBOUND_PORT))
+        .transparent()
+        .start(pod)
+        .expect("transparent listener")];
+    for port in [7999, 8000, 8010, 8011, 8020] {
+        keep.push(listen(pod, &format!("app-{port}"), port));
+    }
+    let traffic = || {
+        for (port, want) in [
+            (7999, "app-7999"),
+            (8000, "inbound"),
+            (8010, "inbound"),
+            (8011, "app-8011"),
+            (8020, "inbound"),
+        ] {
+            let got = landed(Client::root(), peer, lab.pod4(port));
+            assert_eq!(
+                got, want,
+                "{backend:?}: peer -> pod:{port} (TPROXY -b 8000:8010,8020)"
+            );
+        }
+    };
+    scenario(
+        &lab,
+        backend,
+        &[
+            "-p",
+            "15001",
+            "-z",
+            "15006",
+            "-u",
+            "1337",
+            "-m",
+            "TPROXY",
+            "-i",
+            "",
+            "-b",
+            "8000:8010,8020",
+        ],
+        &traffic,
+        Tamper {
+            table: "mangle",
+            chain: "ISTIO_INBOUND",
+            spec: "-p tcp --dport 8000:8010 -j ISTIO_TPROXY",
+            range: "8000:8010",
+        },
     );
     drop(keep);
 }
@@ -386,6 +446,15 @@ macro_rules! per_backend {
                         return;
                     }
                     super::excluded_ranges(super::Backend::$backend);
+                }
+
+                #[test]
+                #[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+                fn tproxy_ranges_take_their_bounds_and_nothing_outside() {
+                    if !super::require_root(concat!(stringify!($module), "::tproxy_ranges")) {
+                        return;
+                    }
+                    super::tproxy_ranges(super::Backend::$backend);
                 }
             }
         )+
