@@ -295,8 +295,9 @@ fn captured_ranges(backend: Backend) {
 }
 
 /// `-b '*' -d 8000-8010,8020` leaves inbound 8000 and 8010 (and 8020) alone and captures 7999
-/// and 8011; `-o 9000:9010,9020` with `-i '*'` leaves outbound 9000 and 9010 uncaptured and
-/// captures 8999 and 9011.
+/// and 8011; `-o 9000:9010,9020:9020` with `-i '*'` leaves outbound 9000 and 9010 uncaptured
+/// and captures 8999 and 9011 (`9020:9020`, a range of one port, is written so for iptables,
+/// which shows it as `9020`: `--check` and the re-run must still find it in place).
 fn excluded_ranges(backend: Backend) {
     let lab = Lab::new().expect("lab");
     let (pod, peer) = (&lab.pod, &lab.peer);
@@ -334,7 +335,7 @@ fn excluded_ranges(backend: Backend) {
             let got = landed(Client::user(APP, APP), pod, lab.peer4(port));
             assert_eq!(
                 got, want,
-                "{backend:?}: app -> peer:{port} (-o 9000:9010,9020)"
+                "{backend:?}: app -> peer:{port} (-o 9000:9010,9020:9020)"
             );
         }
     };
@@ -357,7 +358,7 @@ fn excluded_ranges(backend: Backend) {
             "-d",
             "8000-8010,8020",
             "-o",
-            "9000:9010,9020",
+            "9000:9010,9020:9020",
         ],
         &traffic,
         Tamper {
