@@ -1433,7 +1433,8 @@ fn outbound_port_exclusion_per_uid(lab: &Lab, variant: Variant) {
         "--redirect-dns",
         &servers,
         "--exclude-outbound-ports-for-uids",
-        "tcp:9090:1500,1600;udp:53:1500;tcp:8080:1337",
+        // Ranges (the port-list parser's `LO-HI`) at their upper and lower bounds.
+        "tcp:9085-9090:1500,1600;udp:53-60:1500;tcp:8080:1337",
     ]);
     let listed = || Client::user(1500, 1500);
 

@@ -26,6 +26,10 @@ const FOREIGN: &[&str] = &[
     "meta l4proto udp return",
     "ct zone set 5 return",
     "meta skgid != 1337 th dport 9 return",
+    // Port ranges: nft's `cmp gte` + `cmp lte`, its `range neq`, interval sets (one to 65535).
+    "tcp dport 8000-9000 return",
+    "udp dport != 100-200 counter return",
+    "tcp dport { 1-5, 9, 60000-65535 } return",
 ];
 
 fn meshinit(lab: &Lab, extra: &[&str]) -> (Option<i32>, String) {

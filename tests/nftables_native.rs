@@ -295,6 +295,15 @@ fn other_configurations_list_like_their_script() {
             "--ipv6=true",
             "--dns-servers=10.0.0.10,fd00::10",
         ],
+        // Port ranges: a range rule (`tcp dport 8000-8010`), a range of one port, and a long
+        // list with ranges as an interval set, one interval reaching 65535 (no end element).
+        &[
+            "--istio-inbound-ports=8000:8010,80,7000-7000",
+            "--istio-outbound-ports=30000-30010",
+            "--istio-local-outbound-ports-exclude=1:3,5,7-9,11,13,15,17,19,21,23,25,27,29,31,33,35,37,39,64000:65535",
+            "--ipv6=true",
+            "--dns-servers=",
+        ],
     ];
     for args in configs {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();

@@ -384,3 +384,77 @@ fn explain_and_trace_account_for_meshinit_own_exclusions() {
         out.stdout
     );
 }
+
+/// Port ranges: `explain` probes each range at both bounds, and `trace` finds the range's rule
+/// for a port at either bound and no rule for the ports just outside, on both backends.
+#[test]
+fn explain_and_trace_port_ranges_at_their_bounds() {
+    let base = [
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "--ipv6=false",
+        "--dns-servers=",
+    ];
+    let with = |sub: &str, extra: &[&str]| {
+        let mut args = vec![sub];
+        args.extend(base);
+        args.extend(extra);
+        run_meshinit(&args, &[])
+    };
+    let out = with("explain", &["-b", "8000:8010,80", "-o", "22-23"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let t = &out.stdout;
+    for port in ["8000", "8010"] {
+        expect_row(
+            t,
+            &format!("in  peer → app port {port} (-b 8000:8010)"),
+            "redirected to port 15006",
+            "nat/ISTIO_IN_REDIRECT",
+        );
+    }
+    for port in ["22", "23"] {
+        expect_row(
+            t,
+            &format!("out app → port {port} tcp (-o 22:23)"),
+            "not captured",
+            "excluded outbound port",
+        );
+    }
+    expect_row(
+        t,
+        "in  peer → app port 8080 (not in -b)",
+        "not captured",
+        "no rule of nat/ISTIO_INBOUND matched",
+    );
+
+    for backend in ["--backend=iptables", "--backend=nftables"] {
+        for (port, excluded) in [(7999, false), (8000, true), (8010, true), (8011, false)] {
+            let conn = format!("--conn=in tcp src=10.0.0.7:4321 dst=10.244.1.5:{port}");
+            let out = with(
+                "trace",
+                &["-b", "*", "-d", "8000-8010", backend, &conn, "--json"],
+            );
+            assert_eq!(out.code, Some(0), "{}", out.stderr);
+            let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("one JSON object");
+            let (verdict, text) = (v["verdict"].as_str().unwrap_or(""), out.stdout.as_str());
+            if excluded {
+                assert_eq!(verdict, "accept", "{backend} port {port}: {text}");
+                assert!(
+                    text.contains("8000:8010") || text.contains("8000-8010"),
+                    "{backend} port {port}: the range's rule decides\n{text}"
+                );
+            } else {
+                assert_eq!(verdict, "redirect", "{backend} port {port}: {text}");
+                assert_eq!(v["port"], 15006, "{backend} port {port}: {text}");
+            }
+        }
+    }
+}

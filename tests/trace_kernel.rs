@@ -88,19 +88,43 @@ fn random_config(rng: &mut Rng, ipv6: bool) -> (Vec<String>, Vec<(String, String
         _ => v6("198.18.0.0/16,10.0.0.0/8", "fd00::/8"),
     };
     push("-x", exclude);
+    // Port ranges put the probed ports (80, 8080, 8125, 9090) at a range's bounds and just
+    // outside one: `8081-9089` holds 8125 but neither 8080 nor 9090.
     push(
         "-b",
-        rng.pick(&["*", "*", "8080", "8080,9090", ""]).to_string(),
+        rng.pick(&[
+            "*",
+            "*",
+            "8080",
+            "8080,9090",
+            "",
+            "8080:8125",
+            "80-8080,9090",
+        ])
+        .to_string(),
     );
     push(
         "-d",
-        rng.pick(&["15090,15021,15020", "15090,9090"]).to_string(),
+        rng.pick(&[
+            "15090,15021,15020",
+            "15090,9090",
+            "9000:9090,15090",
+            "8081-9089",
+        ])
+        .to_string(),
     );
     if rng.chance(30) {
-        push("-q", "9090".to_string());
+        push(
+            "-q",
+            rng.pick(&["9090", "9090-9100", "8081:9090"]).to_string(),
+        );
     }
     if rng.chance(30) {
-        push("-o", rng.pick(&["9090", "8125", "80"]).to_string());
+        push(
+            "-o",
+            rng.pick(&["9090", "8125", "80", "8125:9090", "81-8080"])
+                .to_string(),
+        );
     }
     if rng.chance(10) {
         push("-c", "eth0".to_string());

@@ -182,10 +182,12 @@ pub fn canonical_spec(rule: &Rule, resolve: GroupResolver<'_>) -> Result<String,
             Match::InInterface(_) | Match::OutInterface(_) => {}
             Match::Protocol(p) => proto = Some(*p),
             Match::DestinationPort { port, negate } => {
+                // A range of one port (`8000:8000`) prints as that port.
                 modules.push(format!(
-                    "-m {} {}--dport {port}",
+                    "-m {} {}--dport {}",
                     proto_name(proto)?,
-                    neg(*negate)
+                    neg(*negate),
+                    port.saved()
                 ));
             }
             Match::SourcePort(port) => {
@@ -869,7 +871,7 @@ mod tests {
                 },
                 Match::Protocol(Protocol::Tcp),
                 Match::DestinationPort {
-                    port: tun,
+                    port: tun.into(),
                     negate: true,
                 },
                 Match::Owner {
@@ -912,6 +914,71 @@ mod tests {
             canonical_spec(&r, &|g| (g == "java").then_some(4242)).unwrap(),
             "-m owner ! --gid-owner 4242 -j RETURN"
         );
+    }
+
+    /// A range prints as `LO:HI` in either spelling; a range of one port as that port, which
+    /// is how iptables-save shows `--dport 8000:8000` (the plan's text keeps it as written).
+    #[test]
+    fn port_ranges_print_as_iptables_save_does() {
+        let spec = |port: &str, negate: bool, proto: Protocol| {
+            let r = rule(
+                Table::Nat,
+                Chain::IstioInbound,
+                vec![
+                    Match::Protocol(proto),
+                    Match::DestinationPort {
+                        port: port.parse().unwrap(),
+                        negate,
+                    },
+                ],
+                Target::Return,
+            );
+            canonical_spec(&r, &no_groups).unwrap()
+        };
+        assert_eq!(
+            spec("8000:9000", false, Protocol::Tcp),
+            "-p tcp -m tcp --dport 8000:9000 -j RETURN"
+        );
+        assert_eq!(
+            spec("8000-9000", true, Protocol::Udp),
+            "-p udp -m udp ! --dport 8000:9000 -j RETURN"
+        );
+        assert_eq!(
+            spec("8000:8000", false, Protocol::Tcp),
+            "-p tcp -m tcp --dport 8000 -j RETURN"
+        );
+        assert_eq!(
+            spec("1-65535", false, Protocol::Tcp),
+            "-p tcp -m tcp --dport 1:65535 -j RETURN"
+        );
+        // A live range rule reads as drift of a single-port plan, and the other way round.
+        let planned = [rule(
+            Table::Nat,
+            Chain::IstioInbound,
+            vec![
+                Match::Protocol(Protocol::Tcp),
+                Match::DestinationPort {
+                    port: "8000:8010".parse().unwrap(),
+                    negate: false,
+                },
+            ],
+            Target::Return,
+        )];
+        let expected = expected_tables(&planned, &no_groups).unwrap();
+        let live = |port: &str| {
+            parse_save(&format!(
+                "*nat\n:ISTIO_INBOUND - [0:0]\n-A ISTIO_INBOUND -p tcp -m tcp --dport {port} -j RETURN\nCOMMIT\n"
+            ))
+        };
+        assert_eq!(compare(&live("8000:8010"), &expected), State::InPlace);
+        assert!(matches!(
+            compare(&live("8000"), &expected),
+            State::Drifted(_)
+        ));
+        assert!(matches!(
+            compare(&live("8000:8011"), &expected),
+            State::Drifted(_)
+        ));
     }
 
     const LIVE: &str =

@@ -1,7 +1,8 @@
-//! Sets for long lists under native nftables: the address intervals a CIDR list covers
-//! (merged as nft merges them), their nft text, and the nf_tables attributes of the anonymous
-//! sets a rule looks them up in — an interval set of addresses, a plain set of ports — plus
-//! how an interval set's elements read back. Pure data; [`super::nft_netlink`] puts these
+//! Sets for long lists under native nftables: the address intervals a CIDR list covers and
+//! the port intervals a port list with ranges covers (merged as nft merges them), their nft
+//! text, and the nf_tables attributes of the anonymous sets a rule looks them up in — an
+//! interval set of addresses, a plain set of ports or an interval set when a range is among
+//! them — plus how an interval set's elements read back. Pure data; [`super::nft_netlink`] puts these
 //! attributes into the batch and [`super::nftables`] decides which rules use a set.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -13,7 +14,7 @@ use super::nft_netlink::{
     NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_SET_USERDATA, NLA_F_NESTED,
 };
 use super::nftables::Direction;
-use crate::config::types::Cidr;
+use crate::config::types::{Cidr, PortRange};
 use crate::netlink_wire::{parse_attrs, put_attr};
 use crate::plan::{Family, Protocol};
 
@@ -158,6 +159,76 @@ pub fn interval_elements(family: Family, ranges: &[(u128, u128)]) -> Vec<Element
         if !open {
             out.push(Element {
                 key: key_bytes(family, end + 1),
+                end: true,
+                open: false,
+            });
+        }
+    }
+    out
+}
+
+/// Whether a port list needs an interval set: one of its elements spans more than one port.
+pub fn has_span(ports: &[PortRange]) -> bool {
+    ports.iter().any(|p| p.lo() != p.hi())
+}
+
+/// The port intervals a list covers, inclusive, sorted, with overlapping and adjacent ones
+/// merged (`80, 81, 8000-9000` → `80-81, 8000-9000`), as nft merges an anonymous interval set.
+pub fn port_intervals(ports: &[PortRange]) -> Vec<(u16, u16)> {
+    let mut ranges: Vec<(u16, u16)> = ports.iter().map(|p| (p.lo().get(), p.hi().get())).collect();
+    ranges.sort_unstable();
+    let mut out: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some((_, last)) if lo <= last.saturating_add(1) => *last = (*last).max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+fn show_port_interval((lo, hi): (u16, u16)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+/// A port set's elements as nft prints them: each port once, sorted; with a range among them,
+/// the merged intervals (`80-81, 8000-9000`).
+pub fn show_port_set(ports: &[PortRange]) -> Vec<String> {
+    if has_span(ports) {
+        return port_intervals(ports)
+            .into_iter()
+            .map(show_port_interval)
+            .collect();
+    }
+    let mut list: Vec<u16> = ports.iter().map(|p| p.lo().get()).collect();
+    list.sort_unstable();
+    list.dedup();
+    list.iter().map(u16::to_string).collect()
+}
+
+/// The elements nft sends for an interval set of ports: as for addresses (see
+/// [`interval_elements`]), a leading end at port 0, then each interval's start and the port
+/// after its end, left out for an interval reaching 65535.
+pub fn port_interval_elements(ranges: &[(u16, u16)]) -> Vec<Element> {
+    let mut out = vec![Element {
+        key: 0u16.to_be_bytes().to_vec(),
+        end: true,
+        open: false,
+    }];
+    for &(lo, hi) in ranges {
+        let open = hi == u16::MAX;
+        out.push(Element {
+            key: lo.to_be_bytes().to_vec(),
+            end: false,
+            open,
+        });
+        if !open {
+            out.push(Element {
+                key: (hi + 1).to_be_bytes().to_vec(),
                 end: true,
                 open: false,
             });
@@ -328,19 +399,29 @@ pub fn address_set(table: &str, id: u32, family: Family, nets: &[Cidr]) -> SetMe
     }
 }
 
-/// The plain set of `tcp|udp dport|sport { … }`.
+/// The set of `tcp|udp dport|sport { … }`: plain, or an interval set when a range is among
+/// the elements (ports 1 to 65535 never start at 0, so nft's leading end element is always
+/// there).
 pub fn port_set(
     table: &str,
     id: u32,
     proto: Protocol,
     dir: Direction,
-    ports: &[u16],
+    ports: &[PortRange],
 ) -> SetMessages {
-    let elements = port_elements(ports);
+    let (elements, flags) = if has_span(ports) {
+        (
+            port_interval_elements(&port_intervals(ports)),
+            ANON_CONSTANT | NFT_SET_INTERVAL,
+        )
+    } else {
+        let singles: Vec<u16> = ports.iter().map(|p| p.lo().get()).collect();
+        (port_elements(&singles), ANON_CONSTANT)
+    };
     let spec = SetSpec {
         table,
         id,
-        flags: ANON_CONSTANT,
+        flags,
         key_type: TYPE_INET_SERVICE,
         key_len: 2,
         userdata: port_set_userdata(proto, dir),
@@ -415,6 +496,9 @@ pub fn element_keys(elem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 /// `10.0.0.0/8`, `172.16.0.0-172.16.5.255`; a key that is not part of a well-formed range is
 /// shown as it is.
 pub fn show_interval_keys(key_len: u32, keys: &[Vec<u8>]) -> Vec<String> {
+    if key_len == 2 {
+        return show_port_interval_keys(keys);
+    }
     let family = if key_len == 4 { Family::V4 } else { Family::V6 };
     let num = |k: &[u8]| -> u128 { k.iter().fold(0u128, |a, b| (a << 8) | u128::from(*b)) };
     let width = key_len as usize;
@@ -440,6 +524,37 @@ pub fn show_interval_keys(key_len: u32, keys: &[Vec<u8>]) -> Vec<String> {
     }
     if let Some(s) = start {
         out.push(show_interval(family, (s, max_of(family))));
+    }
+    out
+}
+
+/// A port interval set's keys (as [`element_keys`] gives them, sorted) as nft prints them:
+/// `80`, `8000-9000`; a key that is not part of a well-formed range is shown as it is.
+pub fn show_port_interval_keys(keys: &[Vec<u8>]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut start: Option<u16> = None;
+    for k in keys {
+        let is_end = k.len() == 3 && k[2] == 1;
+        let Some(v) = k.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+            out.push(format!("{k:02x?}"));
+            continue;
+        };
+        match (start, is_end) {
+            (None, true) if v == 0 => {}
+            (None, false) => start = Some(v),
+            (Some(s), true) if v > s => {
+                out.push(show_port_interval((s, v - 1)));
+                start = None;
+            }
+            (Some(s), false) => {
+                out.push(format!("{s}-?"));
+                start = Some(v);
+            }
+            _ => out.push(format!("end {v}")),
+        }
+    }
+    if let Some(s) = start {
+        out.push(show_port_interval((s, u16::MAX)));
     }
     out
 }

@@ -245,8 +245,28 @@ pub fn rule_text(exprs: &[Expr]) -> Option<String> {
         }
     };
     let reg = |r: Option<u32>| r.and_then(|r| usize::try_from(r).ok()).filter(|r| *r < 24);
+    // `cmp gte` waiting for the `cmp lte` on the same register that makes it nft's
+    // `tcp dport 8000-9000` (its register and lower bound).
+    let mut gte: Option<(usize, Vec<u8>)> = None;
     for e in exprs {
         let a = &e.attrs;
+        if let Some((r, lo)) = gte.take() {
+            let pairs = e.name == "cmp" && num(a, 2) == Some(3) && reg(num(a, 1)) == Some(r);
+            if !pairs {
+                return None;
+            }
+            let hi = data(a, 3)?;
+            let src = regs[r].clone()?;
+            let f = field(&src, &mut l4, &mut nf)?;
+            flush(&mut out, &mut l4, &mut nf);
+            out.push(format!(
+                "{} {}-{}",
+                f.text,
+                (f.value)(&lo, None)?,
+                (f.value)(&hi, None)?
+            ));
+            continue;
+        }
         match e.name.as_str() {
             "meta" if bytes(a, 1).is_some() => {
                 regs[reg(num(a, 1))?] = Some(Reg::Meta(num(a, 2)?));
@@ -287,6 +307,22 @@ pub fn rule_text(exprs: &[Expr]) -> Option<String> {
                     return None;
                 }
                 regs[reg(num(a, 2))?] = Some(Reg::Masked(Box::new(src), mask));
+            }
+            "cmp" if num(a, 2) == Some(5) => {
+                gte = Some((reg(num(a, 1))?, data(a, 3)?));
+            }
+            "range" => {
+                let src = regs[reg(num(a, 1))?].clone()?;
+                let negate = match num(a, 2)? {
+                    0 => "",
+                    1 => "!= ",
+                    _ => return None,
+                };
+                let (lo, hi) = (data(a, 3)?, data(a, 4)?);
+                let f = field(&src, &mut l4, &mut nf)?;
+                flush(&mut out, &mut l4, &mut nf);
+                let (lo, hi) = ((f.value)(&lo, None)?, (f.value)(&hi, None)?);
+                out.push(format!("{} {negate}{lo}-{hi}", f.text));
             }
             "cmp" => {
                 let src = regs[reg(num(a, 1))?].clone()?;
@@ -338,8 +374,13 @@ pub fn rule_text(exprs: &[Expr]) -> Option<String> {
                 let negate = num(a, 5).is_some_and(|f| f & 1 != 0);
                 let f = field(&src, &mut l4, &mut nf)?;
                 flush(&mut out, &mut l4, &mut nf);
-                let keys: Option<Vec<String>> =
-                    set.keys.iter().map(|k| (f.value)(k, None)).collect();
+                // An interval set of ports (ranges among them) reads as nft prints it.
+                let intervals = set.flags & crate::backend::nft_sets::NFT_SET_INTERVAL != 0;
+                let keys: Option<Vec<String>> = if intervals && set.key_len == 2 {
+                    Some(crate::backend::nft_sets::show_port_interval_keys(&set.keys))
+                } else {
+                    set.keys.iter().map(|k| (f.value)(k, None)).collect()
+                };
                 out.push(format!(
                     "{} {}{{ {} }}",
                     f.text,
@@ -399,6 +440,9 @@ pub fn rule_text(exprs: &[Expr]) -> Option<String> {
             }
             _ => return None,
         }
+    }
+    if gte.is_some() {
+        return None;
     }
     flush(&mut out, &mut l4, &mut nf);
     Some(out.join(" "))

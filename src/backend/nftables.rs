@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use super::nft_sets;
-use crate::config::types::{Cidr, IfName, Port};
+use crate::config::types::{Cidr, IfName, Port, PortRange};
 use crate::config::NftSets;
 use crate::plan::{
     Chain, CtState, Family, Match, Owner, Plan, Position, Protocol, Rule, Scope, Table, Target,
@@ -212,14 +212,14 @@ pub enum Stmt {
         /// True for `!=`.
         negate: bool,
     },
-    /// `tcp|udp sport|dport [!=] P`.
+    /// `tcp|udp sport|dport [!=] P` or `… [!=] LO-HI`.
     Port {
         /// `tcp` or `udp`.
         proto: Protocol,
         /// `sport` (`Source`) or `dport` (`Destination`).
         dir: Direction,
-        /// The port.
-        port: Port,
+        /// The port or range.
+        port: PortRange,
         /// True for `!=`.
         negate: bool,
     },
@@ -240,15 +240,17 @@ pub enum Stmt {
         /// The networks, as listed; the set holds the ranges they cover, merged.
         nets: Vec<Cidr>,
     },
-    /// `tcp|udp sport|dport { P, Q, … }`: an anonymous set, for a run of rules that differed
-    /// only in this port (see [`with_sets`]).
+    /// `tcp|udp sport|dport { P, Q, LO-HI, … }`: an anonymous set, for a run of rules that
+    /// differed only in this port or range (see [`with_sets`]); an interval set when a range
+    /// is among them.
     PortIn {
         /// `tcp` or `udp`.
         proto: Protocol,
         /// `sport` (`Source`) or `dport` (`Destination`).
         dir: Direction,
-        /// The ports, as listed; the set holds each once.
-        ports: Vec<Port>,
+        /// The ports and ranges, as listed; the set holds each port once (with ranges: the
+        /// intervals they cover, merged as nft merges them).
+        ports: Vec<PortRange>,
     },
     /// `[meta] skuid|skgid [!=] ID`; `meta` is only spelling (Istio writes it in raw).
     Owner {
@@ -364,6 +366,7 @@ impl fmt::Display for Stmt {
                     Direction::Source => "sport",
                     Direction::Destination => "dport",
                 };
+                let port = port.nft();
                 write!(f, "{} {key} {}{port}", protocol_name(*proto), neq(*negate))
             }
             Stmt::PortNotIn { proto, ports } => {
@@ -396,10 +399,7 @@ impl fmt::Display for Stmt {
                     Direction::Source => "sport",
                     Direction::Destination => "dport",
                 };
-                let mut list: Vec<u16> = ports.iter().map(|p| p.get()).collect();
-                list.sort_unstable();
-                list.dedup();
-                let list: Vec<String> = list.iter().map(u16::to_string).collect();
+                let list = nft_sets::show_port_set(ports);
                 write!(
                     f,
                     "{} {key} {{ {} }}",
@@ -633,7 +633,7 @@ fn template(rule: &NftRule, pos: usize) -> (Template, u32) {
         }
         Stmt::Port { proto, port, .. } => {
             let p = *proto as u8;
-            (p, (u32::from(p) << 16) | u32::from(port.get()))
+            (p, (u32::from(p) << 16) | u32::from(port.lo().get()))
         }
         _ => unreachable!("key_of found the statement"),
     };
@@ -692,6 +692,7 @@ fn chain_is_pure(chain: &str, rules: &[NftRule], depth: usize) -> bool {
 /// packet could match keep their order: ports differ per packet (a packet has one protocol
 /// and port) and families too, so it is checked that, per port (or per family), the groups
 /// appear in increasing order; otherwise only consecutive rules of one template are merged.
+/// A range covers many ports, so it is checked against every rule whose ports it overlaps.
 /// A set replaces several matching rules by one, so a packet matching several entries (nested
 /// networks, a repeated port) takes the action once: allowed when once is enough (see
 /// [`once_is_enough`]) or when no two entries overlap.
@@ -704,6 +705,7 @@ fn run_with_sets(
     let mut groups: Vec<(Template, Vec<&NftRule>)> = Vec::new();
     let mut seen: HashMap<u32, usize> = HashMap::new();
     let mut in_order = true;
+    let mut group_of: Vec<usize> = Vec::with_capacity(run.len());
     for rule in run {
         let pos = key_of(rule, kind)?;
         let (t, exclusive) = template(rule, pos);
@@ -715,9 +717,34 @@ fn run_with_sets(
             }
         };
         groups[g].1.push(rule);
+        group_of.push(g);
         let last = seen.entry(exclusive).or_insert(g);
         in_order &= g >= *last;
         *last = g;
+    }
+    // A range matches many ports: for each port it covers, the groups must still come in
+    // order. Pairs of single ports are checked above; here each range against every rule.
+    let span = |r: &NftRule| match key_of(r, kind).map(|pos| &r.stmts[pos]) {
+        Some(Stmt::Port { proto, port, .. }) => Some((*proto as u8, port.lo(), port.hi())),
+        _ => None,
+    };
+    if groups.len() > 1 {
+        let spans: Vec<Option<(u8, Port, Port)>> = run.iter().map(span).collect();
+        for (i, s) in spans.iter().enumerate() {
+            let Some((tag, lo, hi)) = *s else { continue };
+            if lo == hi {
+                continue;
+            }
+            for (j, other) in spans.iter().enumerate() {
+                let Some((t, l, h)) = *other else { continue };
+                let overlap = t == tag && l <= hi && lo <= h;
+                let reordered =
+                    (j < i && group_of[j] > group_of[i]) || (j > i && group_of[j] < group_of[i]);
+                if overlap && reordered {
+                    in_order = false;
+                }
+            }
+        }
     }
     if !in_order {
         // Split into runs of one template each, which merge without reordering.
@@ -791,19 +818,25 @@ fn run_with_sets(
 }
 
 /// Whether two rules of a group can match the same packet: nested or overlapping networks,
-/// or a repeated port.
+/// or a repeated or overlapping port or range.
 fn entries_overlap(members: &[&NftRule], pos: usize) -> bool {
     let mut nets = Vec::new();
     let mut ports = Vec::new();
     for r in members {
         match &r.stmts[pos] {
             Stmt::Address { net, .. } => nets.push(net.clone()),
-            Stmt::Port { port, .. } => ports.push(port.get()),
+            Stmt::Port { port, .. } => ports.push((port.lo().get(), port.hi().get())),
             _ => {}
         }
     }
     ports.sort_unstable();
-    nft_sets::overlapping(&nets) || ports.windows(2).any(|w| w[0] == w[1])
+    let mut highest: Option<u16> = None;
+    let ports_overlap = ports.iter().any(|&(lo, hi)| {
+        let hit = highest.is_some_and(|h| lo <= h);
+        highest = Some(highest.map_or(hi, |h| h.max(hi)));
+        hit
+    });
+    nft_sets::overlapping(&nets) || ports_overlap
 }
 
 /// A table's rules (in the order they are added, inserts with their index) with every run of
@@ -1117,7 +1150,7 @@ fn match_stmt(rule: &Rule, m: &Match) -> Option<(u8, Stmt)> {
             Stmt::Port {
                 proto,
                 dir: Direction::Source,
-                port: *port,
+                port: (*port).into(),
                 negate: false,
             },
         ),
@@ -1280,7 +1313,7 @@ mod tests {
         let m = vec![
             Match::Protocol(Protocol::Udp),
             Match::DestinationPort {
-                port: Port::new_const(53),
+                port: Port::new_const(53).into(),
                 negate: false,
             },
             Match::Owner {
@@ -1335,7 +1368,7 @@ mod tests {
                 vec![
                     Match::Protocol(Protocol::Udp),
                     Match::DestinationPort {
-                        port: Port::new_const(53),
+                        port: Port::new_const(53).into(),
                         negate: false,
                     },
                     Match::Destination {
@@ -1359,7 +1392,7 @@ mod tests {
                 vec![
                     Match::Protocol(Protocol::Tcp),
                     Match::DestinationPort {
-                        port: Port::new_const(32000),
+                        port: Port::new_const(32000).into(),
                         negate: false,
                     },
                 ],
@@ -1599,6 +1632,59 @@ mod tests {
         assert_eq!(with_sets(nested.clone(), NftSets::Always), nested);
         let apart = vec![mark("10.0.0.0/16"), mark("10.2.0.0/16")];
         assert_eq!(with_sets(apart, NftSets::Always).len(), 1);
+    }
+
+    #[test]
+    fn port_ranges_regroup_only_where_no_overlapping_entries_change_order() {
+        let rule = |proto, port: &str, stmt: Stmt| NftRule {
+            chain: "c".into(),
+            index: None,
+            stmts: vec![
+                Stmt::Port {
+                    proto,
+                    dir: Direction::Destination,
+                    port: port.parse().unwrap(),
+                    negate: false,
+                },
+                Stmt::Counter,
+                stmt,
+            ],
+            purpose: "test",
+        };
+        let ret = |proto, port: &str| rule(proto, port, Stmt::Return);
+        let jump = |port: &str| rule(Protocol::Tcp, port, Stmt::Jump("x".into()));
+        let text = |rules: Vec<NftRule>| -> Vec<String> {
+            rules.iter().map(|r| r.stmts[0].to_string()).collect()
+        };
+        // `-o` with ranges: TCP and UDP alternate; a packet has one protocol, so they regroup.
+        let alternating = vec![
+            ret(Protocol::Tcp, "22:23"),
+            ret(Protocol::Udp, "22:23"),
+            ret(Protocol::Tcp, "24"),
+            ret(Protocol::Udp, "24"),
+        ];
+        assert_eq!(
+            text(with_sets(alternating, NftSets::Always)),
+            ["tcp dport { 22-24 }", "udp dport { 22-24 }"]
+        );
+        // Port 7 first meets the jump (5-10); regrouping the returns {1, 7} ahead of it would
+        // change that, so only consecutive rules of one kind merge.
+        let crossing = vec![
+            ret(Protocol::Tcp, "1"),
+            jump("5-10"),
+            ret(Protocol::Tcp, "7"),
+        ];
+        assert_eq!(with_sets(crossing.clone(), NftSets::Always), crossing);
+        // No overlap between the groups: regrouped.
+        let apart = vec![
+            ret(Protocol::Tcp, "1"),
+            jump("5-10"),
+            ret(Protocol::Tcp, "11"),
+        ];
+        assert_eq!(
+            text(with_sets(apart, NftSets::Always)),
+            ["tcp dport { 1, 11 }", "tcp dport 5-10"]
+        );
     }
 
     #[test]

@@ -163,4 +163,25 @@ mod tests {
             ]
         );
     }
+
+    /// Another owner's port range ahead of our jump takes the ports it matches; one after it
+    /// (where our capture has already happened) is not reported.
+    #[test]
+    fn a_foreign_port_range_ahead_of_our_jump_is_named() {
+        let expected = expected_tables(&nat_output_rules(), &no_groups).unwrap();
+        let live = parse_save(
+            "*nat\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n\
+             -A OUTPUT -p tcp -m tcp --dport 8000:9000 -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\n\
+             -A OUTPUT -p udp -m multiport --dports 53,1000:2000 -j DROP\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n",
+        );
+        let found = shadowing(&live, &expected);
+        let texts: Vec<(&str, bool)> = found.iter().map(|s| (s.text.as_str(), s.all)).collect();
+        assert_eq!(
+            texts,
+            [(
+                "nat: -A OUTPUT -p tcp -m tcp --dport 8000:9000 -j ACCEPT (rule 1) takes the traffic it matches before our jump -A OUTPUT -j ISTIO_OUTPUT",
+                false
+            )]
+        );
+    }
 }

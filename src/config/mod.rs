@@ -14,7 +14,7 @@ use crate::cli::{self, RawArgs, Setting, Source};
 use detect::{DnsServer, Host};
 use types::{
     parse_decimal, parse_go_bool, parse_go_duration, parse_ids, parse_ifnames, parse_ports,
-    split_list, Cidr, CidrsByFamily, GroupRef, IfName, Port,
+    split_list, Cidr, CidrsByFamily, GroupRef, IfName, Port, PortRange,
 };
 use uid_ports::{parse_uid_port_excludes, UidPortExclude};
 
@@ -44,11 +44,11 @@ pub enum InboundCapture {
     /// `-b '*'`: every port except `exclude`.
     All {
         /// `-d`: ports never captured inbound.
-        exclude: Vec<Port>,
+        exclude: Vec<PortRange>,
     },
     /// A port list. May be empty when `-b` held only commas: Istio still installs the dispatch
     /// jump then, and so does meshinit.
-    Ports(Vec<Port>),
+    Ports(Vec<PortRange>),
 }
 
 /// Which outbound destinations are captured (`-i`).
@@ -115,9 +115,9 @@ pub struct Capture {
     /// -x: outbound destinations never captured.
     pub outbound_exclude: CidrsByFamily,
     /// -q: outbound TCP ports captured even to destinations outside `-i`.
-    pub outbound_ports_include: Vec<Port>,
+    pub outbound_ports_include: Vec<PortRange>,
     /// -o: outbound ports never captured (TCP and UDP).
-    pub outbound_ports_exclude: Vec<Port>,
+    pub outbound_ports_exclude: Vec<PortRange>,
     /// `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`: whose outbound traffic is captured.
     pub owner_groups: OwnerGroups,
     /// Replaces 127.0.0.1/32 in the "localhost" rules; printed as given.

@@ -65,7 +65,7 @@ fn ok(args: &[&str]) -> Capture {
     build(args, &[]).expect("valid").capture
 }
 
-fn ports(list: &[u16]) -> Vec<Port> {
+fn ports(list: &[u16]) -> Vec<PortRange> {
     list.iter()
         .map(|p| p.to_string().parse().unwrap())
         .collect()
@@ -331,6 +331,53 @@ fn ipv6_is_detected_unless_given() {
 }
 
 #[test]
+fn port_ranges_are_accepted_and_bad_ones_named() {
+    let range = |s: &str| s.parse::<PortRange>().unwrap();
+    assert_eq!(
+        ok(&["-b", "8000:8010,80"]).inbound,
+        InboundCapture::Ports(vec![range("8000:8010"), range("80")])
+    );
+    assert_eq!(
+        ok(&["-b", "*", "-d", "9000-9100"]).inbound,
+        InboundCapture::All {
+            exclude: vec![range("9000:9100")]
+        }
+    );
+    assert_eq!(
+        ok(&["-q", "1:65535"]).outbound_ports_include,
+        [range("1:65535")]
+    );
+    assert_eq!(ok(&["-o", "7-7"]).outbound_ports_exclude, [range("7:7")]);
+    for (flag, long, env) in [
+        ("-b", "--istio-inbound-ports", "ISTIO_INBOUND_PORTS"),
+        (
+            "-d",
+            "--istio-local-exclude-ports",
+            "ISTIO_LOCAL_EXCLUDE_PORTS",
+        ),
+        ("-q", "--istio-outbound-ports", "ISTIO_OUTBOUND_PORTS"),
+        (
+            "-o",
+            "--istio-local-outbound-ports-exclude",
+            "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+        ),
+    ] {
+        for (value, why) in [
+            ("9000:8000", "reversed"),
+            ("0:10", "1-65535"),
+            ("1-65536", "1-65535"),
+            (":9000", "open-ended"),
+            ("8000-", "open-ended"),
+            ("8000:9000,8080", "overlap"),
+        ] {
+            let quoted = format!("{value:?}");
+            let msg = rejected(&[flag, value], &[], &[long, env, &quoted]);
+            assert!(msg.contains(why), "{flag} {value}: {msg}");
+        }
+    }
+}
+
+#[test]
 fn bad_ports_are_rejected_naming_flag_env_and_value() {
     let msg = rejected(
         &["-p", "70000"],
@@ -358,11 +405,18 @@ fn bad_ports_are_rejected_naming_flag_env_and_value() {
     rejected(&["-b", "80,*"], &[], &["--istio-inbound-ports"]);
     rejected(&["-d", "65536"], &[], &["--istio-local-exclude-ports"]);
     rejected(&["-q", "-1"], &[], &["--istio-outbound-ports"]);
-    rejected(
-        &["-o", "1-2"],
+    // `1-2` is a port range now (see port_ranges_are_accepted_and_bad_ones_named); a
+    // reversed one is refused.
+    let msg = rejected(
+        &["-o", "2-1"],
         &[],
-        &["--istio-local-outbound-ports-exclude"],
+        &[
+            "--istio-local-outbound-ports-exclude",
+            "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+            "\"2-1\"",
+        ],
     );
+    assert!(msg.contains("reversed"), "{msg}");
     rejected(
         &["--iptables-probe-port=0"],
         &[],

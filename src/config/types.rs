@@ -1,6 +1,6 @@
-//! Domain value types of the configuration (ports, CIDRs, interface names, owner ids and groups)
-//! and the parsers that make them: each one rejects what Istio's generator would turn into a
-//! broken or silently different rule.
+//! Domain value types of the configuration (ports and port ranges, CIDRs, interface names,
+//! owner ids and groups) and the parsers that make them: each one rejects what Istio's generator
+//! would turn into a broken or silently different rule.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -51,9 +51,168 @@ pub fn parse_decimal(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-/// Parses a comma-separated list of ports.
-pub fn parse_ports(s: &str) -> Result<Vec<Port>, String> {
-    split_list(s).into_iter().map(Port::from_str).collect()
+/// One element of a port list: a port (`8000`) or an inclusive range of ports, written
+/// `8000:9000` (iptables' own syntax, which Istio's generator passes through unchanged) or
+/// `8000-9000` (meshinit's spelling, the one nft uses). Every port list of the plan is a list
+/// of these, so a renderer or reader that handles one handles ranges too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    lo: Port,
+    hi: Port,
+    /// Written as a range (`8000:8000` included): iptables then gets `LO:HI`, as Istio would
+    /// print it, even when both bounds are one port.
+    range: bool,
+}
+
+impl PortRange {
+    /// A single port.
+    pub const fn single(p: Port) -> PortRange {
+        PortRange {
+            lo: p,
+            hi: p,
+            range: false,
+        }
+    }
+    /// The first port.
+    pub fn lo(self) -> Port {
+        self.lo
+    }
+    /// The last port (the first one for a single port).
+    pub fn hi(self) -> Port {
+        self.hi
+    }
+    /// The port, when it was written as a single port.
+    pub fn as_single(self) -> Option<Port> {
+        (!self.range).then_some(self.lo)
+    }
+    /// Whether it was written as a range (`LO:HI` or `LO-HI`, even with `LO` = `HI`).
+    pub fn is_range(self) -> bool {
+        self.range
+    }
+    /// Whether a port falls inside, bounds included.
+    pub fn contains(self, port: u16) -> bool {
+        (self.lo.get()..=self.hi.get()).contains(&port)
+    }
+    /// Whether two elements share a port.
+    pub fn overlaps(self, other: PortRange) -> bool {
+        self.lo <= other.hi && other.lo <= self.hi
+    }
+    /// The form `iptables-save` prints (`8000:9000`; a range of one port prints as `8000`).
+    pub fn saved(self) -> String {
+        if self.lo == self.hi {
+            self.lo.to_string()
+        } else {
+            format!("{}:{}", self.lo, self.hi)
+        }
+    }
+    /// The form nft writes and prints (`8000-9000`; a range of one port is that port).
+    pub fn nft(self) -> String {
+        if self.lo == self.hi {
+            self.lo.to_string()
+        } else {
+            format!("{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl From<Port> for PortRange {
+    fn from(p: Port) -> PortRange {
+        PortRange::single(p)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let Some(at) = s.find([':', '-']) else {
+            return s.parse().map(PortRange::single);
+        };
+        let (lo, hi) = (&s[..at], &s[at + 1..]);
+        if lo.is_empty() || hi.is_empty() {
+            return Err(format!(
+                "{s:?} is an open-ended range; write both ends (like 1:9000 or 8000:65535)"
+            ));
+        }
+        let bound = |b: &str| -> Result<Port, String> {
+            b.parse().map_err(|_| {
+                format!("{s:?} is not a port or a port range LO:HI or LO-HI (1-65535)")
+            })
+        };
+        let (lo, hi) = (bound(lo)?, bound(hi)?);
+        if lo > hi {
+            let sep = &s[at..=at];
+            return Err(format!(
+                "{s:?} is a reversed range (its first port is above its last); write {hi}{sep}{lo}"
+            ));
+        }
+        Ok(PortRange {
+            lo,
+            hi,
+            range: true,
+        })
+    }
+}
+
+/// Two elements that share a port where one of them is a range, in the order listed. A sweep
+/// over the elements sorted by first port: an element overlaps an earlier one exactly when its
+/// first port is at most the highest last port seen so far (of a range, or of any element when
+/// it is a range itself).
+fn overlap_with_a_range(list: &[PortRange]) -> Option<(PortRange, PortRange)> {
+    if !list.iter().any(|p| p.is_range()) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..list.len()).collect();
+    order.sort_by_key(|&i| (list[i].lo, list[i].hi, i));
+    let mut widest: Option<usize> = None;
+    let mut widest_range: Option<usize> = None;
+    for i in order {
+        let c = list[i];
+        let earlier = match (c.is_range(), widest, widest_range) {
+            (true, Some(w), _) if c.lo <= list[w].hi => Some(w),
+            (_, _, Some(w)) if c.lo <= list[w].hi => Some(w),
+            _ => None,
+        };
+        if let Some(w) = earlier {
+            return Some(if w < i { (list[w], c) } else { (c, list[w]) });
+        }
+        if widest.is_none_or(|w| c.hi > list[w].hi) {
+            widest = Some(i);
+        }
+        if c.is_range() && widest_range.is_none_or(|w| c.hi > list[w].hi) {
+            widest_range = Some(i);
+        }
+    }
+    None
+}
+
+impl fmt::Display for PortRange {
+    /// As written for iptables and Istio's rule text: `8000`, or `8000:9000` for either
+    /// spelling of a range (`8000-9000` becomes `8000:9000`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.range {
+            write!(f, "{}:{}", self.lo, self.hi)
+        } else {
+            self.lo.fmt(f)
+        }
+    }
+}
+
+/// Parses a comma-separated port list (`-b`, `-d`, `-q`, `-o`, and every other port list):
+/// ports and ranges (`8000:9000` or `8000-9000`), in the order given. A range may not overlap
+/// another element of its list (the rule Istio's layout prints for each element would then
+/// match some ports twice, and merging would change which rules are printed); a single port
+/// listed twice is kept twice, as Istio keeps it.
+pub fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
+    let list: Vec<PortRange> = split_list(s)
+        .into_iter()
+        .map(PortRange::from_str)
+        .collect::<Result<_, _>>()?;
+    if let Some((a, b)) = overlap_with_a_range(&list) {
+        return Err(format!(
+            "{a} and {b} overlap; a range may not share a port with another entry of the list"
+        ));
+    }
+    Ok(list)
 }
 
 /// An IP network as written on the command line: the address is kept as given (not masked),
@@ -365,7 +524,7 @@ mod tests {
     fn ports() {
         assert_eq!(
             parse_ports("6000,7000,").unwrap(),
-            vec![Port(6000), Port(7000)]
+            vec![PortRange::single(Port(6000)), PortRange::single(Port(7000))]
         );
         assert_eq!("65535".parse::<Port>().unwrap().get(), 65535);
         for bad in [
@@ -373,6 +532,88 @@ mod tests {
         ] {
             assert!(bad.parse::<Port>().is_err(), "{bad:?}");
         }
+    }
+
+    /// `(lo, hi, written as a range)` of each element, or the error.
+    fn ranges(s: &str) -> Result<Vec<(u16, u16, bool)>, String> {
+        parse_ports(s).map(|l| {
+            l.iter()
+                .map(|p| (p.lo().get(), p.hi().get(), p.is_range()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn port_ranges_in_both_spellings_with_inclusive_bounds() {
+        assert_eq!(
+            ranges("8000:9000,80,1-2").unwrap(),
+            [(8000, 9000, true), (80, 80, false), (1, 2, true)]
+        );
+        assert_eq!(ranges("1:65535").unwrap(), [(1, 65535, true)]);
+        assert_eq!(ranges("65535-65535").unwrap(), [(65535, 65535, true)]);
+        // LO = HI is a range of one port: kept as written for iptables (Istio prints what it
+        // was given), one port for iptables-save and nft.
+        let one: PortRange = "8000:8000".parse().unwrap();
+        assert_eq!(
+            (one.to_string(), one.saved(), one.nft()),
+            ("8000:8000".into(), "8000".into(), "8000".into())
+        );
+        let dash: PortRange = "8000-9000".parse().unwrap();
+        assert_eq!(
+            (dash.to_string(), dash.saved(), dash.nft()),
+            ("8000:9000".into(), "8000:9000".into(), "8000-9000".into())
+        );
+        assert!(dash.contains(8000) && dash.contains(9000));
+        assert!(!dash.contains(7999) && !dash.contains(9001));
+        let single: PortRange = "80".parse().unwrap();
+        assert_eq!(
+            (single.to_string(), single.nft()),
+            ("80".into(), "80".into())
+        );
+        assert_eq!(single.as_single(), Some(Port(80)));
+        assert_eq!(one.as_single(), None);
+    }
+
+    #[test]
+    fn bad_port_ranges_are_refused_with_the_reason() {
+        let err = |s: &str| ranges(s).expect_err(s);
+        assert!(
+            err("9000:8000").contains("reversed"),
+            "{}",
+            err("9000:8000")
+        );
+        assert!(err("9000-8000").contains("reversed"));
+        assert!(err(":9000").contains("open-ended"));
+        assert!(err("8000:").contains("open-ended"));
+        assert!(err("-80").contains("open-ended"));
+        for bad in [
+            "0:10", "1:65536", "1:2:3", "1-2-3", "1:-2", "a:b", " 1:2", "1:2 ", "1:+2", "1:0x10",
+            "1::2",
+        ] {
+            assert!(ranges(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn overlaps_involving_a_range_are_refused_and_repeated_ports_kept() {
+        // Istio's behaviour for a single port listed twice: two rules.
+        assert_eq!(ranges("80,80").unwrap(), [(80, 80, false), (80, 80, false)]);
+        for bad in [
+            "8000:9000,8500",
+            "8500,8000:9000",
+            "8000:9000,9000:9100",
+            "1-10,5-6",
+            "80,80:80",
+            "1:3,7,2:5",
+            "9000,1,8000:9000",
+        ] {
+            let e = ranges(bad).expect_err(bad);
+            assert!(e.contains("overlap"), "{bad}: {e}");
+        }
+        // Adjacent is not overlapping.
+        assert!(ranges("8000:8999,9000:9100,9101").is_ok());
+        let e = ranges("1,8000-9000,20,8500").unwrap_err();
+        assert!(e.starts_with("8000:9000 and 8500 overlap"), "{e}");
     }
 
     #[test]
@@ -489,7 +730,28 @@ mod tests {
             let mut text = ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
             if trailing { text.push(','); }
             let parsed = parse_ports(&text).unwrap();
-            prop_assert_eq!(parsed.iter().map(|p| p.get()).collect::<Vec<_>>(), ports);
+            prop_assert!(parsed.iter().all(|p| !p.is_range()));
+            prop_assert_eq!(parsed.iter().map(|p| p.lo().get()).collect::<Vec<_>>(), ports);
+        }
+
+        /// A range is refused exactly when it overlaps another element, whatever the order.
+        #[test]
+        fn port_range_overlap_matches_a_pairwise_check(
+            items in proptest::collection::vec((1u16..200, 0u16..20, any::<bool>()), 0..8)
+        ) {
+            let text: Vec<String> = items.iter().map(|&(lo, span, range)| {
+                if range { format!("{lo}:{}", lo + span) } else { lo.to_string() }
+            }).collect();
+            let elems: Vec<(u16, u16, bool)> = items.iter()
+                .map(|&(lo, span, range)| if range { (lo, lo + span, true) } else { (lo, lo, false) })
+                .collect();
+            let clash = elems.iter().enumerate().any(|(i, a)| elems[..i].iter()
+                .any(|b| (a.2 || b.2) && a.0 <= b.1 && b.0 <= a.1));
+            let parsed = ranges(&text.join(","));
+            prop_assert_eq!(parsed.is_err(), clash, "{:?}", parsed);
+            if let Ok(p) = parsed {
+                prop_assert_eq!(p, elems);
+            }
         }
 
         #[test]

@@ -13,7 +13,7 @@
 //! (`8000:9000`) in port lists, `9000:1500` could mean either. Empty entries (`a;;b`, a
 //! trailing `;`) are dropped as empty list elements are elsewhere; empty parts are errors.
 
-use super::types::{parse_ids, parse_ports, split_list, Port};
+use super::types::{parse_ids, parse_ports, split_list, Port, PortRange};
 
 /// One entry: connections from any of `uids` to any of `ports` over the listed protocols are
 /// not captured outbound.
@@ -23,8 +23,8 @@ pub struct UidPortExclude {
     pub tcp: bool,
     /// UDP datagrams are excluded (also from DNS capture, when a port is 53).
     pub udp: bool,
-    /// The destination ports, as `-o` takes them.
-    pub ports: Vec<Port>,
+    /// The destination ports and ranges, as `-o` takes them.
+    pub ports: Vec<PortRange>,
     /// The sending sockets' uids.
     pub uids: Vec<u32>,
 }
@@ -33,7 +33,7 @@ impl UidPortExclude {
     /// Whether the entry excludes UDP to `port` (the DNS port makes the uid's queries bypass
     /// DNS capture).
     pub fn excludes_udp_port(&self, port: Port) -> bool {
-        self.udp && self.ports.contains(&port)
+        self.udp && self.ports.iter().any(|r| r.contains(port.get()))
     }
 }
 
@@ -49,7 +49,16 @@ impl std::fmt::Display for UidPortExclude {
         write!(
             f,
             "{proto}:{}:{}",
-            join(self.ports.iter().map(ToString::to_string).collect()),
+            join(
+                self.ports
+                    .iter()
+                    // `LO-HI`, the range spelling this flag's grammar takes (`:` separates parts).
+                    .map(|r| match r.as_single() {
+                        Some(p) => p.to_string(),
+                        None => format!("{}-{}", r.lo(), r.hi()),
+                    })
+                    .collect()
+            ),
             join(self.uids.iter().map(ToString::to_string).collect())
         )
     }
@@ -131,8 +140,8 @@ fn parse_entry(entry: &str) -> Result<UidPortExclude, String> {
 mod tests {
     use super::*;
 
-    fn port(p: u16) -> Port {
-        p.to_string().parse().unwrap()
+    fn port(p: u16) -> PortRange {
+        PortRange::single(p.to_string().parse().unwrap())
     }
 
     #[test]
@@ -157,9 +166,17 @@ mod tests {
         );
         let star = parse_uid_port_excludes("*:53:0").unwrap();
         assert!(star[0].tcp && star[0].udp);
-        assert!(star[0].excludes_udp_port(port(53)));
-        assert!(!parse_uid_port_excludes("tcp:53:0").unwrap()[0].excludes_udp_port(port(53)));
+        assert!(star[0].excludes_udp_port(port(53).lo()));
+        assert!(!parse_uid_port_excludes("tcp:53:0").unwrap()[0].excludes_udp_port(port(53).lo()));
         assert_eq!(got[1].to_string(), "tcp,udp:9000,9100:1500,1600");
+        // Ranges come from the port-list parser: `LO-HI` (`:` separates the parts), shown as
+        // written so the entry reads back.
+        let ranged = parse_uid_port_excludes("udp:50-60,9090:1500").unwrap();
+        assert_eq!(ranged[0].ports[0].lo().get(), 50);
+        assert_eq!(ranged[0].ports[0].hi().get(), 60);
+        assert!(ranged[0].excludes_udp_port(port(53).lo()));
+        assert!(!ranged[0].excludes_udp_port(port(61).lo()));
+        assert_eq!(ranged[0].to_string(), "udp:50-60,9090:1500");
         assert_eq!(parse_uid_port_excludes("").unwrap(), vec![]);
         assert_eq!(parse_uid_port_excludes(";;").unwrap(), vec![]);
     }
@@ -184,6 +201,8 @@ mod tests {
             ("tcp:9090:106-108", "uid ranges"),
             ("tcp:9090:-1", "not a numeric id"),
             ("tcp:9090:1500;udp:53", "\"udp:53\""),
+            ("tcp:9000-8000:1500", "reversed"),
+            ("tcp:8000-9000,8500:1500", "overlap"),
         ] {
             let e = parse_uid_port_excludes(bad).expect_err(bad);
             assert!(e.contains(says), "{bad:?}: {e:?} should say {says:?}");

@@ -7,7 +7,7 @@ use super::{
     Chain, CtState, Family, Match, Owner, Plan, Protocol, Rule, Scope, Table, Target, TproxyRoute,
     DNS_PORT, DNS_PROXY_PORT, OUTBOUND_MARK,
 };
-use crate::config::types::{Cidr, GroupRef, IfName, Port};
+use crate::config::types::{Cidr, GroupRef, IfName, PortRange};
 use crate::config::{
     Capture, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
 };
@@ -78,15 +78,20 @@ fn udp() -> Match {
     Match::Protocol(Protocol::Udp)
 }
 
-fn dport(port: Port) -> Match {
+/// `--dport P` or `--dport LO:HI`: the one place a port list element becomes a match.
+fn dport(port: impl Into<PortRange>) -> Match {
     Match::DestinationPort {
-        port,
+        port: port.into(),
         negate: false,
     }
 }
 
-fn not_dport(port: Port) -> Match {
-    Match::DestinationPort { port, negate: true }
+/// `! --dport P` (or a range).
+fn not_dport(port: impl Into<PortRange>) -> Match {
+    Match::DestinationPort {
+        port: port.into(),
+        negate: true,
+    }
 }
 
 fn dst(net: &Cidr) -> Match {
@@ -531,7 +536,7 @@ fn plan_inbound(r: &mut Rules, c: &Capture) {
     // meshinit's own, before any capture or divert rule: excluded sources (see `own`).
     r.scoped(super::own::inbound_source_returns(c, table));
 
-    let capture = |r: &mut Rules, port: Option<Port>| {
+    let capture = |r: &mut Rules, port: Option<PortRange>| {
         let port_match: Vec<Match> = port.into_iter().map(dport).collect();
         if tproxy {
             let mut matches = vec![tcp()];

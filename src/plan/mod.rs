@@ -9,7 +9,7 @@ pub use build::plan;
 
 use std::fmt;
 
-use crate::config::types::{Cidr, GroupRef, IfName, Port};
+use crate::config::types::{Cidr, GroupRef, IfName, Port, PortRange};
 
 /// The mark Istio puts on the proxy's own connections to the pod's address under TPROXY.
 pub const OUTBOUND_MARK: u32 = 1338;
@@ -155,16 +155,18 @@ pub enum Match {
         /// True for `! -d`.
         negate: bool,
     },
-    /// `[!] --dport P`: destination port.
+    /// `[!] --dport P` or `[!] --dport LO:HI`: destination port, or a range of them (a port
+    /// list element: meshinit's ports and ranges, Istio's single ports).
     DestinationPort {
-        /// The destination port.
-        port: Port,
+        /// The destination port or range.
+        port: PortRange,
         /// True for `! --dport`.
         negate: bool,
     },
     /// `--sport P`: source port (DNS zone rules).
     SourcePort(Port),
-    /// The destination port is none of these.
+    /// The destination port is none of these (`-m multiport ! --dports`). Istio plans it only
+    /// for its own fixed ports (DNS and the tunnel port), never for a port list.
     DestinationPortNotIn(Vec<Port>),
     /// `-m owner [!] --uid-owner|--gid-owner`: who sent the packet.
     Owner {

@@ -4,6 +4,7 @@
 //! nothing, so Istio's rules stay exactly Istio's.
 
 use super::{Chain, Family, Match, Owner, Protocol, Rule, Scope, Table, Target, DNS_PORT};
+use crate::config::types::PortRange;
 use crate::config::Capture;
 
 /// `-A ISTIO_INBOUND -s NET -j RETURN` per excluded source network, IPv4 first, in `table`'s
@@ -100,7 +101,7 @@ pub fn dns_zone_for_excluded_uids(c: &Capture) -> Vec<Rule> {
                 vec![
                     Match::Protocol(Protocol::Udp),
                     Match::DestinationPort {
-                        port: DNS_PORT,
+                        port: PortRange::single(DNS_PORT),
                         negate: false,
                     },
                     Match::Owner {

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::detect::DnsServer;
-use crate::config::types::CidrsByFamily;
+use crate::config::types::{CidrsByFamily, PortRange};
 use crate::config::uid_ports::UidPortExclude;
 use crate::config::{
     Capture, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
@@ -17,8 +17,24 @@ fn port() -> impl Strategy<Value = Port> {
     (1u16..).prop_map(|p| p.to_string().parse().unwrap())
 }
 
-fn ports() -> impl Strategy<Value = Vec<Port>> {
-    proptest::collection::vec(port(), 0..4)
+/// A port list element: a port, or a range in either spelling.
+fn port_range() -> impl Strategy<Value = PortRange> {
+    prop_oneof![
+        port().prop_map(PortRange::from),
+        (1u16.., 0u16..2000, any::<bool>()).prop_map(|(lo, span, colon)| {
+            let hi = lo.saturating_add(span);
+            let text = if colon {
+                format!("{lo}:{hi}")
+            } else {
+                format!("{lo}-{hi}")
+            };
+            text.parse().unwrap()
+        }),
+    ]
+}
+
+fn ports() -> impl Strategy<Value = Vec<PortRange>> {
+    proptest::collection::vec(port_range(), 0..4)
 }
 
 fn ifnames() -> impl Strategy<Value = Vec<IfName>> {
@@ -88,7 +104,7 @@ fn uid_excludes() -> impl Strategy<Value = Vec<UidPortExclude>> {
             UidPortExclude {
                 tcp: tcp || !udp,
                 udp,
-                ports,
+                ports: ports.into_iter().map(PortRange::single).collect(),
                 uids,
             }
         });

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::model::{trace, Backend, GroupLookup};
 use super::render::{decided_by, describe_verdict};
 use super::{Conn, Direction, Trace};
-use crate::config::types::Cidr;
+use crate::config::types::{Cidr, PortRange};
 use crate::config::{
     Capture, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
 };
@@ -97,6 +97,21 @@ fn proto_name(p: Protocol) -> &'static str {
     }
 }
 
+/// The ports a list element is probed at: a port itself; a range at both of its bounds, each
+/// named with the range (` 8000:9000`), since a rule for a range must hold at either end.
+fn bounds_of(p: &PortRange) -> Vec<(u16, String)> {
+    if p.is_range() && p.lo() != p.hi() {
+        vec![
+            (p.lo().get(), format!(" {p}")),
+            (p.hi().get(), format!(" {p}")),
+        ]
+    } else if p.is_range() {
+        vec![(p.lo().get(), format!(" {p}"))]
+    } else {
+        vec![(p.lo().get(), String::new())]
+    }
+}
+
 fn show(addr: IpAddr, port: u16) -> String {
     match addr {
         IpAddr::V6(a) => format!("[{a}]:{port}"),
@@ -173,11 +188,11 @@ pub fn probes(capture: &Capture, groups: GroupLookup<'_>) -> Vec<(String, Conn)>
                 out(Protocol::Tcp, APP_ID, APP_ID, inside(net), 80),
             );
         }
-        for port in &capture.outbound_ports_exclude {
+        for (port, of) in capture.outbound_ports_exclude.iter().flat_map(bounds_of) {
             for p in [Protocol::Tcp, Protocol::Udp] {
                 add(
-                    format!("app → port {port} {} (-o)", proto_name(p)),
-                    out(p, APP_ID, APP_ID, s.outside, port.get()),
+                    format!("app → port {port} {} (-o{of})", proto_name(p)),
+                    out(p, APP_ID, APP_ID, s.outside, port),
                 );
             }
         }
@@ -186,17 +201,17 @@ pub fn probes(capture: &Capture, groups: GroupLookup<'_>) -> Vec<(String, Conn)>
             for &uid in &entry.uids {
                 let protocols = [(entry.tcp, Protocol::Tcp), (entry.udp, Protocol::Udp)];
                 for (_, p) in protocols.into_iter().filter(|(on, _)| *on) {
-                    for port in &entry.ports {
+                    for (port, of) in entry.ports.iter().flat_map(bounds_of) {
                         add(
                             format!(
-                                "uid {uid} → port {port} {} (--exclude-outbound-ports-for-uids)",
+                                "uid {uid} → port {port} {} (--exclude-outbound-ports-for-uids{of})",
                                 proto_name(p)
                             ),
-                            out(p, uid, uid, s.outside, port.get()),
+                            out(p, uid, uid, s.outside, port),
                         );
                     }
                 }
-                if let Some(other) = (80..).find(|p| entry.ports.iter().all(|q| q.get() != *p)) {
+                if let Some(other) = (80..).find(|p| entry.ports.iter().all(|q| !q.contains(*p))) {
                     add(
                         format!("uid {uid} → port {other} tcp (not listed for it)"),
                         out(Protocol::Tcp, uid, uid, s.outside, other),
@@ -204,10 +219,10 @@ pub fn probes(capture: &Capture, groups: GroupLookup<'_>) -> Vec<(String, Conn)>
                 }
             }
         }
-        for port in &capture.outbound_ports_include {
+        for (port, of) in capture.outbound_ports_include.iter().flat_map(bounds_of) {
             add(
-                format!("app → port {port} (-q)"),
-                out(Protocol::Tcp, APP_ID, APP_ID, s.outside, port.get()),
+                format!("app → port {port} (-q{of})"),
+                out(Protocol::Tcp, APP_ID, APP_ID, s.outside, port),
             );
         }
         for name in &capture.exclude_interfaces {
@@ -266,19 +281,28 @@ pub fn probes(capture: &Capture, groups: GroupLookup<'_>) -> Vec<(String, Conn)>
             }
         }
         // Inbound.
-        let mut ports: Vec<(u16, &str)> = match &capture.inbound {
-            InboundCapture::None => vec![(APP_PORT, "")],
+        let mut ports: Vec<(u16, String)> = match &capture.inbound {
+            InboundCapture::None => vec![(APP_PORT, String::new())],
             InboundCapture::All { exclude } => {
-                let mut v = vec![(APP_PORT, "")];
-                v.extend(exclude.iter().map(|p| (p.get(), " (-d)")));
+                let mut v = vec![(APP_PORT, String::new())];
+                v.extend(
+                    exclude
+                        .iter()
+                        .flat_map(bounds_of)
+                        .map(|(p, of)| (p, format!(" (-d{of})"))),
+                );
                 v
             }
             InboundCapture::Ports(list) => {
-                let mut v: Vec<(u16, &str)> = list.iter().map(|p| (p.get(), " (-b)")).collect();
+                let mut v: Vec<(u16, String)> = list
+                    .iter()
+                    .flat_map(bounds_of)
+                    .map(|(p, of)| (p, format!(" (-b{of})")))
+                    .collect();
                 let other = (APP_PORT..)
-                    .find(|p| list.iter().all(|q| q.get() != *p))
+                    .find(|p| list.iter().all(|q| !q.contains(*p)))
                     .unwrap_or(APP_PORT);
-                v.push((other, " (not in -b)"));
+                v.push((other, " (not in -b)".to_string()));
                 v
             }
         };

@@ -327,7 +327,7 @@ impl Walk<'_> {
             Match::Destination { net, negate } => {
                 net.is_ipv4() == p.dst.is_ipv4() && contains(net, p.dst) != *negate
             }
-            Match::DestinationPort { port, negate } => (port.get() == p.dport) != *negate,
+            Match::DestinationPort { port, negate } => port.contains(p.dport) != *negate,
             Match::SourcePort(port) => p.sport == Some(port.get()),
             Match::DestinationPortNotIn(ports) => ports.iter().all(|q| q.get() != p.dport),
             Match::Owner { owner, negate } => {

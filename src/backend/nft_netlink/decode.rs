@@ -398,6 +398,7 @@ pub(super) fn parse_expr(elem: &[u8]) -> Result<Expr, String> {
                     NFTA_BITWISE_MASK | NFTA_BITWISE_XOR | NFTA_BITWISE_DATA
                 )
                 | ("immediate", NFTA_IMMEDIATE_DATA)
+                | ("range", NFTA_RANGE_FROM_DATA | NFTA_RANGE_TO_DATA)
         );
         let skip = match (name.as_str(), kind) {
             ("counter", NFTA_COUNTER_BYTES | NFTA_COUNTER_PACKETS | NFTA_COUNTER_PAD) => true,

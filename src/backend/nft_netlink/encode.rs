@@ -551,7 +551,17 @@ impl Builder {
                     Direction::Destination => 2,
                 };
                 payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2);
-                cmp(e, op(*negate), &port.get().to_be_bytes());
+                let (lo, hi) = (port.lo().get().to_be_bytes(), port.hi().get().to_be_bytes());
+                // What nft compiles: `dport 8000-9000` as two comparisons, `!= 8000-9000` as
+                // a range expression; a range of one port as that port.
+                if lo == hi {
+                    cmp(e, op(*negate), &lo);
+                } else if *negate {
+                    range(e, NFT_RANGE_NEQ, &lo, &hi);
+                } else {
+                    cmp(e, NFT_CMP_GTE, &lo);
+                    cmp(e, NFT_CMP_LTE, &hi);
+                }
             }
             Stmt::PortNotIn { proto, ports } => {
                 deps.transport(e, *proto);
@@ -590,8 +600,7 @@ impl Builder {
                 };
                 payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2);
                 let set_id = self.set_id();
-                let ports: Vec<u16> = ports.iter().map(|p| p.get()).collect();
-                let set = nft_sets::port_set(table, set_id, *proto, *dir, &ports);
+                let set = nft_sets::port_set(table, set_id, *proto, *dir, ports);
                 self.lookup_set(e, set_id, set, origin);
             }
             Stmt::Owner { owner, negate, .. } => {
@@ -870,6 +879,16 @@ pub(super) fn cmp(e: &mut Attrs, op: u32, value: &[u8]) {
         a.u32(NFTA_CMP_SREG, NFT_REG_1);
         a.u32(NFTA_CMP_OP, op);
         a.nest(NFTA_CMP_DATA, |d| d.put(NFTA_DATA_VALUE, value));
+    });
+}
+
+/// `range eq|neq reg 1 FROM TO`: register 1 within (or outside) `[from, to]`.
+pub(super) fn range(e: &mut Attrs, op: u32, from: &[u8], to: &[u8]) {
+    expr(e, "range", |a| {
+        a.u32(NFTA_RANGE_SREG, NFT_REG_1);
+        a.u32(NFTA_RANGE_OP, op);
+        a.nest(NFTA_RANGE_FROM_DATA, |d| d.put(NFTA_DATA_VALUE, from));
+        a.nest(NFTA_RANGE_TO_DATA, |d| d.put(NFTA_DATA_VALUE, to));
     });
 }
 

@@ -135,6 +135,14 @@ const NFTA_CMP_OP: u16 = 2;
 const NFTA_CMP_DATA: u16 = 3;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
+const NFT_CMP_LTE: u32 = 3;
+const NFT_CMP_GTE: u32 = 5;
+// The range expression (`tcp dport != 8000-9000`).
+const NFTA_RANGE_SREG: u16 = 1;
+const NFTA_RANGE_OP: u16 = 2;
+const NFTA_RANGE_FROM_DATA: u16 = 3;
+const NFTA_RANGE_TO_DATA: u16 = 4;
+const NFT_RANGE_NEQ: u32 = 1;
 const NFTA_PAYLOAD_DREG: u16 = 1;
 const NFTA_PAYLOAD_BASE: u16 = 2;
 const NFTA_PAYLOAD_OFFSET: u16 = 3;
@@ -659,6 +667,67 @@ mod tests {
         assert!(rule.contains("060001000035"));
     }
 
+    /// What `nft --debug=netlink` shows nft itself sends: `tcp dport 8000-9000` as `cmp gte`
+    /// then `cmp lte`, `!= 8000-9000` as `range neq`, a range of one port as `cmp eq`, a set
+    /// with a range as an interval set (adjacent ports merged); each reads back as nft prints
+    /// it.
+    #[test]
+    fn port_ranges_encode_as_nft_does_and_read_back_as_it_prints() {
+        use crate::config::types::PortRange;
+        let range = |s: &str| s.parse::<PortRange>().unwrap();
+        let port = |negate, p: &str| Stmt::Port {
+            proto: Protocol::Tcp,
+            dir: Direction::Destination,
+            port: range(p),
+            negate,
+        };
+        let set = Stmt::PortIn {
+            proto: Protocol::Tcp,
+            dir: Direction::Destination,
+            ports: ["80", "81", "8000-9000", "65000:65535"].map(range).to_vec(),
+        };
+        let rs = table(vec![
+            rule("c", None, vec![port(false, "8000:9000"), Stmt::Return]),
+            rule("c", None, vec![port(true, "8000-9000"), Stmt::Return]),
+            rule("c", None, vec![port(false, "8000:8000"), Stmt::Return]),
+            rule("c", None, vec![set, Stmt::Return]),
+        ]);
+        let rules = expected_rules(&rs);
+        let read: Vec<String> = rules
+            .iter()
+            .map(|r| crate::backend::nft_text::rule_text(&r.exprs).expect("readable"))
+            .collect();
+        let labels: Vec<&str> = rules.iter().map(|r| r.label.as_str()).collect();
+        let want = [
+            "tcp dport 8000-9000 return",
+            "tcp dport != 8000-9000 return",
+            "tcp dport 8000 return",
+            "tcp dport { 80-81, 8000-9000, 65000-65535 } return",
+        ];
+        assert_eq!(read, want);
+        assert_eq!(labels, want);
+
+        let batch = replace_batch(&rs, &no_groups, 0, &managed()).unwrap();
+        let rules: Vec<String> = payloads(&batch, NFT_MSG_NEWRULE)
+            .iter()
+            .map(|p| hex(p))
+            .collect();
+        // cmp: op (attribute 2) gte (5) with 0x1f40, then lte (3) with 0x2328.
+        let cmp_op = |op: u32| format!("08000200{}", hex(&op.to_be_bytes()));
+        assert!(rules[0].contains(&cmp_op(NFT_CMP_GTE)) && rules[0].contains("1f40"));
+        assert!(rules[0].contains(&cmp_op(NFT_CMP_LTE)) && rules[0].contains("2328"));
+        assert!(!rules[0].contains(&hex(b"range")));
+        assert!(rules[1].contains(&hex(b"range\0")) && !rules[1].contains(&cmp_op(NFT_CMP_GTE)));
+        assert!(!rules[2].contains(&cmp_op(NFT_CMP_GTE)));
+        let sets = payloads(&batch, NFT_MSG_NEWSET);
+        assert_eq!(sets.len(), 1);
+        let flags = format!("08000300{}", hex(&7u32.to_be_bytes()));
+        assert!(
+            hex(&sets[0]).contains(&flags),
+            "anonymous, constant, interval"
+        );
+    }
+
     /// A ruleset in the shape of Istio's tproxy mangle chain: appends, then inserts by index.
     fn ordered() -> Ruleset {
         let r = |index, port: u16| {
@@ -864,7 +933,7 @@ mod tests {
             Stmt::Port {
                 proto: Protocol::Tcp,
                 dir: Direction::Destination,
-                port: Port::new_const(15008),
+                port: Port::new_const(15008).into(),
                 negate: true,
             },
             Stmt::PortNotIn {
