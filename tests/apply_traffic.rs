@@ -1400,7 +1400,7 @@ fn inbound_source_exclusion(lab: &Lab, variant: Variant) {
     own_rules_lifecycle(lab, variant, true, &args, &deleted, traffic);
 }
 
-/// `--exclude-outbound-ports-for-uids 'tcp:9090:1500,1600;udp:53:1500;tcp:8080:1337'` with DNS
+/// `--exclude-outbound-ports-for-uids 'tcp:9085-9090:1500,1600;udp:53-60:1500;tcp:8080:1337'` with DNS
 /// capture of the peer's resolver: uid 1500's connections to port 9090 reach the peer
 /// directly, in both families, as do uid 1600's; the app's (uid 1000) to 9090 and uid 1500's
 /// to port 80 are captured; uid 1500's UDP DNS queries bypass DNS capture and their answers
@@ -1492,15 +1492,15 @@ fn outbound_port_exclusion_per_uid(lab: &Lab, variant: Variant) {
     let deleted = OwnRule {
         table: "nat",
         iptables: strings(&[
-            "ISTIO_OUTPUT", "-p", "tcp", "--dport", "9090", "-m", "owner", "--uid-owner", "1500",
+            "ISTIO_OUTPUT", "-p", "tcp", "--dport", "9085:9090", "-m", "owner", "--uid-owner", "1500",
             "-j", "RETURN",
         ]),
         v6: false,
         nft_chain: "istio-output",
-        nft_text: "tcp dport 9090 meta skuid 1500".to_string(),
+        nft_text: "tcp dport 9085-9090 meta skuid 1500".to_string(),
         named: [
-            "missing: -A ISTIO_OUTPUT -p tcp -m tcp --dport 9090 -m owner --uid-owner 1500 -j RETURN",
-            "missing rule 1 `tcp dport 9090 skuid 1500 counter return`",
+            "missing: -A ISTIO_OUTPUT -p tcp -m tcp --dport 9085:9090 -m owner --uid-owner 1500 -j RETURN",
+            "missing rule 1 `tcp dport 9085-9090 skuid 1500 counter return`",
         ],
     };
     own_rules_lifecycle(lab, variant, true, &args, &deleted, traffic);
