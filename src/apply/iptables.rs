@@ -55,12 +55,13 @@ pub enum IptablesError {
     #[error("{0}")]
     NoVariant(String),
     /// A tool ran and failed.
-    #[error("{program} failed (exit {code:?}): {stderr}{hint}")]
+    #[error("{program} {ended}{}{hint}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
     Tool {
         /// The tool that failed.
         program: String,
-        /// Its exit code; `None` when killed by a signal.
-        code: Option<i32>,
+        /// How it ended ([`Output::ended`]): `exited with code 1`, `was killed by signal 6
+        /// (SIGABRT)` (iptables-nft 1.8.7's save can crash so, with a double free).
+        ended: String,
         /// What it printed on stderr, trimmed.
         stderr: String,
         /// A hint at the cause (held xtables lock, missing kernel module), or empty.
@@ -154,7 +155,7 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
     };
     Err(IptablesError::Tool {
         program: program.to_string(),
-        code: out.code,
+        ended: out.ended(),
         hint,
         stderr: out.stderr.trim().to_string(),
     })
@@ -460,10 +461,10 @@ fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
     let program = tools.restore();
     let out =
         run(runner, &program, &["--noflush"], &[], Some(PROBE_INPUT)).map_err(|e| e.to_string())?;
-    if !out.success() {
-        return Err(format!("{}{}", out.stderr.trim(), kernel_hint(&out.stderr)));
-    }
-    Ok(())
+    // How it ended is said too: a probe killed by a signal prints nothing.
+    checked(&program, out)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -483,6 +484,7 @@ mod tests {
         fn answer(mut self, program: &str, code: i32, stdout: &str) -> Fake {
             let out = Output {
                 code: Some(code),
+                signal: None,
                 stdout: stdout.into(),
                 stderr: if code == 0 {
                     String::new()

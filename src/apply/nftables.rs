@@ -482,6 +482,16 @@ impl NfTables {
         Ok(tables)
     }
 
+    /// The table and chain of every rule of the `ip` or `ip6` family (read-only).
+    pub fn family_rule_places(&mut self, family: XtFamily) -> Result<Vec<(String, String)>> {
+        const OP: &str = "listing the iptables-nft rules";
+        let request = move |seq| nft_netlink::family_dump_request(DumpKind::Rules, seq, family);
+        self.dump(OP, DumpKind::Rules, request)?
+            .iter()
+            .map(|msg| nft_netlink::rule_place(msg).map_err(|d| malformed(OP, d)))
+            .collect()
+    }
+
     /// Deletes these tables of `family` in one transaction that the kernel carries out only if
     /// the ruleset is still at `generation` (nothing changed since they were read).
     pub fn delete_family_tables(

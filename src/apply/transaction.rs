@@ -218,6 +218,7 @@ mod tests {
             };
             Ok(Output {
                 code: Some(code),
+                signal: None,
                 stdout: if code == 0 {
                     self.dump.clone()
                 } else {
