@@ -354,18 +354,75 @@ pub fn choose_variant(
     choose_variant_known(runner, family, forced, &|_| None)
 }
 
+/// A place's dump read before choosing (the inventory's).
+#[derive(Clone, Debug)]
+pub struct Known {
+    /// The dump.
+    pub saved: Saved,
+    /// Whether the tool printed it (else the kernel showed the place empty and the tool was
+    /// not run).
+    pub by_tool: bool,
+}
+
 /// [`choose_variant`] given the dumps already read (the inventory's): a variant `known`
 /// answers for is not read again; any other is read as `choose_variant` does, so a missing
-/// or failing tool gives the same error.
+/// or failing tool gives the same error. The chosen variant's state is always one its tool
+/// printed, so a run writes only with a save tool that works (the read-back and the undo
+/// need it): one the kernel showed empty is read once more, with the tool.
 pub fn choose_variant_known(
     runner: &dyn Runner,
     family: Family,
     forced: Option<IptablesVariant>,
-    known: &dyn Fn(Tools) -> Option<Saved>,
+    known: &dyn Fn(Tools) -> Option<Known>,
 ) -> Result<Chosen, IptablesError> {
+    let mut chosen = choose_from_known(runner, family, forced, known)?;
+    if !chosen.by_tool {
+        chosen.chosen.state = save(runner, chosen.chosen.tools)?;
+    }
+    Ok(chosen.chosen)
+}
+
+/// [`choose_variant_known`] for several families at once, one thread each (their probes and
+/// saves are independent); the results in the order of `families`.
+pub fn choose_variants(
+    runner: &(dyn Runner + Sync),
+    families: &[Family],
+    forced: Option<IptablesVariant>,
+    known: &(dyn Fn(Tools) -> Option<Known> + Sync),
+) -> Vec<Result<Chosen, IptablesError>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = families
+            .iter()
+            .map(|&family| scope.spawn(move || choose_variant_known(runner, family, forced, known)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(IptablesError::NoVariant(
+                        "choosing the iptables variant panicked".to_string(),
+                    ))
+                })
+            })
+            .collect()
+    })
+}
+
+/// The choice, and whether its state is one the tool printed.
+struct Choice {
+    chosen: Chosen,
+    by_tool: bool,
+}
+
+fn choose_from_known(
+    runner: &dyn Runner,
+    family: Family,
+    forced: Option<IptablesVariant>,
+    known: &dyn Fn(Tools) -> Option<Known>,
+) -> Result<Choice, IptablesError> {
     let read = |runner: &dyn Runner, tools: Tools| match known(tools) {
-        Some(saved) => Ok(saved),
-        None => save(runner, tools),
+        Some(k) => Ok((k.saved, k.by_tool)),
+        None => save(runner, tools).map(|saved| (saved, true)),
     };
     let legacy = Tools {
         family,
@@ -375,10 +432,13 @@ pub fn choose_variant_known(
         family,
         variant: IptablesVariant::Nft,
     };
-    let chosen = |tools, reason: &str, state| Chosen {
-        tools,
-        reason: reason.to_string(),
-        state,
+    let chosen = |tools, reason: &str, (state, by_tool): (Saved, bool)| Choice {
+        chosen: Chosen {
+            tools,
+            reason: reason.to_string(),
+            state,
+        },
+        by_tool,
     };
     if let Some(variant) = forced {
         let tools = Tools { family, variant };
@@ -402,7 +462,7 @@ pub fn choose_variant_known(
         }
     }
     if let Ok(saved) = &nft_saved {
-        if holds_ours(saved) {
+        if holds_ours(&saved.0) {
             return Ok(chosen(
                 nft,
                 "our chains are already in the nft tables",
@@ -411,14 +471,14 @@ pub fn choose_variant_known(
         }
     }
     if let Ok(saved) = &legacy_saved {
-        if holds_ours(saved) {
+        if holds_ours(&saved.0) {
             return Ok(chosen(
                 legacy,
                 "our chains are already in the legacy tables",
                 saved.clone(),
             ));
         }
-        if holds_rules(saved) {
+        if holds_rules(&saved.0) {
             return Ok(chosen(
                 legacy,
                 "the legacy tables already hold rules",
@@ -430,19 +490,18 @@ pub fn choose_variant_known(
         Ok(_) => probe_nat(runner, nft),
         Err(e) => Err(e.to_string()),
     };
-    match (nft_probe, legacy_saved) {
-        // Re-read: the probe may have created the nat table.
-        (Ok(()), _) => Ok(chosen(
-            nft,
-            "nft works (nat table probe)",
-            save(runner, nft)?,
+    match (nft_probe, legacy_saved, nft_saved) {
+        // The state read before the probe: what the probe adds (the nat table's empty OUTPUT
+        // base chain, if it was not there) holds nothing of ours, changes no packet and is
+        // deleted again if the run fails.
+        (Ok(()), _, Ok(saved)) => Ok(chosen(nft, "nft works (nat table probe)", saved)),
+        (Ok(()), _, Err(e)) => Err(e),
+        (Err(nft_err), Ok(saved), _) => Ok(chosen(
+            legacy,
+            &format!("nft does not work ({nft_err})"),
+            saved,
         )),
-        (Err(nft_err), Ok(saved)) => Ok(Chosen {
-            tools: legacy,
-            reason: format!("nft does not work ({nft_err})"),
-            state: saved,
-        }),
-        (Err(nft_err), Err(legacy_err)) => Err(IptablesError::NoVariant(format!(
+        (Err(nft_err), Err(legacy_err), _) => Err(IptablesError::NoVariant(format!(
             "no usable iptables for {family:?}: nft: {nft_err}; legacy: {legacy_err}"
         ))),
     }
@@ -544,6 +603,39 @@ mod tests {
             !calls.iter().any(|c| c.starts_with("iptables-nft ")),
             "{calls:?}"
         );
+    }
+
+    #[test]
+    fn dumps_in_hand_are_not_read_again_and_the_chosen_one_is_read_with_its_tool() {
+        let fake = || {
+            Fake::default()
+                .answer("iptables-legacy-save", 0, "")
+                .answer("iptables-nft-save", 0, "")
+                .answer("iptables-nft-restore", 0, "")
+        };
+        let known = |by_tool| {
+            move |_| {
+                Some(Known {
+                    saved: Saved::default(),
+                    by_tool,
+                })
+            }
+        };
+        // Both read by their tools: the probe and nothing else (no save after it).
+        let f = fake();
+        let chosen = choose_variant_known(&f, Family::V4, None, &known(true)).unwrap();
+        assert_eq!(chosen.tools.variant, IptablesVariant::Nft);
+        assert_eq!(*f.calls.borrow(), ["iptables-nft-restore --noflush"]);
+        // Shown empty by the kernel: the chosen variant is read with its tool before writing.
+        let f = fake();
+        choose_variant_known(&f, Family::V4, None, &known(false)).unwrap();
+        assert_eq!(
+            *f.calls.borrow(),
+            ["iptables-nft-restore --noflush", "iptables-nft-save"]
+        );
+        let f = fake();
+        choose_variant_known(&f, Family::V4, Some(IptablesVariant::Legacy), &known(false)).unwrap();
+        assert_eq!(*f.calls.borrow(), ["iptables-legacy-save"]);
     }
 
     #[test]

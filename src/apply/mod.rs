@@ -388,7 +388,7 @@ fn move_from_elsewhere(
     places: &[&IptablesPlace],
     native: bool,
     groups: &Groups,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     lock: &XtablesLock,
     log: &Log,
     here: &str,
@@ -412,7 +412,7 @@ fn remove_elsewhere(
     places: &[&IptablesPlace],
     native: bool,
     groups: &Groups,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     lock: &XtablesLock,
     log: &Log,
 ) -> Result<Vec<String>, String> {
@@ -584,11 +584,22 @@ fn apply_locked(
     let mut untouched = Vec::new();
     let mut drift = Vec::new();
     let mut report = Report::default();
-    for family in plan.families() {
-        let known = |tools| inventory.place(tools).saved().cloned();
-        let chosen =
-            iptables::choose_variant_known(runner, family, opts.force_iptables_binary, &known)
-                .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let known = |tools| {
+        let place = inventory.place(tools);
+        place.saved().map(|saved| iptables::Known {
+            saved: saved.clone(),
+            by_tool: place.read_by_tool,
+        })
+    };
+    let families = plan.families();
+    let mut choices =
+        iptables::choose_variants(runner, &families, opts.force_iptables_binary, &known)
+            .into_iter();
+    for family in families {
+        let chosen = choices
+            .next()
+            .expect("one choice per family")
+            .map_err(|e| ApplyError::Precondition(e.to_string()))?;
         let (tools, before) = (chosen.tools, chosen.state);
         report
             .tools

@@ -10,6 +10,7 @@ use super::{family_name, ApplyError};
 use crate::backend::iptables_save::{
     compare, leftover_probes, undo_text, ExpectedTable, Saved, State, PROBE_SPEC,
 };
+use crate::config::IptablesVariant;
 use crate::log::Log;
 use crate::plan::Table;
 
@@ -56,20 +57,53 @@ pub(super) fn failure(mut lines: Vec<String>, left: Vec<String>) -> ApplyError {
 /// saying what could not be undone (empty when nothing is left changed).
 pub(super) type CommitFailure = (Vec<String>, Vec<String>);
 
-/// Feeds each transaction in turn, then reads every family back: the kernel must hold exactly
+/// Feeds the transactions (the nft variant's at once, legacy ones in turn), then reads every
+/// family back: the kernel must hold exactly
 /// what was planned. If a write fails or any read-back differs, what the transactions wrote
 /// is undone — so either all families change or none does. Returns the read-back states.
 pub(super) fn commit(
     transactions: &mut [Transaction],
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     lock: &XtablesLock,
     log: &Log,
 ) -> Result<Vec<Saved>, CommitFailure> {
+    for t in transactions.iter() {
+        log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
+    }
+    // nft-variant writes of the two families are independent transactions that take no lock:
+    // they go in at once. Legacy ones take the one xtables lock (whose wait polls by the
+    // second), so they go in turn, and a failure stops the rest.
+    let together = transactions.len() > 1
+        && transactions
+            .iter()
+            .all(|t| t.tools.variant == IptablesVariant::Nft);
+    let mut written: Vec<Option<Result<(), iptables::IptablesError>>> = if together {
+        std::thread::scope(|scope| {
+            let writes: Vec<_> = transactions
+                .iter()
+                .map(|t| scope.spawn(|| iptables::restore(runner, t.tools, &t.text, true, lock)))
+                .collect();
+            writes
+                .into_iter()
+                .map(|w| {
+                    Some(w.join().unwrap_or_else(|_| {
+                        Err(iptables::IptablesError::NoVariant(
+                            "writing the rules panicked".to_string(),
+                        ))
+                    }))
+                })
+                .collect()
+        })
+    } else {
+        transactions.iter().map(|_| None).collect()
+    };
     for i in 0..transactions.len() {
         let t = &transactions[i];
         let name = family_name(t.tools.family);
-        log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
-        let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock) else {
+        let result = written[i]
+            .take()
+            .unwrap_or_else(|| iptables::restore(runner, t.tools, &t.text, true, lock));
+        let Err(e) = result else {
             continue;
         };
         // Another instance may have installed the same rules between our read and our write.
@@ -85,17 +119,39 @@ pub(super) fn commit(
                 }
             }
         }
+        // Written together, every family may have changed; in turn, only those up to here.
+        let attempted = if together { transactions.len() } else { i + 1 };
         return Err(undo(
-            &transactions[..=i],
+            &transactions[..attempted],
             runner,
             lock,
             format!("{name}: {e}"),
         ));
     }
+    // Every family is read back at once (reading changes nothing), then judged in order.
+    let saved: Vec<_> = std::thread::scope(|scope| {
+        let reads: Vec<_> = transactions
+            .iter()
+            .map(|t| {
+                let tools = t.tools;
+                scope.spawn(move || iptables::save(runner, tools))
+            })
+            .collect();
+        reads
+            .into_iter()
+            .map(|r| {
+                r.join().unwrap_or_else(|_| {
+                    Err(iptables::IptablesError::NoVariant(
+                        "reading the rules back panicked".to_string(),
+                    ))
+                })
+            })
+            .collect()
+    });
     let mut read_back = Vec::new();
-    for t in transactions.iter() {
+    for (t, saved) in transactions.iter().zip(saved) {
         let name = family_name(t.tools.family);
-        let problem = match iptables::save(runner, t.tools) {
+        let problem = match saved {
             Err(e) => Some(format!("cannot read the rules back: {e}")),
             Ok(now) => {
                 let mut problems = Vec::new();
@@ -187,14 +243,14 @@ mod tests {
     use crate::backend::iptables_save::parse_save;
     use crate::config::IptablesVariant;
     use crate::plan::Family;
-    use std::cell::RefCell;
+    use std::sync::Mutex;
     use std::time::Duration;
 
     /// Save prints a fixed dump; restore answers from a queue of exit codes; calls recorded.
     struct Fake {
         dump: String,
-        restores: RefCell<Vec<i32>>,
-        calls: RefCell<Vec<String>>,
+        restores: Mutex<Vec<i32>>,
+        calls: Mutex<Vec<String>>,
     }
 
     impl Runner for Fake {
@@ -209,12 +265,13 @@ mod tests {
             stdin: Option<&str>,
         ) -> std::io::Result<Output> {
             self.calls
-                .borrow_mut()
+                .lock()
+                .unwrap()
                 .push(format!("{program} {}", stdin.unwrap_or("")));
             let code = if program.ends_with("-save") {
                 0
             } else {
-                self.restores.borrow_mut().remove(0)
+                self.restores.lock().unwrap().remove(0)
             };
             Ok(Output {
                 code: Some(code),
@@ -260,8 +317,8 @@ mod tests {
     fn a_failed_write_that_changed_nothing_is_not_undone() {
         let fake = Fake {
             dump: BEFORE.to_string(),
-            restores: RefCell::new(vec![1]),
-            calls: RefCell::default(),
+            restores: Mutex::new(vec![1]),
+            calls: Mutex::default(),
         };
         let (lines, left) =
             commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
@@ -274,11 +331,17 @@ mod tests {
         );
         let restores = fake
             .calls
-            .borrow()
+            .lock()
+            .unwrap()
             .iter()
             .filter(|c| c.starts_with("iptables-nft-restore"))
             .count();
-        assert_eq!(restores, 1, "no second restore: {:?}", fake.calls.borrow());
+        assert_eq!(
+            restores,
+            1,
+            "no second restore: {:?}",
+            fake.calls.lock().unwrap()
+        );
         let ApplyError::Failed(message) = failure(lines, left) else {
             panic!("nothing is left");
         };
@@ -292,8 +355,8 @@ mod tests {
         let fake = Fake {
             dump: "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
                 .to_string(),
-            restores: RefCell::new(vec![0, 1]),
-            calls: RefCell::default(),
+            restores: Mutex::new(vec![0, 1]),
+            calls: Mutex::default(),
         };
         let (lines, left) =
             commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
@@ -302,7 +365,7 @@ mod tests {
             left.iter().any(|l| l.contains("undoing the write failed")),
             "{left:?}"
         );
-        let calls = fake.calls.borrow();
+        let calls = fake.calls.lock().unwrap();
         let undo = calls.last().unwrap();
         assert_eq!(
             undo, "iptables-nft-restore *nat\n-D OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n",
