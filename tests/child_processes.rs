@@ -203,8 +203,8 @@ fn an_install_runs_only_the_tool_processes_it_needs() {
     };
     let lab = Lab::new().expect("lab");
     // The variant chosen by the probe: the legacy tables read (their tool is always run), the
-    // nft tables known empty from the kernel; per family the probe, one save before writing,
-    // the write and the read-back.
+    // nft tables known empty from the kernel; per family the probe with a save beside it, the
+    // write and the read-back.
     assert_eq!(
         count(&lab.pod, &[]),
         "ip6tables-legacy-save ip6tables-nft-restore ip6tables-nft-restore ip6tables-nft-save \
@@ -215,6 +215,13 @@ fn an_install_runs_only_the_tool_processes_it_needs() {
     assert_eq!(
         count(&lab.pod, &[]),
         "ip6tables-legacy-save ip6tables-nft-save iptables-legacy-save iptables-nft-save"
+    );
+    // Forced nft: every place read once with its tool, then the writes and the read-backs.
+    let lab = Lab::new().expect("lab");
+    assert_eq!(
+        count(&lab.pod, &["--force-iptables-binary=nft"]),
+        "ip6tables-legacy-save ip6tables-nft-restore ip6tables-nft-save ip6tables-nft-save \
+         iptables-legacy-save iptables-nft-restore iptables-nft-save iptables-nft-save"
     );
     let lab = Lab::new().expect("lab");
     let legacy = ["--force-iptables-binary=legacy"];

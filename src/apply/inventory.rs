@@ -158,10 +158,20 @@ impl Inventory {
     /// shared with the writes that follow). Threads inherit the network namespace of the one
     /// that spawns them. Needs the privileges to read (CAP_NET_ADMIN); read-only.
     pub fn read(runner: &(dyn Runner + Sync)) -> Inventory {
+        Inventory::read_writing(runner, None)
+    }
+
+    /// [`Inventory::read`] for a run that will write with this variant (`--force-iptables-
+    /// binary`): its places are read with their tools even when the kernel shows them empty,
+    /// as the write needs that reading anyway.
+    pub fn read_writing(
+        runner: &(dyn Runner + Sync),
+        writes: Option<IptablesVariant>,
+    ) -> Inventory {
         std::thread::scope(|scope| {
             let places: Vec<_> = PLACES
                 .iter()
-                .map(|&tools| scope.spawn(move || read_iptables(runner, tools)))
+                .map(|&tools| scope.spawn(move || read_iptables(runner, tools, writes)))
                 .collect();
             let native = scope.spawn(read_native);
             let routing = read_routing();
@@ -235,12 +245,19 @@ impl Inventory {
 /// nothing: it lists only tables the kernel has); else with its tool when installed; without
 /// it, from what the kernel shows. (A legacy tool is always run when installed: one that
 /// fails refuses the run even where the kernel shows no legacy table.)
-fn read_iptables(runner: &dyn Runner, tools: Tools) -> (Reading<Saved>, bool) {
+fn read_iptables(
+    runner: &dyn Runner,
+    tools: Tools,
+    writes: Option<IptablesVariant>,
+) -> (Reading<Saved>, bool) {
     let save = tools.save();
     if !runner.installed(&save) {
         return (read_without_tool(tools), false);
     }
-    if tools.variant == IptablesVariant::Nft && no_nft_table(tools.family) {
+    if tools.variant == IptablesVariant::Nft
+        && writes != Some(IptablesVariant::Nft)
+        && no_nft_table(tools.family)
+    {
         return (Reading::Read(Saved::default()), false);
     }
     (read_with_tool(runner, tools), true)
@@ -250,7 +267,7 @@ fn read_iptables(runner: &dyn Runner, tools: Tools) -> (Reading<Saved>, bool) {
 /// is not taken for empty.
 fn no_nft_table(family: Family) -> bool {
     NfTables::open()
-        .and_then(|mut n| n.family_tables(xt_family(family)))
+        .and_then(|mut n| n.family_names(xt_family(family), false))
         .is_ok_and(|tables| tables.is_empty())
 }
 

@@ -347,7 +347,7 @@ pub struct Chosen {
 /// when its tables hold rules; else nft when it can create a rule in the nat table (the probe
 /// Istio moved to nat in #57380: filter can work while nat does not); else legacy.
 pub fn choose_variant(
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     family: Family,
     forced: Option<IptablesVariant>,
 ) -> Result<Chosen, IptablesError> {
@@ -370,7 +370,7 @@ pub struct Known {
 /// printed, so a run writes only with a save tool that works (the read-back and the undo
 /// need it): one the kernel showed empty is read once more, with the tool.
 pub fn choose_variant_known(
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     family: Family,
     forced: Option<IptablesVariant>,
     known: &dyn Fn(Tools) -> Option<Known>,
@@ -415,7 +415,7 @@ struct Choice {
 }
 
 fn choose_from_known(
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     family: Family,
     forced: Option<IptablesVariant>,
     known: &dyn Fn(Tools) -> Option<Known>,
@@ -487,15 +487,28 @@ fn choose_from_known(
         }
     }
     let nft_probe = match &nft_saved {
-        Ok(_) => probe_nat(runner, nft),
+        // Shown empty by the kernel: read with the tool while probing, for the chosen state.
+        Ok((_, false)) => std::thread::scope(|scope| {
+            let read = scope.spawn(|| save(runner, nft));
+            let probe = probe_nat(runner, nft);
+            let read = read.join().unwrap_or_else(|_| {
+                Err(IptablesError::NoVariant(
+                    "reading the nft rules panicked".into(),
+                ))
+            });
+            probe.map(|()| Some(read))
+        }),
+        Ok(_) => probe_nat(runner, nft).map(|()| None),
         Err(e) => Err(e.to_string()),
     };
     match (nft_probe, legacy_saved, nft_saved) {
-        // The state read before the probe: what the probe adds (the nat table's empty OUTPUT
-        // base chain, if it was not there) holds nothing of ours, changes no packet and is
-        // deleted again if the run fails.
-        (Ok(()), _, Ok(saved)) => Ok(chosen(nft, "nft works (nat table probe)", saved)),
-        (Ok(()), _, Err(e)) => Err(e),
+        // The state read before (or while) probing: what the probe adds (the nat table's empty
+        // OUTPUT base chain, if it was not there) holds nothing of ours, changes no packet and
+        // is deleted again if the run fails. The probe's rule is added and deleted in one
+        // transaction, so no read ever shows it.
+        (Ok(Some(read)), _, _) => Ok(chosen(nft, "nft works (nat table probe)", (read?, true))),
+        (Ok(None), _, Ok(saved)) => Ok(chosen(nft, "nft works (nat table probe)", saved)),
+        (Ok(None), _, Err(e)) => Err(e),
         (Err(nft_err), Ok(saved), _) => Ok(chosen(
             legacy,
             &format!("nft does not work ({nft_err})"),
@@ -529,14 +542,14 @@ fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
     use std::collections::BTreeMap;
+    use std::sync::Mutex;
 
     /// Answers each program from a table and records the calls.
     #[derive(Default)]
     struct Fake {
         answers: BTreeMap<String, Output>,
-        calls: RefCell<Vec<String>>,
+        calls: Mutex<Vec<String>>,
     }
 
     impl Fake {
@@ -570,7 +583,7 @@ mod tests {
             _: Option<&str>,
         ) -> std::io::Result<Output> {
             let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-            self.calls.borrow_mut().push(
+            self.calls.lock().unwrap().push(
                 format!("{}{program} {}", env.concat(), args.join(" "))
                     .trim()
                     .to_string(),
@@ -596,7 +609,7 @@ mod tests {
             .answer("iptables-nft-save", 0, "")
             .answer("iptables-nft-restore", 0, "");
         assert_eq!(pick(&fake).unwrap(), IptablesVariant::Nft);
-        let calls = fake.calls.borrow();
+        let calls = fake.calls.lock().unwrap();
         // One restore transaction: nothing of the probe can outlive it.
         assert!(calls.contains(&"iptables-nft-restore --noflush".to_string()));
         assert!(
@@ -625,17 +638,20 @@ mod tests {
         let f = fake();
         let chosen = choose_variant_known(&f, Family::V4, None, &known(true)).unwrap();
         assert_eq!(chosen.tools.variant, IptablesVariant::Nft);
-        assert_eq!(*f.calls.borrow(), ["iptables-nft-restore --noflush"]);
+        assert_eq!(*f.calls.lock().unwrap(), ["iptables-nft-restore --noflush"]);
         // Shown empty by the kernel: the chosen variant is read with its tool before writing.
+        // (The two at once: the save does not wait for the probe.)
         let f = fake();
         choose_variant_known(&f, Family::V4, None, &known(false)).unwrap();
+        let mut calls = f.calls.lock().unwrap().clone();
+        calls.sort();
         assert_eq!(
-            *f.calls.borrow(),
+            calls,
             ["iptables-nft-restore --noflush", "iptables-nft-save"]
         );
         let f = fake();
         choose_variant_known(&f, Family::V4, Some(IptablesVariant::Legacy), &known(false)).unwrap();
-        assert_eq!(*f.calls.borrow(), ["iptables-legacy-save"]);
+        assert_eq!(*f.calls.lock().unwrap(), ["iptables-legacy-save"]);
     }
 
     #[test]
@@ -647,7 +663,8 @@ mod tests {
         assert!(
             !fake
                 .calls
-                .borrow()
+                .lock()
+                .unwrap()
                 .iter()
                 .any(|c| c.starts_with("iptables-nft-restore")),
             "no probe needed"
@@ -755,7 +772,7 @@ mod tests {
         restore(&fake, legacy, "", true, &pod_lock).unwrap();
         restore(&fake, nft, "", true, &pod_lock).unwrap();
         assert_eq!(
-            *fake.calls.borrow(),
+            *fake.calls.lock().unwrap(),
             [
                 "iptables-legacy-restore --noflush --wait=30",
                 "ip6tables-nft-restore",

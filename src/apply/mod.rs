@@ -570,7 +570,7 @@ fn apply_locked(
 ) -> Result<Report, ApplyError> {
     require_ipv6_usable(plan)?;
     let resolve = |name: &str| resolve_group(groups, name);
-    let inventory = Inventory::read(runner);
+    let inventory = Inventory::read_writing(runner, opts.force_iptables_binary);
     // Decided before a variant is chosen, so that a refusal probes nothing.
     let elsewhere = elsewhere_for_iptables(&inventory, plan, opts.force_iptables_binary);
     let native = inventory.native_tables().to_vec();

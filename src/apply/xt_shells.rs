@@ -28,16 +28,6 @@ struct Now {
     rules: Vec<(String, String)>,
 }
 
-fn objects(family: XtFamily, tables: &[FamilyTable]) -> impl Iterator<Item = Object> + '_ {
-    tables.iter().flat_map(move |t| {
-        std::iter::once((family.name(), t.name.clone(), None)).chain(
-            t.chains
-                .iter()
-                .map(move |c| (family.name(), t.name.clone(), Some(c.name.clone()))),
-        )
-    })
-}
-
 impl Snapshot {
     /// Reads the `ip` and `ip6` tables and chains (read-only, over netlink).
     pub(super) fn read() -> Snapshot {
@@ -45,8 +35,14 @@ impl Snapshot {
             let mut nft = NfTables::open().map_err(|e| e.to_string())?;
             let mut all = BTreeSet::new();
             for family in FAMILIES {
-                let tables = nft.family_tables(family).map_err(|e| e.to_string())?;
-                all.extend(objects(family, &tables));
+                for (table, chains) in nft.family_names(family, true).map_err(|e| e.to_string())? {
+                    all.insert((family.name(), table.clone(), None));
+                    all.extend(
+                        chains
+                            .into_iter()
+                            .map(|c| (family.name(), table.clone(), Some(c))),
+                    );
+                }
             }
             Ok(all)
         };
