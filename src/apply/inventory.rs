@@ -111,6 +111,14 @@ impl IptablesPlace {
         }
     }
 
+    /// The dump for choosing a variant, when the place was read.
+    pub fn known(&self) -> Option<iptables::Known> {
+        self.saved().map(|saved| iptables::Known {
+            saved: saved.clone(),
+            by_tool: self.read_by_tool,
+        })
+    }
+
     /// What of ours is there (zero when nothing was read).
     pub fn counts(&self) -> Counts {
         self.saved().map(counts).unwrap_or_default()

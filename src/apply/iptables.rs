@@ -382,32 +382,6 @@ pub fn choose_variant_known(
     Ok(chosen.chosen)
 }
 
-/// [`choose_variant_known`] for several families at once, one thread each (their probes and
-/// saves are independent); the results in the order of `families`.
-pub fn choose_variants(
-    runner: &(dyn Runner + Sync),
-    families: &[Family],
-    forced: Option<IptablesVariant>,
-    known: &(dyn Fn(Tools) -> Option<Known> + Sync),
-) -> Vec<Result<Chosen, IptablesError>> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = families
-            .iter()
-            .map(|&family| scope.spawn(move || choose_variant_known(runner, family, forced, known)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(IptablesError::NoVariant(
-                        "choosing the iptables variant panicked".to_string(),
-                    ))
-                })
-            })
-            .collect()
-    })
-}
-
 /// The choice, and whether its state is one the tool printed.
 struct Choice {
     chosen: Chosen,

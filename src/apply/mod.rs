@@ -584,22 +584,11 @@ fn apply_locked(
     let mut untouched = Vec::new();
     let mut drift = Vec::new();
     let mut report = Report::default();
-    let known = |tools| {
-        let place = inventory.place(tools);
-        place.saved().map(|saved| iptables::Known {
-            saved: saved.clone(),
-            by_tool: place.read_by_tool,
-        })
-    };
-    let families = plan.families();
-    let mut choices =
-        iptables::choose_variants(runner, &families, opts.force_iptables_binary, &known)
-            .into_iter();
-    for family in families {
-        let chosen = choices
-            .next()
-            .expect("one choice per family")
-            .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    for family in plan.families() {
+        let known = |tools| inventory.place(tools).known();
+        let chosen =
+            iptables::choose_variant_known(runner, family, opts.force_iptables_binary, &known)
+                .map_err(|e| ApplyError::Precondition(e.to_string()))?;
         let (tools, before) = (chosen.tools, chosen.state);
         report
             .tools

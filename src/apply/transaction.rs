@@ -10,7 +10,6 @@ use super::{family_name, ApplyError};
 use crate::backend::iptables_save::{
     compare, leftover_probes, undo_text, ExpectedTable, Saved, State, PROBE_SPEC,
 };
-use crate::config::IptablesVariant;
 use crate::log::Log;
 use crate::plan::Table;
 
@@ -57,8 +56,7 @@ pub(super) fn failure(mut lines: Vec<String>, left: Vec<String>) -> ApplyError {
 /// saying what could not be undone (empty when nothing is left changed).
 pub(super) type CommitFailure = (Vec<String>, Vec<String>);
 
-/// Feeds the transactions (the nft variant's at once, legacy ones in turn), then reads every
-/// family back: the kernel must hold exactly
+/// Feeds each transaction in turn, then reads every family back: the kernel must hold exactly
 /// what was planned. If a write fails or any read-back differs, what the transactions wrote
 /// is undone — so either all families change or none does. Returns the read-back states.
 pub(super) fn commit(
@@ -67,43 +65,13 @@ pub(super) fn commit(
     lock: &XtablesLock,
     log: &Log,
 ) -> Result<Vec<Saved>, CommitFailure> {
-    for t in transactions.iter() {
-        log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
-    }
-    // nft-variant writes of the two families are independent transactions that take no lock:
-    // they go in at once. Legacy ones take the one xtables lock (whose wait polls by the
-    // second), so they go in turn, and a failure stops the rest.
-    let together = transactions.len() > 1
-        && transactions
-            .iter()
-            .all(|t| t.tools.variant == IptablesVariant::Nft);
-    let mut written: Vec<Option<Result<(), iptables::IptablesError>>> = if together {
-        std::thread::scope(|scope| {
-            let writes: Vec<_> = transactions
-                .iter()
-                .map(|t| scope.spawn(|| iptables::restore(runner, t.tools, &t.text, true, lock)))
-                .collect();
-            writes
-                .into_iter()
-                .map(|w| {
-                    Some(w.join().unwrap_or_else(|_| {
-                        Err(iptables::IptablesError::NoVariant(
-                            "writing the rules panicked".to_string(),
-                        ))
-                    }))
-                })
-                .collect()
-        })
-    } else {
-        transactions.iter().map(|_| None).collect()
-    };
     for i in 0..transactions.len() {
         let t = &transactions[i];
         let name = family_name(t.tools.family);
-        let result = written[i]
-            .take()
-            .unwrap_or_else(|| iptables::restore(runner, t.tools, &t.text, true, lock));
-        let Err(e) = result else {
+        log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
+        // In turn (not at once): the kernel then creates the tables in the same order on every
+        // run, which is the order `nft list ruleset` shows them in.
+        let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock) else {
             continue;
         };
         // Another instance may have installed the same rules between our read and our write.
@@ -119,10 +87,8 @@ pub(super) fn commit(
                 }
             }
         }
-        // Written together, every family may have changed; in turn, only those up to here.
-        let attempted = if together { transactions.len() } else { i + 1 };
         return Err(undo(
-            &transactions[..attempted],
+            &transactions[..=i],
             runner,
             lock,
             format!("{name}: {e}"),

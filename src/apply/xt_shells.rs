@@ -7,7 +7,9 @@
 
 use std::collections::BTreeSet;
 
-use super::nftables::NfTables;
+use nix::errno::Errno;
+
+use super::nftables::{NfTables, NftError};
 use super::ApplyError;
 use crate::backend::nft_netlink::{FamilyTable, XtFamily};
 use crate::log::Log;
@@ -16,7 +18,8 @@ const FAMILIES: [XtFamily; 2] = [XtFamily::Ip, XtFamily::Ip6];
 
 /// The `ip`/`ip6` tables and their chains before the run: `(family, table, chain)`, with
 /// `None` as the chain for the table itself.
-pub(super) struct Snapshot(Result<BTreeSet<Object>, String>);
+/// `Ok(None)` when the kernel has no nf_tables (iptables-nft can create nothing there).
+pub(super) struct Snapshot(Result<Option<BTreeSet<Object>>, String>);
 
 type Object = (&'static str, String, Option<String>);
 
@@ -31,11 +34,11 @@ struct Now {
 impl Snapshot {
     /// Reads the `ip` and `ip6` tables and chains (read-only, over netlink).
     pub(super) fn read() -> Snapshot {
-        let read = || -> Result<BTreeSet<Object>, String> {
-            let mut nft = NfTables::open().map_err(|e| e.to_string())?;
+        let read = || -> Result<BTreeSet<Object>, NftError> {
+            let mut nft = NfTables::open()?;
             let mut all = BTreeSet::new();
             for family in FAMILIES {
-                for (table, chains) in nft.family_names(family, true).map_err(|e| e.to_string())? {
+                for (table, chains) in nft.family_names(family, true)? {
                     all.insert((family.name(), table.clone(), None));
                     all.extend(
                         chains
@@ -46,7 +49,15 @@ impl Snapshot {
             }
             Ok(all)
         };
-        Snapshot(read())
+        Snapshot(match read() {
+            Ok(all) => Ok(Some(all)),
+            Err(NftError::Io { errno, .. })
+                if [Errno::EPROTONOSUPPORT, Errno::EAFNOSUPPORT].contains(&errno) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        })
     }
 
     /// After a failed run: deletes the tables that are new since the snapshot and hold
@@ -57,7 +68,8 @@ impl Snapshot {
     /// longer claims that nothing changed.
     pub(super) fn after_failure(&self, error: ApplyError, log: &Log) -> ApplyError {
         let before = match &self.0 {
-            Ok(before) => before,
+            Ok(Some(before)) => before,
+            Ok(None) => return error,
             Err(e) => {
                 return with_left(
                     error,
