@@ -26,6 +26,11 @@ to its own listener on 15001 (bounded: --conns connections or 3 s per sample; th
 routed to a veth pair inside the lab namespace only). Finally the issue's targets.
 
 Usage: sudo scripts/bench.py [--samples N] [--conns N] [--sizes 0,10,...] [--binary PATH]
+                             [--rows WORD,...] [--no-rate]
+
+`--rows iptables` keeps only the rows whose name contains one of the words (here the
+iptables backend's rows and the bare restores they are compared with); `--no-rate` skips the
+connection rates. Targets whose rows were not measured are left out.
 """
 import argparse
 import ctypes
@@ -45,6 +50,10 @@ GNU_TIME = "/usr/bin/time"
 CLONE_NEWNET = 0x40000000
 LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 HOME_NS = os.open("/proc/self/ns/net", os.O_RDONLY)
+# The baseline rows' names.
+BARE_NFT = "bare iptables-nft-restore"
+NFT_F = "bare nft -f (Istio's script)"
+ISTIO = "Istio's process sequence (nft)"
 
 
 def excluded(n):
@@ -211,12 +220,20 @@ def main():
     p.add_argument("--sizes", default="0,10,100,1000,5000,ports")
     p.add_argument("--binary", default="target/release/meshinit")
     p.add_argument("--client", default="target/release/examples/connrate")
+    p.add_argument("--rows", default="", help="only rows whose name contains one of these words")
+    p.add_argument("--no-rate", action="store_true", help="skip the connection rates")
     a = p.parse_args()
+    words = [w for w in a.rows.split(",") if w]
+
+    def wanted(name):
+        return not words or any(w in name for w in words)
     if os.geteuid() != 0:
         sys.exit("bench needs root (network namespaces)")
     binary, client = os.path.abspath(a.binary), os.path.abspath(a.client)
     for what, path, how in (("meshinit binary", binary, "cargo build --release"),
                             ("connrate client", client, "cargo build --release --example connrate")):
+        if what == "connrate client" and a.no_rate:
+            continue
         if not os.path.exists(path):
             sys.exit(f"no {what} at {path}: build it with `{how}`")
     print(f"binary: {binary}", file=sys.stderr)
@@ -226,7 +243,7 @@ def main():
     rates = {}
     for size in sizes:
         args = config(size)
-        rows = rows_for(binary, args)
+        rows = [r for r in rows_for(binary, args) if wanted(r[0])]
         times = {name: [] for name, _, _ in rows}
         for i in range(a.samples):
             for name, setup, measured in rows:
@@ -244,23 +261,37 @@ def main():
                              ("native, --nft-sets=never", ["--native-nftables", "--nft-sets=never"]),
                              ("iptables nft", ["--force-iptables-binary=nft"]),
                              ("iptables legacy", ["--force-iptables-binary=legacy"])):
+            if a.no_rate:
+                break
             rates[(size, label)] = conn_rate(binary, client, args + extra, a.conns, 3)
         print(f"size {size} done", file=sys.stderr)
 
-    names = [name for name, _, _ in rows_for(binary, config(sizes[0]))]
+    names = [name for name, _, _ in rows_for(binary, config(sizes[0])) if wanted(name)]
+
+    def ratio(ms, size, row):
+        base = results.get((size, row))
+        return f"{ms / base[0]:.2f}" if base else "-"
+
     print(f"apply: median of {a.samples} samples, each in a fresh namespace; ratios against rows "
           f"of the same size")
     print(f"{'size':>6} {'what':34} {'ms':>9} {'/nft-restore':>12} {'/nft -f':>8} "
           f"{'/Istio seq':>10} {'peak KiB':>9}")
     for size in sizes:
-        bare = results[(size, "bare iptables-nft-restore")][0]
-        nftf = results[(size, "bare nft -f (Istio's script)")][0]
-        istio = results[(size, "Istio's process sequence (nft)")][0]
         for name in names:
             ms, kib = results[(size, name)]
-            print(f"{size:>6} {name:34} {ms:9.1f} {ms / bare:12.2f} {ms / nftf:8.2f} "
-                  f"{ms / istio:10.2f} {kib if with_rss else '-':>9}")
+            print(f"{size:>6} {name:34} {ms:9.1f} {ratio(ms, size, BARE_NFT):>12} "
+                  f"{ratio(ms, size, NFT_F):>8} {ratio(ms, size, ISTIO):>10} "
+                  f"{kib if with_rss else '-':>9}")
     labels = ["native (sets)", "native, --nft-sets=never", "iptables nft", "iptables legacy"]
+    if not a.no_rate:
+        print_rates(a, sizes, labels, rates)
+    print_targets(sizes, names, results, rates)
+    print(f"\nmachine: {os.uname().sysname} {os.uname().release}, {os.cpu_count()} CPUs; "
+          f"{subprocess.run(['iptables', '--version'], capture_output=True, text=True).stdout.strip()}; "
+          f"{subprocess.run(['nft', '--version'], capture_output=True, text=True).stdout.strip()}")
+
+
+def print_rates(a, sizes, labels, rates):
     print(f"\nnew connections/s (median of 3 × up to {a.conns} sequential connections, uid 1000, "
           f"redirected to a local listener); ratio to size 0")
     print(f"{'size':>6} " + " ".join(f"{l:>26}" for l in labels))
@@ -272,34 +303,38 @@ def main():
             cells.append(f"{r:>17.0f} ({r / zero:5.2f})")
         print(f"{size:>6} " + " ".join(cells))
 
+
+
+def print_targets(sizes, names, results, rates):
+    """The issue's targets, those whose rows were measured."""
     print("\ntargets:")
 
     def target(what, value, limit, le=True):
         ok = value <= limit if le else value >= limit
         print(f"  {'ok  ' if ok else 'MISS'} {what}: {value:.2f} ({'<=' if le else '>='} {limit})")
 
-    if "0" in sizes and "5000" in sizes:
+    def ms(size, row):
+        return results[(size, row)][0] if (size, row) in results else None
+
+    if ("0", "native (sets)") in rates and ("5000", "native (sets)") in rates:
         target("native conn rate at 5,000 / at 0", rates[("5000", "native (sets)")]
                / rates[("0", "native (sets)")], 0.8, le=False)
-    if "5000" in sizes:
+    if ms("5000", "meshinit native nftables") and ms("5000", NFT_F):
         target("native apply at 5,000 / nft -f of Istio's script",
-               results[("5000", "meshinit native nftables")][0]
-               / results[("5000", "bare nft -f (Istio's script)")][0], 0.15)
-    if "0" in sizes:
+               ms("5000", "meshinit native nftables") / ms("5000", NFT_F), 0.15)
+    if ms("0", "meshinit native nftables") and ms("0", BARE_NFT):
         target("native apply, default config / bare iptables-nft-restore",
-               results[("0", "meshinit native nftables")][0]
-               / results[("0", "bare iptables-nft-restore")][0], 0.5)
+               ms("0", "meshinit native nftables") / ms("0", BARE_NFT), 0.5)
     for size in sizes:
         for variant in ("nft", "legacy"):
-            target(f"iptables {variant} fresh / bare restore, size {size}",
-                   results[(size, f"meshinit iptables {variant}")][0]
-                   / results[(size, f"bare iptables-{variant}-restore")][0], 1.5)
-    worst = max((results[(s, n)][0] / results[(s, "Istio's process sequence (nft)")][0], s, n)
-                for s in sizes for n in names if n.startswith("meshinit"))
-    target(f"worst meshinit row / Istio's sequence ({worst[2]}, size {worst[1]})", worst[0], 0.2)
-    print(f"\nmachine: {os.uname().sysname} {os.uname().release}, {os.cpu_count()} CPUs; "
-          f"{subprocess.run(['iptables', '--version'], capture_output=True, text=True).stdout.strip()}; "
-          f"{subprocess.run(['nft', '--version'], capture_output=True, text=True).stdout.strip()}")
+            mine, bare = ms(size, f"meshinit iptables {variant}"), ms(size, f"bare iptables-{variant}-restore")
+            if mine and bare:
+                target(f"iptables {variant} fresh / bare restore, size {size}", mine / bare, 1.5)
+    rows = [(ms(s, n) / ms(s, ISTIO), s, n) for s in sizes for n in names
+            if n.startswith("meshinit") and ms(s, ISTIO)]
+    if rows:
+        worst = max(rows)
+        target(f"worst meshinit row / Istio's sequence ({worst[2]}, size {worst[1]})", worst[0], 0.2)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ pub mod backend;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod go_duration;
 pub mod log;
 pub mod netlink_wire;
 pub mod plan;

@@ -62,7 +62,7 @@ pub enum ValidationError {
         holder: Option<String>,
     },
     /// No probe connection was redirected to a listener in time.
-    #[error("no connection to {target}:{port} was redirected to a capture port within {timeout:?} (last error: {last})")]
+    #[error("no connection to {target}:{port} was redirected to a capture port within {} (last error: {last})", crate::go_duration::go_duration(*timeout))]
     Timeout {
         /// The passthrough address the probe connected to.
         target: IpAddr,
@@ -205,3 +205,22 @@ pub fn validate(
 pub const FAILURE_ADVICE: &str = "traffic is not redirected to the proxy, so this workload is not ready for the mesh. \
 With Istio CNI this happens when the pod was scheduled before the node's CNI plugin was ready: \
 delete the pod so it is scheduled again (istio-cni's repair controller does this when cni.repair.deletePods=true).";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeout_is_written_as_the_flag_takes_it() {
+        let e = ValidationError::Timeout {
+            target: Probe::v4().target,
+            port: Port::new_const(15002),
+            timeout: Duration::from_secs(90),
+            last: "connecting to 127.0.0.6:15002: ECONNREFUSED: Connection refused".to_string(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no connection to 127.0.0.6:15002 was redirected to a capture port within 1m30s (last error: connecting to 127.0.0.6:15002: ECONNREFUSED: Connection refused)"
+        );
+    }
+}

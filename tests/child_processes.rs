@@ -159,3 +159,80 @@ fn a_tool_writing_megabytes_before_reading_a_large_input_does_not_deadlock() {
         State::InPlace
     );
 }
+
+/// A tool directory in which every iptables tool is the real one behind a wrapper that first
+/// appends its name to `log`.
+fn logging_tools(dir: &Path, log: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir("/usr/sbin").unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.contains("tables") {
+            let script = format!(
+                "#!/bin/sh\necho {name} >> {}\nexec /usr/sbin/{name} \"$@\"\n",
+                log.display()
+            );
+            let path = dir.join(&name);
+            std::fs::write(&path, script).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+    }
+    dir.display().to_string()
+}
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn an_install_runs_only_the_tool_processes_it_needs() {
+    if !require_root("an_install_runs_only_the_tool_processes_it_needs") {
+        return;
+    }
+    let dir = PathBuf::from(format!("/tmp/meshinit-count-{}", std::process::id()));
+    let log = dir.join("calls.log");
+    let path = logging_tools(&dir.join("bin"), &log);
+    // Istio's default arguments with IPv6, in a fresh namespace: what each run starts.
+    let count = |pod: &Netns, extra: &[&str]| {
+        let _ = std::fs::remove_file(&log);
+        let mut args = default_args();
+        args.extend(strings(extra));
+        let (code, stderr, _) = meshinit_bounded(pod, &args, &path, &[], Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{extra:?}: {stderr}");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut calls: Vec<&str> = calls.lines().collect();
+        calls.sort_unstable();
+        calls.join(" ")
+    };
+    let lab = Lab::new().expect("lab");
+    // The variant chosen by the probe: the legacy tables read (their tool is always run), the
+    // nft tables known empty from the kernel; per family the probe with a save beside it, the
+    // write and the read-back.
+    assert_eq!(
+        count(&lab.pod, &[]),
+        "ip6tables-legacy-save ip6tables-nft-restore ip6tables-nft-restore ip6tables-nft-save \
+         ip6tables-nft-save iptables-legacy-save iptables-nft-restore iptables-nft-restore \
+         iptables-nft-save iptables-nft-save"
+    );
+    // A re-run reads each place once and writes nothing.
+    assert_eq!(
+        count(&lab.pod, &[]),
+        "ip6tables-legacy-save ip6tables-nft-save iptables-legacy-save iptables-nft-save"
+    );
+    // Forced nft: every place read once with its tool, then the writes and the read-backs.
+    let lab = Lab::new().expect("lab");
+    assert_eq!(
+        count(&lab.pod, &["--force-iptables-binary=nft"]),
+        "ip6tables-legacy-save ip6tables-nft-restore ip6tables-nft-save ip6tables-nft-save \
+         iptables-legacy-save iptables-nft-restore iptables-nft-save iptables-nft-save"
+    );
+    let lab = Lab::new().expect("lab");
+    let legacy = ["--force-iptables-binary=legacy"];
+    assert_eq!(
+        count(&lab.pod, &legacy),
+        "ip6tables-legacy-restore ip6tables-legacy-save ip6tables-legacy-save \
+         iptables-legacy-restore iptables-legacy-save iptables-legacy-save"
+    );
+    assert_eq!(
+        count(&lab.pod, &legacy),
+        "ip6tables-legacy-save iptables-legacy-save"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

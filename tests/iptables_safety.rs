@@ -17,6 +17,7 @@ use support::apply::{
     tools_with_broken, VARIANTS,
 };
 use support::netlab::{Client, Lab, ListenerSpec, Netns};
+use support::nft::listing;
 use support::{diff, require_root};
 
 fn assert_unchanged(before: &str, after: &str, what: &str) {
@@ -165,6 +166,90 @@ fn a_failed_atomic_write_is_not_rolled_back_and_foreign_rules_stay() {
             out.stderr
         );
     }
+}
+
+/// A tool directory whose `ip6tables-nft-restore` works once (the variant probe) and fails
+/// every later write.
+fn ipv6_writes_fail_after_the_probe(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    tools_with_broken(&dir, "unused-placeholder");
+    let d = dir.display();
+    fake_tool(
+        &dir,
+        "ip6tables-nft-restore",
+        &format!(
+            "if [ -e {d}/once ]; then cat >/dev/null; echo 'simulated failure' >&2; exit 1; fi\ntouch {d}/once\nexec /usr/sbin/ip6tables-nft-restore \"$@\"\n"
+        ),
+    );
+    dir
+}
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_failed_nft_apply_leaves_the_nft_ruleset_as_it_found_it() {
+    if !require_root("a_failed_nft_apply_leaves_the_nft_ruleset_as_it_found_it") {
+        return;
+    }
+    // A fresh namespace: both probes create a nat table, the IPv4 write its base chains, the
+    // IPv6 write fails and the IPv4 one is undone.
+    let lab = Lab::new().expect("lab");
+    let before = listing(&lab.pod);
+    let dir = ipv6_writes_fail_after_the_probe("shells-fresh");
+    let out = meshinit(&lab.pod, &default_args(), &path_with(&dir));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("simulated failure")
+            && out.stderr.contains("IPv4: undone")
+            && out.stderr.contains("\n    nothing was left changed\n"),
+        "{}",
+        out.stderr
+    );
+    let after = listing(&lab.pod);
+    assert!(
+        before == after,
+        "a failed run left nf_tables objects:\n{}\n{}",
+        diff(&before, &after),
+        out.stderr
+    );
+
+    // Refused before any write (drift in IPv6) after the IPv4 probe created its table.
+    let lab = Lab::new().expect("lab");
+    lab.pod
+        .ip6tables_restore("*nat\n:ISTIO_OUTPUT - [0:0]\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n");
+    let before = listing(&lab.pod);
+    let out = meshinit(&lab.pod, &default_args(), &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    let after = listing(&lab.pod);
+    assert!(
+        before == after,
+        "a refused run left nf_tables objects:\n{}\n{}",
+        diff(&before, &after),
+        out.stderr
+    );
+
+    // A table that was there keeps the base chain the probe added to it: the message says so.
+    let lab = Lab::new().expect("lab");
+    lab.pod.nft_apply(
+        "table ip nat {\n chain PREROUTING { type nat hook prerouting priority -100; policy accept; }\n}\n",
+    );
+    let dir = ipv6_writes_fail_after_the_probe("shells-kept");
+    let out = meshinit(&lab.pod, &default_args(), &path_with(&dir));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "\n    left: the empty base chain ip nat OUTPUT that iptables-nft created during this run (it holds no rule; `nft delete chain ip nat OUTPUT` removes it)\n"
+        ) && !out.stderr.contains("nothing was left changed")
+            && last_line(&out.stderr).contains("left changed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !listing(&lab.pod).contains("table ip6 nat"),
+        "the new IPv6 table is deleted"
+    );
 }
 
 // --- item 2: interface names -------------------------------------------------------------------
@@ -627,6 +712,53 @@ fn a_rollback_that_fails_says_what_is_left() {
     );
     // And it is true: our IPv4 rules are there.
     assert!(all_rules(&lab.pod).contains("ISTIO_OUTPUT"));
+}
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_tool_killed_by_a_signal_is_named_with_the_signal() {
+    if !require_root("a_tool_killed_by_a_signal_is_named_with_the_signal") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let before = all_rules(&lab.pod);
+    let dir = scratch("signal");
+    tools_with_broken(&dir, "unused-placeholder");
+    // As iptables-nft 1.8.7's save does on a foreign base chain (a double free): SIGABRT.
+    fake_tool(&dir, "iptables-nft-save", "kill -ABRT $$\n");
+    let args = with(&default_args(), &["--force-iptables-binary=nft"]);
+    let out = meshinit(&lab.pod, &args, &path_with(&dir));
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("iptables-nft-save was killed by signal 6 (SIGABRT)")
+            && !out.stderr.contains("None")
+            && !out.stderr.contains("Some("),
+        "{}",
+        out.stderr
+    );
+    assert_unchanged(&before, &all_rules(&lab.pod), "a killed save");
+}
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn the_backend_choice_is_logged_without_nested_parentheses() {
+    if !require_root("the_backend_choice_is_logged_without_nested_parentheses") {
+        return;
+    }
+    let lab = Lab::new().expect("lab");
+    let out = meshinit(&lab.pod, &default_args(), &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("backend: "))
+        .unwrap_or_default();
+    assert!(
+        line.ends_with("\tbackend: iptables (Istio's default, as iptables tools are installed)"),
+        "{line:?}"
+    );
 }
 
 #[test]

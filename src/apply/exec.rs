@@ -16,6 +16,8 @@ use nix::unistd::Pid;
 pub struct Output {
     /// The exit code; `None` when killed by a signal.
     pub code: Option<i32>,
+    /// The signal that killed it, when one did.
+    pub signal: Option<i32>,
     /// Everything it wrote to stdout.
     pub stdout: String,
     /// Everything it wrote to stderr.
@@ -26,6 +28,18 @@ impl Output {
     /// Exit code 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
+    }
+
+    /// How it ended, for messages: `exited with code 1`, `was killed by signal 6 (SIGABRT)`.
+    pub fn ended(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(signal)) => match Signal::try_from(signal) {
+                Ok(name) => format!("was killed by signal {signal} ({})", name.as_str()),
+                Err(_) => format!("was killed by signal {signal}"),
+            },
+            (None, None) => "ended without an exit code or signal".to_string(),
+        }
     }
 }
 
@@ -167,6 +181,7 @@ impl Runner for SystemRunner {
         }
         Ok(Output {
             code: status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status),
             stdout: String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned(),
             stderr: String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned(),
         })
@@ -231,5 +246,22 @@ mod tests {
         // After the deadline a helper (a rollback) still gets its grace period.
         let out = runner.run("true", &[], &[], None).unwrap();
         assert!(out.success());
+    }
+
+    #[test]
+    fn how_a_child_ended_is_said_by_its_exit_code_or_the_signal_that_killed_it() {
+        let runner = SystemRunner::new(None);
+        let out = runner.run("sh", &["-c", "exit 3"], &[], None).unwrap();
+        assert_eq!(out.ended(), "exited with code 3");
+        let out = runner
+            .run("sh", &["-c", "kill -ABRT $$"], &[], None)
+            .unwrap();
+        assert_eq!((out.code, out.signal), (None, Some(6)));
+        assert_eq!(out.ended(), "was killed by signal 6 (SIGABRT)");
+        let odd = Output {
+            signal: Some(99),
+            ..Output::default()
+        };
+        assert_eq!(odd.ended(), "was killed by signal 99");
     }
 }

@@ -7,6 +7,9 @@
 //! Without an iptables tool a place is still known empty when the kernel shows that nothing
 //! can be there: no legacy table exists in this namespace (`/proc/net/ip_tables_names` lists
 //! none), or nf_tables (read over netlink) holds no chain of ours in the `ip`/`ip6` family.
+//! With the tool, an nft place of a family that has no nf_tables table at all is known empty
+//! without running it (the tool would print nothing), which saves a process per family in a
+//! fresh namespace; the run then reads the place it writes with the tool before writing.
 
 use super::exec::Runner;
 use super::family_name;
@@ -37,6 +40,10 @@ pub struct IptablesPlace {
     pub tools: Tools,
     /// What `*-save` printed, or why there is nothing to read.
     pub reading: Reading<Saved>,
+    /// Whether the tool itself printed the reading; `false` when the kernel showed the place
+    /// empty (no table of the nf_tables family) or the tool is not installed, so that the
+    /// tool was not run: a run that writes here reads it with the tool first.
+    pub read_by_tool: bool,
 }
 
 /// What of ours an iptables dump holds.
@@ -104,6 +111,14 @@ impl IptablesPlace {
         }
     }
 
+    /// The dump for choosing a variant, when the place was read.
+    pub fn known(&self) -> Option<iptables::Known> {
+        self.saved().map(|saved| iptables::Known {
+            saved: saved.clone(),
+            by_tool: self.read_by_tool,
+        })
+    }
+
     /// What of ours is there (zero when nothing was read).
     pub fn counts(&self) -> Counts {
         self.saved().map(counts).unwrap_or_default()
@@ -151,10 +166,20 @@ impl Inventory {
     /// shared with the writes that follow). Threads inherit the network namespace of the one
     /// that spawns them. Needs the privileges to read (CAP_NET_ADMIN); read-only.
     pub fn read(runner: &(dyn Runner + Sync)) -> Inventory {
+        Inventory::read_writing(runner, None)
+    }
+
+    /// [`Inventory::read`] for a run that will write with this variant (`--force-iptables-
+    /// binary`): its places are read with their tools even when the kernel shows them empty,
+    /// as the write needs that reading anyway.
+    pub fn read_writing(
+        runner: &(dyn Runner + Sync),
+        writes: Option<IptablesVariant>,
+    ) -> Inventory {
         std::thread::scope(|scope| {
             let places: Vec<_> = PLACES
                 .iter()
-                .map(|&tools| scope.spawn(move || read_iptables(runner, tools)))
+                .map(|&tools| scope.spawn(move || read_iptables(runner, tools, writes)))
                 .collect();
             let native = scope.spawn(read_native);
             let routing = read_routing();
@@ -163,11 +188,15 @@ impl Inventory {
                 iptables: PLACES
                     .iter()
                     .zip(places)
-                    .map(|(&tools, handle)| IptablesPlace {
-                        tools,
-                        reading: handle
+                    .map(|(&tools, handle)| {
+                        let (reading, read_by_tool) = handle
                             .join()
-                            .unwrap_or_else(|_| Reading::Unreadable(failed(&tools.save()))),
+                            .unwrap_or_else(|_| (Reading::Unreadable(failed(&tools.save())), true));
+                        IptablesPlace {
+                            tools,
+                            reading,
+                            read_by_tool,
+                        }
                     })
                     .collect(),
                 native: native
@@ -219,24 +248,69 @@ impl Inventory {
     }
 }
 
-/// One iptables place: with its tool when installed; without, from what the kernel shows.
-fn read_iptables(runner: &dyn Runner, tools: Tools) -> Reading<Saved> {
+/// One iptables place, and whether its tool printed it: for the nft variant, empty without
+/// running the tool when nf_tables holds no table of the family at all (the tool would print
+/// nothing: it lists only tables the kernel has); else with its tool when installed; without
+/// it, from what the kernel shows. (A legacy tool is always run when installed: one that
+/// fails refuses the run even where the kernel shows no legacy table.)
+fn read_iptables(
+    runner: &dyn Runner,
+    tools: Tools,
+    writes: Option<IptablesVariant>,
+) -> (Reading<Saved>, bool) {
     let save = tools.save();
-    if runner.installed(&save) {
-        return match iptables::save_if_present(runner, tools) {
-            Ok(Some(saved)) => Reading::Read(saved),
-            Ok(None) => Reading::Nothing(format!(
-                "the kernel lacks what {save} needs, so it cannot hold rules"
-            )),
-            Err(e) => Reading::Unreadable(format!("cannot read it with {save}: {e}")),
-        };
+    if !runner.installed(&save) {
+        return (read_without_tool(tools), false);
     }
+    if tools.variant == IptablesVariant::Nft
+        && writes != Some(IptablesVariant::Nft)
+        && no_nft_table(tools.family)
+    {
+        return (Reading::Read(Saved::default()), false);
+    }
+    (read_with_tool(runner, tools), true)
+}
+
+/// Whether nf_tables holds no table of the family's (`ip`/`ip6`) at all; a listing that fails
+/// is not taken for empty.
+fn no_nft_table(family: Family) -> bool {
+    NfTables::open()
+        .and_then(|mut n| n.family_names(xt_family(family), false))
+        .is_ok_and(|tables| tables.is_empty())
+}
+
+fn legacy_names(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "/proc/net/ip_tables_names",
+        Family::V6 => "/proc/net/ip6_tables_names",
+    }
+}
+
+fn xt_family(family: Family) -> XtFamily {
+    match family {
+        Family::V4 => XtFamily::Ip,
+        Family::V6 => XtFamily::Ip6,
+    }
+}
+
+/// One iptables place read with its tool.
+fn read_with_tool(runner: &dyn Runner, tools: Tools) -> Reading<Saved> {
+    let save = tools.save();
+    match iptables::save_if_present(runner, tools) {
+        Ok(Some(saved)) => Reading::Read(saved),
+        Ok(None) => Reading::Nothing(format!(
+            "the kernel lacks what {save} needs, so it cannot hold rules"
+        )),
+        Err(e) => Reading::Unreadable(format!("cannot read it with {save}: {e}")),
+    }
+}
+
+/// One iptables place whose tool is not installed, from what the kernel shows.
+fn read_without_tool(tools: Tools) -> Reading<Saved> {
+    let save = tools.save();
     match tools.variant {
         IptablesVariant::Legacy => {
-            let names = match tools.family {
-                Family::V4 => "/proc/net/ip_tables_names",
-                Family::V6 => "/proc/net/ip6_tables_names",
-            };
+            let names = legacy_names(tools.family);
             match std::fs::read_to_string(names) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Reading::Nothing(format!(
                     "{save} is not installed and the kernel has no legacy tables ({names} does not exist)"
@@ -254,10 +328,7 @@ fn read_iptables(runner: &dyn Runner, tools: Tools) -> Reading<Saved> {
             }
         }
         IptablesVariant::Nft => {
-            let family = match tools.family {
-                Family::V4 => XtFamily::Ip,
-                Family::V6 => XtFamily::Ip6,
-            };
+            let family = xt_family(tools.family);
             match NfTables::open().and_then(|mut n| n.family_tables(family)) {
                 Err(e) => Reading::Unreadable(format!(
                     "{save} is not installed and nf_tables cannot be read either: {e}"

@@ -55,12 +55,13 @@ pub enum IptablesError {
     #[error("{0}")]
     NoVariant(String),
     /// A tool ran and failed.
-    #[error("{program} failed (exit {code:?}): {stderr}{hint}")]
+    #[error("{program} {ended}{}{hint}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
     Tool {
         /// The tool that failed.
         program: String,
-        /// Its exit code; `None` when killed by a signal.
-        code: Option<i32>,
+        /// How it ended ([`Output::ended`]): `exited with code 1`, `was killed by signal 6
+        /// (SIGABRT)` (iptables-nft 1.8.7's save can crash so, with a double free).
+        ended: String,
         /// What it printed on stderr, trimmed.
         stderr: String,
         /// A hint at the cause (held xtables lock, missing kernel module), or empty.
@@ -157,7 +158,7 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
     };
     Err(IptablesError::Tool {
         program: program.to_string(),
-        code: out.code,
+        ended: out.ended(),
         hint,
         transient: super::retry::transient_tool(program, &out),
         stderr: out.stderr.trim().to_string(),
@@ -361,25 +362,56 @@ pub struct Chosen {
 /// when its tables hold rules; else nft when it can create a rule in the nat table (the probe
 /// Istio moved to nat in #57380: filter can work while nat does not); else legacy.
 pub fn choose_variant(
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     family: Family,
     forced: Option<IptablesVariant>,
 ) -> Result<Chosen, IptablesError> {
     choose_variant_known(runner, family, forced, &|_| None)
 }
 
+/// A place's dump read before choosing (the inventory's).
+#[derive(Clone, Debug)]
+pub struct Known {
+    /// The dump.
+    pub saved: Saved,
+    /// Whether the tool printed it (else the kernel showed the place empty and the tool was
+    /// not run).
+    pub by_tool: bool,
+}
+
 /// [`choose_variant`] given the dumps already read (the inventory's): a variant `known`
 /// answers for is not read again; any other is read as `choose_variant` does, so a missing
-/// or failing tool gives the same error.
+/// or failing tool gives the same error. The chosen variant's state is always one its tool
+/// printed, so a run writes only with a save tool that works (the read-back and the undo
+/// need it): one the kernel showed empty is read once more, with the tool.
 pub fn choose_variant_known(
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     family: Family,
     forced: Option<IptablesVariant>,
-    known: &dyn Fn(Tools) -> Option<Saved>,
+    known: &dyn Fn(Tools) -> Option<Known>,
 ) -> Result<Chosen, IptablesError> {
+    let mut chosen = choose_from_known(runner, family, forced, known)?;
+    if !chosen.by_tool {
+        chosen.chosen.state = save(runner, chosen.chosen.tools)?;
+    }
+    Ok(chosen.chosen)
+}
+
+/// The choice, and whether its state is one the tool printed.
+struct Choice {
+    chosen: Chosen,
+    by_tool: bool,
+}
+
+fn choose_from_known(
+    runner: &(dyn Runner + Sync),
+    family: Family,
+    forced: Option<IptablesVariant>,
+    known: &dyn Fn(Tools) -> Option<Known>,
+) -> Result<Choice, IptablesError> {
     let read = |runner: &dyn Runner, tools: Tools| match known(tools) {
-        Some(saved) => Ok(saved),
-        None => save(runner, tools),
+        Some(k) => Ok((k.saved, k.by_tool)),
+        None => save(runner, tools).map(|saved| (saved, true)),
     };
     let legacy = Tools {
         family,
@@ -389,10 +421,13 @@ pub fn choose_variant_known(
         family,
         variant: IptablesVariant::Nft,
     };
-    let chosen = |tools, reason: &str, state| Chosen {
-        tools,
-        reason: reason.to_string(),
-        state,
+    let chosen = |tools, reason: &str, (state, by_tool): (Saved, bool)| Choice {
+        chosen: Chosen {
+            tools,
+            reason: reason.to_string(),
+            state,
+        },
+        by_tool,
     };
     if let Some(variant) = forced {
         let tools = Tools { family, variant };
@@ -416,7 +451,7 @@ pub fn choose_variant_known(
         }
     }
     if let Ok(saved) = &nft_saved {
-        if holds_ours(saved) {
+        if holds_ours(&saved.0) {
             return Ok(chosen(
                 nft,
                 "our chains are already in the nft tables",
@@ -425,14 +460,14 @@ pub fn choose_variant_known(
         }
     }
     if let Ok(saved) = &legacy_saved {
-        if holds_ours(saved) {
+        if holds_ours(&saved.0) {
             return Ok(chosen(
                 legacy,
                 "our chains are already in the legacy tables",
                 saved.clone(),
             ));
         }
-        if holds_rules(saved) {
+        if holds_rules(&saved.0) {
             return Ok(chosen(
                 legacy,
                 "the legacy tables already hold rules",
@@ -441,22 +476,34 @@ pub fn choose_variant_known(
         }
     }
     let nft_probe = match &nft_saved {
-        Ok(_) => probe_nat(runner, nft),
+        // Shown empty by the kernel: read with the tool while probing, for the chosen state.
+        Ok((_, false)) => std::thread::scope(|scope| {
+            let read = scope.spawn(|| save(runner, nft));
+            let probe = probe_nat(runner, nft);
+            let read = read.join().unwrap_or_else(|_| {
+                Err(IptablesError::NoVariant(
+                    "reading the nft rules panicked".into(),
+                ))
+            });
+            probe.map(|()| Some(read))
+        }),
+        Ok(_) => probe_nat(runner, nft).map(|()| None),
         Err(e) => Err(e.to_string()),
     };
-    match (nft_probe, legacy_saved) {
-        // Re-read: the probe may have created the nat table.
-        (Ok(()), _) => Ok(chosen(
-            nft,
-            "nft works (nat table probe)",
-            save(runner, nft)?,
+    match (nft_probe, legacy_saved, nft_saved) {
+        // The state read before (or while) probing: what the probe adds (the nat table's empty
+        // OUTPUT base chain, if it was not there) holds nothing of ours, changes no packet and
+        // is deleted again if the run fails. The probe's rule is added and deleted in one
+        // transaction, so no read ever shows it.
+        (Ok(Some(read)), _, _) => Ok(chosen(nft, "nft works (nat table probe)", (read?, true))),
+        (Ok(None), _, Ok(saved)) => Ok(chosen(nft, "nft works (nat table probe)", saved)),
+        (Ok(None), _, Err(e)) => Err(e),
+        (Err(nft_err), Ok(saved), _) => Ok(chosen(
+            legacy,
+            &format!("nft does not work ({nft_err})"),
+            saved,
         )),
-        (Err(nft_err), Ok(saved)) => Ok(Chosen {
-            tools: legacy,
-            reason: format!("nft does not work ({nft_err})"),
-            state: saved,
-        }),
-        (Err(nft_err), Err(legacy_err)) => Err(IptablesError::NoVariant(format!(
+        (Err(nft_err), Err(legacy_err), _) => Err(IptablesError::NoVariant(format!(
             "no usable iptables for {family:?}: nft: {nft_err}; legacy: {legacy_err}"
         ))),
     }
@@ -475,29 +522,30 @@ fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
     let program = tools.restore();
     let out =
         run(runner, &program, &["--noflush"], &[], Some(PROBE_INPUT)).map_err(|e| e.to_string())?;
-    if !out.success() {
-        return Err(format!("{}{}", out.stderr.trim(), kernel_hint(&out.stderr)));
-    }
-    Ok(())
+    // How it ended is said too: a probe killed by a signal prints nothing.
+    checked(&program, out)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
     use std::collections::BTreeMap;
+    use std::sync::Mutex;
 
     /// Answers each program from a table and records the calls.
     #[derive(Default)]
     struct Fake {
         answers: BTreeMap<String, Output>,
-        calls: RefCell<Vec<String>>,
+        calls: Mutex<Vec<String>>,
     }
 
     impl Fake {
         fn answer(mut self, program: &str, code: i32, stdout: &str) -> Fake {
             let out = Output {
                 code: Some(code),
+                signal: None,
                 stdout: stdout.into(),
                 stderr: if code == 0 {
                     String::new()
@@ -524,7 +572,7 @@ mod tests {
             _: Option<&str>,
         ) -> std::io::Result<Output> {
             let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-            self.calls.borrow_mut().push(
+            self.calls.lock().unwrap().push(
                 format!("{}{program} {}", env.concat(), args.join(" "))
                     .trim()
                     .to_string(),
@@ -550,13 +598,49 @@ mod tests {
             .answer("iptables-nft-save", 0, "")
             .answer("iptables-nft-restore", 0, "");
         assert_eq!(pick(&fake).unwrap(), IptablesVariant::Nft);
-        let calls = fake.calls.borrow();
+        let calls = fake.calls.lock().unwrap();
         // One restore transaction: nothing of the probe can outlive it.
         assert!(calls.contains(&"iptables-nft-restore --noflush".to_string()));
         assert!(
             !calls.iter().any(|c| c.starts_with("iptables-nft ")),
             "{calls:?}"
         );
+    }
+
+    #[test]
+    fn dumps_in_hand_are_not_read_again_and_the_chosen_one_is_read_with_its_tool() {
+        let fake = || {
+            Fake::default()
+                .answer("iptables-legacy-save", 0, "")
+                .answer("iptables-nft-save", 0, "")
+                .answer("iptables-nft-restore", 0, "")
+        };
+        let known = |by_tool| {
+            move |_| {
+                Some(Known {
+                    saved: Saved::default(),
+                    by_tool,
+                })
+            }
+        };
+        // Both read by their tools: the probe and nothing else (no save after it).
+        let f = fake();
+        let chosen = choose_variant_known(&f, Family::V4, None, &known(true)).unwrap();
+        assert_eq!(chosen.tools.variant, IptablesVariant::Nft);
+        assert_eq!(*f.calls.lock().unwrap(), ["iptables-nft-restore --noflush"]);
+        // Shown empty by the kernel: the chosen variant is read with its tool before writing.
+        // (The two at once: the save does not wait for the probe.)
+        let f = fake();
+        choose_variant_known(&f, Family::V4, None, &known(false)).unwrap();
+        let mut calls = f.calls.lock().unwrap().clone();
+        calls.sort();
+        assert_eq!(
+            calls,
+            ["iptables-nft-restore --noflush", "iptables-nft-save"]
+        );
+        let f = fake();
+        choose_variant_known(&f, Family::V4, Some(IptablesVariant::Legacy), &known(false)).unwrap();
+        assert_eq!(*f.calls.lock().unwrap(), ["iptables-legacy-save"]);
     }
 
     #[test]
@@ -568,7 +652,8 @@ mod tests {
         assert!(
             !fake
                 .calls
-                .borrow()
+                .lock()
+                .unwrap()
                 .iter()
                 .any(|c| c.starts_with("iptables-nft-restore")),
             "no probe needed"
@@ -676,7 +761,7 @@ mod tests {
         restore(&fake, legacy, "", true, &pod_lock).unwrap();
         restore(&fake, nft, "", true, &pod_lock).unwrap();
         assert_eq!(
-            *fake.calls.borrow(),
+            *fake.calls.lock().unwrap(),
             [
                 "iptables-legacy-restore --noflush --wait=30",
                 "ip6tables-nft-restore",

@@ -18,6 +18,7 @@ pub mod procfs;
 pub mod retry;
 pub mod routing;
 mod transaction;
+mod xt_shells;
 
 use std::collections::BTreeMap;
 
@@ -145,7 +146,7 @@ pub fn resolve_backend(choice: BackendChoice, runner: &dyn Runner) -> (Backend, 
             if tools.iter().any(|t| runner.installed(t)) {
                 return (
                     Backend::Iptables,
-                    "iptables tools are installed (Istio's default)".to_string(),
+                    "Istio's default, as iptables tools are installed".to_string(),
                 );
             }
             match NfTables::open().and_then(|mut n| n.inet_tables()) {
@@ -156,7 +157,7 @@ pub fn resolve_backend(choice: BackendChoice, runner: &dyn Runner) -> (Backend, 
                 Err(e) => (
                     Backend::Iptables,
                     format!(
-                        "no iptables tool is installed, and nf_tables does not answer either ({e})"
+                        "no iptables tool is installed, and nf_tables does not answer either: {e}"
                     ),
                 ),
             }
@@ -436,7 +437,7 @@ fn move_from_elsewhere(
     places: &[&IptablesPlace],
     native: bool,
     groups: &Groups,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     lock: &XtablesLock,
     log: &Log,
     here: &str,
@@ -460,7 +461,7 @@ fn remove_elsewhere(
     places: &[&IptablesPlace],
     native: bool,
     groups: &Groups,
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     lock: &XtablesLock,
     log: &Log,
 ) -> Result<Vec<String>, String> {
@@ -599,9 +600,26 @@ pub fn apply(
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (mut lock, groups) = prepare(opts, IPTABLES_CAPS)?;
+    // The variant probe and the writes make iptables-nft create tables and base chains that
+    // stay, empty, after a failure: noted now, deleted again if this run fails.
+    let shells = xt_shells::Snapshot::read();
+    apply_locked(capture, plan, opts, runner, log, &mut lock, &groups)
+        .map_err(|e| shells.after_failure(e, log))
+}
+
+/// [`apply`] once the namespace is locked and the groups are read.
+fn apply_locked(
+    capture: &Capture,
+    plan: &Plan,
+    opts: &RunOptions,
+    runner: &(dyn Runner + Sync),
+    log: &Log,
+    lock: &mut lock::NetnsLock,
+    groups: &Groups,
+) -> Result<Report, ApplyError> {
     require_ipv6_usable(plan)?;
-    let resolve = |name: &str| resolve_group(&groups, name);
-    let inventory = Inventory::read(runner);
+    let resolve = |name: &str| resolve_group(groups, name);
+    let inventory = Inventory::read_writing(runner, opts.force_iptables_binary);
     // Decided before a variant is chosen, so that a refusal probes nothing.
     let elsewhere = elsewhere_for_iptables(&inventory, plan, opts.force_iptables_binary);
     let native = inventory.native_tables().to_vec();
@@ -616,7 +634,7 @@ pub fn apply(
     let mut drift = Vec::new();
     let mut report = Report::default();
     for family in plan.families() {
-        let known = |tools| inventory.place(tools).saved().cloned();
+        let known = |tools| inventory.place(tools).known();
         let chosen =
             iptables::choose_variant_known(runner, family, opts.force_iptables_binary, &known)
                 .map_err(|e| ApplyError::Precondition(e.to_string()))?;
@@ -722,12 +740,7 @@ pub fn apply(
     // would lose TPROXY'd connections.
     let mut nl = Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
     let added = add_routing(&mut nl, plan)?;
-    let read_back = match commit(
-        &mut transactions,
-        runner,
-        &xtables_lock(opts, &mut lock),
-        log,
-    ) {
+    let read_back = match commit(&mut transactions, runner, &xtables_lock(opts, lock), log) {
         Ok(read_back) => read_back,
         Err(mut f) => {
             f.left.extend(undo_routing(&mut nl, &added));
@@ -753,9 +766,9 @@ pub fn apply(
             capture,
             &elsewhere,
             !native.is_empty(),
-            &groups,
+            groups,
             runner,
-            &xtables_lock(opts, &mut lock),
+            &xtables_lock(opts, lock),
             log,
             "the rules are installed with iptables",
         )?);

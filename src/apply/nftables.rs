@@ -495,6 +495,42 @@ impl NfTables {
         Ok(tables)
     }
 
+    /// The names of the `ip` or `ip6` family's tables, each with its chains' names when
+    /// `chains` is set (read-only; no rules are read, so it stays cheap at any size).
+    pub fn family_names(
+        &mut self,
+        family: XtFamily,
+        chains: bool,
+    ) -> Result<Vec<(String, Vec<String>)>> {
+        const OP: &str = "listing the iptables-nft tables";
+        let request = |kind| move |seq| nft_netlink::family_dump_request(kind, seq, family);
+        let mut tables = Vec::new();
+        for msg in self.dump(OP, DumpKind::Tables, request(DumpKind::Tables))? {
+            let (name, _) = nft_netlink::parse_table(&msg).map_err(|d| malformed(OP, d))?;
+            tables.push((name, Vec::new()));
+        }
+        if tables.is_empty() || !chains {
+            return Ok(tables);
+        }
+        for msg in self.dump(OP, DumpKind::Chains, request(DumpKind::Chains))? {
+            let chain = nft_netlink::parse_chain(&msg).map_err(|d| malformed(OP, d))?;
+            if let Some((_, names)) = tables.iter_mut().find(|(t, _)| *t == chain.table) {
+                names.push(chain.name);
+            }
+        }
+        Ok(tables)
+    }
+
+    /// The table and chain of every rule of the `ip` or `ip6` family (read-only).
+    pub fn family_rule_places(&mut self, family: XtFamily) -> Result<Vec<(String, String)>> {
+        const OP: &str = "listing the iptables-nft rules";
+        let request = move |seq| nft_netlink::family_dump_request(DumpKind::Rules, seq, family);
+        self.dump(OP, DumpKind::Rules, request)?
+            .iter()
+            .map(|msg| nft_netlink::rule_place(msg).map_err(|d| malformed(OP, d)))
+            .collect()
+    }
+
     /// Deletes these tables of `family` in one transaction that the kernel carries out only if
     /// the ruleset is still at `generation` (nothing changed since they were read).
     pub fn delete_family_tables(

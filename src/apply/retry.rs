@@ -61,9 +61,9 @@ pub fn transient_tool(program: &str, out: &Output) -> Option<String> {
         .find(|errno| stderr.contains(errno.desc()))
         .map(|errno| {
             format!(
-                "{program}: the kernel answered {errno:?} ({}) (exit {})",
+                "{program}: the kernel answered {errno:?} ({}) ({})",
                 errno.desc(),
-                out.code.map_or("by signal".to_string(), |c| c.to_string())
+                out.ended()
             )
         })
 }
@@ -264,6 +264,7 @@ mod tests {
     fn out(code: i32, stderr: &str) -> Output {
         Output {
             code: Some(code),
+            signal: None,
             stdout: String::new(),
             stderr: stderr.to_string(),
         }

@@ -84,7 +84,7 @@ impl CommitFailure {
 /// is undone — so either all families change or none does. Returns the read-back states.
 pub(super) fn commit(
     transactions: &mut [Transaction],
-    runner: &dyn Runner,
+    runner: &(dyn Runner + Sync),
     lock: &XtablesLock,
     log: &Log,
 ) -> Result<Vec<Saved>, CommitFailure> {
@@ -92,6 +92,8 @@ pub(super) fn commit(
         let t = &transactions[i];
         let name = family_name(t.tools.family);
         log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
+        // In turn (not at once): the kernel then creates the tables in the same order on every
+        // run, which is the order `nft list ruleset` shows them in.
         let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock) else {
             continue;
         };
@@ -116,11 +118,31 @@ pub(super) fn commit(
             e.transient().map(str::to_string),
         ));
     }
+    // Every family is read back at once (reading changes nothing), then judged in order.
+    let saved: Vec<_> = std::thread::scope(|scope| {
+        let reads: Vec<_> = transactions
+            .iter()
+            .map(|t| {
+                let tools = t.tools;
+                scope.spawn(move || iptables::save(runner, tools))
+            })
+            .collect();
+        reads
+            .into_iter()
+            .map(|r| {
+                r.join().unwrap_or_else(|_| {
+                    Err(iptables::IptablesError::NoVariant(
+                        "reading the rules back panicked".to_string(),
+                    ))
+                })
+            })
+            .collect()
+    });
     let mut read_back = Vec::new();
-    for t in transactions.iter() {
+    for (t, saved) in transactions.iter().zip(saved) {
         let name = family_name(t.tools.family);
         let mut transient = None;
-        let problem = match iptables::save(runner, t.tools) {
+        let problem = match saved {
             Err(e) => {
                 transient = e.transient().map(str::to_string);
                 Some(format!("cannot read the rules back: {e}"))
@@ -221,7 +243,7 @@ mod tests {
     use crate::backend::iptables_save::parse_save;
     use crate::config::IptablesVariant;
     use crate::plan::Family;
-    use std::cell::RefCell;
+    use std::sync::Mutex;
     use std::time::Duration;
 
     /// Save prints a fixed dump; restore answers from a queue of exit codes (a failure prints
@@ -229,8 +251,8 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         dump: String,
-        restores: RefCell<Vec<i32>>,
-        calls: RefCell<Vec<String>>,
+        restores: Mutex<Vec<i32>>,
+        calls: Mutex<Vec<String>>,
         failure: Option<&'static str>,
     }
 
@@ -246,15 +268,17 @@ mod tests {
             stdin: Option<&str>,
         ) -> std::io::Result<Output> {
             self.calls
-                .borrow_mut()
+                .lock()
+                .unwrap()
                 .push(format!("{program} {}", stdin.unwrap_or("")));
             let code = if program.ends_with("-save") {
                 0
             } else {
-                self.restores.borrow_mut().remove(0)
+                self.restores.lock().unwrap().remove(0)
             };
             Ok(Output {
                 code: Some(code),
+                signal: None,
                 stdout: if code == 0 {
                     self.dump.clone()
                 } else {
@@ -296,7 +320,7 @@ mod tests {
     fn a_failed_write_that_changed_nothing_is_not_undone() {
         let fake = Fake {
             dump: BEFORE.to_string(),
-            restores: RefCell::new(vec![1]),
+            restores: Mutex::new(vec![1]),
             ..Fake::default()
         };
         let CommitFailure {
@@ -314,11 +338,17 @@ mod tests {
         );
         let restores = fake
             .calls
-            .borrow()
+            .lock()
+            .unwrap()
             .iter()
             .filter(|c| c.starts_with("iptables-nft-restore"))
             .count();
-        assert_eq!(restores, 1, "no second restore: {:?}", fake.calls.borrow());
+        assert_eq!(
+            restores,
+            1,
+            "no second restore: {:?}",
+            fake.calls.lock().unwrap()
+        );
         let ApplyError::Failed(message) = failure(lines, left, None) else {
             panic!("nothing is left");
         };
@@ -332,7 +362,7 @@ mod tests {
         let fake = Fake {
             dump: "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -j ACCEPT\n-A OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n"
                 .to_string(),
-            restores: RefCell::new(vec![0, 1]),
+            restores: Mutex::new(vec![0, 1]),
             ..Fake::default()
         };
         let CommitFailure { lines, left, .. } =
@@ -342,7 +372,7 @@ mod tests {
             left.iter().any(|l| l.contains("undoing the write failed")),
             "{left:?}"
         );
-        let calls = fake.calls.borrow();
+        let calls = fake.calls.lock().unwrap();
         let undo = calls.last().unwrap();
         assert_eq!(
             undo, "iptables-nft-restore *nat\n-D OUTPUT -j ISTIO_OUTPUT\nCOMMIT\n",
@@ -359,7 +389,7 @@ mod tests {
     fn a_write_refused_for_a_held_lock_that_changed_nothing_is_transient() {
         let fake = Fake {
             dump: BEFORE.to_string(),
-            restores: RefCell::new(vec![4]),
+            restores: Mutex::new(vec![4]),
             failure: Some(
                 "Another app is currently holding the xtables lock. Stopped waiting after 1s.",
             ),
