@@ -338,7 +338,7 @@ fn a_restore_answered_ebusy_is_retried() {
     assert!(
         retries.len() == 1
             && retries[0].contains(
-                "iptables-nft-restore: the kernel answered EBUSY (Device or resource busy) (exit 4)"
+                "iptables-nft-restore: the kernel answered EBUSY (Device or resource busy) (exited with code 4)"
             ),
         "{}",
         out.stderr
