@@ -1315,6 +1315,49 @@ fn own_rules_lifecycle(
     );
 }
 
+/// A peer connecting to the app's port 8080 from `inside4`/`inside6` (in an excluded source
+/// network) reaches the app directly, from its lab address (outside) it is captured: redirected
+/// to the inbound listener, or under `tproxy` TPROXYed to it with the destination kept. The
+/// source address is kept either way.
+fn inside_and_outside_sources(lab: &Lab, inside4: Ipv4Addr, inside6: Ipv6Addr, tproxy: bool) {
+    let peer_ns = &lab.peer;
+    for (dst, inside, outside, captured, app_listener) in [
+        (
+            lab.pod4(8080),
+            IpAddr::V4(inside4),
+            IpAddr::V4(lab.peer_v4),
+            "inbound",
+            "app-8080",
+        ),
+        (
+            lab.pod6(8080),
+            IpAddr::V6(inside6),
+            IpAddr::V6(lab.peer_v6),
+            "inbound6",
+            "app6-8080",
+        ),
+    ] {
+        let l = tcp_lands(
+            &format!("peer from {inside} (excluded) -> {dst}"),
+            peer().bind(addr(inside, 0)).tcp(peer_ns, dst),
+            app_listener,
+            dst,
+        );
+        assert_eq!(l.remote.ip(), inside, "the excluded source: {l}");
+        let how = if tproxy { " (TPROXY)" } else { "" };
+        let l = tcp_lands(
+            &format!("peer from {outside} -> {dst}{how}"),
+            peer().bind(addr(outside, 0)).tcp(peer_ns, dst),
+            captured,
+            dst,
+        );
+        assert_eq!(l.remote.ip(), outside, "{l}");
+        if tproxy {
+            assert_eq!(l.local, dst, "TPROXY keeps the destination: {l}");
+        }
+    }
+}
+
 /// `--exclude-inbound-sources` with 20 networks per family (so the native backend looks them
 /// up in one set per family, under `--nft-sets=auto`): a peer connecting from an address
 /// inside one of them reaches the app directly, from its lab address (outside) it is
@@ -1340,37 +1383,7 @@ fn inbound_source_exclusion(lab: &Lab, variant: Variant) {
     args.push(&sources);
 
     let traffic = || {
-        for (dst, inside, outside, captured, app_listener) in [
-            (
-                lab.pod4(8080),
-                IpAddr::V4(inside4),
-                IpAddr::V4(lab.peer_v4),
-                "inbound",
-                "app-8080",
-            ),
-            (
-                lab.pod6(8080),
-                IpAddr::V6(inside6),
-                IpAddr::V6(lab.peer_v6),
-                "inbound6",
-                "app6-8080",
-            ),
-        ] {
-            let l = tcp_lands(
-                &format!("peer from {inside} (excluded) -> {dst}"),
-                peer().bind(addr(inside, 0)).tcp(peer_ns, dst),
-                app_listener,
-                dst,
-            );
-            assert_eq!(l.remote.ip(), inside, "the excluded source: {l}");
-            let l = tcp_lands(
-                &format!("peer from {outside} -> {dst}"),
-                peer().bind(addr(outside, 0)).tcp(peer_ns, dst),
-                captured,
-                dst,
-            );
-            assert_eq!(l.remote.ip(), outside, "{l}");
-        }
+        inside_and_outside_sources(lab, inside4, inside6, false);
         let out = lab.peer4(80);
         tcp_lands("app->peer:80", app().tcp(pod, out), "outbound", out);
     };
@@ -1514,7 +1527,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 /// from an excluded network reaches the app itself (not TPROXYed), in both families; from
 /// outside it is TPROXYed to the transparent listener, source and destination kept.
 fn tproxy_inbound_source_exclusion(lab: &Lab, variant: Variant) {
-    let (pod, peer_ns) = (&lab.pod, &lab.peer);
+    let pod = &lab.pod;
     let inside4 = Ipv4Addr::new(198, 51, 100, 7);
     let inside6 = Ipv6Addr::new(0xfd00, 0x5151, 0, 0, 0, 0, 0, 7);
     for a in [IpAddr::V4(inside4), IpAddr::V6(inside6)] {
@@ -1554,36 +1567,6 @@ fn tproxy_inbound_source_exclusion(lab: &Lab, variant: Variant) {
         ],
     );
     m.apply_and_check(|| {
-        for (dst, inside, outside, listener, app_listener) in [
-            (
-                lab.pod4(8080),
-                IpAddr::V4(inside4),
-                IpAddr::V4(lab.peer_v4),
-                "inbound",
-                "app-8080",
-            ),
-            (
-                lab.pod6(8080),
-                IpAddr::V6(inside6),
-                IpAddr::V6(lab.peer_v6),
-                "inbound6",
-                "app6-8080",
-            ),
-        ] {
-            let l = tcp_lands(
-                &format!("peer from {inside} (excluded) -> {dst}"),
-                peer().bind(addr(inside, 0)).tcp(peer_ns, dst),
-                app_listener,
-                dst,
-            );
-            assert_eq!(l.remote.ip(), inside, "{l}");
-            let l = tcp_lands(
-                &format!("peer from {outside} -> {dst} (TPROXY)"),
-                peer().bind(addr(outside, 0)).tcp(peer_ns, dst),
-                listener,
-                dst,
-            );
-            assert_eq!((l.local, l.remote.ip()), (dst, outside), "{l}");
-        }
+        inside_and_outside_sources(lab, inside4, inside6, true);
     });
 }
