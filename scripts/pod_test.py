@@ -30,7 +30,7 @@ Namespaces, processes and containers are removed at the end, also on failure or 
 
 Helper modes (stdlib only, run by the test as other users with /usr/bin/python3):
   pod_test.py echo-server NAME PORT...   answer each connection with one JSON line
-  pod_test.py client HOST PORT           connect, print {"local": ..., "reply": ...}
+  pod_test.py client HOST PORT [SOURCE]  connect (from SOURCE), print {"local": ..., "reply": ...}
 """
 import json
 import os
@@ -46,8 +46,11 @@ import tempfile
 import threading
 
 POD4, PEER4 = "10.250.0.1", "10.250.0.2"
+PEER4_EXCLUDED = "10.250.0.3"  # the peer's second address, for --exclude-inbound-sources
 POD6, PEER6 = "fd00:250::1", "fd00:250::2"
 PEER_PORT = 9000            # where the app connects to on the peer
+PEER_MORE = [9100, 9101, 9102, 9103]  # the peer's ports for meshinit's own options
+OTHER_UID = 4242            # a pod user that is neither the app nor the proxy
 APP_PORT = 8080             # the app's port (captured inbound)
 EXCLUDED = [15090, 15021, 15020]  # istio-init's -d
 CONNECT_TIMEOUT = 5         # seconds, every socket operation of a client or server
@@ -95,12 +98,14 @@ def echo_server(name, ports):
     threading.Event().wait()
 
 
-def client(host, port):
+def client(host, port, source=None):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     out = {}
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.settimeout(CONNECT_TIMEOUT)
+            if source:
+                s.bind((source, 0))
             s.connect((host, int(port)))
             out["local"] = fmt(s.getsockname())
             data = b""
@@ -387,6 +392,8 @@ class Pod:
             if self.dual:
                 sh(["ip", "-n", ns, "addr", "add", f"{a6}/64", "dev", "eth0", "nodad"],
                    check=True)
+        sh(["ip", "-n", self.peer, "addr", "add", f"{PEER4_EXCLUDED}/24", "dev", "eth0"],
+           check=True)
 
     def snapshot(self):
         """Everything an init container may change, normalised: both variants' rules of both
@@ -418,7 +425,8 @@ class Pod:
                                                       "app", str(APP_PORT)]
                                 + [str(p) for p in EXCLUDED]), f"app in {self.ns}")
         peer = t.start(["ip", "netns", "exec", self.peer, t.python, "-u", t.helpers,
-                        "echo-server", "peer", str(PEER_PORT)], f"peer server in {self.peer}")
+                        "echo-server", "peer", str(PEER_PORT)] + [str(p) for p in PEER_MORE],
+                       f"peer server in {self.peer}")
         self.procs = [self.proxy, app, peer]
         for p in self.procs:
             p.wait_for(r"^ready$")
@@ -427,9 +435,9 @@ class Pod:
         for p in self.procs:
             p.stop()
 
-    def connect(self, where, uid, gid, host, port):
+    def connect(self, where, uid, gid, host, port, source=None):
         t = self.t
-        argv = [t.python, "-u", t.helpers, "client", host, str(port)]
+        argv = [t.python, "-u", t.helpers, "client", host, str(port)] + ([source] if source else [])
         if where == "pod":
             argv = t.as_user(self.ns, uid, gid, argv)
         else:
@@ -448,10 +456,10 @@ class Pod:
 
     # -- the checks --------------------------------------------------------------------------
 
-    def outbound_captured(self, v6=False):
-        uid, gid = self.t.ids(self.t.app)
-        dst = fmt((PEER6 if v6 else PEER4, PEER_PORT))
-        local, reply = self.connect("pod", uid, gid, PEER6 if v6 else PEER4, PEER_PORT)
+    def outbound_captured(self, v6=False, port=PEER_PORT, ids=None):
+        uid, gid = ids or self.t.ids(self.t.app)
+        dst = fmt((PEER6 if v6 else PEER4, port))
+        local, reply = self.connect("pod", uid, gid, PEER6 if v6 else PEER4, port)
         if reply["server"] != "peer":
             return f"answered by {reply['server']}, not the peer"
         if reply["peer"] == local:
@@ -462,9 +470,9 @@ class Pod:
             return f"proxy line {line!r}: original destination is not {dst}"
         return None
 
-    def outbound_direct_as_proxy_user(self, v6=False):
-        uid, gid = self.t.ids(self.t.proxy)
-        local, reply = self.connect("pod", uid, gid, PEER6 if v6 else PEER4, PEER_PORT)
+    def outbound_direct(self, v6=False, port=PEER_PORT, ids=None):
+        uid, gid = ids or self.t.ids(self.t.proxy)
+        local, reply = self.connect("pod", uid, gid, PEER6 if v6 else PEER4, port)
         if reply["server"] != "peer" or reply["peer"] != local:
             return (f"uid {uid}'s connection from {local} reached {reply['server']} as "
                     f"{reply['peer']}: not direct")
@@ -484,10 +492,10 @@ class Pod:
             return f"proxy line {line!r}: original destination is not {fmt((host, APP_PORT))}"
         return None
 
-    def inbound_excluded(self, ports, v6=False):
+    def inbound_excluded(self, ports, v6=False, source=None):
         host = POD6 if v6 else POD4
         for port in ports:
-            local, reply = self.connect("peer", 0, 0, host, port)
+            local, reply = self.connect("peer", 0, 0, host, port, source)
             if reply["server"] != "app" or reply["peer"] != local:
                 return (f"port {port}: the app saw {reply['peer']} for the peer's {local}: "
                         "captured, should not be")
@@ -542,23 +550,64 @@ def normalise_nft(text):
 
 # --- the scenarios ---------------------------------------------------------------------------
 
+# meshinit's own options and a port range, as `proxyMetadata` would set them: environment of
+# istio-init, with examples/pod.yaml's arguments unchanged (`-o` is not among them, so its
+# environment variable applies).
+OWN_ENV = {
+    "MESHINIT_EXCLUDE_INBOUND_SOURCES": f"{PEER4_EXCLUDED}/32",
+    "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE": "9100-9101",
+    "MESHINIT_EXCLUDE_OUTBOUND_PORTS_FOR_UIDS": f"tcp:9103:{OTHER_UID}",
+    "MESHINIT_RETRIES": "2",
+}
+
+
+def own_options_cases(t, pod, label, traffic):
+    """The checks of OWN_ENV: an excluded source reaches the app directly, the ends of the
+    excluded range go out directly and the port past it is captured, the listed uid's port is
+    direct for that uid only."""
+    app = t.ids(t.app)
+
+    def range_direct():
+        return (pod.outbound_direct(port=9100, ids=app)
+                or pod.outbound_direct(port=9101, ids=app))
+
+    def uid_scoped():
+        return (pod.outbound_direct(port=9103, ids=(OTHER_UID, OTHER_UID))
+                or pod.outbound_captured(port=9103))
+
+    t.case(f"[{label}] inbound from {PEER4_EXCLUDED} (--exclude-inbound-sources) reaches the "
+           "app directly", traffic(pod.inbound_excluded, [APP_PORT], False, PEER4_EXCLUDED))
+    t.case(f"[{label}] the app to 9100 and 9101 (-o 9100-9101) goes out directly",
+           traffic(range_direct))
+    t.case(f"[{label}] the app to 9102, past the range, is captured",
+           traffic(pod.outbound_captured, False, 9102))
+    t.case(f"[{label}] uid {OTHER_UID} to 9103 goes out directly "
+           "(--exclude-outbound-ports-for-uids); the app to 9103 is captured",
+           traffic(uid_scoped))
+
+
 SCENARIOS = [
-    # label, image attribute, extra env of the init container, dual stack, summary text
-    ("iptables (nft variant), IPv4", "image", {}, False, "IPv4 iptables-nft"),
+    # label, image attribute, extra env of the init container, dual stack, summary text,
+    # further cases
+    ("iptables (nft variant), IPv4", "image", {}, False, "IPv4 iptables-nft", None),
     ("iptables (legacy variant), IPv4", "image", {"FORCE_IPTABLES_BINARY": "legacy"}, False,
-     "IPv4 iptables-legacy"),
-    ("native nftables image, IPv4", "nft_image", {}, False, "nf_tables netlink"),
+     "IPv4 iptables-legacy", None),
+    ("native nftables image, IPv4", "nft_image", {}, False, "nf_tables netlink", None),
     ("iptables (nft variant), dual stack", "image", {"ISTIO_DUAL_STACK": "true"}, True,
-     "IPv6 ip6tables-nft"),
+     "IPv6 ip6tables-nft", None),
     ("iptables (legacy variant), dual stack", "image",
      {"ISTIO_DUAL_STACK": "true", "FORCE_IPTABLES_BINARY": "legacy"}, True,
-     "IPv6 ip6tables-legacy"),
+     "IPv6 ip6tables-legacy", None),
     ("native nftables image, dual stack", "nft_image", {"ISTIO_DUAL_STACK": "true"}, True,
-     "nf_tables netlink"),
+     "nf_tables netlink", None),
+    ("meshinit's own options, iptables (nft variant)", "image", OWN_ENV, False,
+     "IPv4 iptables-nft", own_options_cases),
+    ("meshinit's own options, native nftables image", "nft_image", OWN_ENV, False,
+     "nf_tables netlink", own_options_cases),
 ]
 
 
-def scenario(t, label, image, env, dual, summary):
+def scenario(t, label, image, env, dual, summary, extra):
     pod = t.make_pod(label, dual)
     baseline = pod.snapshot()
     state = {}
@@ -619,7 +668,7 @@ def scenario(t, label, image, env, dual, summary):
                "lands on 15001 with its original destination",
                traffic(pod.outbound_captured, v6))
         t.case(f"[{label}] {fam} outbound of the proxy user (uid {puid}) goes out directly",
-               traffic(pod.outbound_direct_as_proxy_user, v6))
+               traffic(pod.outbound_direct, v6))
         t.case(f"[{label}] {fam} inbound from the peer to {fmt((pod_addr, APP_PORT))} lands on "
                "15006 and reaches the app through the proxy",
                traffic(pod.inbound_captured, v6))
@@ -631,6 +680,8 @@ def scenario(t, label, image, env, dual, summary):
             for port in EXCLUDED:
                 t.case(f"[{label}] {fam} inbound to excluded port {port} is not captured",
                        traffic(pod.inbound_excluded, [port], v6))
+    if extra:
+        extra(t, pod, label, traffic)
 
     def rerun():
         before = pod.snapshot()
@@ -820,8 +871,8 @@ def main(argv):
     try:
         if args["validate_script"]:
             examples_cases(t, args["validate_script"])
-        for label, image_attr, env, dual, summary in SCENARIOS:
-            scenario(t, label, getattr(t, image_attr), env, dual, summary)
+        for label, image_attr, env, dual, summary, extra in SCENARIOS:
+            scenario(t, label, getattr(t, image_attr), env, dual, summary, extra)
         security_context(t)
         validation_without_rules(t, "image", "default image")
         validation_without_rules(t, "nft_image", "native nftables image")
@@ -841,6 +892,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "echo-server":
         echo_server(sys.argv[2], [int(p) for p in sys.argv[3:]])
     elif len(sys.argv) > 1 and sys.argv[1] == "client":
-        client(sys.argv[2], sys.argv[3])
+        client(*sys.argv[2:5])
     else:
         sys.exit(main(sys.argv[1:]))
