@@ -210,6 +210,13 @@ impl Watch {
             bin_dir,
             AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_DELETE,
         )?;
+        // One directory has one watch, whose mask the second call replaced.
+        if bin == conf {
+            return Err(format!(
+                "--bin-dir and --conf-dir are the same directory ({})",
+                conf_dir.display()
+            ));
+        }
         let signals = SignalFd::new(signals).map_err(|e| format!("cannot open a signalfd: {e}"))?;
         Ok(Watch {
             inotify,

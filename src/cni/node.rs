@@ -191,7 +191,9 @@ impl Node<'_> {
     }
 
     fn waiting(&self, why: String) -> Outcome {
-        let detail = if self.install.wait {
+        let detail = if self.install.wait && self.install.conflist.is_some() {
+            format!("{why}: waiting for it to appear")
+        } else if self.install.wait {
             format!("{why}: waiting for a .conflist to appear")
         } else {
             format!("{why}; retry")
