@@ -72,6 +72,17 @@ pub enum Replaced {
 /// between), it is swapped back. A runtime reading the file sees one whole version or the other.
 /// On a file system without `RENAME_EXCHANGE`, a plain rename after the re-read.
 pub fn replace_if_unchanged(path: &Path, expected: &str, text: &str) -> Result<Replaced, String> {
+    replace_between(path, expected, text, &|| {})
+}
+
+/// [`replace_if_unchanged`], running `race` between the re-read and the swap (where the tests
+/// put the other writer's rewrite).
+fn replace_between(
+    path: &Path,
+    expected: &str,
+    text: &str,
+    race: &dyn Fn(),
+) -> Result<Replaced, String> {
     let tmp = temp_beside(path);
     let failed = |e: &dyn std::fmt::Display| {
         let _ = fs::remove_file(&tmp);
@@ -82,6 +93,7 @@ pub fn replace_if_unchanged(path: &Path, expected: &str, text: &str) -> Result<R
         let _ = fs::remove_file(&tmp);
         return Ok(Replaced::ChangedMeanwhile);
     }
+    race();
     match renameat2(None, &tmp, None, path, RenameFlags::RENAME_EXCHANGE) {
         Ok(()) => {}
         Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
@@ -102,6 +114,11 @@ pub fn replace_if_unchanged(path: &Path, expected: &str, text: &str) -> Result<R
         return Ok(Replaced::Written);
     }
     let back = renameat2(None, &tmp, None, path, RenameFlags::RENAME_EXCHANGE);
+    // What came back is ours, unless yet another rewrite landed after our swap: that one is
+    // the newest, so it goes back in place (and the one it superseded is dropped).
+    if back.is_ok() && fs::read_to_string(&tmp).ok().as_deref() != Some(text) {
+        let _ = renameat2(None, &tmp, None, path, RenameFlags::RENAME_EXCHANGE);
+    }
     let _ = fs::remove_file(&tmp);
     back.map(|()| Replaced::ChangedMeanwhile).map_err(|e| {
         format!(
@@ -348,6 +365,34 @@ mod tests {
         assert!(!path.exists());
         let left: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rewrite_between_the_re_read_and_the_swap_is_swapped_back_in() {
+        let dir = std::env::temp_dir().join(format!("meshinit-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("10-k8s.conflist");
+        // The other writer renames its new version over the file, as CNIs do.
+        let rewrite = |text: &str| {
+            let tmp = dir.join(".cni-tmp");
+            fs::write(&tmp, text).unwrap();
+            fs::rename(&tmp, &path).unwrap();
+        };
+        fs::write(&path, "A").unwrap();
+        let outcome = replace_between(&path, "A", "A+meshinit", &|| rewrite("B")).unwrap();
+        assert_eq!(outcome, Replaced::ChangedMeanwhile);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "B",
+            "the rewrite is kept"
+        );
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("10-k8s.conflist")]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }
