@@ -352,14 +352,16 @@ pub fn run(install: &Install) -> u8 {
     let Some(watch) = watch else {
         return match first.action {
             Action::Inserted | Action::InPlace | Action::OwnWrite | Action::Moved => {
-                log.info(&format!(
-                    "installed {} and appended meshinit to the plugins of {}",
-                    bin.display(),
-                    first
-                        .conflist
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                ));
+                let conflist = first
+                    .conflist
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let done = if first.action == Action::Inserted {
+                    "appended meshinit to the plugins of"
+                } else {
+                    "meshinit's entry was already in place in"
+                };
+                log.info(&format!("installed {}; {done} {conflist}", bin.display()));
                 exit_code::SUCCESS
             }
             _ => {
