@@ -1,10 +1,18 @@
 //! `meshinit cni-install` through the binary, in temporary directories standing for the
 //! node's CNI bin and conf directories: the binary is copied, meshinit's entry appended to the
 //! first conflist (once, however often it runs), a bad entry changes nothing, and with
-//! `--wait` SIGTERM takes the entry out again.
+//! `--wait` SIGTERM takes the entry out again. With `--wait` the conf directory is watched
+//! (real inotify, the binary as a child process, the test acting as the node's CNI): the entry
+//! comes back after a rewrite in place or a rename over, moves to a new first conflist, is
+//! inserted when a conflist appears in an empty directory, survives a broken conflist; a
+//! deleted binary is copied back; an idle watcher writes nothing; a storm of rewrites is never
+//! clobbered. Waits poll the files up to a generous bound (`until`), never assert timing.
 
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,16 +21,55 @@ struct Dirs {
     root: PathBuf,
 }
 
+/// The primary CNI's conflist, without meshinit.
+const LIST: &str = r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"ptp","ipam":{"type":"host-local","subnet":"10.1.0.0/16"}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+
 impl Dirs {
     fn new(name: &str) -> Dirs {
+        let dirs = Dirs::empty(name);
+        std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
+        std::fs::write(dirs.conf("99-other.conflist"), LIST).unwrap();
+        dirs
+    }
+
+    /// The directories with no CNI configuration yet.
+    fn empty(name: &str) -> Dirs {
         let root = std::env::temp_dir().join(format!("meshinit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("net.d")).unwrap();
-        let list = r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"ptp","ipam":{"type":"host-local","subnet":"10.1.0.0/16"}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
-        std::fs::write(root.join("net.d/10-k8s.conflist"), list).unwrap();
-        std::fs::write(root.join("net.d/99-other.conflist"), list).unwrap();
         Dirs { root }
+    }
+
+    fn conf(&self, file: &str) -> PathBuf {
+        self.root.join("net.d").join(file)
+    }
+
+    /// Writes a conflist as CNIs do: a temporary file beside it, renamed over it.
+    fn rename_over(&self, file: &str, text: &str) {
+        let tmp = self.conf(&format!(".{file}.cni-tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.conf(file)).unwrap();
+    }
+
+    /// The plugin types of a conflist; `None` while it is missing or not a conflist.
+    fn try_types(&self, file: &str) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(self.conf(file)).ok()?;
+        let list: Value = serde_json::from_str(&text).ok()?;
+        list["plugins"]
+            .as_array()?
+            .iter()
+            .map(|p| p["type"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The conf directory's hidden files (temporary files left behind).
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.join("net.d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
     }
 
     fn args(&self, plugin: &str) -> Vec<String> {
@@ -54,6 +101,103 @@ impl Drop for Dirs {
 }
 
 const PLUGIN: &str = r#"{"type":"meshinit","istio_iptables_args":["istio-iptables","-p","15001","-z","15006","-u","1337","-m","REDIRECT","-i","*","-x","","-b","*","-d","15090,15021,15020"],"exclude_namespaces":["kube-system"]}"#;
+
+const WITH: [&str; 3] = ["ptp", "portmap", "meshinit"];
+const WITHOUT: [&str; 2] = ["ptp", "portmap"];
+
+/// Polls `done` every 20 ms for up to 15 s (a generous bound on a loaded machine; the watcher
+/// answers an event in milliseconds); panics with `what` and the watcher's log.
+fn until(what: &str, watcher: &Watcher, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "not within 15 s: {what}\nwatcher's log:\n{}",
+            watcher.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `meshinit cni-install --wait` running as a child process, its stderr collected.
+struct Watcher {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Watcher {
+    fn start(dirs: &Dirs, extra: &[&str]) -> Watcher {
+        let mut args = dirs.args(PLUGIN);
+        args.push("--wait".to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
+            .args(&args)
+            .env_clear()
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Watcher { child, log }
+    }
+
+    /// Started, with the entry in 10-k8s.conflist (the watch is set up before that write).
+    fn installed(dirs: &Dirs, extra: &[&str]) -> Watcher {
+        let watcher = Watcher::start(dirs, extra);
+        until("the entry installed", &watcher, || {
+            dirs.try_types("10-k8s.conflist").as_deref() == Some(&WITH.map(String::from)[..])
+        });
+        watcher
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM; the exit code and the whole log.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        // The reader thread has the rest once the pipe closes.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log().contains("terminating") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (status.code(), self.log())
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `types` equals `want`.
+fn is(types: Option<Vec<String>>, want: &[&str]) -> bool {
+    types.is_some_and(|t| t == want)
+}
 
 fn meshinit(args: &[String]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_meshinit"))
@@ -183,4 +327,266 @@ fn the_example_daemonsets_entry_is_accepted_and_installed() {
         dirs.types("10-k8s.conflist"),
         ["ptp", "portmap", "meshinit"]
     );
+}
+
+#[test]
+fn watch_puts_the_entry_back_when_the_cni_rewrites_the_conflist_in_place() {
+    let dirs = Dirs::new("cni-watch-rewrite");
+    let mut watcher = Watcher::installed(&dirs, &[]);
+    // The CNI restarting: its own conflist again, written in place, meshinit's entry gone.
+    std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
+    until("the entry back after a rewrite in place", &watcher, || {
+        is(dirs.try_types("10-k8s.conflist"), &WITH)
+    });
+    assert!(watcher.running());
+    // The line comes right after the write.
+    until("the event logged", &watcher, || {
+        let log = watcher.log();
+        log.contains("10-k8s.conflist written: it has no meshinit entry")
+    });
+    assert_eq!(dirs.try_types("99-other.conflist").unwrap(), WITHOUT);
+    assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
+    let (code, log) = watcher.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
+}
+
+#[test]
+fn watch_puts_the_entry_back_when_the_cni_renames_a_new_conflist_over_it() {
+    let dirs = Dirs::new("cni-watch-rename");
+    let watcher = Watcher::installed(&dirs, &[]);
+    dirs.rename_over("10-k8s.conflist", LIST);
+    until("the entry back after a rename over", &watcher, || {
+        is(dirs.try_types("10-k8s.conflist"), &WITH)
+    });
+    until("the event logged", &watcher, || {
+        watcher
+            .log()
+            .contains("10-k8s.conflist replaced (renamed in): it has no meshinit entry")
+    });
+    assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
+}
+
+#[test]
+fn watch_moves_the_entry_when_a_lower_sorted_conflist_appears_and_sigterm_takes_it_from_there() {
+    let dirs = Dirs::new("cni-watch-move");
+    let watcher = Watcher::installed(&dirs, &[]);
+    // A new CNI (Cilium's 05-cilium.conflist, say) sorts first: the runtime uses it now.
+    dirs.rename_over("05-new.conflist", LIST);
+    until(
+        "the entry in the new first conflist, out of the old",
+        &watcher,
+        || {
+            is(dirs.try_types("05-new.conflist"), &WITH)
+                && is(dirs.try_types("10-k8s.conflist"), &WITHOUT)
+        },
+    );
+    until("the move logged", &watcher, || {
+        watcher.log().contains("is the first conflist now")
+    });
+    let (code, log) = watcher.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("took meshinit out of"), "{log}");
+    assert_eq!(dirs.try_types("05-new.conflist").unwrap(), WITHOUT);
+    assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
+    assert_eq!(dirs.try_types("99-other.conflist").unwrap(), WITHOUT);
+}
+
+#[test]
+fn watch_waits_for_a_conflist_when_there_is_none_and_inserts_into_the_first_one() {
+    let dirs = Dirs::empty("cni-watch-empty");
+    let mut watcher = Watcher::start(&dirs, &[]);
+    until("the wait logged", &watcher, || {
+        watcher.log().contains("waiting for a .conflist to appear")
+    });
+    assert!(watcher.running(), "{}", watcher.log());
+    assert!(dirs.root.join("bin/meshinit").exists());
+    // A single-plugin .conf first: still waiting (it cannot chain), nothing written.
+    std::fs::write(
+        dirs.conf("20-single.conf"),
+        r#"{"cniVersion":"1.0.0","name":"x","type":"ptp"}"#,
+    )
+    .unwrap();
+    until("the .conf seen", &watcher, || {
+        watcher.log().contains("20-single.conf is not a .conflist")
+    });
+    std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
+    until("the entry in the conflist that appeared", &watcher, || {
+        is(dirs.try_types("10-k8s.conflist"), &WITH)
+    });
+    assert!(watcher.running());
+    let (code, log) = watcher.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
+}
+
+#[test]
+fn watch_leaves_a_conflist_that_is_not_json_and_retries_on_its_next_change() {
+    let dirs = Dirs::new("cni-watch-broken");
+    let mut watcher = Watcher::installed(&dirs, &[]);
+    let broken = r#"{"cniVersion":"1.0.0","plugins":[{"type":"pt"#;
+    std::fs::write(dirs.conf("10-k8s.conflist"), broken).unwrap();
+    until("the broken conflist logged", &watcher, || {
+        watcher.log().contains("is not a usable conflist")
+    });
+    assert!(watcher.running(), "{}", watcher.log());
+    assert_eq!(
+        std::fs::read_to_string(dirs.conf("10-k8s.conflist")).unwrap(),
+        broken,
+        "left as it is"
+    );
+    std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
+    until(
+        "the entry back once the conflist is valid",
+        &watcher,
+        || is(dirs.try_types("10-k8s.conflist"), &WITH),
+    );
+    let (code, log) = watcher.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+#[test]
+fn an_idle_watcher_writes_nothing_after_its_own_write() {
+    let dirs = Dirs::new("cni-watch-idle");
+    let watcher = Watcher::installed(&dirs, &[]);
+    // One event cycle first, so the watcher has seen the events of its own write.
+    dirs.rename_over("10-k8s.conflist", LIST);
+    until("the entry back", &watcher, || {
+        is(dirs.try_types("10-k8s.conflist"), &WITH)
+    });
+    // Its two writes (at start, after the rename) each come back as one event.
+    until("its own writes' events handled", &watcher, || {
+        watcher
+            .log()
+            .matches("as meshinit wrote it: nothing to do")
+            .count()
+            == 2
+    });
+    let stat = |file: &str| {
+        let m = std::fs::metadata(dirs.conf(file)).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec(), m.ctime_nsec())
+    };
+    let before = (stat("10-k8s.conflist"), stat("99-other.conflist"));
+    let text = std::fs::read_to_string(dirs.conf("10-k8s.conflist")).unwrap();
+    let lines = watcher.log().lines().count();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        (stat("10-k8s.conflist"), stat("99-other.conflist")),
+        before,
+        "a write while idle:\n{}",
+        watcher.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dirs.conf("10-k8s.conflist")).unwrap(),
+        text
+    );
+    assert_eq!(watcher.log().lines().count(), lines, "{}", watcher.log());
+    assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
+}
+
+#[test]
+fn watch_copies_the_binary_back_when_it_is_deleted() {
+    let dirs = Dirs::new("cni-watch-bin");
+    let watcher = Watcher::installed(&dirs, &[]);
+    let bin = dirs.root.join("bin/meshinit");
+    std::fs::remove_file(&bin).unwrap();
+    until("the binary back", &watcher, || bin.exists());
+    until("the copy finished", &watcher, || {
+        watcher.log().contains("copied it back")
+    });
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        std::fs::read(env!("CARGO_BIN_EXE_meshinit")).unwrap()
+    );
+}
+
+#[test]
+fn watch_logs_each_event_as_json_with_the_file_the_change_and_the_action() {
+    let dirs = Dirs::new("cni-watch-json");
+    let watcher = Watcher::installed(&dirs, &["--log_as_json"]);
+    std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
+    until("the entry back", &watcher, || {
+        is(dirs.try_types("10-k8s.conflist"), &WITH)
+    });
+    until("the event logged", &watcher, || {
+        watcher.log().contains("\"action\":\"inserted\"")
+    });
+    let (code, log) = watcher.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let handled = lines
+        .iter()
+        .find(|l| {
+            l["cni_install"]["action"] == "inserted"
+                && l["cni_install"]["events"][0]["file"] == "10-k8s.conflist"
+        })
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(handled["cni_install"]["events"][0]["changes"][0], "written");
+    assert!(handled["cni_install"]["conflist"]
+        .as_str()
+        .unwrap()
+        .ends_with("net.d/10-k8s.conflist"));
+    assert!(handled["msg"]
+        .as_str()
+        .unwrap()
+        .contains("it has no meshinit entry"));
+    assert_eq!(handled["level"], "info");
+}
+
+#[test]
+fn a_storm_of_cni_rewrites_is_never_clobbered_and_ends_with_one_entry() {
+    let dirs = Dirs::new("cni-watch-storm");
+    let watcher = Watcher::installed(&dirs, &[]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A reader standing for the runtime: every read a whole conflist with at most one entry.
+    let reader = {
+        let path = dirs.conf("10-k8s.conflist");
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let list: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("half a file: {e}: {text}"));
+                let ours = list["plugins"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["type"] == "meshinit")
+                    .count();
+                assert!(ours <= 1, "{text}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut list: Value = serde_json::from_str(LIST).unwrap();
+    let last = 300;
+    for generation in 1..=last {
+        list["generation"] = generation.into();
+        dirs.rename_over("10-k8s.conflist", &list.to_string());
+    }
+    // The CNI's last version, with meshinit's entry added and nothing of an older one.
+    until("the entry in the CNI's last version", &watcher, || {
+        let Ok(text) = std::fs::read_to_string(dirs.conf("10-k8s.conflist")) else {
+            return false;
+        };
+        let Ok(now) = serde_json::from_str::<Value>(&text) else {
+            return false;
+        };
+        now["generation"] == last && is(dirs.try_types("10-k8s.conflist"), &WITH)
+    });
+    // Settled: stays so.
+    std::thread::sleep(Duration::from_millis(500));
+    let now: Value =
+        serde_json::from_str(&std::fs::read_to_string(dirs.conf("10-k8s.conflist")).unwrap())
+            .unwrap();
+    assert_eq!(now["generation"], last, "clobbered:\n{}", watcher.log());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(reads > 0);
+    assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
 }

@@ -106,7 +106,7 @@ pub fn usage() -> String {
          Usage: meshinit [istio-iptables] [FLAGS]\n\
          \x20      meshinit explain [FLAGS]                      where each kind of traffic goes\n\
          \x20      meshinit trace [FLAGS] --conn SPEC [--json]   one connection's path, rule by rule\n\
-         \x20      meshinit cni-install --bin-dir DIR --conf-dir DIR --plugin-config JSON_OR_@FILE [--conflist NAME] [--wait]\n\
+         \x20      meshinit cni-install --bin-dir DIR --conf-dir DIR --plugin-config JSON_OR_@FILE [--conflist NAME] [--wait] [--log_as_json]\n\
          \x20                                                    install meshinit as a chained CNI plugin on a node\n\
          \x20      (with CNI_COMMAND set and no arguments, meshinit is the CNI plugin: README \"CNI mode\")\n\
          \x20      meshinit help | version | -h | -V\n\

@@ -1,7 +1,8 @@
 //! `meshinit cni-install`: installing meshinit as a chained plugin on a node, as Istio's
 //! install-cni does (what examples/cni-daemonset.yaml runs): the flags, the choice of the
-//! node's conflist and the edit that appends meshinit's entry (replacing an older one). Pure;
-//! the files are read and written by `apply::cni_files`.
+//! node's conflist, how meshinit's entry stands in it, and the edits that append it (replacing
+//! an older one) or take it out. Pure; the files are read, written and watched by
+//! `apply::cni_files`, and `cni::node` decides when.
 
 use std::path::PathBuf;
 
@@ -19,12 +20,15 @@ pub struct Install {
     pub conflist: Option<String>,
     /// meshinit's entry: a JSON object with `"type": "meshinit"` and meshinit's fields.
     pub plugin: Value,
-    /// Stay running until SIGTERM, then take the entry out again (a DaemonSet's container).
+    /// Stay running, keeping the entry in the runtime's conflist as the node's files change,
+    /// until SIGTERM; then take the entry out again (a DaemonSet's container).
     pub wait: bool,
+    /// Log lines as JSON objects (`--log_as_json`, Istio's spelling for its install-cni).
+    pub log_as_json: bool,
 }
 
 /// The usage line, for errors.
-pub const USAGE: &str = "usage: meshinit cni-install --bin-dir DIR --conf-dir DIR --plugin-config JSON_OR_@FILE [--conflist NAME] [--wait]";
+pub const USAGE: &str = "usage: meshinit cni-install --bin-dir DIR --conf-dir DIR --plugin-config JSON_OR_@FILE [--conflist NAME] [--wait] [--log_as_json]";
 
 /// Parses `cni-install`'s flags (after the sub-command); `read` loads `@FILE` values.
 pub fn parse(
@@ -36,6 +40,7 @@ pub fn parse(
     let mut conflist = None;
     let mut plugin = None;
     let mut wait = false;
+    let mut log_as_json = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -44,6 +49,10 @@ pub fn parse(
         };
         if name == "--wait" && inline.is_none() {
             wait = true;
+            continue;
+        }
+        if name == "--log_as_json" && inline.is_none() {
+            log_as_json = true;
             continue;
         }
         let mut value = || {
@@ -75,6 +84,7 @@ pub fn parse(
         conflist,
         plugin,
         wait,
+        log_as_json,
     })
 }
 
@@ -92,31 +102,119 @@ fn check_plugin(plugin: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// The conflist the runtime uses: the first `.conflist` file in name order (runtimes take the
-/// first configuration file in name order; a single-plugin `.conf` cannot chain).
-pub fn pick_conflist(names: &[String]) -> Result<String, String> {
-    let mut candidates: Vec<&String> = names
-        .iter()
-        .filter(|n| n.ends_with(".conflist") || n.ends_with(".conf") || n.ends_with(".json"))
-        .collect();
-    candidates.sort();
-    match candidates.first() {
-        Some(name) if name.ends_with(".conflist") => Ok(name.to_string()),
-        Some(name) => Err(format!(
-            "the node's first CNI configuration {name} is not a .conflist: a single plugin cannot be chained (name one with --conflist)"
-        )),
-        None => Err("no CNI configuration in the conf directory yet (the cluster's CNI writes one; retry)".to_string()),
+/// Whether the runtime reads a file of this name as a network configuration (libcni's
+/// extensions). Other names in the conf directory (temporary files, meshinit's hidden ones
+/// among them) are ignored, by the choice below and by the watch.
+pub fn is_config_name(name: &str) -> bool {
+    name.ends_with(".conflist") || name.ends_with(".conf") || name.ends_with(".json")
+}
+
+/// Which configuration the runtime uses, from the conf directory's file names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum First {
+    /// The first configuration in name order is this `.conflist`: meshinit's entry goes there.
+    Conflist(String),
+    /// The first configuration is a single-plugin file (`.conf`, `.json`), which cannot chain.
+    NotChainable(String),
+    /// No configuration yet (the cluster's CNI has not written one).
+    None,
+}
+
+/// The configuration the runtime uses: the first in name order (runtimes take the first
+/// configuration file in name order; a single-plugin `.conf` cannot chain).
+pub fn first_config(names: &[String]) -> First {
+    let first = names.iter().filter(|n| is_config_name(n)).min();
+    match first {
+        Some(name) if name.ends_with(".conflist") => First::Conflist(name.to_string()),
+        Some(name) => First::NotChainable(name.to_string()),
+        None => First::None,
     }
 }
 
-/// The conflist with meshinit's entry appended last (an older meshinit entry removed first).
+impl First {
+    /// The `.conflist`, or the reason there is none to edit.
+    pub fn conflist(self) -> Result<String, String> {
+        match self {
+            First::Conflist(name) => Ok(name),
+            First::NotChainable(name) => Err(format!(
+                "the node's first CNI configuration {name} is not a .conflist: a single plugin cannot be chained (name one with --conflist)"
+            )),
+            First::None => Err("no CNI configuration in the conf directory yet (the cluster's CNI writes one; retry)".to_string()),
+        }
+    }
+}
+
+/// How meshinit's entry stands in a conflist, compared with the entry `cni-install` was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Exactly one meshinit entry, this one, last: nothing to write.
+    InPlace,
+    /// No meshinit entry (a CNI rewrote the file without it, or it was never added).
+    Missing,
+    /// One meshinit entry with other settings (an older install).
+    Differs,
+    /// This entry, but not last in the chain (it must run after the interface plugins).
+    NotLast,
+    /// More than one meshinit entry.
+    Several(usize),
+}
+
+impl Entry {
+    /// For log lines: how the conflist was found.
+    pub fn describe(&self) -> String {
+        match self {
+            Entry::InPlace => "meshinit's entry is in place".to_string(),
+            Entry::Missing => "it has no meshinit entry".to_string(),
+            Entry::Differs => "its meshinit entry has other settings".to_string(),
+            Entry::NotLast => "meshinit's entry is not last".to_string(),
+            Entry::Several(n) => format!("it has {n} meshinit entries"),
+        }
+    }
+
+    /// For "X had …".
+    pub fn describe_short(&self) -> String {
+        match self {
+            Entry::InPlace => "meshinit's entry".to_string(),
+            Entry::Missing => "no meshinit entry".to_string(),
+            Entry::Differs => "a meshinit entry with other settings".to_string(),
+            Entry::NotLast => "meshinit's entry not last".to_string(),
+            Entry::Several(n) => format!("{n} meshinit entries"),
+        }
+    }
+}
+
+/// The conflist's plugin list (an error says what is wrong with the file).
+fn plugins(list: &mut Value) -> Result<&mut Vec<Value>, String> {
+    list.get_mut("plugins")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| "no \"plugins\" list".to_string())
+}
+
+fn is_meshinit(plugin: &Value) -> bool {
+    plugin.get("type").and_then(Value::as_str) == Some("meshinit")
+}
+
+/// How `plugin` stands in `conflist`'s text (an error when the text is not a conflist).
+pub fn entry(conflist: &str, plugin: &Value) -> Result<Entry, String> {
+    let mut list: Value = serde_json::from_str(conflist).map_err(|e| format!("not JSON: {e}"))?;
+    let plugins = plugins(&mut list)?;
+    let ours: Vec<usize> = (0..plugins.len())
+        .filter(|&i| is_meshinit(&plugins[i]))
+        .collect();
+    Ok(match ours.as_slice() {
+        [] => Entry::Missing,
+        [i] if plugins[*i] != *plugin => Entry::Differs,
+        [i] if *i + 1 != plugins.len() => Entry::NotLast,
+        [_] => Entry::InPlace,
+        several => Entry::Several(several.len()),
+    })
+}
+
+/// The conflist with meshinit's entry appended last (older meshinit entries removed first).
 pub fn with_plugin(conflist: &str, plugin: &Value) -> Result<String, String> {
     let mut list: Value = serde_json::from_str(conflist).map_err(|e| format!("not JSON: {e}"))?;
-    let plugins = list
-        .get_mut("plugins")
-        .and_then(Value::as_array_mut)
-        .ok_or("no \"plugins\" list")?;
-    plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some("meshinit"));
+    let plugins = plugins(&mut list)?;
+    plugins.retain(|p| !is_meshinit(p));
     plugins.push(plugin.clone());
     Ok(format!(
         "{}\n",
@@ -124,18 +222,20 @@ pub fn with_plugin(conflist: &str, plugin: &Value) -> Result<String, String> {
     ))
 }
 
-/// The conflist with meshinit's entry taken out (uninstall).
-pub fn without_plugin(conflist: &str) -> Result<String, String> {
+/// The conflist with meshinit's entries taken out (uninstall); `None` when it has none, so
+/// nothing is written.
+pub fn without_plugin(conflist: &str) -> Result<Option<String>, String> {
     let mut list: Value = serde_json::from_str(conflist).map_err(|e| format!("not JSON: {e}"))?;
-    let plugins = list
-        .get_mut("plugins")
-        .and_then(Value::as_array_mut)
-        .ok_or("no \"plugins\" list")?;
-    plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some("meshinit"));
-    Ok(format!(
+    let plugins = plugins(&mut list)?;
+    let before = plugins.len();
+    plugins.retain(|p| !is_meshinit(p));
+    if plugins.len() == before {
+        return Ok(None);
+    }
+    Ok(Some(format!(
         "{}\n",
         serde_json::to_string_pretty(&list).unwrap_or_default()
-    ))
+    )))
 }
 
 #[cfg(test)]
@@ -157,12 +257,13 @@ mod tests {
                 "--plugin-config",
                 r#"{"type":"meshinit","istio_iptables_args":["-p","15001"]}"#,
                 "--wait",
+                "--log_as_json",
             ]),
             &no_file,
         )
         .unwrap();
         assert_eq!(ok.bin_dir, PathBuf::from("/host/opt/cni/bin"));
-        assert!(ok.wait);
+        assert!(ok.wait && ok.log_as_json);
         let err = parse(
             &args(&[
                 "--bin-dir=/b",
@@ -182,9 +283,17 @@ mod tests {
     #[test]
     fn the_first_conflist_gets_meshinit_last_once() {
         let names = args(&["20-b.conflist", "10-a.conflist", "README", "99-z.conf"]);
-        assert_eq!(pick_conflist(&names).unwrap(), "10-a.conflist");
-        assert!(pick_conflist(&args(&["05-x.conf", "10-a.conflist"])).is_err());
-        assert!(pick_conflist(&[]).is_err());
+        assert_eq!(
+            first_config(&names),
+            First::Conflist("10-a.conflist".into())
+        );
+        let names = args(&["05-x.conf", "10-a.conflist", ".05-a.conflist.meshinit-tmp"]);
+        assert_eq!(
+            first_config(&names),
+            First::NotChainable("05-x.conf".into())
+        );
+        assert!(first_config(&names).conflist().is_err());
+        assert_eq!(first_config(&[]), First::None);
         let list = r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"ptp"},{"type":"meshinit","old":1},{"type":"portmap"}]}"#;
         let plugin = serde_json::json!({"type": "meshinit", "log_level": "info"});
         let edited: Value = serde_json::from_str(&with_plugin(list, &plugin).unwrap()).unwrap();
@@ -196,8 +305,44 @@ mod tests {
             .collect();
         assert_eq!(types, ["ptp", "portmap", "meshinit"]);
         assert_eq!(edited["plugins"][2], plugin);
-        let removed: Value =
-            serde_json::from_str(&without_plugin(&edited.to_string()).unwrap()).unwrap();
-        assert_eq!(removed["plugins"].as_array().unwrap().len(), 2);
+        let removed = without_plugin(&edited.to_string()).unwrap().unwrap();
+        let removed_list: Value = serde_json::from_str(&removed).unwrap();
+        assert_eq!(removed_list["plugins"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            without_plugin(&removed).unwrap(),
+            None,
+            "nothing to take out"
+        );
+    }
+
+    #[test]
+    fn the_entry_is_in_place_only_once_last_and_equal() {
+        let plugin = serde_json::json!({"type": "meshinit", "log_level": "info"});
+        let list = |plugins: &str| {
+            format!(r#"{{"cniVersion":"1.0.0","name":"k8s","plugins":[{plugins}]}}"#)
+        };
+        let ours = r#"{"log_level":"info","type":"meshinit"}"#;
+        let cases = [
+            (list(&format!(r#"{{"type":"ptp"}},{ours}"#)), Entry::InPlace),
+            (list(r#"{"type":"ptp"}"#), Entry::Missing),
+            (
+                list(r#"{"type":"ptp"},{"type":"meshinit"}"#),
+                Entry::Differs,
+            ),
+            (list(&format!(r#"{ours},{{"type":"ptp"}}"#)), Entry::NotLast),
+            (
+                list(&format!(r#"{ours},{{"type":"ptp"}},{ours}"#)),
+                Entry::Several(2),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(entry(&text, &plugin).unwrap(), want, "{text}");
+            let edited = with_plugin(&text, &plugin).unwrap();
+            assert_eq!(entry(&edited, &plugin).unwrap(), Entry::InPlace, "{edited}");
+        }
+        assert!(entry("{\"plugins\":[", &plugin)
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(entry("{}", &plugin).unwrap_err().contains("plugins"));
     }
 }

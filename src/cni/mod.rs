@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod install;
+pub mod node;
 pub mod protocol;
 
 use std::io::{Read, Write};
@@ -86,8 +87,9 @@ fn validate(raw: &RawArgs, resolv_conf: &str) -> Result<(), CniError> {
 }
 
 /// `meshinit cni-install FLAGS`: copies this binary into the node's CNI bin directory and
-/// appends meshinit's entry to the node's conflist; with `--wait`, stays until SIGTERM and
-/// then takes the entry out again. Returns the exit code (2 for bad flags or a bad entry).
+/// appends meshinit's entry to the node's conflist; with `--wait`, keeps both there as the
+/// node's files change until SIGTERM, then takes the entry out again (`node`). Returns the
+/// exit code (2 for bad flags or a bad entry).
 pub fn install_main(args: &[String]) -> u8 {
     let log = Log::default();
     let read = |path: &str| apply::cni_files::read(Path::new(path));
@@ -108,62 +110,7 @@ pub fn install_main(args: &[String]) -> u8 {
             return exit_code::INVALID_INPUT;
         }
     };
-    let signals = if install.wait {
-        match apply::cni_files::block_termination() {
-            Ok(set) => Some(set),
-            Err(e) => {
-                log.error(&e);
-                return exit_code::FAILURE;
-            }
-        }
-    } else {
-        None
-    };
-    let edit = |change: &dyn Fn(&str) -> Result<String, String>| -> Result<String, String> {
-        let name = match &install.conflist {
-            Some(name) => name.clone(),
-            None => install::pick_conflist(&apply::cni_files::names(&install.conf_dir)?)?,
-        };
-        let path = install.conf_dir.join(&name);
-        let text = apply::cni_files::read(&path)?;
-        let edited = change(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        apply::cni_files::replace(&path, &edited)?;
-        Ok(path.display().to_string())
-    };
-    let installed = apply::cni_files::install_binary(&install.bin_dir).and_then(|bin| {
-        let conflist = edit(&|text| install::with_plugin(text, &install.plugin))?;
-        Ok((bin, conflist))
-    });
-    match installed {
-        Ok((bin, conflist)) => log.info(&format!(
-            "installed {} and appended meshinit to the plugins of {conflist}",
-            bin.display()
-        )),
-        Err(e) => {
-            log.error(&format!("cni-install: {e}"));
-            return exit_code::FAILURE;
-        }
-    }
-    let Some(signals) = signals else {
-        return exit_code::SUCCESS;
-    };
-    if let Err(e) = apply::cni_files::wait_for_termination(&signals) {
-        log.error(&e);
-        return exit_code::FAILURE;
-    }
-    // New pods start without capture from now on; the binary stays for the DELs still due.
-    match edit(&install::without_plugin) {
-        Ok(conflist) => {
-            log.info(&format!("terminating: took meshinit out of {conflist}"));
-            exit_code::SUCCESS
-        }
-        Err(e) => {
-            log.error(&format!(
-                "terminating: cannot take meshinit out of the conflist: {e}"
-            ));
-            exit_code::FAILURE
-        }
-    }
+    node::run(&install)
 }
 
 /// `prevResult.dns.nameservers` as resolv.conf lines.
