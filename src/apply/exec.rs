@@ -245,6 +245,22 @@ mod tests {
         // After the deadline a helper (a rollback) still gets its grace period.
         let out = runner.run("true", &[], &[], None).unwrap();
         assert!(out.success());
+        // The flag is named as it is given: Go's duration text, `2m0s` rather than `120s`.
+        let Some(started) = Instant::now().checked_sub(Duration::from_millis(119_700)) else {
+            return;
+        };
+        let runner = SystemRunner::new(Some(Deadline {
+            started,
+            timeout: Duration::from_secs(120),
+        }));
+        let err = runner.run("sleep", &["30"], &[], None).unwrap_err();
+        assert!(
+            err.to_string().starts_with("sleep did not finish within 0.")
+                && err.to_string().ends_with(
+                    " and was killed at the run's deadline (--timeout 2m0s from the start of the run)"
+                ),
+            "{err}"
+        );
     }
 
     #[test]

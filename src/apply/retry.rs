@@ -392,6 +392,22 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_named_as_the_flags_take_them() {
+        // Go's duration text (`2m0s`, `2m10s`), not seconds (`120s`).
+        let got: Result<(), _> = with_retries(&policy(1, 130_000, 120_000), &quiet(), |_| {
+            Err(transient(1))
+        });
+        let Err(ApplyError::Transient { message, .. }) = got else {
+            panic!("{got:?}");
+        };
+        assert!(
+            message.starts_with("gave up after 1 of 2 attempts: the run's deadline (--timeout 2m0s from the start of the run) is ")
+                && message.contains("(--retry-pause 2m10s); the last attempt failed because reason 1"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn without_retries_a_transient_failure_fails_at_once_saying_it_may_pass() {
         let calls = Cell::new(0);
         let got: Result<(), _> = with_retries(&policy(0, 10, 10_000), &quiet(), |_| {
