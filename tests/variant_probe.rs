@@ -237,34 +237,35 @@ fn a_probe_killed_by_a_signal_is_an_error_not_legacy() {
     assert_unchanged(&before, &after, "probe killed");
 }
 
-/// A kernel without nf_tables is still told apart: the probe's measured text for it (played
-/// by the stand-in) picks legacy, saying why in one clean line.
+/// A kernel without nf_tables, or without its nat support, is still told apart: the probe's
+/// measured texts for them (played by the stand-in; see `not_usable` in
+/// src/apply/iptables.rs for how they were measured) pick legacy, saying why in one line.
 #[test]
 #[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
-fn a_probe_saying_nf_tables_is_missing_picks_legacy() {
-    if !require_root("a_probe_saying_nf_tables_is_missing_picks_legacy") {
+fn a_probe_saying_nf_tables_or_its_nat_is_missing_picks_legacy() {
+    if !require_root("a_probe_saying_nf_tables_or_its_nat_is_missing_picks_legacy") {
         return;
     }
-    let dir = PathBuf::from(format!("/tmp/meshinit-probe-nonft-{}", std::process::id()));
-    let env = stand_in(
-        &dir,
-        "iptables-nft-restore",
-        PROBE,
-        "echo 'iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument' >&2; exit 4",
-    );
-    let lab = Lab::new().expect("lab");
-    let out = meshinit(&lab.pod, &args(&[]), &env);
-    std::fs::remove_dir_all(&dir).ok();
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(
-        out.stderr.contains(
-            "IPv4: using iptables-legacy-restore, because nft is not usable here: the kernel has no nf_tables; iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument"
+    for (answer, line) in [
+        (
+            "echo 'iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument' >&2; exit 4",
+            "IPv4: using iptables-legacy-restore, because nft is not usable here: the kernel has no nf_tables; iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument\n",
         ),
-        "{}",
-        out.stderr
-    );
-    assert!(tool_rules(&lab.pod, "iptables-legacy-save").contains(":ISTIO_OUTPUT"));
-    assert_outbound_captured(&lab, "legacy");
+        (
+            "printf 'iptables-nft-restore v1.8.9 (nf_tables): \\nline 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT\\nline 2: RULE_APPEND failed (No such file or directory): rule in chain OUTPUT\\n' >&2; exit 4",
+            "IPv4: using iptables-legacy-restore, because nft is not usable here: the kernel has no nf_tables nat support (nft_chain_nat); iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): line 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT line 2: RULE_APPEND failed (No such file or directory): rule in chain OUTPUT\n",
+        ),
+    ] {
+        let dir = PathBuf::from(format!("/tmp/meshinit-probe-nonft-{}", std::process::id()));
+        let env = stand_in(&dir, "iptables-nft-restore", PROBE, answer);
+        let lab = Lab::new().expect("lab");
+        let out = meshinit(&lab.pod, &args(&[]), &env);
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(out.stderr.contains(line), "{line}\n{}", out.stderr);
+        assert!(tool_rules(&lab.pod, "iptables-legacy-save").contains(":ISTIO_OUTPUT"));
+        assert_outbound_captured(&lab, "legacy");
+    }
 }
 
 /// iptables 1.8.9's text when the xtables lock stays held past its wait (exit 4).

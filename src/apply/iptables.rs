@@ -573,30 +573,38 @@ fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<Probe, IptablesError> 
         return Ok(Probe::Works);
     }
     if let Some(why) = not_usable(&out) {
-        // How it ended is said too, with the tool's first line (its own words).
-        let stderr = out.stderr.trim();
+        // How it ended is said too, with the tool's own words on one line (a batch error
+        // starts with a line that names only the tool).
+        let words: Vec<&str> = out
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         return Ok(Probe::NotUsable(format!(
             "{why}; {program} {}: {}",
             out.ended(),
-            stderr.lines().next().unwrap_or(stderr)
+            words.join(" ")
         )));
     }
     checked(&program, out).map(|_| Probe::Works)
 }
 
 /// What the probe's failure means when it says the nft variant cannot be used here, from
-/// iptables-nft 1.8.9's own texts for each missing piece (the first two measured with the real
-/// tool, the missing piece played by `strace -e inject=socket:error=…` and `inject=sendto:
-/// error=EINVAL:when=1`; the third as 1.8.9 prints a batch error, the text users report on
-/// kernels without nat support — this kernel has it built in):
+/// iptables-nft 1.8.9's own texts for each missing piece, measured with the real tool on this
+/// kernel, the missing piece played so: `strace -e inject=socket:error=EPROTONOSUPPORT` (no
+/// nfnetlink), `strace -e inject=sendto:error=EINVAL:when=1` (the answer nfnetlink gives for a
+/// subsystem it lacks), and a preloaded `sendmsg` that renames the batch's chain type `nat`
+/// to one the kernel does not have (its answer is the one it gives without nft_chain_nat):
 /// - no nfnetlink (`socket(AF_NETLINK, …, NETLINK_NETFILTER)` refused): `iptables-nft-restore/
 ///   1.8.9 (nf_tables) Failed to initialize nft: Protocol not supported`, exit 1 (or `Address
 ///   family not supported by protocol`);
 /// - no nf_tables (nfnetlink answers `EINVAL` for a subsystem it lacks): `iptables-nft-restore
 ///   v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument`, exit 4;
 /// - no nat support (no `nat` chain type: `nft_chain_nat`): the kernel answers `ENOENT` to the
-///   base chain, `line 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT`, exit 4
-///   (and `EOPNOTSUPP` for a batch nf_tables cannot take);
+///   base chain and aborts the batch, `iptables-nft-restore v1.8.9 (nf_tables): ` then `line 2:
+///   CHAIN_ADD failed (No such file or directory): chain OUTPUT` (and the rule lines), exit 4
+///   (`EOPNOTSUPP` in the same place: a batch nf_tables cannot take);
 /// - Istio's own test: a stderr saying something `does not exist` (a table or chain).
 ///
 /// A tool killed by a signal has not answered at all, so it never counts.
@@ -786,14 +794,12 @@ mod tests {
     }
 
     /// The probe's answers that say nft cannot be used here, as iptables-nft 1.8.9 prints
-    /// them (measured: nfnetlink and nf_tables missing played by `strace -e inject`; the nat
-    /// chain type's ENOENT in the form 1.8.9 prints a batch error, as users report it without
-    /// nft_chain_nat; the last one Istio's `does not exist` test).
+    /// them (measured as [`not_usable`] says; the last one is Istio's `does not exist` test).
     const NOT_USABLE: [(i32, &str); 5] = [
         (1, "iptables-nft-restore/1.8.9 (nf_tables) Failed to initialize nft: Protocol not supported\n"),
         (1, "iptables-nft-restore/1.8.9 (nf_tables) Failed to initialize nft: Address family not supported by protocol\n"),
         (4, "iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument\n"),
-        (4, "iptables-nft-restore v1.8.9 (nf_tables): \nline 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT\n"),
+        (4, "iptables-nft-restore v1.8.9 (nf_tables): \nline 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT\nline 2: RULE_APPEND failed (No such file or directory): rule in chain OUTPUT\nline 3: RULE_DELETE failed (No such file or directory): rule in chain OUTPUT\n"),
         (1, "iptables-nft-restore v1.8.9 (nf_tables): Table 'nat' does not exist\n"),
     ];
 
@@ -832,6 +838,11 @@ mod tests {
         assert_eq!(
             choose_variant(&fake, Family::V4, None).unwrap().reason,
             "nft is not usable here: the kernel has no nf_tables; iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument"
+        );
+        let fake = probing(Some(4), None, NOT_USABLE[3].1);
+        assert_eq!(
+            choose_variant(&fake, Family::V4, None).unwrap().reason,
+            "nft is not usable here: the kernel has no nf_tables nat support (nft_chain_nat); iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): line 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT line 2: RULE_APPEND failed (No such file or directory): rule in chain OUTPUT line 3: RULE_DELETE failed (No such file or directory): rule in chain OUTPUT"
         );
     }
 
