@@ -237,6 +237,34 @@ fn a_probe_killed_by_a_signal_is_an_error_not_legacy() {
     assert_unchanged(&before, &after, "probe killed");
 }
 
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_probe_killed_at_the_deadline_is_an_error_not_legacy() {
+    if !require_root("a_probe_killed_at_the_deadline_is_an_error_not_legacy") {
+        return;
+    }
+    let dir = PathBuf::from(format!("/tmp/meshinit-probe-hangs-{}", std::process::id()));
+    let env = stand_in(&dir, "iptables-nft-restore", PROBE, "sleep 30");
+    let lab = Lab::new().expect("lab");
+    let before = state(&lab.pod);
+    let started = std::time::Instant::now();
+    let out = meshinit(&lab.pod, &args(&["--timeout=2s", "--retries=3"]), &env);
+    let took = started.elapsed();
+    let after = state(&lab.pod);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert!(
+        out.stderr.contains("so no iptables variant was chosen for V4: iptables-nft-restore did not finish within ")
+            && out.stderr.contains("and was killed at the run's deadline (--timeout 2s from the start of the run); nothing was changed")
+            && retry_lines(&out).is_empty()
+            && !out.stderr.contains("using iptables-legacy-restore"),
+        "{}",
+        out.stderr
+    );
+    assert_unchanged(&before, &after, "probe killed at the deadline");
+}
+
 /// A kernel without nf_tables, or without its nat support, is still told apart: the probe's
 /// measured texts for them (played by the stand-in; see `not_usable` in
 /// src/apply/iptables.rs for how they were measured) pick legacy, saying why in one line.

@@ -121,6 +121,10 @@ pub enum IptablesError {
         /// The failure.
         source: Box<IptablesError>,
     },
+    /// A tool ran past the run's deadline (`--timeout`) and was killed: the message names it
+    /// and the deadline. Never transient: the deadline is spent.
+    #[error("{0}")]
+    Deadline(String),
     /// A tool could not be started.
     #[error("cannot run {program}: {error}")]
     Spawn {
@@ -138,16 +142,19 @@ fn run(
     env: &[(&str, &str)],
     stdin: Option<&str>,
 ) -> Result<Output, IptablesError> {
-    runner
-        .run(program, args, env, stdin)
-        .map_err(|e| IptablesError::Spawn {
+    runner.run(program, args, env, stdin).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            return IptablesError::Deadline(e.to_string());
+        }
+        IptablesError::Spawn {
             program: program.to_string(),
             error: if e.kind() == std::io::ErrorKind::NotFound {
                 "not installed (not found on PATH)".to_string()
             } else {
                 e.to_string()
             },
-        })
+        }
+    })
 }
 
 fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
@@ -308,6 +315,7 @@ fn unavailable(e: &IptablesError) -> bool {
         .any(|m| stderr.contains(m)),
         IptablesError::NoVariant(_)
         | IptablesError::Context { .. }
+        | IptablesError::Deadline(_)
         | IptablesError::Incompatible { .. }
         | IptablesError::Unreadable { .. } => false,
     }
