@@ -397,12 +397,26 @@ pub(crate) fn execute(
         // Cleanup removes what is there; the plan's count says nothing about that.
         summary.rules = None;
     }
+    // One place retries transient failures, for every backend: each attempt reads the
+    // namespace afresh, and its lock waits end at the run's deadline.
+    let policy = apply::retry::Policy {
+        retries: run.retries,
+        pause: run.retry_pause,
+        deadline: apply::exec::Deadline {
+            started: summary.started,
+            timeout: run.timeout,
+        },
+    };
     if run.check {
-        let checked = if nftables {
-            apply::check_nftables(&plan, run.nft_sets, &runner, &log)
-        } else {
-            apply::check(&plan, run, &runner, &log)
-        };
+        // A read answered EBUSY (or a save tool's lock message) is retried under --retries
+        // too: a readiness probe should not answer 1 for a moment's contention.
+        let checked = apply::retry::with_retries(&policy, &log, |_| {
+            if nftables {
+                apply::check_nftables(&plan, run.nft_sets, &runner, &log)
+            } else {
+                apply::check(&plan, run, &runner, &log)
+            }
+        });
         summary.phase("check");
         return match checked {
             Ok(diffs) if diffs.is_empty() => {
@@ -429,16 +443,6 @@ pub(crate) fn execute(
         };
     }
 
-    // One place retries transient failures, for every backend: each attempt reads the
-    // namespace afresh, and its lock waits end at the run's deadline.
-    let policy = apply::retry::Policy {
-        retries: run.retries,
-        pause: run.retry_pause,
-        deadline: apply::exec::Deadline {
-            started: summary.started,
-            timeout: run.timeout,
-        },
-    };
     let result = apply::retry::with_retries(&policy, &log, |left| {
         let run = &config::RunOptions {
             xtables_wait: run.xtables_wait.min(left),

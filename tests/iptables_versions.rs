@@ -215,7 +215,10 @@ fn life_of_case(tools: &Tools, case: &Case, variant: &str) -> Result<(), String>
         return Err(format!("install: {why}"));
     }
     let variant = if variant == "auto" {
-        if !out.stderr.contains("using iptables-nft-restore (nft works") {
+        if !out
+            .stderr
+            .contains("using iptables-nft-restore, because nft works")
+        {
             return Err(format!("detection did not pick nft:\n{}", out.stderr));
         }
         "nft"

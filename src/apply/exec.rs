@@ -151,10 +151,9 @@ impl Runner for SystemRunner {
         let waiter = thread::spawn(move || {
             let _ = done.send(child.wait());
         });
-        let timeout = self
-            .deadline
-            .map(|d| d.timeout.as_secs_f64())
-            .unwrap_or_default();
+        // As the flag is given (Go's duration text: `2m0s`, `300ms`).
+        let timeout =
+            crate::go_duration::go_duration(self.deadline.map(|d| d.timeout).unwrap_or_default());
         let status = match self.limit() {
             Some(limit) => match exited.recv_timeout(limit) {
                 Ok(status) => status,
@@ -165,7 +164,7 @@ impl Runner for SystemRunner {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
-                            "{program} did not finish within {:.1}s and was killed at the run's deadline (--timeout {timeout}s from the start of the run)",
+                            "{program} did not finish within {:.1}s and was killed at the run's deadline (--timeout {timeout} from the start of the run)",
                             started.elapsed().as_secs_f64()
                         ),
                     ));
@@ -240,12 +239,28 @@ mod tests {
             err.to_string().starts_with("sh did not finish within 0.")
                 && err
                     .to_string()
-                    .contains("(--timeout 0.3s from the start of the run)"),
+                    .contains("(--timeout 300ms from the start of the run)"),
             "{err}"
         );
         // After the deadline a helper (a rollback) still gets its grace period.
         let out = runner.run("true", &[], &[], None).unwrap();
         assert!(out.success());
+        // The flag is named as it is given: Go's duration text, `2m0s` rather than `120s`.
+        let Some(started) = Instant::now().checked_sub(Duration::from_millis(119_700)) else {
+            return;
+        };
+        let runner = SystemRunner::new(Some(Deadline {
+            started,
+            timeout: Duration::from_secs(120),
+        }));
+        let err = runner.run("sleep", &["30"], &[], None).unwrap_err();
+        assert!(
+            err.to_string().starts_with("sleep did not finish within 0.")
+                && err.to_string().ends_with(
+                    " and was killed at the run's deadline (--timeout 2m0s from the start of the run)"
+                ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -29,8 +29,33 @@ pub enum Reading<T> {
     Read(T),
     /// Nothing of ours can be there; why (e.g. no tool, and the kernel holds no such tables).
     Nothing(String),
-    /// Something may be there but could not be read; why.
-    Unreadable(String),
+    /// Something may be there but could not be read.
+    Unreadable {
+        /// Why.
+        why: String,
+        /// Why the failure may pass (a save tool's lock message, the kernel's `EBUSY`,
+        /// `EAGAIN` or `EINTR`: see [`super::retry`]); `None` when another read would fail
+        /// the same way. Carried up so that apply and cleanup retry it under `--retries`.
+        transient: Option<String>,
+    },
+}
+
+impl<T> Reading<T> {
+    /// Why it could not be read, and its transient marker, when it could not.
+    fn unread(&self) -> Option<(&String, &Option<String>)> {
+        match self {
+            Reading::Unreadable { why, transient } => Some((why, transient)),
+            _ => None,
+        }
+    }
+
+    /// A place that could not be read, for a reason that another attempt would not change.
+    fn unreadable(why: String) -> Reading<T> {
+        Reading::Unreadable {
+            why,
+            transient: None,
+        }
+    }
 }
 
 /// One iptables place: a family in one variant.
@@ -191,7 +216,7 @@ impl Inventory {
                     .map(|(&tools, handle)| {
                         let (reading, read_by_tool) = handle
                             .join()
-                            .unwrap_or_else(|_| (Reading::Unreadable(failed(&tools.save())), true));
+                            .unwrap_or_else(|_| (Reading::unreadable(failed(&tools.save())), true));
                         IptablesPlace {
                             tools,
                             reading,
@@ -201,7 +226,7 @@ impl Inventory {
                     .collect(),
                 native: native
                     .join()
-                    .unwrap_or_else(|_| Reading::Unreadable(failed("the native tables"))),
+                    .unwrap_or_else(|_| Reading::unreadable(failed("the native tables"))),
                 routing,
             }
         })
@@ -225,20 +250,39 @@ impl Inventory {
 
     /// One line per place that may hold something of ours but could not be read.
     pub fn unreadable(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
+        self.unread().into_iter().map(|(line, _)| line).collect()
+    }
+
+    /// Why the places that could not be read may be readable on another attempt, when every
+    /// one of them may (one reason per place, joined); `None` when all were read, or when
+    /// one failed for a reason that another attempt would not change.
+    pub fn transient(&self) -> Option<String> {
+        let unread = self.unread();
+        if unread.is_empty() {
+            return None;
+        }
+        let reasons: Option<Vec<&str>> = unread.iter().map(|(_, t)| t.as_deref()).collect();
+        reasons.map(|r| r.join("; "))
+    }
+
+    /// Why the places that failed to read for a transient reason may be readable on another
+    /// attempt, one reason each (empty when none did).
+    pub fn transient_reads(&self) -> Vec<String> {
+        self.unread().into_iter().filter_map(|(_, t)| t).collect()
+    }
+
+    /// Each place that could not be read: its line, and its transient marker.
+    fn unread(&self) -> Vec<(String, Option<String>)> {
+        let line = |name: String, reading: Option<(&String, &Option<String>)>| {
+            reading.map(|(why, transient)| (format!("{name}: {why}"), transient.clone()))
+        };
+        let mut out: Vec<_> = self
             .iptables
             .iter()
-            .filter_map(|p| match &p.reading {
-                Reading::Unreadable(why) => Some(format!("{}: {why}", p.name())),
-                _ => None,
-            })
+            .filter_map(|p| line(p.name(), p.reading.unread()))
             .collect();
-        if let Reading::Unreadable(why) = &self.native {
-            out.push(format!("native nftables: {why}"));
-        }
-        if let Reading::Unreadable(why) = &self.routing {
-            out.push(format!("routing objects: {why}"));
-        }
+        out.extend(line("native nftables".to_string(), self.native.unread()));
+        out.extend(line("routing objects".to_string(), self.routing.unread()));
         out
     }
 
@@ -301,7 +345,10 @@ fn read_with_tool(runner: &dyn Runner, tools: Tools) -> Reading<Saved> {
         Ok(None) => Reading::Nothing(format!(
             "the kernel lacks what {save} needs, so it cannot hold rules"
         )),
-        Err(e) => Reading::Unreadable(format!("cannot read it with {save}: {e}")),
+        Err(e) => Reading::Unreadable {
+            transient: e.transient().map(str::to_string),
+            why: format!("cannot read it with {save}: {e}"),
+        },
     }
 }
 
@@ -315,13 +362,13 @@ fn read_without_tool(tools: Tools) -> Reading<Saved> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Reading::Nothing(format!(
                     "{save} is not installed and the kernel has no legacy tables ({names} does not exist)"
                 )),
-                Err(e) => Reading::Unreadable(format!(
+                Err(e) => Reading::unreadable(format!(
                     "{save} is not installed and {names} cannot be read: {e}"
                 )),
                 Ok(text) if text.trim().is_empty() => Reading::Nothing(format!(
                     "{save} is not installed and no legacy table exists in this namespace"
                 )),
-                Ok(text) => Reading::Unreadable(format!(
+                Ok(text) => Reading::unreadable(format!(
                     "{save} is not installed, and legacy tables exist in this namespace ({}), which only it can read",
                     text.split_whitespace().collect::<Vec<_>>().join(", ")
                 )),
@@ -330,9 +377,12 @@ fn read_without_tool(tools: Tools) -> Reading<Saved> {
         IptablesVariant::Nft => {
             let family = xt_family(tools.family);
             match NfTables::open().and_then(|mut n| n.family_tables(family)) {
-                Err(e) => Reading::Unreadable(format!(
-                    "{save} is not installed and nf_tables cannot be read either: {e}"
-                )),
+                Err(e) => Reading::Unreadable {
+                    transient: e.transient(),
+                    why: format!(
+                        "{save} is not installed and nf_tables cannot be read either: {e}"
+                    ),
+                },
                 Ok(tables) => {
                     let ours: Vec<String> = tables
                         .iter()
@@ -349,7 +399,7 @@ fn read_without_tool(tools: Tools) -> Reading<Saved> {
                             family.name()
                         ))
                     } else {
-                        Reading::Unreadable(format!(
+                        Reading::unreadable(format!(
                             "{save} is not installed, and nf_tables holds chains of ours that only it can remove: {}",
                             ours.join(", ")
                         ))
@@ -371,25 +421,124 @@ fn read_native() -> Reading<Vec<String>> {
         {
             Reading::Nothing("the kernel has no nf_tables".to_string())
         }
-        Err(e) => Reading::Unreadable(e.to_string()),
+        Err(e) => Reading::Unreadable {
+            transient: e.transient(),
+            why: e.to_string(),
+        },
     }
 }
 
 /// Our routing objects.
 fn read_routing() -> Reading<Vec<Object>> {
-    match Netlink::open()
-        .map_err(|e| e.to_string())
-        .and_then(|mut nl| routing::ours(&mut nl).map_err(|e| e.to_string()))
-    {
+    match Netlink::open().and_then(|mut nl| routing::ours(&mut nl)) {
         Ok(objects) => Reading::Read(objects),
-        Err(e) => Reading::Unreadable(format!("cannot list meshinit's routing objects: {e}")),
+        Err(e) => Reading::Unreadable {
+            transient: e.errno().and_then(super::retry::transient_errno),
+            why: format!("cannot list meshinit's routing objects: {e}"),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::exec::Output;
     use crate::backend::iptables_save::parse_save;
+
+    /// A save tool that answers with this exit code and stderr.
+    struct Answers(i32, &'static str);
+
+    impl Runner for Answers {
+        fn run(
+            &self,
+            _: &str,
+            _: &[&str],
+            _: &[(&str, &str)],
+            _: Option<&str>,
+        ) -> std::io::Result<Output> {
+            Ok(Output {
+                code: Some(self.0),
+                signal: None,
+                stdout: String::new(),
+                stderr: self.1.to_string(),
+            })
+        }
+
+        fn installed(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// iptables 1.8.9's text when the xtables lock stays held past its wait (exit 4).
+    const LOCK: &str =
+        "Another app is currently holding the xtables lock. Stopped waiting after 1s.\n";
+    const LEGACY4: Tools = PLACES[0];
+
+    fn inventory(reading: Reading<Saved>) -> Inventory {
+        let mut places: Vec<IptablesPlace> = PLACES
+            .iter()
+            .map(|&tools| IptablesPlace {
+                tools,
+                reading: Reading::Read(Saved::default()),
+                read_by_tool: true,
+            })
+            .collect();
+        places[0].reading = reading;
+        Inventory {
+            iptables: places,
+            native: Reading::Read(Vec::new()),
+            routing: Reading::Read(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn a_read_failing_for_a_transient_reason_carries_its_marker_up() {
+        // The save tool's lock message: the reading says why it may pass.
+        let reading = read_with_tool(&Answers(4, LOCK), LEGACY4);
+        let Reading::Unreadable { why, transient } = &reading else {
+            panic!("{reading:?}");
+        };
+        assert!(
+            why.starts_with("cannot read it with iptables-legacy-save: "),
+            "{why}"
+        );
+        assert!(
+            transient
+                .as_deref()
+                .unwrap()
+                .contains("another program held the xtables lock"),
+            "{transient:?}"
+        );
+        let inv = inventory(reading);
+        assert_eq!(inv.unreadable().len(), 1);
+        assert!(inv.transient().unwrap().contains("xtables lock"));
+        assert_eq!(inv.transient_reads().len(), 1);
+        // The kernel's EBUSY to a listing over netlink (routing objects, nf_tables).
+        let mut inv = inventory(Reading::Read(Saved::default()));
+        inv.routing = Reading::Unreadable {
+            why: "cannot list meshinit's routing objects: …".into(),
+            transient: super::super::retry::transient_errno(nix::errno::Errno::EBUSY),
+        };
+        assert!(inv.transient().unwrap().contains("EBUSY"));
+        // A failure another attempt would not change is not transient, and one such place
+        // makes the inventory's failure permanent: retrying cannot make it readable.
+        let denied = Answers(1, "iptables-legacy-save: Permission denied\n");
+        let reading = read_with_tool(&denied, LEGACY4);
+        assert!(
+            matches!(
+                reading,
+                Reading::Unreadable {
+                    transient: None,
+                    ..
+                }
+            ),
+            "{reading:?}"
+        );
+        inv.iptables[0].reading = reading;
+        assert_eq!(inv.transient(), None);
+        assert_eq!(inv.transient_reads().len(), 1, "the routing read may pass");
+        assert_eq!(inventory(Reading::Read(Saved::default())).transient(), None);
+    }
 
     #[test]
     fn counts_are_our_chains_their_rules_and_jumps_into_them() {

@@ -49,7 +49,7 @@ impl Tools {
 }
 
 /// Why the iptables step failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum IptablesError {
     /// Neither variant works for a family; says why for each.
     #[error("{0}")]
@@ -112,6 +112,19 @@ pub enum IptablesError {
         /// Each rule as shown, with its planned form.
         lines: Vec<String>,
     },
+    /// A step of choosing the variant failed (a read, the nft probe): what it was, and the
+    /// failure, whose transient marker it keeps.
+    #[error("{context}: {source}")]
+    Context {
+        /// What was being done, e.g. `cannot read the V4 rules`.
+        context: String,
+        /// The failure.
+        source: Box<IptablesError>,
+    },
+    /// A tool ran past the run's deadline (`--timeout`) and was killed: the message names it
+    /// and the deadline. Never transient: the deadline is spent.
+    #[error("{0}")]
+    Deadline(String),
     /// A tool could not be started.
     #[error("cannot run {program}: {error}")]
     Spawn {
@@ -129,16 +142,19 @@ fn run(
     env: &[(&str, &str)],
     stdin: Option<&str>,
 ) -> Result<Output, IptablesError> {
-    runner
-        .run(program, args, env, stdin)
-        .map_err(|e| IptablesError::Spawn {
+    runner.run(program, args, env, stdin).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            return IptablesError::Deadline(e.to_string());
+        }
+        IptablesError::Spawn {
             program: program.to_string(),
             error: if e.kind() == std::io::ErrorKind::NotFound {
                 "not installed (not found on PATH)".to_string()
             } else {
                 e.to_string()
             },
-        })
+        }
+    })
 }
 
 fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
@@ -171,6 +187,7 @@ impl IptablesError {
     pub fn transient(&self) -> Option<&str> {
         match self {
             IptablesError::Tool { transient, .. } => transient.as_deref(),
+            IptablesError::Context { source, .. } => source.transient(),
             _ => None,
         }
     }
@@ -287,12 +304,18 @@ pub fn save_if_present(runner: &dyn Runner, tools: Tools) -> Result<Option<Saved
 fn unavailable(e: &IptablesError) -> bool {
     match e {
         IptablesError::Spawn { error, .. } => error.starts_with("not installed"),
-        IptablesError::Tool { stderr, .. } => {
-            ["Protocol not supported", "Address family not supported"]
-                .iter()
-                .any(|m| stderr.contains(m))
-        }
+        // No nfnetlink (the socket is refused), or no nf_tables (nfnetlink answers EINVAL
+        // for the subsystem it lacks): the texts of iptables-nft 1.8.9 (see `not_usable`).
+        IptablesError::Tool { stderr, .. } => [
+            "Protocol not supported",
+            "Address family not supported",
+            "Could not fetch rule set generation id: Invalid argument",
+        ]
+        .iter()
+        .any(|m| stderr.contains(m)),
         IptablesError::NoVariant(_)
+        | IptablesError::Context { .. }
+        | IptablesError::Deadline(_)
         | IptablesError::Incompatible { .. }
         | IptablesError::Unreadable { .. } => false,
     }
@@ -433,7 +456,7 @@ fn choose_from_known(
         let tools = Tools { family, variant };
         return Ok(chosen(
             tools,
-            "forced by --force-iptables-binary",
+            "--force-iptables-binary asks for it",
             read(runner, tools)?,
         ));
     }
@@ -444,9 +467,10 @@ fn choose_from_known(
     for saved in [&legacy_saved, &nft_saved] {
         if let Err(e) = saved {
             if !unavailable(e) {
-                return Err(IptablesError::NoVariant(format!(
-                    "cannot read the {family:?} rules: {e}"
-                )));
+                return Err(IptablesError::Context {
+                    context: format!("cannot read the {family:?} rules"),
+                    source: Box::new(e.clone()),
+                });
             }
         }
     }
@@ -485,28 +509,50 @@ fn choose_from_known(
                     "reading the nft rules panicked".into(),
                 ))
             });
-            probe.map(|()| Some(read))
+            probe.map(|probe| (probe, Some(read)))
         }),
-        Ok(_) => probe_nat(runner, nft).map(|()| None),
-        Err(e) => Err(e.to_string()),
+        Ok(_) => probe_nat(runner, nft).map(|probe| (probe, None)),
+        // Not installed, or the kernel lacks nf_tables (see `unavailable`).
+        Err(e) => Ok((Probe::NotUsable(e.to_string()), None)),
     };
+    // A probe that failed for another reason than nft being unusable says nothing about which
+    // variant the node uses: no variant is chosen (a transient failure is retried).
+    let nft_probe = nft_probe.map_err(|e| IptablesError::Context {
+        context: format!(
+            "the nft variant's nat table probe ({} --noflush) failed for a reason that does not show nft to be unusable here, so no iptables variant was chosen for {family:?}",
+            nft.restore()
+        ),
+        source: Box::new(e),
+    })?;
     match (nft_probe, legacy_saved, nft_saved) {
         // The state read before (or while) probing: what the probe adds (the nat table's empty
         // OUTPUT base chain, if it was not there) holds nothing of ours, changes no packet and
         // is deleted again if the run fails. The probe's rule is added and deleted in one
         // transaction, so no read ever shows it.
-        (Ok(Some(read)), _, _) => Ok(chosen(nft, "nft works (nat table probe)", (read?, true))),
-        (Ok(None), _, Ok(saved)) => Ok(chosen(nft, "nft works (nat table probe)", saved)),
-        (Ok(None), _, Err(e)) => Err(e),
-        (Err(nft_err), Ok(saved), _) => Ok(chosen(
+        ((Probe::Works, Some(read)), _, _) => Ok(chosen(nft, NFT_WORKS, (read?, true))),
+        ((Probe::Works, None), _, Ok(saved)) => Ok(chosen(nft, NFT_WORKS, saved)),
+        ((Probe::Works, None), _, Err(e)) => Err(e),
+        ((Probe::NotUsable(why), _), Ok(saved), _) => Ok(chosen(
             legacy,
-            &format!("nft does not work ({nft_err})"),
+            &format!("nft is not usable here: {why}"),
             saved,
         )),
-        (Err(nft_err), Err(legacy_err), _) => Err(IptablesError::NoVariant(format!(
-            "no usable iptables for {family:?}: nft: {nft_err}; legacy: {legacy_err}"
+        ((Probe::NotUsable(why), _), Err(legacy_err), _) => Err(IptablesError::NoVariant(format!(
+            "no usable iptables for {family:?}: nft: {why}; legacy: {legacy_err}"
         ))),
     }
+}
+
+/// Why nft was chosen by the probe, for the variant's log line.
+const NFT_WORKS: &str = "nft works: its nat table probe passed";
+
+/// What the nft variant's nat probe showed.
+#[derive(Debug)]
+enum Probe {
+    /// The nat table can be used.
+    Works,
+    /// The kernel (or the image) lacks what nft needs; why, from the tool's own words.
+    NotUsable(String),
 }
 
 /// The probe's restore input: a rule that can never match (protocol 255) added to nat OUTPUT
@@ -517,15 +563,84 @@ pub const PROBE_INPUT: &str =
     "*nat\n-A OUTPUT -p 255 -j RETURN\n-D OUTPUT -p 255 -j RETURN\nCOMMIT\n";
 
 /// Whether the nft variant can use the nat table (Istio's probe, made atomic: see
-/// [`PROBE_INPUT`]).
-fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<(), String> {
+/// [`PROBE_INPUT`]). `NotUsable` only when the tool's answer says so (see [`not_usable`]);
+/// any other failure — a transient one (`EBUSY`, …: marked, so `--retries` retries it), a
+/// tool killed by a signal or at the deadline, an unknown error — is an error: taking it
+/// for "nft does not work" would silently pick legacy on a node whose kube-proxy or CNI
+/// writes nft rules, so the pod's traffic would meet other rules than ours.
+fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<Probe, IptablesError> {
     let program = tools.restore();
-    let out =
-        run(runner, &program, &["--noflush"], &[], Some(PROBE_INPUT)).map_err(|e| e.to_string())?;
-    // How it ended is said too: a probe killed by a signal prints nothing.
-    checked(&program, out)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let out = match run(runner, &program, &["--noflush"], &[], Some(PROBE_INPUT)) {
+        Ok(out) => out,
+        Err(e @ IptablesError::Spawn { .. }) if unavailable(&e) => {
+            return Ok(Probe::NotUsable(e.to_string()))
+        }
+        Err(e) => return Err(e),
+    };
+    if out.success() {
+        return Ok(Probe::Works);
+    }
+    if let Some(why) = not_usable(&out) {
+        // How it ended is said too, with the tool's own words on one line (a batch error
+        // starts with a line that names only the tool).
+        let words: Vec<&str> = out
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        return Ok(Probe::NotUsable(format!(
+            "{why}; {program} {}: {}",
+            out.ended(),
+            words.join(" ")
+        )));
+    }
+    checked(&program, out).map(|_| Probe::Works)
+}
+
+/// What the probe's failure means when it says the nft variant cannot be used here, from
+/// iptables-nft 1.8.9's own texts for each missing piece, measured with the real tool on this
+/// kernel, the missing piece played so: `strace -e inject=socket:error=EPROTONOSUPPORT` (no
+/// nfnetlink), `strace -e inject=sendto:error=EINVAL:when=1` (the answer nfnetlink gives for a
+/// subsystem it lacks), and a preloaded `sendmsg` that renames the batch's chain type `nat`
+/// to one the kernel does not have (its answer is the one it gives without nft_chain_nat):
+/// - no nfnetlink (`socket(AF_NETLINK, …, NETLINK_NETFILTER)` refused): `iptables-nft-restore/
+///   1.8.9 (nf_tables) Failed to initialize nft: Protocol not supported`, exit 1 (or `Address
+///   family not supported by protocol`);
+/// - no nf_tables (nfnetlink answers `EINVAL` for a subsystem it lacks): `iptables-nft-restore
+///   v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument`, exit 4;
+/// - no nat support (no `nat` chain type: `nft_chain_nat`): the kernel answers `ENOENT` to the
+///   base chain and aborts the batch, `iptables-nft-restore v1.8.9 (nf_tables): ` then `line 2:
+///   CHAIN_ADD failed (No such file or directory): chain OUTPUT` (and the rule lines), exit 4
+///   (`EOPNOTSUPP` in the same place: a batch nf_tables cannot take);
+/// - Istio's own test: a stderr saying something `does not exist` (a table or chain).
+///
+/// A tool killed by a signal has not answered at all, so it never counts.
+fn not_usable(out: &Output) -> Option<&'static str> {
+    // Killed: no exit code, no answer.
+    out.code?;
+    let stderr = &out.stderr;
+    if stderr.contains("Failed to initialize nft")
+        && ["Protocol not supported", "Address family not supported"]
+            .iter()
+            .any(|m| stderr.contains(m))
+    {
+        return Some("the kernel has no nfnetlink");
+    }
+    if stderr.contains("Could not fetch rule set generation id: Invalid argument") {
+        return Some("the kernel has no nf_tables");
+    }
+    if ["(No such file or directory)", "(Operation not supported)"]
+        .iter()
+        .any(|m| stderr.contains(m))
+        && (stderr.contains("CHAIN_ADD failed") || stderr.contains("TABLE_ADD failed"))
+    {
+        return Some("the kernel has no nf_tables nat support (nft_chain_nat)");
+    }
+    if stderr.contains("does not exist") {
+        return Some("a table or chain the probe needs does not exist");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -553,6 +668,24 @@ mod tests {
                     "iptables: No chain/target/match by that name. Couldn't load target `TPROXY'"
                         .into()
                 },
+            };
+            self.answers.insert(program.to_string(), out);
+            self
+        }
+
+        /// `program` ends so (`code` `None`: killed by `signal`), printing `stderr`.
+        fn ends(
+            mut self,
+            program: &str,
+            code: Option<i32>,
+            signal: Option<i32>,
+            stderr: &str,
+        ) -> Fake {
+            let out = Output {
+                code,
+                signal,
+                stdout: String::new(),
+                stderr: stderr.into(),
             };
             self.answers.insert(program.to_string(), out);
             self
@@ -668,12 +801,103 @@ mod tests {
         );
     }
 
-    #[test]
-    fn legacy_is_the_fallback_and_neither_is_an_error() {
-        let fake = Fake::default()
+    /// The probe's answers that say nft cannot be used here, as iptables-nft 1.8.9 prints
+    /// them (measured as [`not_usable`] says; the last one is Istio's `does not exist` test).
+    const NOT_USABLE: [(i32, &str); 5] = [
+        (1, "iptables-nft-restore/1.8.9 (nf_tables) Failed to initialize nft: Protocol not supported\n"),
+        (1, "iptables-nft-restore/1.8.9 (nf_tables) Failed to initialize nft: Address family not supported by protocol\n"),
+        (4, "iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument\n"),
+        (4, "iptables-nft-restore v1.8.9 (nf_tables): \nline 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT\nline 2: RULE_APPEND failed (No such file or directory): rule in chain OUTPUT\nline 3: RULE_DELETE failed (No such file or directory): rule in chain OUTPUT\n"),
+        (1, "iptables-nft-restore v1.8.9 (nf_tables): Table 'nat' does not exist\n"),
+    ];
+
+    fn probing(code: Option<i32>, signal: Option<i32>, stderr: &str) -> Fake {
+        Fake::default()
             .answer("iptables-legacy-save", 0, EMPTY)
             .answer("iptables-nft-save", 0, "")
-            .answer("iptables-nft-restore", 1, "");
+            .ends("iptables-nft-restore", code, signal, stderr)
+    }
+
+    #[test]
+    fn legacy_is_chosen_only_when_the_probe_says_nft_is_not_usable_here() {
+        for (code, stderr) in NOT_USABLE {
+            let fake = probing(Some(code), None, stderr);
+            let chosen = choose_variant(&fake, Family::V4, None).unwrap();
+            assert_eq!(chosen.tools.variant, IptablesVariant::Legacy, "{stderr}");
+            assert!(
+                chosen
+                    .reason
+                    .starts_with("nft is not usable here: the kernel has no ")
+                    || chosen
+                        .reason
+                        .starts_with("nft is not usable here: a table or chain"),
+                "{}",
+                chosen.reason
+            );
+            assert!(
+                chosen.reason.contains(&format!(
+                    "; iptables-nft-restore exited with code {code}: iptables-nft-restore"
+                )),
+                "{}",
+                chosen.reason
+            );
+        }
+        let fake = probing(Some(4), None, NOT_USABLE[2].1);
+        assert_eq!(
+            choose_variant(&fake, Family::V4, None).unwrap().reason,
+            "nft is not usable here: the kernel has no nf_tables; iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument"
+        );
+        let fake = probing(Some(4), None, NOT_USABLE[3].1);
+        assert_eq!(
+            choose_variant(&fake, Family::V4, None).unwrap().reason,
+            "nft is not usable here: the kernel has no nf_tables nat support (nft_chain_nat); iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): line 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT line 2: RULE_APPEND failed (No such file or directory): rule in chain OUTPUT line 3: RULE_DELETE failed (No such file or directory): rule in chain OUTPUT"
+        );
+    }
+
+    #[test]
+    fn a_probe_failing_for_another_reason_chooses_nothing_and_keeps_its_transient_marker() {
+        // EBUSY (measured text): transient, so --retries retries it; never legacy.
+        let busy = "iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Device or resource busy\n";
+        let err = choose_variant(&probing(Some(4), None, busy), Family::V4, None).unwrap_err();
+        assert!(err.transient().unwrap().contains("EBUSY"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the nft variant's nat table probe (iptables-nft-restore --noflush) failed for a reason that does not show nft to be unusable here, so no iptables variant was chosen for V4: iptables-nft-restore exited with code 4: ")
+                && text.contains("Device or resource busy"),
+            "{text}"
+        );
+        // Killed by a signal, or an unknown failure: an error naming the tool, how it ended
+        // and its stderr; not transient.
+        for (code, signal, stderr, ended) in [
+            (None, Some(9), "", "was killed by signal 9 (SIGKILL)"),
+            (None, Some(6), "double free\n", "was killed by signal 6 (SIGABRT)"),
+            (Some(1), None, "iptables-nft-restore: line 2 failed\n", "exited with code 1"),
+            (Some(4), None, "iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)\n", "exited with code 4"),
+        ] {
+            let err = choose_variant(&probing(code, signal, stderr), Family::V4, None).unwrap_err();
+            let text = err.to_string();
+            assert_eq!(err.transient(), None, "{text}");
+            assert!(
+                text.contains(&format!("iptables-nft-restore {ended}"))
+                    && text.contains(stderr.trim())
+                    && text.contains("no iptables variant was chosen"),
+                "{text}"
+            );
+        }
+        // The same when the kernel showed nft empty (save and probe run at once).
+        let fake = probing(None, Some(9), "");
+        let known = |_| {
+            Some(Known {
+                saved: Saved::default(),
+                by_tool: false,
+            })
+        };
+        assert!(choose_variant_known(&fake, Family::V4, None, &known).is_err());
+    }
+
+    #[test]
+    fn legacy_is_the_fallback_and_neither_is_an_error() {
+        let fake = probing(Some(NOT_USABLE[0].0), None, NOT_USABLE[0].1);
         assert_eq!(pick(&fake).unwrap(), IptablesVariant::Legacy);
         let err = pick(&Fake::default()).unwrap_err().to_string();
         assert!(
@@ -709,7 +933,7 @@ mod tests {
         );
         let chosen = choose_variant(&fake, Family::V6, Some(IptablesVariant::Legacy)).unwrap();
         assert_eq!(chosen.tools.restore(), "ip6tables-legacy-restore");
-        assert!(chosen.reason.contains("forced"));
+        assert_eq!(chosen.reason, "--force-iptables-binary asks for it");
     }
 
     #[test]

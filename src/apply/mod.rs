@@ -191,7 +191,7 @@ pub fn apply_nftables(
     let (mut lock, groups) = prepare(opts, reading_caps(runner))?;
     require_ipv6_usable(plan)?;
     let inventory = Inventory::read(runner);
-    warn_unreadable(&inventory, log);
+    warn_unreadable(&inventory, log)?;
     let replace = opts.reconcile || opts.force_apply;
     let elsewhere: Vec<&IptablesPlace> = inventory.iptables_with_ours().collect();
     if !elsewhere.is_empty() && !replace {
@@ -280,10 +280,10 @@ pub fn check_nftables(
     let groups = load_groups()?;
     let inventory = Inventory::read(runner);
     require_readable(&inventory)?;
-    let mut nft = NfTables::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+    let mut nft = NfTables::open().map_err(nft_precondition)?;
     let mut differences = nft
         .differences(&crate::backend::nftables::ruleset_with(plan, sets), &groups)
-        .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+        .map_err(nft_precondition)?;
     if differences.is_empty() {
         log.info("native nftables: in place");
     }
@@ -309,6 +309,19 @@ fn nft_precondition(e: nftables::NftError) -> ApplyError {
     }
 }
 
+/// An iptables failure before anything was written, with `end` after its text: transient
+/// when the tool's failure is (see [`retry::transient_tool`]), so `--retries` retries it.
+fn iptables_error(e: iptables::IptablesError, end: &str) -> ApplyError {
+    let message = format!("{e}{end}");
+    match e.transient() {
+        Some(reason) => ApplyError::Transient {
+            message,
+            reason: reason.to_string(),
+        },
+        None => ApplyError::Precondition(message),
+    }
+}
+
 /// The capabilities reading every place needs: the iptables tools' when one is installed.
 fn reading_caps(runner: &dyn Runner) -> &'static [Capability] {
     let any_tool = inventory::PLACES
@@ -328,21 +341,39 @@ fn require_readable(inventory: &Inventory) -> Result<(), ApplyError> {
     if unreadable.is_empty() {
         return Ok(());
     }
-    Err(ApplyError::Precondition(format!(
+    let message = format!(
         "cannot see everything of ours in this network namespace; nothing was changed:\n{}",
         unreadable.join("\n")
-    )))
+    );
+    // Every read that failed may pass (a lock, EBUSY, …): another attempt reads them all again.
+    match inventory.transient() {
+        Some(reason) => Err(ApplyError::Transient { message, reason }),
+        None => Err(ApplyError::Precondition(message)),
+    }
 }
 
 /// An apply goes ahead when a place it does not write to cannot be read (e.g. the legacy
 /// tables as an unprivileged user with file capabilities: `/proc/net/ip_tables_names` is
 /// root's), as it always has, but says that it could not look there.
-fn warn_unreadable(inventory: &Inventory, log: &Log) {
+/// A place that failed to read for a transient reason is not gone around, though: another
+/// attempt (`--retries`) may read it, and it may hold ours.
+fn warn_unreadable(inventory: &Inventory, log: &Log) -> Result<(), ApplyError> {
+    let transient = inventory.transient_reads();
+    if !transient.is_empty() {
+        return Err(ApplyError::Transient {
+            message: format!(
+                "cannot see everything of ours in this network namespace; nothing was changed:\n{}",
+                inventory.unreadable().join("\n")
+            ),
+            reason: transient.join("; "),
+        });
+    }
     for line in inventory.unreadable() {
         log.warn(&format!(
             "{line}; rules of ours there, if any, are not seen by this run (--cleanup-only and --check refuse in this case)"
         ));
     }
+    Ok(())
 }
 
 /// Our native tables as nft names them: `inet istio-proxy-nat, inet istio-proxy-mangle`.
@@ -637,13 +668,13 @@ fn apply_locked(
         let known = |tools| inventory.place(tools).known();
         let chosen =
             iptables::choose_variant_known(runner, family, opts.force_iptables_binary, &known)
-                .map_err(|e| ApplyError::Precondition(e.to_string()))?;
+                .map_err(|e| iptables_error(e, "; nothing was changed"))?;
         let (tools, before) = (chosen.tools, chosen.state);
         report
             .tools
             .push(format!("{} {}", family_name(family), tools.main()));
         log.info(&format!(
-            "{}: using {} ({})",
+            "{}: using {}, because {}",
             family_name(family),
             tools.restore(),
             chosen.reason
@@ -734,7 +765,7 @@ fn apply_locked(
             drift.join("\n")
         )));
     }
-    warn_unreadable(&inventory, log);
+    warn_unreadable(&inventory, log)?;
 
     // Routing first: without its rules it changes nothing, while rules without their routes
     // would lose TPROXY'd connections.
@@ -847,10 +878,14 @@ pub fn check(
                 Some(saved) => Some(saved.clone()),
                 // Read again only to give the same answer (not installed) or error as always.
                 None => iptables::save_if_present(runner, tools).map_err(|e| {
-                    ApplyError::Precondition(format!(
-                        "cannot read the {name} rules with {}: {e}",
-                        tools.save()
-                    ))
+                    let context = format!("cannot read the {name} rules with {}", tools.save());
+                    iptables_error(
+                        iptables::IptablesError::Context {
+                            context,
+                            source: Box::new(e),
+                        },
+                        "",
+                    )
                 })?,
             };
             let Some(live) = live else {

@@ -16,6 +16,7 @@ use serde_json::json;
 use super::exec::{Deadline, Output};
 use super::ApplyError;
 use crate::config::LogLevel;
+use crate::go_duration::go_duration;
 use crate::log::Log;
 
 /// What legacy iptables exits with when it gave up waiting for the xtables lock (iptables'
@@ -144,17 +145,17 @@ pub fn with_retries<T>(
         if left <= policy.pause {
             return Err(ApplyError::Transient {
                 message: format!(
-                    "gave up after {number} of {attempts} attempts: the run's deadline (--timeout {}s from the start of the run) is {:.1}s away, within the pause before the next attempt (--retry-pause {}s); the last attempt failed because {reason}:\n{message}",
-                    policy.deadline.timeout.as_secs_f64(),
+                    "gave up after {number} of {attempts} attempts: the run's deadline (--timeout {} from the start of the run) is {:.1}s away, within the pause before the next attempt (--retry-pause {}); the last attempt failed because {reason}:\n{message}",
+                    go_duration(policy.deadline.timeout),
                     left.as_secs_f64(),
-                    policy.pause.as_secs_f64()
+                    go_duration(policy.pause)
                 ),
                 reason,
             });
         }
         let text = format!(
-            "attempt {number} of {attempts} failed for a transient reason: {reason}; nothing was left changed; retrying in {}s ({:.1}s left before the deadline, --timeout)",
-            policy.pause.as_secs_f64(),
+            "attempt {number} of {attempts} failed for a transient reason: {reason}; nothing was left changed; retrying in {} ({:.1}s left before the deadline, --timeout)",
+            go_duration(policy.pause),
             left.as_secs_f64()
         );
         log.with_fields(
@@ -385,7 +386,23 @@ mod tests {
         };
         assert!(
             message.starts_with("gave up after 3 of 11 attempts: the run's deadline (--timeout 1s from the start of the run) is 0.")
-                && message.contains("(--retry-pause 0.4s); the last attempt failed because reason 3:\nfailure 3"),
+                && message.contains("(--retry-pause 400ms); the last attempt failed because reason 3:\nfailure 3"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn durations_are_named_as_the_flags_take_them() {
+        // Go's duration text (`2m0s`, `2m10s`), not seconds (`120s`).
+        let got: Result<(), _> = with_retries(&policy(1, 130_000, 120_000), &quiet(), |_| {
+            Err(transient(1))
+        });
+        let Err(ApplyError::Transient { message, .. }) = got else {
+            panic!("{got:?}");
+        };
+        assert!(
+            message.starts_with("gave up after 1 of 2 attempts: the run's deadline (--timeout 2m0s from the start of the run) is ")
+                && message.contains("(--retry-pause 2m10s); the last attempt failed because reason 1"),
             "{message}"
         );
     }
