@@ -619,7 +619,14 @@ fn retries_are_opt_in_and_bad_counts_and_pauses_are_rejected() {
             "--timeout (5s)",
         ],
     );
-    assert!(msg.contains("shorter than --timeout"), "{msg}");
+    assert!(msg.contains("shorter than --timeout (5s)"), "{msg}");
+    // The deadline is written as the flag takes it (Go's duration text), not in seconds.
+    let msg = rejected(
+        &["--retries=2", "--retry-pause=2m"],
+        &[],
+        &["--retry-pause", "--timeout (2m0s)"],
+    );
+    assert!(!msg.contains("120s"), "{msg}");
     // Without retries the pause is never used, so it is not held against the timeout.
     assert!(build(&["--retry-pause=5s", "--timeout=5s"], &[]).is_ok());
 }
