@@ -434,6 +434,22 @@ fn explain_and_trace_port_ranges_at_their_bounds() {
         "not captured",
         "no rule of nat/ISTIO_INBOUND matched",
     );
+    // A range in a per-uid entry, probed at both ends and labelled as that flag takes it.
+    let out = with(
+        "explain",
+        &["--exclude-outbound-ports-for-uids=tcp:9100-9102:1500"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for port in ["9100", "9102"] {
+        expect_row(
+            &out.stdout,
+            &format!(
+                "out uid 1500 → port {port} tcp (--exclude-outbound-ports-for-uids 9100-9102)"
+            ),
+            "not captured",
+            "excluded outbound port for this uid",
+        );
+    }
 
     for backend in ["--backend=iptables", "--backend=nftables"] {
         for (port, excluded) in [(7999, false), (8000, true), (8010, true), (8011, false)] {

@@ -204,8 +204,10 @@ pub fn probes(capture: &Capture, groups: GroupLookup<'_>) -> Vec<(String, Conn)>
                     for (port, of) in entry.ports.iter().flat_map(bounds_of) {
                         add(
                             format!(
-                                "uid {uid} → port {port} {} (--exclude-outbound-ports-for-uids{of})",
-                                proto_name(p)
+                                "uid {uid} → port {port} {} (--exclude-outbound-ports-for-uids{})",
+                                proto_name(p),
+                                // The range as this flag takes it: `:` separates its parts.
+                                of.replace(':', "-")
                             ),
                             out(p, uid, uid, s.outside, port),
                         );
