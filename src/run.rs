@@ -333,13 +333,22 @@ pub(crate) fn execute(
     summary.phase("configure");
 
     let plan = plan::plan(&config.capture);
-    for family in plan.families() {
-        for rule in &plan.rules(family) {
-            log.debug(&format!("{} {rule}", family_name(family)));
+    // Only when they are shown: with thousands of listed CIDRs, copying and formatting
+    // every rule costs more than the rest of the plan.
+    if log.enabled(LogLevel::Debug) {
+        for family in plan.families() {
+            for rule in &plan.rules(family) {
+                log.debug(&format!("{} {rule}", family_name(family)));
+            }
         }
     }
     summary.families = Some(plan.families());
-    summary.rules = Some(plan.families().iter().map(|f| plan.rules(*f).len()).sum());
+    summary.rules = Some(
+        plan.families()
+            .iter()
+            .map(|f| plan.rules.iter().filter(|r| r.scope.includes(*f)).count())
+            .sum(),
+    );
     summary.phase("plan");
     let run = &config.run;
     let nftables = run.backend == BackendChoice::Nftables;
@@ -388,9 +397,12 @@ pub(crate) fn execute(
         if nftables { "nftables" } else { "iptables" }
     ));
     summary.backend = Some(if nftables { "nftables" } else { "iptables" });
-    if nftables {
+    // Built once, here: the summary counts its rules, and --check and the apply (every
+    // attempt of it) use the same one; with thousands of listed CIDRs, merging the lists
+    // into sets is a few milliseconds.
+    let ruleset = nftables.then(|| backend::nftables::ruleset_with(&plan, run.nft_sets));
+    if let Some(ruleset) = &ruleset {
         // One inet rule serves both families where iptables needs one per family.
-        let ruleset = backend::nftables::ruleset_with(&plan, run.nft_sets);
         summary.rules = Some(ruleset.tables.iter().map(|t| t.rules.len()).sum());
     }
     if run.cleanup_only {
@@ -398,8 +410,8 @@ pub(crate) fn execute(
         summary.rules = None;
     }
     if run.check {
-        let checked = if nftables {
-            apply::check_nftables(&plan, run.nft_sets, &runner, &log)
+        let checked = if let Some(ruleset) = &ruleset {
+            apply::check_nftables(&plan, ruleset, &runner, &log)
         } else {
             apply::check(&plan, run, &runner, &log)
         };
@@ -444,17 +456,17 @@ pub(crate) fn execute(
             xtables_wait: run.xtables_wait.min(left),
             ..run.clone()
         };
-        match (run.cleanup_only, run.skip_rule_apply, nftables) {
+        match (run.cleanup_only, run.skip_rule_apply, &ruleset) {
             // Cleanup removes ours from every backend, variant and family, whatever was chosen.
             (true, _, _) => apply::cleanup(&config.capture, run, &runner, &log),
             (false, true, _) => Ok(apply::Report {
                 changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
                 ..apply::Report::default()
             }),
-            (false, false, true) => {
-                apply::apply_nftables(&config.capture, &plan, run, &runner, &log)
+            (false, false, Some(ruleset)) => {
+                apply::apply_nftables(&config.capture, &plan, ruleset, run, &runner, &log)
             }
-            (false, false, false) => apply::apply(&config.capture, &plan, run, &runner, &log),
+            (false, false, None) => apply::apply(&config.capture, &plan, run, &runner, &log),
         }
     });
     summary.phase("apply");
