@@ -303,12 +303,16 @@ pub(crate) fn execute(
         level: config.run.log_level,
         json: config.run.log_json,
     };
-    let (text, fields) = describe(&config);
-    if log.json {
-        let first = text.lines().next().unwrap_or_default();
-        log.with_fields(LogLevel::Info, first, "config", &fields);
-    } else {
-        log.info(&text);
+    // In a block: with thousands of listed CIDRs the text is large, and freed at once.
+    {
+        let (text, fields) = describe(&config, log.json);
+        match fields {
+            Some(fields) => {
+                let first = text.lines().next().unwrap_or_default();
+                log.with_fields(LogLevel::Info, first, "config", &fields);
+            }
+            None => log.info(&text),
+        }
     }
     if let Some(entered) = &summary.namespace {
         log.info(&format!("entered network namespace {entered}"));
