@@ -550,7 +550,7 @@ fn per_rule_ruleset(plan: &Plan) -> Ruleset {
             })
             .collect();
         let mut chain_len: HashMap<Chain, usize> = HashMap::new();
-        let mut nft_rules = Vec::new();
+        let mut nft_rules = Vec::with_capacity(rules.len());
         for rule in rules {
             let len = chain_len.entry(rule.chain).or_default();
             nft_rules.push(NftRule {
@@ -1029,8 +1029,12 @@ pub fn rule_stmts(rule: &Rule) -> Vec<Stmt> {
     // Istio writes matches in one fixed order whatever iptables' order was; a stable sort
     // keeps lists of one kind (owner-group include lists) as given.
     ranked.sort_by_key(|(rank, _)| *rank);
-    // Sized once: with thousands of listed CIDRs there are as many rules.
-    let mut out: Vec<Stmt> = Vec::with_capacity(ranked.len() + 4);
+    // Sized exactly, once: with thousands of listed CIDRs there are as many rules.
+    let actions = match rule.target {
+        Target::Tproxy { .. } => 4,
+        _ => 2,
+    };
+    let mut out: Vec<Stmt> = Vec::with_capacity(ranked.len() + actions);
     out.extend(ranked.into_iter().map(|(_, s)| s));
     action(rule, &mut out);
     out
