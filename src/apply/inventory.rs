@@ -7,6 +7,8 @@
 //! Without an iptables tool a place is still known empty when the kernel shows that nothing
 //! can be there: no legacy table exists in this namespace (`/proc/net/ip_tables_names` lists
 //! none), or nf_tables (read over netlink) holds no chain of ours in the `ip`/`ip6` family.
+//! The native backend's apply asks the kernel first even with the tool: where it holds no
+//! table of a place at all, the place is empty without running the tool.
 
 use super::exec::Runner;
 use super::family_name;
@@ -14,7 +16,9 @@ use super::iptables::{self, Tools};
 use super::netlink::Netlink;
 use super::nftables::NfTables;
 use super::routing::{self, Object};
-use crate::backend::iptables_save::{jumps_to_ours, leftover_probes, Saved, OUR_CHAIN_PREFIX};
+use crate::backend::iptables_save::{
+    jumps_to_ours, leftover_probes, parse_save, Saved, OUR_CHAIN_PREFIX,
+};
 use crate::backend::nft_netlink::XtFamily;
 use crate::config::IptablesVariant;
 use crate::plan::Family;
@@ -151,10 +155,31 @@ impl Inventory {
     /// shared with the writes that follow). Threads inherit the network namespace of the one
     /// that spawns them. Needs the privileges to read (CAP_NET_ADMIN); read-only.
     pub fn read(runner: &(dyn Runner + Sync)) -> Inventory {
+        Inventory::read_with(runner, false)
+    }
+
+    /// [`Inventory::read`] for the native backend's apply, which needs of iptables only
+    /// whether rules of ours are there: a place whose kernel side holds no table at all — no
+    /// legacy table in this namespace, no nf_tables table of the family — is read as empty,
+    /// what its tool would print, without running it (four processes, most of a fresh
+    /// install's time). A place with any table is read with its tool, as by `read`.
+    pub fn read_for_native(runner: &(dyn Runner + Sync)) -> Inventory {
+        Inventory::read_with(runner, true)
+    }
+
+    fn read_with(runner: &(dyn Runner + Sync), kernel_first: bool) -> Inventory {
         std::thread::scope(|scope| {
             let places: Vec<_> = PLACES
                 .iter()
-                .map(|&tools| scope.spawn(move || read_iptables(runner, tools)))
+                .map(|&tools| {
+                    scope.spawn(move || {
+                        if kernel_first && no_tables(tools) {
+                            Reading::Read(parse_save(""))
+                        } else {
+                            read_iptables(runner, tools)
+                        }
+                    })
+                })
                 .collect();
             let native = scope.spawn(read_native);
             let routing = read_routing();
@@ -285,6 +310,30 @@ fn read_iptables(runner: &dyn Runner, tools: Tools) -> Reading<Saved> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Whether the kernel shows that no table of this variant and family exists in the
+/// namespace, so that its `*-save` could print nothing: `/proc/net/ip[6]_tables_names` is
+/// there and empty, or nf_tables lists no table of the family. `false` when it cannot tell.
+fn no_tables(tools: Tools) -> bool {
+    match tools.variant {
+        IptablesVariant::Legacy => {
+            let names = match tools.family {
+                Family::V4 => "/proc/net/ip_tables_names",
+                Family::V6 => "/proc/net/ip6_tables_names",
+            };
+            std::fs::read_to_string(names).is_ok_and(|text| text.trim().is_empty())
+        }
+        IptablesVariant::Nft => {
+            let family = match tools.family {
+                Family::V4 => XtFamily::Ip,
+                Family::V6 => XtFamily::Ip6,
+            };
+            NfTables::open()
+                .and_then(|mut n| n.family_has_tables(family))
+                .is_ok_and(|has| !has)
         }
     }
 }

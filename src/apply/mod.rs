@@ -191,7 +191,7 @@ pub fn apply_nftables(
 ) -> Result<Report, ApplyError> {
     let (mut lock, groups) = prepare(opts, reading_caps(runner))?;
     require_ipv6_usable(plan)?;
-    let inventory = Inventory::read(runner);
+    let inventory = Inventory::read_for_native(runner);
     warn_unreadable(&inventory, log);
     let replace = opts.reconcile || opts.force_apply;
     let elsewhere: Vec<&IptablesPlace> = inventory.iptables_with_ours().collect();

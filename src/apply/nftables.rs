@@ -495,6 +495,14 @@ impl NfTables {
         Ok(tables)
     }
 
+    /// Whether any table of the `ip` or `ip6` family (iptables-nft's) exists, from one dump
+    /// of the table list (read-only).
+    pub fn family_has_tables(&mut self, family: XtFamily) -> Result<bool> {
+        const OP: &str = "listing the iptables-nft tables";
+        let request = move |seq| nft_netlink::family_dump_request(DumpKind::Tables, seq, family);
+        Ok(!self.dump(OP, DumpKind::Tables, request)?.is_empty())
+    }
+
     /// Deletes these tables of `family` in one transaction that the kernel carries out only if
     /// the ruleset is still at `generation` (nothing changed since they were read).
     pub fn delete_family_tables(
