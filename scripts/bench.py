@@ -26,8 +26,10 @@ to its own listener on 15001 (bounded: --conns connections or 3 s per sample; th
 routed to a veth pair inside the lab namespace only). Finally the issue's targets.
 
 Usage: sudo scripts/bench.py [--samples N] [--conns N] [--sizes 0,10,...] [--binary PATH]
+                             [--rows native,nft -f]  (only rows and rates whose name has one)
 """
 import argparse
+import collections
 import ctypes
 import os
 import statistics
@@ -211,6 +213,8 @@ def main():
     p.add_argument("--sizes", default="0,10,100,1000,5000,ports")
     p.add_argument("--binary", default="target/release/meshinit")
     p.add_argument("--client", default="target/release/examples/connrate")
+    p.add_argument("--rows", default="", help="only the rows (and connection rates) whose name "
+                   "contains one of these comma-separated words; missing cells print nan")
     a = p.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench needs root (network namespaces)")
@@ -222,11 +226,12 @@ def main():
     print(f"binary: {binary}", file=sys.stderr)
     with_rss = os.path.exists(GNU_TIME)
     sizes = a.sizes.split(",")
-    results = {}  # (size, row) -> (median ms, peak KiB)
-    rates = {}
+    wanted = lambda name: not a.rows or any(w in name for w in a.rows.split(","))
+    results = collections.defaultdict(lambda: (float("nan"), 0))  # (size, row) -> (ms, KiB)
+    rates = collections.defaultdict(lambda: float("nan"))
     for size in sizes:
         args = config(size)
-        rows = rows_for(binary, args)
+        rows = [r for r in rows_for(binary, args) if wanted(r[0])]
         times = {name: [] for name, _, _ in rows}
         for i in range(a.samples):
             for name, setup, measured in rows:
@@ -244,10 +249,11 @@ def main():
                              ("native, --nft-sets=never", ["--native-nftables", "--nft-sets=never"]),
                              ("iptables nft", ["--force-iptables-binary=nft"]),
                              ("iptables legacy", ["--force-iptables-binary=legacy"])):
-            rates[(size, label)] = conn_rate(binary, client, args + extra, a.conns, 3)
+            if wanted(label):
+                rates[(size, label)] = conn_rate(binary, client, args + extra, a.conns, 3)
         print(f"size {size} done", file=sys.stderr)
 
-    names = [name for name, _, _ in rows_for(binary, config(sizes[0]))]
+    names = [name for name, _, _ in rows_for(binary, config(sizes[0])) if wanted(name)]
     print(f"apply: median of {a.samples} samples, each in a fresh namespace; ratios against rows "
           f"of the same size")
     print(f"{'size':>6} {'what':34} {'ms':>9} {'/nft-restore':>12} {'/nft -f':>8} "
