@@ -33,6 +33,7 @@ iptables backend's rows and the bare restores they are compared with); `--no-rat
 connection rates. Targets whose rows were not measured are left out.
 """
 import argparse
+import collections
 import ctypes
 import os
 import statistics
@@ -239,8 +240,8 @@ def main():
     print(f"binary: {binary}", file=sys.stderr)
     with_rss = os.path.exists(GNU_TIME)
     sizes = a.sizes.split(",")
-    results = {}  # (size, row) -> (median ms, peak KiB)
-    rates = {}
+    results = collections.defaultdict(lambda: (float("nan"), 0))  # (size, row) -> (ms, KiB)
+    rates = collections.defaultdict(lambda: float("nan"))
     for size in sizes:
         args = config(size)
         rows = [r for r in rows_for(binary, args) if wanted(r[0])]
@@ -263,7 +264,8 @@ def main():
                              ("iptables legacy", ["--force-iptables-binary=legacy"])):
             if a.no_rate:
                 break
-            rates[(size, label)] = conn_rate(binary, client, args + extra, a.conns, 3)
+            if wanted(label):
+                rates[(size, label)] = conn_rate(binary, client, args + extra, a.conns, 3)
         print(f"size {size} done", file=sys.stderr)
 
     names = [name for name, _, _ in rows_for(binary, config(sizes[0])) if wanted(name)]

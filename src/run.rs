@@ -303,12 +303,16 @@ pub(crate) fn execute(
         level: config.run.log_level,
         json: config.run.log_json,
     };
-    let (text, fields) = describe(&config);
-    if log.json {
-        let first = text.lines().next().unwrap_or_default();
-        log.with_fields(LogLevel::Info, first, "config", &fields);
-    } else {
-        log.info(&text);
+    // In a block: with thousands of listed CIDRs the text is large, and freed at once.
+    {
+        let (text, fields) = describe(&config, log.json);
+        match fields {
+            Some(fields) => {
+                let first = text.lines().next().unwrap_or_default();
+                log.with_fields(LogLevel::Info, first, "config", &fields);
+            }
+            None => log.info(&text),
+        }
     }
     if let Some(entered) = &summary.namespace {
         log.info(&format!("entered network namespace {entered}"));
@@ -333,13 +337,22 @@ pub(crate) fn execute(
     summary.phase("configure");
 
     let plan = plan::plan(&config.capture);
-    for family in plan.families() {
-        for rule in &plan.rules(family) {
-            log.debug(&format!("{} {rule}", family_name(family)));
+    // Only when they are shown: with thousands of listed CIDRs, copying and formatting
+    // every rule costs more than the rest of the plan.
+    if log.enabled(LogLevel::Debug) {
+        for family in plan.families() {
+            for rule in &plan.rules(family) {
+                log.debug(&format!("{} {rule}", family_name(family)));
+            }
         }
     }
     summary.families = Some(plan.families());
-    summary.rules = Some(plan.families().iter().map(|f| plan.rules(*f).len()).sum());
+    summary.rules = Some(
+        plan.families()
+            .iter()
+            .map(|f| plan.rules.iter().filter(|r| r.scope.includes(*f)).count())
+            .sum(),
+    );
     summary.phase("plan");
     let run = &config.run;
     let nftables = run.backend == BackendChoice::Nftables;
@@ -388,9 +401,12 @@ pub(crate) fn execute(
         if nftables { "nftables" } else { "iptables" }
     ));
     summary.backend = Some(if nftables { "nftables" } else { "iptables" });
-    if nftables {
+    // Built once, here: the summary counts its rules, and --check and the apply (every
+    // attempt of it) use the same one; with thousands of listed CIDRs, merging the lists
+    // into sets is a few milliseconds.
+    let ruleset = nftables.then(|| backend::nftables::ruleset_with(&plan, run.nft_sets));
+    if let Some(ruleset) = &ruleset {
         // One inet rule serves both families where iptables needs one per family.
-        let ruleset = backend::nftables::ruleset_with(&plan, run.nft_sets);
         summary.rules = Some(ruleset.tables.iter().map(|t| t.rules.len()).sum());
     }
     if run.cleanup_only {
@@ -411,8 +427,8 @@ pub(crate) fn execute(
         // A read answered EBUSY (or a save tool's lock message) is retried under --retries
         // too: a readiness probe should not answer 1 for a moment's contention.
         let checked = apply::retry::with_retries(&policy, &log, |_| {
-            if nftables {
-                apply::check_nftables(&plan, run.nft_sets, &runner, &log)
+            if let Some(ruleset) = &ruleset {
+                apply::check_nftables(&plan, ruleset, &runner, &log)
             } else {
                 apply::check(&plan, run, &runner, &log)
             }
@@ -448,17 +464,17 @@ pub(crate) fn execute(
             xtables_wait: run.xtables_wait.min(left),
             ..run.clone()
         };
-        match (run.cleanup_only, run.skip_rule_apply, nftables) {
+        match (run.cleanup_only, run.skip_rule_apply, &ruleset) {
             // Cleanup removes ours from every backend, variant and family, whatever was chosen.
             (true, _, _) => apply::cleanup(&config.capture, run, &runner, &log),
             (false, true, _) => Ok(apply::Report {
                 changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
                 ..apply::Report::default()
             }),
-            (false, false, true) => {
-                apply::apply_nftables(&config.capture, &plan, run, &runner, &log)
+            (false, false, Some(ruleset)) => {
+                apply::apply_nftables(&config.capture, &plan, ruleset, run, &runner, &log)
             }
-            (false, false, false) => apply::apply(&config.capture, &plan, run, &runner, &log),
+            (false, false, None) => apply::apply(&config.capture, &plan, run, &runner, &log),
         }
     });
     summary.phase("apply");

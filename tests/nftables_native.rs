@@ -4,7 +4,8 @@
 //! leaves only the new tables; cleanup removes our tables and nothing else; a batch the kernel
 //! rejects changes nothing and the error names the rule. `--check`'s read-back comparison finds
 //! every case in place (applied natively or by `nft -f`), and names each kind of tampering
-//! without changing anything.
+//! without changing anything. Where the kernel holds no iptables table, a native install runs
+//! no iptables tool, and still finds rules of ours in iptables where there are some.
 
 mod support;
 
@@ -573,4 +574,91 @@ fn the_summary_says_installed_on_a_fresh_install_and_replaced_on_a_forced_one() 
         "{}",
         forced.stderr
     );
+}
+
+/// A directory of recording `*-save` tools: each notes that it ran, then runs the real one.
+fn recording_save_tools(dir: &std::path::Path) -> Vec<(String, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    for family in ["iptables", "ip6tables"] {
+        for variant in ["legacy", "nft"] {
+            let name = format!("{family}-{variant}-save");
+            let path = dir.join(&name);
+            std::fs::write(
+                &path,
+                format!(
+                    "#!/bin/sh\ntouch {}/ran-{name}\nexec /usr/sbin/{name} \"$@\"\n",
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+    }
+    vec![(
+        "PATH".to_string(),
+        format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.display()),
+    )]
+}
+
+/// Which recording tools ran since the last call (and forgets them).
+fn tools_that_ran(dir: &std::path::Path) -> Vec<String> {
+    let mut ran: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let tool = name.strip_prefix("ran-")?.to_string();
+            std::fs::remove_file(dir.join(&name)).unwrap();
+            Some(tool)
+        })
+        .collect();
+    ran.sort();
+    ran
+}
+
+#[test]
+#[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
+fn a_native_install_runs_no_iptables_tool_where_the_kernel_has_no_table_and_still_finds_ours() {
+    if !require_root(
+        "a_native_install_runs_no_iptables_tool_where_the_kernel_has_no_table_and_still_finds_ours",
+    ) {
+        return;
+    }
+    let dir =
+        std::path::PathBuf::from(format!("/tmp/meshinit-native-tools-{}", std::process::id()));
+    let env = recording_save_tools(&dir);
+    let mut native = default_args();
+    native.push("--native-nftables".to_string());
+    // A fresh pod: no legacy table, no ip/ip6 nf_tables table, so nothing for a tool to print.
+    let lab = Lab::new().expect("lab");
+    assert_ok(&meshinit(&lab.pod, &native, &env), "fresh native install");
+    assert_eq!(tools_that_ran(&dir), Vec::<String>::new());
+    // Rules of ours in iptables: the tables exist, so their tool reads them, and the native
+    // install is refused as before, changing nothing.
+    for variant in ["nft", "legacy"] {
+        let lab = Lab::new().expect("lab");
+        let mut iptables = default_args();
+        iptables.push(format!("--force-iptables-binary={variant}"));
+        assert_ok(&meshinit(&lab.pod, &iptables, &[]), variant);
+        tools_that_ran(&dir);
+        let before = listing(&lab.pod);
+        let out = meshinit(&lab.pod, &native, &env);
+        assert_eq!(out.code, Some(1), "{variant}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("rules of ours are already installed in another place")
+                && out.stderr.contains(&format!("IPv4 iptables-{variant}:")),
+            "{variant}: {}",
+            out.stderr
+        );
+        let ran = tools_that_ran(&dir);
+        assert!(
+            ran.contains(&format!("iptables-{variant}-save"))
+                && ran.contains(&format!("ip6tables-{variant}-save")),
+            "{variant}: {ran:?}"
+        );
+        assert_eq!(listing(&lab.pod), before, "{variant}: nothing changed");
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

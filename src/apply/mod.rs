@@ -31,7 +31,7 @@ use crate::backend::iptables_save::{
 };
 use crate::backend::nft_netlink::XtFamily;
 use crate::backend::shadowing::shadowing;
-use crate::config::{BackendChoice, Capture, InterceptMode, IptablesVariant, NftSets, RunOptions};
+use crate::config::{BackendChoice, Capture, InterceptMode, IptablesVariant, RunOptions};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan, Table};
 use exec::Runner;
@@ -180,17 +180,19 @@ pub enum Backend {
 /// tables of ours that differ, or rules of ours in iptables, are refused without
 /// `--reconcile` like iptables drift. With it, the new tables go in first and the iptables
 /// rules of ours are removed after, so capture never stops. Once the batch is in, our
-/// routing objects that the plan no longer needs are removed.
+/// routing objects that the plan no longer needs are removed. `ruleset` is the plan's
+/// (`backend::nftables::ruleset_with`), built once by the caller.
 pub fn apply_nftables(
     capture: &Capture,
     plan: &Plan,
+    ruleset: &crate::backend::nftables::Ruleset,
     opts: &RunOptions,
     runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (mut lock, groups) = prepare(opts, reading_caps(runner))?;
     require_ipv6_usable(plan)?;
-    let inventory = Inventory::read(runner);
+    let inventory = Inventory::read_for_native(runner);
     warn_unreadable(&inventory, log)?;
     let replace = opts.reconcile || opts.force_apply;
     let elsewhere: Vec<&IptablesPlace> = inventory.iptables_with_ours().collect();
@@ -198,12 +200,11 @@ pub fn apply_nftables(
         return Err(elsewhere_error(&elsewhere, &[]));
     }
     let mut nft = NfTables::open().map_err(nft_precondition)?;
-    let ruleset = crate::backend::nftables::ruleset_with(plan, opts.nft_sets);
     let present = inventory.native_tables();
     let mut install = true;
     if !present.is_empty() {
         let differences = nft
-            .differences(&ruleset, &groups)
+            .differences(ruleset, &groups)
             .map_err(nft_precondition)?;
         if differences.is_empty() && !opts.force_apply {
             log.info("native nftables: our tables are already as planned, nothing to do");
@@ -224,7 +225,7 @@ pub fn apply_nftables(
     let added = add_routing(&mut nl, plan)?;
     let mut changes: Vec<String> = added.iter().map(|o| format!("added {o}")).collect();
     if install {
-        let applied = nft.apply_ruleset(&ruleset, &groups).map_err(|e| {
+        let applied = nft.apply_ruleset(ruleset, &groups).map_err(|e| {
             let left = undo_routing(&mut nl, &added);
             failure(
                 vec![format!("{e}; the batch was rejected as a whole")],
@@ -270,10 +271,11 @@ pub fn apply_nftables(
 /// `--check` for the nftables backend: our tables that should be there are, no others of ours
 /// are, each has exactly the planned chains and, chain by chain, the planned rules in order
 /// (compared expression by expression with the batch an apply would send), the routing
-/// objects are in place, and no rules of ours are in iptables (another backend).
+/// objects are in place, and no rules of ours are in iptables (another backend). `ruleset`
+/// is the plan's, as for [`apply_nftables`].
 pub fn check_nftables(
     plan: &Plan,
-    sets: NftSets,
+    ruleset: &crate::backend::nftables::Ruleset,
     runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Vec<String>, ApplyError> {
@@ -282,7 +284,7 @@ pub fn check_nftables(
     require_readable(&inventory)?;
     let mut nft = NfTables::open().map_err(nft_precondition)?;
     let mut differences = nft
-        .differences(&crate::backend::nftables::ruleset_with(plan, sets), &groups)
+        .differences(ruleset, &groups)
         .map_err(nft_precondition)?;
     if differences.is_empty() {
         log.info("native nftables: in place");

@@ -15,7 +15,7 @@ use super::nft_netlink::{
 };
 use super::nftables::Direction;
 use crate::config::types::{Cidr, PortRange};
-use crate::netlink_wire::{parse_attrs, put_attr};
+use crate::netlink_wire::{parse_attrs, put_attr, NLA_HDRLEN};
 use crate::plan::{Family, Protocol};
 
 // nf_tables set attributes (linux/netfilter/nf_tables.h).
@@ -318,37 +318,50 @@ pub fn newset_attrs(spec: &SetSpec, elements: usize) -> Vec<u8> {
 }
 
 /// The attributes of the `NEWSETELEM` messages that fill the set, at most
-/// [`ELEMS_PER_MESSAGE`] elements each.
+/// [`ELEMS_PER_MESSAGE`] elements each. Written in place, with no buffer per element: a set
+/// of thousands of networks has twice as many elements.
 pub fn newsetelem_attrs(table: &str, set_id: u32, elements: &[Element]) -> Vec<Vec<u8>> {
     elements
         .chunks(ELEMS_PER_MESSAGE)
         .map(|chunk| {
-            let mut list = Vec::new();
-            // nft numbers the list entries (1, 2, …); the kernel ignores the type here.
-            for (i, el) in chunk.iter().enumerate() {
-                let mut e = Vec::new();
-                if el.end {
-                    u32_attr(&mut e, NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
-                }
-                let mut key = Vec::new();
-                put_attr(&mut key, NFTA_DATA_VALUE, &el.key);
-                nest(&mut e, NFTA_SET_ELEM_KEY, &key);
-                if el.open {
-                    // NFTNL_UDATA_SET_ELEM_FLAGS = NFTNL_SET_ELEM_F_INTERVAL_OPEN.
-                    let mut udata = vec![1u8, 4];
-                    udata.extend_from_slice(&1u32.to_ne_bytes());
-                    put_attr(&mut e, NFTA_SET_ELEM_USERDATA, &udata);
-                }
-                nest(&mut list, (i % 0x3fff) as u16 + 1, &e);
-            }
-            let mut body = Vec::new();
+            // Per element at most: list entry, flags, key nest, key value (16), user data.
+            let mut body = Vec::with_capacity(64 + chunk.len() * 56);
             str_attr(&mut body, NFTA_SET_ELEM_LIST_TABLE, table);
             str_attr(&mut body, NFTA_SET_ELEM_LIST_SET, ANON_SET_NAME);
             u32_attr(&mut body, NFTA_SET_ELEM_LIST_SET_ID, set_id);
-            nest(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS, &list);
+            nest_in(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+                // nft numbers the list entries (1, 2, …); the kernel ignores the type here.
+                for (i, el) in chunk.iter().enumerate() {
+                    nest_in(list, (i % 0x3fff) as u16 + 1, |e| {
+                        if el.end {
+                            u32_attr(e, NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                        }
+                        nest_in(e, NFTA_SET_ELEM_KEY, |key| {
+                            put_attr(key, NFTA_DATA_VALUE, &el.key)
+                        });
+                        if el.open {
+                            // NFTNL_UDATA_SET_ELEM_FLAGS = NFTNL_SET_ELEM_F_INTERVAL_OPEN.
+                            let mut udata = [1u8, 4, 0, 0, 0, 0];
+                            udata[2..].copy_from_slice(&1u32.to_ne_bytes());
+                            put_attr(e, NFTA_SET_ELEM_USERDATA, &udata);
+                        }
+                    });
+                }
+            });
             body
         })
         .collect()
+}
+
+/// Appends a nested attribute whose contents `inner` writes straight after its header; the
+/// length is filled in after. Every attribute is padded, so the contents stay aligned.
+fn nest_in(buf: &mut Vec<u8>, kind: u16, inner: impl FnOnce(&mut Vec<u8>)) {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; NLA_HDRLEN]);
+    inner(buf);
+    let len = (buf.len() - at) as u16;
+    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    buf[at + 2..at + 4].copy_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
 }
 
 /// nft's user data for a port set: key byte order big-endian and "typeof tcp|udp dport|sport"

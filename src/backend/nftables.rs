@@ -550,7 +550,7 @@ fn per_rule_ruleset(plan: &Plan) -> Ruleset {
             })
             .collect();
         let mut chain_len: HashMap<Chain, usize> = HashMap::new();
-        let mut nft_rules = Vec::new();
+        let mut nft_rules = Vec::with_capacity(rules.len());
         for rule in rules {
             let len = chain_len.entry(rule.chain).or_default();
             nft_rules.push(NftRule {
@@ -637,8 +637,10 @@ fn template(rule: &NftRule, pos: usize) -> (Template, u32) {
         }
         _ => unreachable!("key_of found the statement"),
     };
-    let mut rest = rule.stmts.clone();
-    rest.remove(pos);
+    // Every statement but the varying one, which is not copied (thousands of networks).
+    let mut rest = Vec::with_capacity(rule.stmts.len() - 1);
+    rest.extend_from_slice(&rule.stmts[..pos]);
+    rest.extend_from_slice(&rule.stmts[pos + 1..]);
     (Template { pos, tag, rest }, exclusive)
 }
 
@@ -1015,7 +1017,7 @@ pub fn rule_body(rule: &Rule) -> String {
 /// A plan rule as nft statements: the matches in Istio's nftables order, then `counter` and
 /// the action.
 pub fn rule_stmts(rule: &Rule) -> Vec<Stmt> {
-    let mut ranked: Vec<(u8, Stmt)> = Vec::new();
+    let mut ranked: Vec<(u8, Stmt)> = Vec::with_capacity(rule.matches.len() + 1);
     if let Some(proto) = l4proto(rule) {
         ranked.push((RANK_L4PROTO, Stmt::L4Proto(proto)));
     }
@@ -1027,8 +1029,14 @@ pub fn rule_stmts(rule: &Rule) -> Vec<Stmt> {
     // Istio writes matches in one fixed order whatever iptables' order was; a stable sort
     // keeps lists of one kind (owner-group include lists) as given.
     ranked.sort_by_key(|(rank, _)| *rank);
-    let mut out: Vec<Stmt> = ranked.into_iter().map(|(_, s)| s).collect();
-    out.extend(action(rule));
+    // Sized exactly, once: with thousands of listed CIDRs there are as many rules.
+    let actions = match rule.target {
+        Target::Tproxy { .. } => 4,
+        _ => 2,
+    };
+    let mut out: Vec<Stmt> = Vec::with_capacity(ranked.len() + actions);
+    out.extend(ranked.into_iter().map(|(_, s)| s));
+    action(rule, &mut out);
     out
 }
 
@@ -1198,29 +1206,32 @@ fn tproxy_family(rule: &Rule) -> Family {
 
 /// `counter` and the action. `counter` comes right before the verdict or statement, except
 /// for TPROXY, where Istio writes it between the mark and `accept`.
-fn action(rule: &Rule) -> Vec<Stmt> {
-    let counted = |stmt: Stmt| vec![Stmt::Counter, stmt];
-    match &rule.target {
-        Target::Jump(chain) => counted(Stmt::Jump(chain_name(*chain))),
-        Target::Return => counted(Stmt::Return),
-        Target::Accept => counted(Stmt::Accept),
-        Target::Drop => counted(Stmt::Drop),
-        Target::Redirect(port) => counted(Stmt::Redirect(*port)),
-        Target::Tproxy { mark, port } => vec![
-            Stmt::Tproxy {
-                family: tproxy_family(rule),
-                port: *port,
-            },
-            Stmt::SetMark(*mark),
-            Stmt::Counter,
-            Stmt::Accept,
-        ],
-        Target::SetMark(mark) => counted(Stmt::SetMark(*mark)),
+fn action(rule: &Rule, out: &mut Vec<Stmt>) {
+    let stmt = match &rule.target {
+        Target::Jump(chain) => Stmt::Jump(chain_name(*chain)),
+        Target::Return => Stmt::Return,
+        Target::Accept => Stmt::Accept,
+        Target::Drop => Stmt::Drop,
+        Target::Redirect(port) => Stmt::Redirect(*port),
+        Target::Tproxy { mark, port } => {
+            out.extend([
+                Stmt::Tproxy {
+                    family: tproxy_family(rule),
+                    port: *port,
+                },
+                Stmt::SetMark(*mark),
+                Stmt::Counter,
+                Stmt::Accept,
+            ]);
+            return;
+        }
+        Target::SetMark(mark) => Stmt::SetMark(*mark),
         // CONNMARK --save-mark / --restore-mark.
-        Target::SaveMark => counted(Stmt::SaveMark),
-        Target::RestoreMark => counted(Stmt::RestoreMark),
-        Target::ConntrackZone(zone) => counted(Stmt::CtZone(*zone)),
-    }
+        Target::SaveMark => Stmt::SaveMark,
+        Target::RestoreMark => Stmt::RestoreMark,
+        Target::ConntrackZone(zone) => Stmt::CtZone(*zone),
+    };
+    out.extend([Stmt::Counter, stmt]);
 }
 
 #[cfg(test)]

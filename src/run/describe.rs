@@ -5,18 +5,27 @@
 use serde_json::{json, Value};
 
 use crate::cli::{Env, RawArgs, Source};
+use crate::config::types::Cidr;
 use crate::config::{
     BackendChoice, Config, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
     RunOptions,
 };
 use crate::log::Log;
 
-fn list<T: ToString>(items: &[T]) -> String {
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    use std::fmt::Write;
     if items.is_empty() {
-        "-".to_string()
-    } else {
-        items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+        return "-".to_string();
     }
+    // Written in place: a list can hold thousands of CIDRs.
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{item}");
+    }
+    out
 }
 
 fn strings<T: ToString>(items: &[T]) -> Vec<String> {
@@ -53,9 +62,9 @@ pub fn mode(run: &RunOptions) -> &'static str {
     }
 }
 
-/// The effective configuration, logged once at start: the text block, and the same as one
-/// JSON object.
-pub fn describe(config: &Config) -> (String, Value) {
+/// The effective configuration, logged once at start: the text block, and with `json` the
+/// same as one JSON object (not built otherwise: it copies every listed CIDR).
+pub fn describe(config: &Config, json: bool) -> (String, Option<Value>) {
     let c = &config.capture;
     let mode = match c.mode {
         InterceptMode::Redirect => "REDIRECT",
@@ -75,7 +84,7 @@ pub fn describe(config: &Config) -> (String, Value) {
     let (outbound, outbound_json) = match &c.outbound_include {
         OutboundInclude::All => ("all".to_string(), json!("all")),
         OutboundInclude::Cidrs(cidrs) => {
-            let all = [&cidrs.v4[..], &cidrs.v6[..]].concat();
+            let all: Vec<&Cidr> = cidrs.v4.iter().chain(&cidrs.v6).collect();
             (format!("CIDRs {}", list(&all)), json!(strings(&all)))
         }
     };
@@ -97,7 +106,12 @@ pub fn describe(config: &Config) -> (String, Value) {
             )
         }
     };
-    let excluded_cidrs = [&c.outbound_exclude.v4[..], &c.outbound_exclude.v6[..]].concat();
+    let excluded_cidrs: Vec<&Cidr> = c
+        .outbound_exclude
+        .v4
+        .iter()
+        .chain(&c.outbound_exclude.v6)
+        .collect();
     let r = &config.run;
     let version = env!("CARGO_PKG_VERSION");
     let text = format!(
@@ -143,49 +157,51 @@ pub fn describe(config: &Config) -> (String, Value) {
     } else {
         text
     };
-    let fields = json!({
-        "version": version,
-        "proxy": {
-            "outbound_port": c.proxy_port.to_string(),
-            "inbound_port": c.inbound_capture_port.to_string(),
-            "tunnel_port": c.inbound_tunnel_port.to_string(),
-            "uids": c.proxy_uids,
-            "gids": c.proxy_gids,
-        },
-        "inbound": {
-            "mode": mode,
-            "ports": inbound_json,
-            "tproxy_mark": c.tproxy_mark,
-            "route_table": c.route_table,
-        },
-        "outbound": {
-            "capture": outbound_json,
-            "exclude_cidrs": strings(&excluded_cidrs),
-            "include_ports": strings(&c.outbound_ports_include),
-            "exclude_ports": strings(&c.outbound_ports_exclude),
-        },
-        "owner_groups": groups_json,
-        "localhost": c.loopback_v4.to_string(),
-        "interfaces": {
-            "excluded": strings(&c.exclude_interfaces),
-            "vm": strings(&c.virt_interfaces),
-        },
-        "dns_capture": dns_json,
-        "drop_invalid": c.drop_invalid,
-        "ipv6": c.ipv6,
-        "ipv6_reason": config.ipv6_reason,
-        "run": {
-            "dry_run": r.dry_run,
-            "skip_rule_apply": r.skip_rule_apply,
-            "validation": r.run_validation,
-            "reconcile": r.reconcile,
-            "cleanup_only": r.cleanup_only,
-            "force_apply": r.force_apply,
-            "check": r.check,
-            "backend": backend_name(r.backend),
-            "retries": r.retries,
-            "retry_pause_ms": r.retry_pause.as_millis() as u64,
-        },
+    let fields = json.then(|| {
+        json!({
+            "version": version,
+            "proxy": {
+                "outbound_port": c.proxy_port.to_string(),
+                "inbound_port": c.inbound_capture_port.to_string(),
+                "tunnel_port": c.inbound_tunnel_port.to_string(),
+                "uids": c.proxy_uids,
+                "gids": c.proxy_gids,
+            },
+            "inbound": {
+                "mode": mode,
+                "ports": inbound_json,
+                "tproxy_mark": c.tproxy_mark,
+                "route_table": c.route_table,
+            },
+            "outbound": {
+                "capture": outbound_json,
+                "exclude_cidrs": strings(&excluded_cidrs),
+                "include_ports": strings(&c.outbound_ports_include),
+                "exclude_ports": strings(&c.outbound_ports_exclude),
+            },
+            "owner_groups": groups_json,
+            "localhost": c.loopback_v4.to_string(),
+            "interfaces": {
+                "excluded": strings(&c.exclude_interfaces),
+                "vm": strings(&c.virt_interfaces),
+            },
+            "dns_capture": dns_json,
+            "drop_invalid": c.drop_invalid,
+            "ipv6": c.ipv6,
+            "ipv6_reason": config.ipv6_reason,
+            "run": {
+                "dry_run": r.dry_run,
+                "skip_rule_apply": r.skip_rule_apply,
+                "validation": r.run_validation,
+                "reconcile": r.reconcile,
+                "cleanup_only": r.cleanup_only,
+                "force_apply": r.force_apply,
+                "check": r.check,
+                "backend": backend_name(r.backend),
+                "retries": r.retries,
+                "retry_pause_ms": r.retry_pause.as_millis() as u64,
+            },
+        })
     });
     // meshinit's own capture options: said only when used, so that a run with Istio's flags
     // alone describes itself exactly as before.
@@ -206,10 +222,12 @@ pub fn describe(config: &Config) -> (String, Value) {
                 strings(uid_ports).join(";")
             }
         ));
-        fields["meshinit_own"] = json!({
-            "exclude_inbound_sources": strings(&sources),
-            "exclude_outbound_ports_for_uids": strings(uid_ports),
-        });
+        if let Some(fields) = &mut fields {
+            fields["meshinit_own"] = json!({
+                "exclude_inbound_sources": strings(&sources),
+                "exclude_outbound_ports_for_uids": strings(uid_ports),
+            });
+        }
     }
     (text, fields)
 }

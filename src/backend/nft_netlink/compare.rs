@@ -95,7 +95,7 @@ pub fn expected_tables(batch: &Batch) -> Result<Vec<CheckedTable>, String> {
         } else if kind == nft_type(NFT_MSG_NEWRULE) {
             let rule = parse_rule(payload)?;
             let text = match &m.origin {
-                Origin::Rule(r) => r.text.clone(),
+                Origin::Rule(r) => r.text.to_string(),
                 other => other.to_string(),
             };
             let slot = match order

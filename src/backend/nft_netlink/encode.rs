@@ -3,6 +3,8 @@
 
 use super::*;
 
+use std::sync::{Arc, OnceLock};
+
 /// Why a ruleset cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
@@ -81,10 +83,58 @@ pub struct RuleOrigin {
     /// Why the rule exists.
     pub purpose: &'static str,
     /// The rule's nft text (after the chain).
-    pub text: String,
+    pub text: RuleText,
     /// True for the anonymous set the rule uses rather than the rule itself.
     pub set: bool,
 }
+
+/// A rule's nft text (after the chain), rendered the first time it is shown — in an error
+/// message or a `--check` difference. A rule with a set of thousands of networks renders to
+/// tens of kilobytes, which a successful apply never shows; clones share one rendering.
+#[derive(Clone)]
+pub struct RuleText(Arc<(Vec<Stmt>, OnceLock<String>)>);
+
+impl RuleText {
+    /// The text of a rule with these statements.
+    pub fn of(stmts: &[Stmt]) -> RuleText {
+        RuleText(Arc::new((stmts.to_vec(), OnceLock::new())))
+    }
+
+    /// The text, rendered now if it was not yet.
+    pub fn as_str(&self) -> &str {
+        let (stmts, text) = &*self.0;
+        text.get_or_init(|| {
+            let words: Vec<String> = stmts.iter().map(Stmt::to_string).collect();
+            words.join(" ")
+        })
+    }
+}
+
+impl From<&str> for RuleText {
+    fn from(text: &str) -> RuleText {
+        RuleText(Arc::new((Vec::new(), OnceLock::from(text.to_string()))))
+    }
+}
+
+impl fmt::Display for RuleText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for RuleText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for RuleText {
+    fn eq(&self, other: &RuleText) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RuleText {}
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -420,7 +470,7 @@ impl Builder {
                 chain: rule.chain.clone(),
                 number: chains[slot].2,
                 purpose: rule.purpose,
-                text: rule.body(),
+                text: RuleText::of(&rule.stmts),
                 set: false,
             };
             let id = self.rule_id();
