@@ -1,7 +1,7 @@
 //! `meshinit cni-install` through the binary, in temporary directories standing for the
 //! node's CNI bin and conf directories: the binary is copied, meshinit's entry appended to the
 //! first conflist (once, however often it runs), a bad entry changes nothing, and with
-//! `--wait` SIGTERM takes the entry out again. With `--wait` the conf directory is watched
+//! `--wait` SIGTERM takes the entry out again; a rewritten conflist keeps its mode and owner. With `--wait` the conf directory is watched
 //! (real inotify, the binary as a child process, the test acting as the node's CNI): the entry
 //! comes back after a rewrite in place or a rename over, moves to a new first conflist, is
 //! inserted when a conflist appears in an empty directory, survives a broken conflist; a
@@ -9,7 +9,7 @@
 //! clobbered. Waits poll the files up to a generous bound (`until`), never assert timing.
 
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -589,4 +589,40 @@ fn a_storm_of_cni_rewrites_is_never_clobbered_and_ends_with_one_entry() {
     let reads = reader.join().unwrap();
     assert!(reads > 0);
     assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
+}
+
+/// The conflist's mode and owner (uid, gid).
+fn mode_and_owner(path: &Path) -> (u32, u32, u32) {
+    let meta = std::fs::metadata(path).unwrap();
+    (meta.mode() & 0o7777, meta.uid(), meta.gid())
+}
+
+#[test]
+fn the_conflists_mode_and_owner_are_kept_on_insert_and_on_sigterm_removal() {
+    let dirs = Dirs::new("cni-install-mode");
+    let path = dirs.conf("10-k8s.conflist");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Giving the file away needs root; without it the owner is ours and the check still holds.
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&path, Some(4242), Some(4243)).unwrap();
+    }
+    let before = mode_and_owner(&path);
+    assert_eq!(before.0, 0o600);
+    let out = meshinit(&dirs.args(PLUGIN));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dirs.types("10-k8s.conflist"), WITH);
+    assert_eq!(mode_and_owner(&path), before, "after the insert");
+    // The watcher finds its entry in place; SIGTERM takes it out with another rewrite.
+    let watcher = Watcher::start(&dirs, &[]);
+    until("the watcher's first look", &watcher, || {
+        watcher.log().contains("nothing to do")
+    });
+    let (code, log) = watcher.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert_eq!(dirs.types("10-k8s.conflist"), WITHOUT, "{log}");
+    assert_eq!(mode_and_owner(&path), before, "after the removal\n{log}");
 }
