@@ -1,8 +1,9 @@
 //! `meshinit cni-install` through the binary, in temporary directories standing for the
 //! node's CNI bin and conf directories: the binary is copied, meshinit's entry appended to the
 //! first conflist (once, however often it runs), a bad entry changes nothing, and with
-//! `--wait` SIGTERM takes the entry out again; a rewritten conflist keeps its mode and owner. With `--wait` the conf directory is watched
-//! (real inotify, the binary as a child process, the test acting as the node's CNI): the entry
+//! `--wait` SIGTERM takes the entry out again; a rewritten conflist keeps its mode and owner.
+//! With `--wait` the conf directory is watched (real inotify, the binary as a child process,
+//! the test acting as the node's CNI): the entry
 //! comes back after a rewrite in place or a rename over, moves to a new first conflist, is
 //! inserted when a conflist appears in an empty directory, survives a broken conflist; a
 //! deleted binary is copied back; an idle watcher writes nothing; a storm of rewrites is never
