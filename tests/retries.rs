@@ -14,9 +14,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use support::apply::{all_rules, hold_meshinit_lock, meshinit, strings, tools_with_broken};
+use support::apply::{
+    all_rules, assert_unchanged, hold_meshinit_lock, meshinit, retry_lines, strings,
+    tools_with_broken,
+};
 use support::netlab::{Client, Lab, ListenerSpec};
-use support::{diff, require_root, Output, ISTIO_INIT_ARGS};
+use support::{require_root, ISTIO_INIT_ARGS};
 
 /// How long a lock is held: past one `--xtables-wait=1s` and a `--retry-pause=1s`, within
 /// the third attempt.
@@ -58,22 +61,6 @@ fn args(backend: &str, extra: &[&str]) -> Vec<String> {
     }
     args.extend(strings(extra));
     args
-}
-
-fn assert_unchanged(before: &str, after: &str, what: &str) {
-    assert!(
-        before == after,
-        "{what}: the namespace changed:\n{}",
-        diff(before, after)
-    );
-}
-
-/// The retry lines of a run's log.
-fn retry_lines(out: &Output) -> Vec<&str> {
-    out.stderr
-        .lines()
-        .filter(|l| l.contains("failed for a transient reason"))
-        .collect()
 }
 
 /// An app's outbound connection to the peer lands on the proxy's outbound port: the rules

@@ -10,9 +10,9 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use support::apply::{meshinit, strings, tools_with_broken};
+use support::apply::{assert_unchanged, meshinit, retry_lines, strings, tools_with_broken};
 use support::netlab::{Client, Lab, ListenerSpec, Netns};
-use support::{diff, require_root, Output, ISTIO_INIT_ARGS};
+use support::{require_root, ISTIO_INIT_ARGS};
 
 /// Istio's default arguments for IPv4 only, detection left to meshinit, plus `extra`.
 fn args(extra: &[&str]) -> Vec<String> {
@@ -90,21 +90,6 @@ fn state(ns: &Netns) -> String {
     ));
     out.push_str(&support::apply::routing_state(ns, |_| true));
     out
-}
-
-fn assert_unchanged(before: &str, after: &str, what: &str) {
-    assert!(
-        before == after,
-        "{what}: the namespace changed:\n{}",
-        diff(before, after)
-    );
-}
-
-fn retry_lines(out: &Output) -> Vec<&str> {
-    out.stderr
-        .lines()
-        .filter(|l| l.contains("failed for a transient reason"))
-        .collect()
 }
 
 fn tool_rules(ns: &Netns, tool: &str) -> String {

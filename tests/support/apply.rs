@@ -197,3 +197,20 @@ pub fn hold_meshinit_lock(ns: &Netns) -> OwnedFd {
     .join()
     .expect("lock thread")
 }
+
+/// Fails with a diff unless the namespace's state `after` a run is what it was `before`.
+pub fn assert_unchanged(before: &str, after: &str, what: &str) {
+    assert!(
+        before == after,
+        "{what}: the namespace changed:\n{}",
+        super::diff(before, after)
+    );
+}
+
+/// The retry lines of a run's log (the `--retries` loop's "failed for a transient reason").
+pub fn retry_lines(out: &Output) -> Vec<&str> {
+    out.stderr
+        .lines()
+        .filter(|l| l.contains("failed for a transient reason"))
+        .collect()
+}
