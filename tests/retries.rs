@@ -7,7 +7,6 @@
 mod support;
 
 use std::fs::OpenOptions;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -15,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use support::apply::{
-    all_rules, assert_unchanged, hold_meshinit_lock, meshinit, retry_lines, strings,
-    tools_with_broken,
+    all_rules, assert_outbound_captured, assert_unchanged, hold_meshinit_lock, meshinit,
+    retry_lines, strings, tools_with_broken,
 };
-use support::netlab::{Client, Lab, ListenerSpec};
+use support::netlab::Lab;
 use support::{require_root, ISTIO_INIT_ARGS};
 
 /// How long a lock is held: past one `--xtables-wait=1s` and a `--retry-pause=1s`, within
@@ -61,26 +60,6 @@ fn args(backend: &str, extra: &[&str]) -> Vec<String> {
     }
     args.extend(strings(extra));
     args
-}
-
-/// An app's outbound connection to the peer lands on the proxy's outbound port: the rules
-/// the retried run installed capture traffic.
-fn assert_outbound_captured(lab: &Lab, what: &str) {
-    let _outbound = ListenerSpec::tcp(
-        "outbound",
-        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 15001),
-    )
-    .start(&lab.pod)
-    .expect("outbound listener");
-    let _peer = ListenerSpec::tcp("peer-80", SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 80))
-        .start(&lab.peer)
-        .expect("peer listener");
-    let dst = lab.peer4(80);
-    match Client::user(1000, 1000).tcp(&lab.pod, dst) {
-        Ok(l) if l.listener == "outbound" && l.original_dst == Some(dst) => {}
-        Ok(l) => panic!("{what}: app->peer:80 should be captured, landed: {l}"),
-        Err(e) => panic!("{what}: app->peer:80 should be captured, got no landing: {e}"),
-    }
 }
 
 /// Runs meshinit with `extra` while `hold` keeps a lock for [`HOLD`]: the retried run

@@ -7,11 +7,12 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use support::apply::{assert_unchanged, meshinit, retry_lines, strings, tools_with_broken};
-use support::netlab::{Client, Lab, ListenerSpec, Netns};
+use support::apply::{
+    assert_outbound_captured, assert_unchanged, meshinit, retry_lines, strings, tools_with_broken,
+};
+use support::netlab::{Lab, Netns};
 use support::{require_root, ISTIO_INIT_ARGS};
 
 /// Istio's default arguments for IPv4 only, detection left to meshinit, plus `extra`.
@@ -94,25 +95,6 @@ fn state(ns: &Netns) -> String {
 
 fn tool_rules(ns: &Netns, tool: &str) -> String {
     String::from_utf8_lossy(&ns.run(&[tool], None).stdout).into_owned()
-}
-
-/// An app's outbound connection lands on the proxy's outbound port.
-fn assert_outbound_captured(lab: &Lab, what: &str) {
-    let _outbound = ListenerSpec::tcp(
-        "outbound",
-        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 15001),
-    )
-    .start(&lab.pod)
-    .expect("outbound listener");
-    let _peer = ListenerSpec::tcp("peer-80", SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 80))
-        .start(&lab.peer)
-        .expect("peer listener");
-    let dst = lab.peer4(80);
-    match Client::user(1000, 1000).tcp(&lab.pod, dst) {
-        Ok(l) if l.listener == "outbound" && l.original_dst == Some(dst) => {}
-        Ok(l) => panic!("{what}: app->peer:80 should be captured, landed: {l}"),
-        Err(e) => panic!("{what}: app->peer:80 should be captured, got no landing: {e}"),
-    }
 }
 
 /// The probe's transaction, as meshinit feeds it (`PROBE_INPUT`).

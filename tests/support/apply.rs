@@ -11,7 +11,9 @@ use meshinit::config::detect::SystemHost;
 use meshinit::config::Config;
 use meshinit::plan::{self, Family};
 
-use super::netlab::Netns;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use super::netlab::{Client, Lab, ListenerSpec, Netns};
 use super::{run_meshinit, Output};
 
 pub const VARIANTS: [&str; 2] = ["legacy", "nft"];
@@ -213,4 +215,24 @@ pub fn retry_lines(out: &Output) -> Vec<&str> {
         .lines()
         .filter(|l| l.contains("failed for a transient reason"))
         .collect()
+}
+
+/// An app's (uid 1000) outbound connection to the peer's port 80 lands on the proxy's outbound
+/// port 15001 with its original destination: the rules a run installed capture traffic.
+pub fn assert_outbound_captured(lab: &Lab, what: &str) {
+    let _outbound = ListenerSpec::tcp(
+        "outbound",
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 15001),
+    )
+    .start(&lab.pod)
+    .expect("outbound listener");
+    let _peer = ListenerSpec::tcp("peer-80", SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 80))
+        .start(&lab.peer)
+        .expect("peer listener");
+    let dst = lab.peer4(80);
+    match Client::user(1000, 1000).tcp(&lab.pod, dst) {
+        Ok(l) if l.listener == "outbound" && l.original_dst == Some(dst) => {}
+        Ok(l) => panic!("{what}: app->peer:80 should be captured, landed: {l}"),
+        Err(e) => panic!("{what}: app->peer:80 should be captured, got no landing: {e}"),
+    }
 }
