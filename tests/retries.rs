@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{Flock, FlockArg};
 use support::apply::{
     all_rules, assert_outbound_captured, assert_unchanged, hold_meshinit_lock, meshinit,
-    retry_lines, strings, tools_with_broken,
+    retry_lines, stand_in, strings, tools_with_broken,
 };
 use support::netlab::Lab;
 use support::{require_root, ISTIO_INIT_ARGS};
@@ -270,29 +270,12 @@ fn a_restore_answered_ebusy_is_retried() {
         "/tmp/meshinit-retries-ebusy-{}",
         std::process::id()
     ));
-    let path = tools_with_broken(&dir, "iptables-nft-restore");
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v iptables-nft-restore"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let marker = dir.join("failed-once");
-    std::fs::write(
-        dir.join("iptables-nft-restore"),
-        format!(
-            "#!/bin/sh\nif [ ! -e {m} ]; then\n  touch {m}; cat >/dev/null\n  echo 'iptables-restore v1.8.9 (nf_tables): line 5: RULE_APPEND failed (Device or resource busy): rule in chain OUTPUT' >&2\n  exit 4\nfi\nexec {real} \"$@\"\n",
-            m = marker.display(),
-            real = real.trim()
-        ),
-    )
-    .unwrap();
-    let env = vec![(
-        "PATH".to_string(),
-        format!("{path}:/usr/sbin:/usr/bin:/bin"),
-    )];
+    let env = stand_in(
+        &dir,
+        "iptables-nft-restore",
+        "",
+        "echo 'iptables-restore v1.8.9 (nf_tables): line 5: RULE_APPEND failed (Device or resource busy): rule in chain OUTPUT' >&2\n  exit 4",
+    );
     let out = meshinit(
         &lab.pod,
         &args("nft", &["--retries=2", "--retry-pause=100ms"]),

@@ -7,10 +7,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use support::apply::{
-    assert_outbound_captured, assert_unchanged, meshinit, retry_lines, strings, tools_with_broken,
+    assert_outbound_captured, assert_unchanged, meshinit, rearm, retry_lines, stand_in, strings,
 };
 use support::netlab::{Lab, Netns};
 use support::{require_root, ISTIO_INIT_ARGS};
@@ -21,50 +21,6 @@ fn args(extra: &[&str]) -> Vec<String> {
     args.push("--ipv6=false".to_string());
     args.extend(strings(extra));
     args
-}
-
-/// Where the real tool is, for a stand-in to hand over to.
-fn real(tool: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A directory of the iptables tools with `tool` replaced by a script that, for its first
-/// call whose stdin passes `grep -q PATTERN` (any call with an empty pattern), runs `first`
-/// (shell text, which ends the script) and otherwise runs the real tool with the same input.
-/// The PATH to run meshinit with.
-fn stand_in(dir: &Path, tool: &str, pattern: &str, first: &str) -> Vec<(String, String)> {
-    std::fs::remove_dir_all(dir).ok();
-    let path = tools_with_broken(dir, tool);
-    let marker = dir.join("answered-once");
-    let input = dir.join("input");
-    let matches = if pattern.is_empty() {
-        "true".to_string()
-    } else {
-        format!("grep -q -e '{pattern}' {}", input.display())
-    };
-    std::fs::write(
-        dir.join(tool),
-        format!(
-            "#!/bin/sh\ncat > {input}\nif [ ! -e {m} ] && {matches}; then\n  touch {m}\n  {first}\nfi\nexec {real} \"$@\" < {input}\n",
-            input = input.display(),
-            m = marker.display(),
-            real = real(tool)
-        ),
-    )
-    .unwrap();
-    vec![(
-        "PATH".to_string(),
-        format!("{path}:/usr/sbin:/usr/bin:/bin"),
-    )]
-}
-
-/// Lets the stand-in answer once more.
-fn rearm(dir: &Path) {
-    std::fs::remove_file(dir.join("answered-once")).ok();
 }
 
 /// Everything a run could change: both variants (both families), nf_tables, routing.

@@ -177,6 +177,50 @@ pub fn tools_with_broken(dir: &Path, broken: &str) -> String {
     dir.display().to_string()
 }
 
+/// Where the real tool is, for a stand-in to hand over to.
+pub fn real(tool: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A directory of the iptables tools with `tool` replaced by a script that, for its first
+/// call whose stdin passes `grep -q PATTERN` (any call with an empty pattern), runs `first`
+/// (shell text, which ends the script) and otherwise runs the real tool with the same input.
+/// The PATH to run meshinit with.
+pub fn stand_in(dir: &Path, tool: &str, pattern: &str, first: &str) -> Vec<(String, String)> {
+    std::fs::remove_dir_all(dir).ok();
+    let path = tools_with_broken(dir, tool);
+    let marker = dir.join("answered-once");
+    let input = dir.join("input");
+    let matches = if pattern.is_empty() {
+        "true".to_string()
+    } else {
+        format!("grep -q -e '{pattern}' {}", input.display())
+    };
+    std::fs::write(
+        dir.join(tool),
+        format!(
+            "#!/bin/sh\ncat > {input}\nif [ ! -e {m} ] && {matches}; then\n  touch {m}\n  {first}\nfi\nexec {real} \"$@\" < {input}\n",
+            input = input.display(),
+            m = marker.display(),
+            real = real(tool)
+        ),
+    )
+    .unwrap();
+    vec![(
+        "PATH".to_string(),
+        format!("{path}:/usr/sbin:/usr/bin:/bin"),
+    )]
+}
+
+/// Lets a [`stand_in`] answer once more.
+pub fn rearm(dir: &Path) {
+    std::fs::remove_file(dir.join("answered-once")).ok();
+}
+
 /// Binds meshinit's lock name in `ns` from a thread of this test, as a running meshinit
 /// would; the lock is held until the returned socket is dropped.
 pub fn hold_meshinit_lock(ns: &Netns) -> OwnedFd {
