@@ -370,8 +370,8 @@ fn retry_within_timeout(r: &Reader<'_>, run: &RunOptions) -> Result<(), ConfigEr
         cli::flag("retry-pause").describe(),
         r.raw.get("retry-pause"),
         format!(
-            "the pause before a retry must be shorter than --timeout ({}s), the deadline of the whole run including its retries",
-            run.timeout.as_secs_f64()
+            "the pause before a retry must be shorter than --timeout ({}), the deadline of the whole run including its retries",
+            crate::go_duration::go_duration(run.timeout)
         ),
     ))
 }

@@ -620,6 +620,13 @@ fn retries_are_opt_in_and_bad_counts_and_pauses_are_rejected() {
         ],
     );
     assert!(msg.contains("shorter than --timeout"), "{msg}");
+    // The timeout is quoted as Go writes it (as the flag takes it), not in seconds.
+    let msg = rejected(
+        &["--retries=2", "--retry-pause=3m"],
+        &[],
+        &["--retry-pause", "\"3m\"", "--timeout (2m0s)"],
+    );
+    assert!(!msg.contains("120s"), "{msg}");
     // Without retries the pause is never used, so it is not held against the timeout.
     assert!(build(&["--retry-pause=5s", "--timeout=5s"], &[]).is_ok());
 }
