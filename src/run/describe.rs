@@ -9,6 +9,7 @@ use crate::config::{
     BackendChoice, Config, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
     RunOptions,
 };
+use crate::go_duration::go_duration;
 use crate::log::Log;
 
 fn list<T: ToString>(items: &[T]) -> String {
@@ -135,10 +136,10 @@ pub fn describe(config: &Config) -> (String, Value) {
     // Said only when asked for, so Istio's arguments log the same block as before.
     let text = if r.retries > 0 {
         format!(
-            "{text}, retries {} (pause {}s, within --timeout {}s)",
+            "{text}, retries {} (pause {}, within --timeout {})",
             r.retries,
-            r.retry_pause.as_secs_f64(),
-            r.timeout.as_secs_f64()
+            go_duration(r.retry_pause),
+            go_duration(r.timeout)
         )
     } else {
         text
