@@ -176,7 +176,8 @@ fn write_file(path: &Path, text: &str, keep: Keep) -> std::io::Result<()> {
     if let Some((uid, gid)) = keep.owner {
         let meta = file.metadata()?;
         if (meta.uid(), meta.gid()) != (uid, gid) {
-            // Only root may give a file away; a non-root installer's file stays its own.
+            // Giving a file away takes CAP_CHOWN (the example DaemonSet drops it); without it
+            // the new version is the installer's own, as a file it creates always was.
             match std::os::unix::fs::fchown(&file, Some(uid), Some(gid)) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
                 other => other?,
