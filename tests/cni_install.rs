@@ -181,6 +181,13 @@ impl Watcher {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// SIGTERM, which must end it with exit 0; the whole log.
+    fn terminated(self) -> String {
+        let (code, log) = self.terminate();
+        assert_eq!(code, Some(0), "{log}");
+        log
+    }
+
     /// SIGTERM; the exit code and the whole log.
     fn terminate(mut self) -> (Option<i32>, String) {
         nix::sys::signal::kill(
@@ -359,8 +366,7 @@ fn watch_puts_the_entry_back_when_the_cni_rewrites_the_conflist_in_place() {
     });
     assert_eq!(dirs.try_types("99-other.conflist").unwrap(), WITHOUT);
     assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    watcher.terminated();
     assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
 }
 
@@ -396,8 +402,7 @@ fn watch_moves_the_entry_when_a_lower_sorted_conflist_appears_and_sigterm_takes_
         },
     );
     watcher.until_logged("the move logged", "is the first conflist now");
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    let log = watcher.terminated();
     assert!(log.contains("took meshinit out of"), "{log}");
     assert_eq!(dirs.try_types("05-new.conflist").unwrap(), WITHOUT);
     assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
@@ -425,8 +430,7 @@ fn watch_waits_for_a_conflist_when_there_is_none_and_inserts_into_the_first_one(
         "10-k8s.conflist",
     );
     assert!(watcher.running());
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    watcher.terminated();
     assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
 }
 
@@ -449,8 +453,7 @@ fn watch_leaves_a_conflist_that_is_not_json_and_retries_on_its_next_change() {
         &dirs,
         "10-k8s.conflist",
     );
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    watcher.terminated();
 }
 
 #[test]
@@ -511,8 +514,7 @@ fn watch_logs_each_event_as_json_with_the_file_the_change_and_the_action() {
     std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
     watcher.until_entry("the entry back", &dirs, "10-k8s.conflist");
     watcher.until_logged("the event logged", "\"action\":\"inserted\"");
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    let log = watcher.terminated();
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -619,8 +621,7 @@ fn the_conflists_mode_and_owner_are_kept_on_insert_and_on_sigterm_removal() {
     // The watcher finds its entry in place; SIGTERM takes it out with another rewrite.
     let watcher = Watcher::start(&dirs, &[]);
     watcher.until_logged("the watcher's first look", "nothing to do");
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    let log = watcher.terminated();
     assert_eq!(dirs.types("10-k8s.conflist"), WITHOUT, "{log}");
     assert_eq!(mode_and_owner(&path), before, "after the removal\n{log}");
 }
