@@ -1,6 +1,7 @@
 //! Helpers for the tests that apply rules in a lab namespace: running meshinit there, reading
-//! back everything it may change, the plan for a command line, and tool directories with one
-//! tool broken on purpose.
+//! back everything it may change, the plan for a command line, tool directories with one
+//! tool broken on purpose or standing in for one answer, and the checks several tests make
+//! (the namespace unchanged, the retry lines of a log, outbound traffic captured).
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
