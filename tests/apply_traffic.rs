@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 
+use support::apply::strings;
 use support::netlab::{Client, ClientError, Creds, Lab, Landing, Listener, ListenerSpec, Netns};
 use support::{require_root, ISTIO_INIT_ARGS};
 
@@ -1517,10 +1518,6 @@ fn outbound_port_exclusion_per_uid(lab: &Lab, variant: Variant) {
         ],
     };
     own_rules_lifecycle(lab, variant, true, &args, &deleted, traffic);
-}
-
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
 }
 
 /// `--exclude-inbound-sources` under TPROXY (mangle's inbound dispatch): a peer connecting

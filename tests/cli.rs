@@ -65,6 +65,24 @@ fn default_istio_init_arguments_print_istios_rules() {
     );
 }
 
+/// With `--retries`, the effective configuration says so, its durations as the flags take them
+/// (Go's `2m0s`, not `120s`); without it the block is Istio's as before.
+#[test]
+fn the_effective_configuration_names_retries_in_go_durations() {
+    let mut args = istio_init_dry_run();
+    args.push("--retries=2");
+    let out = run_meshinit(&args, &[]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("retries 2 (pause 1s, within --timeout 2m0s)"),
+        "{}",
+        out.stderr
+    );
+    let out = run_meshinit(&istio_init_dry_run(), &[]);
+    assert!(!out.stderr.contains("retries"), "{}", out.stderr);
+}
+
 #[test]
 fn dry_run_needs_no_privileges() {
     // As root here, drop to nobody to prove it; as a normal user, this is simply unprivileged.

@@ -1,15 +1,16 @@
 //! `meshinit cni-install` through the binary, in temporary directories standing for the
 //! node's CNI bin and conf directories: the binary is copied, meshinit's entry appended to the
 //! first conflist (once, however often it runs), a bad entry changes nothing, and with
-//! `--wait` SIGTERM takes the entry out again. With `--wait` the conf directory is watched
-//! (real inotify, the binary as a child process, the test acting as the node's CNI): the entry
+//! `--wait` SIGTERM takes the entry out again; a rewritten conflist keeps its mode and owner.
+//! With `--wait` the conf directory is watched (real inotify, the binary as a child process,
+//! the test acting as the node's CNI): the entry
 //! comes back after a rewrite in place or a rename over, moves to a new first conflist, is
 //! inserted when a conflist appears in an empty directory, survives a broken conflist; a
 //! deleted binary is copied back; an idle watcher writes nothing; a storm of rewrites is never
 //! clobbered. Waits poll the files up to a generous bound (`until`), never assert timing.
 
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -166,8 +167,25 @@ impl Watcher {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (as [`until`]) for meshinit's entry, last, in the conflist `file`.
+    fn until_entry(&self, what: &str, dirs: &Dirs, file: &str) {
+        until(what, self, || is(dirs.try_types(file), &WITH));
+    }
+
+    /// Waits (as [`until`]) for `text` in the watcher's log.
+    fn until_logged(&self, what: &str, text: &str) {
+        until(what, self, || self.log().contains(text));
+    }
+
     fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, which must end it with exit 0; the whole log.
+    fn terminated(self) -> String {
+        let (code, log) = self.terminate();
+        assert_eq!(code, Some(0), "{log}");
+        log
     }
 
     /// SIGTERM; the exit code and the whole log.
@@ -335,9 +353,11 @@ fn watch_puts_the_entry_back_when_the_cni_rewrites_the_conflist_in_place() {
     let mut watcher = Watcher::installed(&dirs, &[]);
     // The CNI restarting: its own conflist again, written in place, meshinit's entry gone.
     std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
-    until("the entry back after a rewrite in place", &watcher, || {
-        is(dirs.try_types("10-k8s.conflist"), &WITH)
-    });
+    watcher.until_entry(
+        "the entry back after a rewrite in place",
+        &dirs,
+        "10-k8s.conflist",
+    );
     assert!(watcher.running());
     // The line comes right after the write.
     until("the event logged", &watcher, || {
@@ -346,8 +366,7 @@ fn watch_puts_the_entry_back_when_the_cni_rewrites_the_conflist_in_place() {
     });
     assert_eq!(dirs.try_types("99-other.conflist").unwrap(), WITHOUT);
     assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    watcher.terminated();
     assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
 }
 
@@ -356,14 +375,15 @@ fn watch_puts_the_entry_back_when_the_cni_renames_a_new_conflist_over_it() {
     let dirs = Dirs::new("cni-watch-rename");
     let watcher = Watcher::installed(&dirs, &[]);
     dirs.rename_over("10-k8s.conflist", LIST);
-    until("the entry back after a rename over", &watcher, || {
-        is(dirs.try_types("10-k8s.conflist"), &WITH)
-    });
-    until("the event logged", &watcher, || {
-        watcher
-            .log()
-            .contains("10-k8s.conflist replaced (renamed in): it has no meshinit entry")
-    });
+    watcher.until_entry(
+        "the entry back after a rename over",
+        &dirs,
+        "10-k8s.conflist",
+    );
+    watcher.until_logged(
+        "the event logged",
+        "10-k8s.conflist replaced (renamed in): it has no meshinit entry",
+    );
     assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
 }
 
@@ -381,11 +401,8 @@ fn watch_moves_the_entry_when_a_lower_sorted_conflist_appears_and_sigterm_takes_
                 && is(dirs.try_types("10-k8s.conflist"), &WITHOUT)
         },
     );
-    until("the move logged", &watcher, || {
-        watcher.log().contains("is the first conflist now")
-    });
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    watcher.until_logged("the move logged", "is the first conflist now");
+    let log = watcher.terminated();
     assert!(log.contains("took meshinit out of"), "{log}");
     assert_eq!(dirs.try_types("05-new.conflist").unwrap(), WITHOUT);
     assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
@@ -396,9 +413,7 @@ fn watch_moves_the_entry_when_a_lower_sorted_conflist_appears_and_sigterm_takes_
 fn watch_waits_for_a_conflist_when_there_is_none_and_inserts_into_the_first_one() {
     let dirs = Dirs::empty("cni-watch-empty");
     let mut watcher = Watcher::start(&dirs, &[]);
-    until("the wait logged", &watcher, || {
-        watcher.log().contains("waiting for a .conflist to appear")
-    });
+    watcher.until_logged("the wait logged", "waiting for a .conflist to appear");
     assert!(watcher.running(), "{}", watcher.log());
     assert!(dirs.root.join("bin/meshinit").exists());
     // A single-plugin .conf first: still waiting (it cannot chain), nothing written.
@@ -407,16 +422,15 @@ fn watch_waits_for_a_conflist_when_there_is_none_and_inserts_into_the_first_one(
         r#"{"cniVersion":"1.0.0","name":"x","type":"ptp"}"#,
     )
     .unwrap();
-    until("the .conf seen", &watcher, || {
-        watcher.log().contains("20-single.conf is not a .conflist")
-    });
+    watcher.until_logged("the .conf seen", "20-single.conf is not a .conflist");
     std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
-    until("the entry in the conflist that appeared", &watcher, || {
-        is(dirs.try_types("10-k8s.conflist"), &WITH)
-    });
+    watcher.until_entry(
+        "the entry in the conflist that appeared",
+        &dirs,
+        "10-k8s.conflist",
+    );
     assert!(watcher.running());
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    watcher.terminated();
     assert_eq!(dirs.try_types("10-k8s.conflist").unwrap(), WITHOUT);
 }
 
@@ -426,9 +440,7 @@ fn watch_leaves_a_conflist_that_is_not_json_and_retries_on_its_next_change() {
     let mut watcher = Watcher::installed(&dirs, &[]);
     let broken = r#"{"cniVersion":"1.0.0","plugins":[{"type":"pt"#;
     std::fs::write(dirs.conf("10-k8s.conflist"), broken).unwrap();
-    until("the broken conflist logged", &watcher, || {
-        watcher.log().contains("is not a usable conflist")
-    });
+    watcher.until_logged("the broken conflist logged", "is not a usable conflist");
     assert!(watcher.running(), "{}", watcher.log());
     assert_eq!(
         std::fs::read_to_string(dirs.conf("10-k8s.conflist")).unwrap(),
@@ -436,13 +448,12 @@ fn watch_leaves_a_conflist_that_is_not_json_and_retries_on_its_next_change() {
         "left as it is"
     );
     std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
-    until(
+    watcher.until_entry(
         "the entry back once the conflist is valid",
-        &watcher,
-        || is(dirs.try_types("10-k8s.conflist"), &WITH),
+        &dirs,
+        "10-k8s.conflist",
     );
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    watcher.terminated();
 }
 
 #[test]
@@ -451,9 +462,7 @@ fn an_idle_watcher_writes_nothing_after_its_own_write() {
     let watcher = Watcher::installed(&dirs, &[]);
     // One event cycle first, so the watcher has seen the events of its own write.
     dirs.rename_over("10-k8s.conflist", LIST);
-    until("the entry back", &watcher, || {
-        is(dirs.try_types("10-k8s.conflist"), &WITH)
-    });
+    watcher.until_entry("the entry back", &dirs, "10-k8s.conflist");
     // Its two writes (at start, after the rename) each come back as one event.
     until("its own writes' events handled", &watcher, || {
         watcher
@@ -491,9 +500,7 @@ fn watch_copies_the_binary_back_when_it_is_deleted() {
     let bin = dirs.root.join("bin/meshinit");
     std::fs::remove_file(&bin).unwrap();
     until("the binary back", &watcher, || bin.exists());
-    until("the copy finished", &watcher, || {
-        watcher.log().contains("copied it back")
-    });
+    watcher.until_logged("the copy finished", "copied it back");
     assert_eq!(
         std::fs::read(&bin).unwrap(),
         std::fs::read(env!("CARGO_BIN_EXE_meshinit")).unwrap()
@@ -505,14 +512,9 @@ fn watch_logs_each_event_as_json_with_the_file_the_change_and_the_action() {
     let dirs = Dirs::new("cni-watch-json");
     let watcher = Watcher::installed(&dirs, &["--log_as_json"]);
     std::fs::write(dirs.conf("10-k8s.conflist"), LIST).unwrap();
-    until("the entry back", &watcher, || {
-        is(dirs.try_types("10-k8s.conflist"), &WITH)
-    });
-    until("the event logged", &watcher, || {
-        watcher.log().contains("\"action\":\"inserted\"")
-    });
-    let (code, log) = watcher.terminate();
-    assert_eq!(code, Some(0), "{log}");
+    watcher.until_entry("the entry back", &dirs, "10-k8s.conflist");
+    watcher.until_logged("the event logged", "\"action\":\"inserted\"");
+    let log = watcher.terminated();
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -589,4 +591,37 @@ fn a_storm_of_cni_rewrites_is_never_clobbered_and_ends_with_one_entry() {
     let reads = reader.join().unwrap();
     assert!(reads > 0);
     assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
+}
+
+/// The conflist's mode and owner (uid, gid).
+fn mode_and_owner(path: &Path) -> (u32, u32, u32) {
+    let meta = std::fs::metadata(path).unwrap();
+    (meta.mode() & 0o7777, meta.uid(), meta.gid())
+}
+
+#[test]
+fn the_conflists_mode_and_owner_are_kept_on_insert_and_on_sigterm_removal() {
+    let dirs = Dirs::new("cni-install-mode");
+    let path = dirs.conf("10-k8s.conflist");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Giving the file away needs root; without it the owner is ours and the check still holds.
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&path, Some(4242), Some(4243)).unwrap();
+    }
+    let before = mode_and_owner(&path);
+    assert_eq!(before.0, 0o600);
+    let out = meshinit(&dirs.args(PLUGIN));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dirs.types("10-k8s.conflist"), WITH);
+    assert_eq!(mode_and_owner(&path), before, "after the insert");
+    // The watcher finds its entry in place; SIGTERM takes it out with another rewrite.
+    let watcher = Watcher::start(&dirs, &[]);
+    watcher.until_logged("the watcher's first look", "nothing to do");
+    let log = watcher.terminated();
+    assert_eq!(dirs.types("10-k8s.conflist"), WITHOUT, "{log}");
+    assert_eq!(mode_and_owner(&path), before, "after the removal\n{log}");
 }

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use support::apply::{
-    all_rules, default_args, hold_meshinit_lock, meshinit, strings, tools_with_broken,
+    all_rules, assert_unchanged, default_args, hold_meshinit_lock, meshinit, strings,
+    tools_with_broken,
 };
 use support::netlab::Lab;
-use support::{diff, require_root};
+use support::require_root;
 
 /// Takes an exclusive flock on `path` (created if missing), as another program would.
 fn hold_lock(path: impl AsRef<std::path::Path>, what: &str) -> Flock<std::fs::File> {
@@ -24,14 +25,6 @@ fn hold_lock(path: impl AsRef<std::path::Path>, what: &str) -> Flock<std::fs::Fi
         .open(path)
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|_| panic!("{what}"))
-}
-
-fn assert_unchanged(before: &str, after: &str, what: &str) {
-    assert!(
-        before == after,
-        "{what}: the namespace changed:\n{}",
-        diff(before, after)
-    );
 }
 
 #[test]

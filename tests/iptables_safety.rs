@@ -13,20 +13,12 @@ use std::path::{Path, PathBuf};
 use meshinit::backend::iptables_save::State;
 use meshinit::plan::Family;
 use support::apply::{
-    all_rules, assert_ok, default_args, kernel_state, meshinit, plan_for, strings,
-    tools_with_broken, VARIANTS,
+    all_rules, assert_ok, assert_unchanged, default_args, kernel_state, meshinit, plan_for,
+    strings, tools_with_broken, VARIANTS,
 };
 use support::netlab::{Client, Lab, ListenerSpec, Netns};
 use support::nft::listing;
 use support::{diff, require_root};
-
-fn assert_unchanged(before: &str, after: &str, what: &str) {
-    assert!(
-        before == after,
-        "{what}: the namespace changed:\n{}",
-        diff(before, after)
-    );
-}
 
 /// A scratch directory for fake tools, unique per test and process.
 fn scratch(name: &str) -> PathBuf {

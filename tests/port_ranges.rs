@@ -74,6 +74,31 @@ fn landed(client: Client, ns: &Netns, dst: SocketAddr) -> String {
     }
 }
 
+/// Each peer -> pod:port connection lands on the listener named with its port (`flags`, the
+/// flags that decide it, name the case in a failure).
+fn inbound_lands(lab: &Lab, backend: Backend, flags: &str, want: &[(u16, &str)]) {
+    for &(port, want) in want {
+        let got = landed(Client::root(), &lab.peer, lab.pod4(port));
+        assert_eq!(got, want, "{backend:?}: peer -> pod:{port} ({flags})");
+    }
+}
+
+/// Each app -> peer:port connection (the app's uid) lands on the listener named with its port.
+fn outbound_lands(lab: &Lab, backend: Backend, flags: &str, want: &[(u16, &str)]) {
+    for &(port, want) in want {
+        let got = landed(Client::user(APP, APP), &lab.pod, lab.peer4(port));
+        assert_eq!(got, want, "{backend:?}: app -> peer:{port} ({flags})");
+    }
+}
+
+/// A listener in `ns` on each of `ports`, named `{prefix}-{port}`.
+fn listen_on(ns: &Netns, prefix: &str, ports: &[u16]) -> Vec<Listener> {
+    ports
+        .iter()
+        .map(|port| listen(ns, &format!("{prefix}-{port}"), *port))
+        .collect()
+}
+
 /// Everything of ours the kernel holds: the iptables rules of both variants and the nft
 /// ruleset, for "a re-run changes nothing" and "cleanup leaves nothing".
 fn rules_now(pod: &Netns) -> String {
@@ -234,35 +259,32 @@ fn captured_ranges(backend: Backend) {
         listen(pod, "inbound", INBOUND_PORT),
         listen(pod, "outbound", OUTBOUND_PORT),
     ];
-    for port in [7999, 8000, 8010, 8011, 8020] {
-        keep.push(listen(pod, &format!("app-{port}"), port));
-    }
-    for port in [8999, 9000, 9010, 9011] {
-        keep.push(listen(peer, &format!("peer-{port}"), port));
-    }
+    keep.extend(listen_on(pod, "app", &[7999, 8000, 8010, 8011, 8020]));
+    keep.extend(listen_on(peer, "peer", &[8999, 9000, 9010, 9011]));
     let traffic = || {
-        for (port, want) in [
-            (7999, "app-7999"),
-            (8000, "inbound"),
-            (8010, "inbound"),
-            (8011, "app-8011"),
-            (8020, "inbound"),
-        ] {
-            let got = landed(Client::root(), peer, lab.pod4(port));
-            assert_eq!(
-                got, want,
-                "{backend:?}: peer -> pod:{port} (-b 8000:8010,8020)"
-            );
-        }
-        for (port, want) in [
-            (8999, "peer-8999"),
-            (9000, "outbound"),
-            (9010, "outbound"),
-            (9011, "peer-9011"),
-        ] {
-            let got = landed(Client::user(APP, APP), pod, lab.peer4(port));
-            assert_eq!(got, want, "{backend:?}: app -> peer:{port} (-q 9000-9010)");
-        }
+        inbound_lands(
+            &lab,
+            backend,
+            "-b 8000:8010,8020",
+            &[
+                (7999, "app-7999"),
+                (8000, "inbound"),
+                (8010, "inbound"),
+                (8011, "app-8011"),
+                (8020, "inbound"),
+            ],
+        );
+        outbound_lands(
+            &lab,
+            backend,
+            "-q 9000-9010",
+            &[
+                (8999, "peer-8999"),
+                (9000, "outbound"),
+                (9010, "outbound"),
+                (9011, "peer-9011"),
+            ],
+        );
     };
     scenario(
         &lab,
@@ -305,39 +327,33 @@ fn excluded_ranges(backend: Backend) {
         listen(pod, "inbound", INBOUND_PORT),
         listen(pod, "outbound", OUTBOUND_PORT),
     ];
-    for port in [7999, 8000, 8010, 8011, 8020] {
-        keep.push(listen(pod, &format!("app-{port}"), port));
-    }
-    for port in [8999, 9000, 9010, 9011, 9020] {
-        keep.push(listen(peer, &format!("peer-{port}"), port));
-    }
+    keep.extend(listen_on(pod, "app", &[7999, 8000, 8010, 8011, 8020]));
+    keep.extend(listen_on(peer, "peer", &[8999, 9000, 9010, 9011, 9020]));
     let traffic = || {
-        for (port, want) in [
-            (7999, "inbound"),
-            (8000, "app-8000"),
-            (8010, "app-8010"),
-            (8011, "inbound"),
-            (8020, "app-8020"),
-        ] {
-            let got = landed(Client::root(), peer, lab.pod4(port));
-            assert_eq!(
-                got, want,
-                "{backend:?}: peer -> pod:{port} (-b '*' -d 8000-8010,8020)"
-            );
-        }
-        for (port, want) in [
-            (8999, "outbound"),
-            (9000, "peer-9000"),
-            (9010, "peer-9010"),
-            (9011, "outbound"),
-            (9020, "peer-9020"),
-        ] {
-            let got = landed(Client::user(APP, APP), pod, lab.peer4(port));
-            assert_eq!(
-                got, want,
-                "{backend:?}: app -> peer:{port} (-o 9000:9010,9020:9020)"
-            );
-        }
+        inbound_lands(
+            &lab,
+            backend,
+            "-b '*' -d 8000-8010,8020",
+            &[
+                (7999, "inbound"),
+                (8000, "app-8000"),
+                (8010, "app-8010"),
+                (8011, "inbound"),
+                (8020, "app-8020"),
+            ],
+        );
+        outbound_lands(
+            &lab,
+            backend,
+            "-o 9000:9010,9020:9020",
+            &[
+                (8999, "outbound"),
+                (9000, "peer-9000"),
+                (9010, "peer-9010"),
+                (9011, "outbound"),
+                (9020, "peer-9020"),
+            ],
+        );
     };
     scenario(
         &lab,
@@ -376,28 +392,25 @@ fn excluded_ranges(backend: Backend) {
 /// listener with their destination kept, 7999 and 8011 reach the app.
 fn tproxy_ranges(backend: Backend) {
     let lab = Lab::new().expect("lab");
-    let (pod, peer) = (&lab.pod, &lab.peer);
+    let pod = &lab.pod;
     let mut keep = vec![ListenerSpec::tcp("inbound", any4(INBOUND_PORT))
         .transparent()
         .start(pod)
         .expect("transparent listener")];
-    for port in [7999, 8000, 8010, 8011, 8020] {
-        keep.push(listen(pod, &format!("app-{port}"), port));
-    }
+    keep.extend(listen_on(pod, "app", &[7999, 8000, 8010, 8011, 8020]));
     let traffic = || {
-        for (port, want) in [
-            (7999, "app-7999"),
-            (8000, "inbound"),
-            (8010, "inbound"),
-            (8011, "app-8011"),
-            (8020, "inbound"),
-        ] {
-            let got = landed(Client::root(), peer, lab.pod4(port));
-            assert_eq!(
-                got, want,
-                "{backend:?}: peer -> pod:{port} (TPROXY -b 8000:8010,8020)"
-            );
-        }
+        inbound_lands(
+            &lab,
+            backend,
+            "TPROXY -b 8000:8010,8020",
+            &[
+                (7999, "app-7999"),
+                (8000, "inbound"),
+                (8010, "inbound"),
+                (8011, "app-8011"),
+                (8020, "inbound"),
+            ],
+        );
     };
     scenario(
         &lab,

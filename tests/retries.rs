@@ -7,16 +7,18 @@
 mod support;
 
 use std::fs::OpenOptions;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use support::apply::{all_rules, hold_meshinit_lock, meshinit, strings, tools_with_broken};
-use support::netlab::{Client, Lab, ListenerSpec};
-use support::{diff, require_root, Output, ISTIO_INIT_ARGS};
+use support::apply::{
+    all_rules, assert_outbound_captured, assert_unchanged, hold_meshinit_lock, meshinit,
+    retry_lines, stand_in, strings, tools_with_broken,
+};
+use support::netlab::Lab;
+use support::{require_root, ISTIO_INIT_ARGS};
 
 /// How long a lock is held: past one `--xtables-wait=1s` and a `--retry-pause=1s`, within
 /// the third attempt.
@@ -58,42 +60,6 @@ fn args(backend: &str, extra: &[&str]) -> Vec<String> {
     }
     args.extend(strings(extra));
     args
-}
-
-fn assert_unchanged(before: &str, after: &str, what: &str) {
-    assert!(
-        before == after,
-        "{what}: the namespace changed:\n{}",
-        diff(before, after)
-    );
-}
-
-/// The retry lines of a run's log.
-fn retry_lines(out: &Output) -> Vec<&str> {
-    out.stderr
-        .lines()
-        .filter(|l| l.contains("failed for a transient reason"))
-        .collect()
-}
-
-/// An app's outbound connection to the peer lands on the proxy's outbound port: the rules
-/// the retried run installed capture traffic.
-fn assert_outbound_captured(lab: &Lab, what: &str) {
-    let _outbound = ListenerSpec::tcp(
-        "outbound",
-        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 15001),
-    )
-    .start(&lab.pod)
-    .expect("outbound listener");
-    let _peer = ListenerSpec::tcp("peer-80", SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 80))
-        .start(&lab.peer)
-        .expect("peer listener");
-    let dst = lab.peer4(80);
-    match Client::user(1000, 1000).tcp(&lab.pod, dst) {
-        Ok(l) if l.listener == "outbound" && l.original_dst == Some(dst) => {}
-        Ok(l) => panic!("{what}: app->peer:80 should be captured, landed: {l}"),
-        Err(e) => panic!("{what}: app->peer:80 should be captured, got no landing: {e}"),
-    }
 }
 
 /// Runs meshinit with `extra` while `hold` keeps a lock for [`HOLD`]: the retried run
@@ -304,29 +270,12 @@ fn a_restore_answered_ebusy_is_retried() {
         "/tmp/meshinit-retries-ebusy-{}",
         std::process::id()
     ));
-    let path = tools_with_broken(&dir, "iptables-nft-restore");
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v iptables-nft-restore"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let marker = dir.join("failed-once");
-    std::fs::write(
-        dir.join("iptables-nft-restore"),
-        format!(
-            "#!/bin/sh\nif [ ! -e {m} ]; then\n  touch {m}; cat >/dev/null\n  echo 'iptables-restore v1.8.9 (nf_tables): line 5: RULE_APPEND failed (Device or resource busy): rule in chain OUTPUT' >&2\n  exit 4\nfi\nexec {real} \"$@\"\n",
-            m = marker.display(),
-            real = real.trim()
-        ),
-    )
-    .unwrap();
-    let env = vec![(
-        "PATH".to_string(),
-        format!("{path}:/usr/sbin:/usr/bin:/bin"),
-    )];
+    let env = stand_in(
+        &dir,
+        "iptables-nft-restore",
+        "",
+        "echo 'iptables-restore v1.8.9 (nf_tables): line 5: RULE_APPEND failed (Device or resource busy): rule in chain OUTPUT' >&2\n  exit 4",
+    );
     let out = meshinit(
         &lab.pod,
         &args("nft", &["--retries=2", "--retry-pause=100ms"]),

@@ -7,12 +7,13 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use support::apply::{meshinit, strings, tools_with_broken};
-use support::netlab::{Client, Lab, ListenerSpec, Netns};
-use support::{diff, require_root, Output, ISTIO_INIT_ARGS};
+use support::apply::{
+    assert_outbound_captured, assert_unchanged, meshinit, rearm, retry_lines, stand_in, strings,
+};
+use support::netlab::{Lab, Netns};
+use support::{require_root, ISTIO_INIT_ARGS};
 
 /// Istio's default arguments for IPv4 only, detection left to meshinit, plus `extra`.
 fn args(extra: &[&str]) -> Vec<String> {
@@ -20,50 +21,6 @@ fn args(extra: &[&str]) -> Vec<String> {
     args.push("--ipv6=false".to_string());
     args.extend(strings(extra));
     args
-}
-
-/// Where the real tool is, for a stand-in to hand over to.
-fn real(tool: &str) -> String {
-    let out = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// A directory of the iptables tools with `tool` replaced by a script that, for its first
-/// call whose stdin passes `grep -q PATTERN` (any call with an empty pattern), runs `first`
-/// (shell text, which ends the script) and otherwise runs the real tool with the same input.
-/// The PATH to run meshinit with.
-fn stand_in(dir: &Path, tool: &str, pattern: &str, first: &str) -> Vec<(String, String)> {
-    std::fs::remove_dir_all(dir).ok();
-    let path = tools_with_broken(dir, tool);
-    let marker = dir.join("answered-once");
-    let input = dir.join("input");
-    let matches = if pattern.is_empty() {
-        "true".to_string()
-    } else {
-        format!("grep -q -e '{pattern}' {}", input.display())
-    };
-    std::fs::write(
-        dir.join(tool),
-        format!(
-            "#!/bin/sh\ncat > {input}\nif [ ! -e {m} ] && {matches}; then\n  touch {m}\n  {first}\nfi\nexec {real} \"$@\" < {input}\n",
-            input = input.display(),
-            m = marker.display(),
-            real = real(tool)
-        ),
-    )
-    .unwrap();
-    vec![(
-        "PATH".to_string(),
-        format!("{path}:/usr/sbin:/usr/bin:/bin"),
-    )]
-}
-
-/// Lets the stand-in answer once more.
-fn rearm(dir: &Path) {
-    std::fs::remove_file(dir.join("answered-once")).ok();
 }
 
 /// Everything a run could change: both variants (both families), nf_tables, routing.
@@ -92,42 +49,8 @@ fn state(ns: &Netns) -> String {
     out
 }
 
-fn assert_unchanged(before: &str, after: &str, what: &str) {
-    assert!(
-        before == after,
-        "{what}: the namespace changed:\n{}",
-        diff(before, after)
-    );
-}
-
-fn retry_lines(out: &Output) -> Vec<&str> {
-    out.stderr
-        .lines()
-        .filter(|l| l.contains("failed for a transient reason"))
-        .collect()
-}
-
 fn tool_rules(ns: &Netns, tool: &str) -> String {
     String::from_utf8_lossy(&ns.run(&[tool], None).stdout).into_owned()
-}
-
-/// An app's outbound connection lands on the proxy's outbound port.
-fn assert_outbound_captured(lab: &Lab, what: &str) {
-    let _outbound = ListenerSpec::tcp(
-        "outbound",
-        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 15001),
-    )
-    .start(&lab.pod)
-    .expect("outbound listener");
-    let _peer = ListenerSpec::tcp("peer-80", SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 80))
-        .start(&lab.peer)
-        .expect("peer listener");
-    let dst = lab.peer4(80);
-    match Client::user(1000, 1000).tcp(&lab.pod, dst) {
-        Ok(l) if l.listener == "outbound" && l.original_dst == Some(dst) => {}
-        Ok(l) => panic!("{what}: app->peer:80 should be captured, landed: {l}"),
-        Err(e) => panic!("{what}: app->peer:80 should be captured, got no landing: {e}"),
-    }
 }
 
 /// The probe's transaction, as meshinit feeds it (`PROBE_INPUT`).

@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -88,7 +88,13 @@ fn replace_between(
         let _ = fs::remove_file(&tmp);
         format!("cannot write {}: {e}", path.display())
     };
-    write_file(&tmp, text).map_err(|e| failed(&e))?;
+    // The new version keeps the file's mode and owner (a CNI may keep its conflist 0600);
+    // if the file is gone already, the re-read below finds that and nothing is swapped in.
+    let keep = match fs::metadata(path) {
+        Ok(meta) => Keep::from(&meta),
+        Err(_) => Keep::DEFAULT,
+    };
+    write_file(&tmp, text, keep).map_err(|e| failed(&e))?;
     if fs::read_to_string(path).ok().as_deref() != Some(expected) {
         let _ = fs::remove_file(&tmp);
         return Ok(Replaced::ChangedMeanwhile);
@@ -135,11 +141,53 @@ fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{}.meshinit-tmp", name.unwrap_or_default()))
 }
 
-/// `text` in a new file at `path`, on disk before it is renamed anywhere, mode 0644.
-fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
-    fs::File::create(path)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o644)))
+/// The mode and owner a conflist's next version is given: the ones of the file it replaces.
+#[derive(Clone, Copy)]
+struct Keep {
+    mode: u32,
+    owner: Option<(u32, u32)>,
+}
+
+impl Keep {
+    /// For a file with nothing to keep: 0644, owned by whoever runs meshinit.
+    const DEFAULT: Keep = Keep {
+        mode: 0o644,
+        owner: None,
+    };
+
+    fn from(meta: &fs::Metadata) -> Keep {
+        Keep {
+            mode: meta.mode() & 0o7777,
+            owner: Some((meta.uid(), meta.gid())),
+        }
+    }
+}
+
+/// `text` in a new file at `path`, on disk before it is renamed anywhere, with `keep`'s mode
+/// and owner set before the text is written (a 0600 conflist is never readable by others, not
+/// even beside it).
+fn write_file(path: &Path, text: &str, keep: Keep) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(keep.mode)
+        .open(path)?;
+    if let Some((uid, gid)) = keep.owner {
+        let meta = file.metadata()?;
+        if (meta.uid(), meta.gid()) != (uid, gid) {
+            // Giving a file away takes CAP_CHOWN (the example DaemonSet drops it); without it
+            // the new version is the installer's own, as a file it creates always was.
+            match std::os::unix::fs::fchown(&file, Some(uid), Some(gid)) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                other => other?,
+            }
+        }
+    }
+    // After the owner: chown clears set-id bits, and the umask narrowed the mode at creation.
+    file.set_permissions(fs::Permissions::from_mode(keep.mode))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// What changed in a watched directory, as inotify reported it.

@@ -10,6 +10,7 @@ use crate::config::{
     BackendChoice, Config, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
     RunOptions,
 };
+use crate::go_duration::go_duration;
 use crate::log::Log;
 
 fn list<T: std::fmt::Display>(items: &[T]) -> String {
@@ -149,10 +150,10 @@ pub fn describe(config: &Config, json: bool) -> (String, Option<Value>) {
     // Said only when asked for, so Istio's arguments log the same block as before.
     let text = if r.retries > 0 {
         format!(
-            "{text}, retries {} (pause {}s, within --timeout {}s)",
+            "{text}, retries {} (pause {}, within --timeout {})",
             r.retries,
-            r.retry_pause.as_secs_f64(),
-            r.timeout.as_secs_f64()
+            go_duration(r.retry_pause),
+            go_duration(r.timeout)
         )
     } else {
         text

@@ -1,6 +1,7 @@
 //! Helpers for the tests that apply rules in a lab namespace: running meshinit there, reading
-//! back everything it may change, the plan for a command line, and tool directories with one
-//! tool broken on purpose.
+//! back everything it may change, the plan for a command line, tool directories with one
+//! tool broken on purpose or standing in for one answer, and the checks several tests make
+//! (the namespace unchanged, the retry lines of a log, outbound traffic captured).
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -11,7 +12,9 @@ use meshinit::config::detect::SystemHost;
 use meshinit::config::Config;
 use meshinit::plan::{self, Family};
 
-use super::netlab::Netns;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use super::netlab::{Client, Lab, ListenerSpec, Netns};
 use super::{run_meshinit, Output};
 
 pub const VARIANTS: [&str; 2] = ["legacy", "nft"];
@@ -175,6 +178,50 @@ pub fn tools_with_broken(dir: &Path, broken: &str) -> String {
     dir.display().to_string()
 }
 
+/// Where the real tool is, for a stand-in to hand over to.
+pub fn real(tool: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A directory of the iptables tools with `tool` replaced by a script that, for its first
+/// call whose stdin passes `grep -q PATTERN` (any call with an empty pattern), runs `first`
+/// (shell text, which ends the script) and otherwise runs the real tool with the same input.
+/// The PATH to run meshinit with.
+pub fn stand_in(dir: &Path, tool: &str, pattern: &str, first: &str) -> Vec<(String, String)> {
+    std::fs::remove_dir_all(dir).ok();
+    let path = tools_with_broken(dir, tool);
+    let marker = dir.join("answered-once");
+    let input = dir.join("input");
+    let matches = if pattern.is_empty() {
+        "true".to_string()
+    } else {
+        format!("grep -q -e '{pattern}' {}", input.display())
+    };
+    std::fs::write(
+        dir.join(tool),
+        format!(
+            "#!/bin/sh\ncat > {input}\nif [ ! -e {m} ] && {matches}; then\n  touch {m}\n  {first}\nfi\nexec {real} \"$@\" < {input}\n",
+            input = input.display(),
+            m = marker.display(),
+            real = real(tool)
+        ),
+    )
+    .unwrap();
+    vec![(
+        "PATH".to_string(),
+        format!("{path}:/usr/sbin:/usr/bin:/bin"),
+    )]
+}
+
+/// Lets a [`stand_in`] answer once more.
+pub fn rearm(dir: &Path) {
+    std::fs::remove_file(dir.join("answered-once")).ok();
+}
+
 /// Binds meshinit's lock name in `ns` from a thread of this test, as a running meshinit
 /// would; the lock is held until the returned socket is dropped.
 pub fn hold_meshinit_lock(ns: &Netns) -> OwnedFd {
@@ -196,4 +243,41 @@ pub fn hold_meshinit_lock(ns: &Netns) -> OwnedFd {
     })
     .join()
     .expect("lock thread")
+}
+
+/// Fails with a diff unless the namespace's state `after` a run is what it was `before`.
+pub fn assert_unchanged(before: &str, after: &str, what: &str) {
+    assert!(
+        before == after,
+        "{what}: the namespace changed:\n{}",
+        super::diff(before, after)
+    );
+}
+
+/// The retry lines of a run's log (the `--retries` loop's "failed for a transient reason").
+pub fn retry_lines(out: &Output) -> Vec<&str> {
+    out.stderr
+        .lines()
+        .filter(|l| l.contains("failed for a transient reason"))
+        .collect()
+}
+
+/// An app's (uid 1000) outbound connection to the peer's port 80 lands on the proxy's outbound
+/// port 15001 with its original destination: the rules a run installed capture traffic.
+pub fn assert_outbound_captured(lab: &Lab, what: &str) {
+    let _outbound = ListenerSpec::tcp(
+        "outbound",
+        SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 15001),
+    )
+    .start(&lab.pod)
+    .expect("outbound listener");
+    let _peer = ListenerSpec::tcp("peer-80", SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 80))
+        .start(&lab.peer)
+        .expect("peer listener");
+    let dst = lab.peer4(80);
+    match Client::user(1000, 1000).tcp(&lab.pod, dst) {
+        Ok(l) if l.listener == "outbound" && l.original_dst == Some(dst) => {}
+        Ok(l) => panic!("{what}: app->peer:80 should be captured, landed: {l}"),
+        Err(e) => panic!("{what}: app->peer:80 should be captured, got no landing: {e}"),
+    }
 }
