@@ -549,12 +549,21 @@ fn per_rule_ruleset(plan: &Plan) -> Ruleset {
                 base: base_chain(table, chain),
             })
             .collect();
-        let mut chain_len: HashMap<Chain, usize> = HashMap::new();
+        // Per chain its name and rule count so far: a table has a handful of chains, and with
+        // thousands of rules a hash lookup and a fresh name per rule cost more than the scan.
+        let mut chain_len: Vec<(Chain, String, usize)> = Vec::new();
         let mut nft_rules = Vec::with_capacity(rules.len());
         for rule in rules {
-            let len = chain_len.entry(rule.chain).or_default();
+            let at = match chain_len.iter().position(|(c, _, _)| *c == rule.chain) {
+                Some(at) => at,
+                None => {
+                    chain_len.push((rule.chain, chain_name(rule.chain), 0));
+                    chain_len.len() - 1
+                }
+            };
+            let (_, name, len) = &mut chain_len[at];
             nft_rules.push(NftRule {
-                chain: chain_name(rule.chain),
+                chain: name.clone(),
                 index: insert_index(rule.position, *len),
                 stmts: rule_stmts(rule),
                 purpose: rule.purpose,
@@ -705,7 +714,9 @@ fn run_with_sets(
     all: &[NftRule],
 ) -> Option<Vec<NftRule>> {
     let mut groups: Vec<(Template, Vec<&NftRule>)> = Vec::new();
-    let mut seen: HashMap<u32, usize> = HashMap::new();
+    // Ordered, not hashed: two keys (the families) for an address list, and a tree lookup is
+    // cheaper than hashing for each of thousands of rules.
+    let mut seen: std::collections::BTreeMap<u32, usize> = std::collections::BTreeMap::new();
     let mut in_order = true;
     let mut group_of: Vec<usize> = Vec::with_capacity(run.len());
     for rule in run {
@@ -895,11 +906,20 @@ pub fn with_sets(rules: Vec<NftRule>, sets: NftSets) -> Vec<NftRule> {
             Some(_) => 0,
             None => 1,
         };
-        let mut order: HashMap<&str, Vec<usize>> = HashMap::new();
+        // Per chain the rules in their order; a table has a handful of chains, so a scan is
+        // cheaper than hashing each of thousands of rules' chain names.
+        let mut order: Vec<(&str, Vec<usize>)> = Vec::new();
         let mut new_index: HashMap<usize, usize> = HashMap::new();
         let mut conflict = None;
         for (k, rule) in rules.iter().enumerate() {
-            let chain = order.entry(rule.chain.as_str()).or_default();
+            let at = match order.iter().position(|(c, _)| *c == rule.chain) {
+                Some(at) => at,
+                None => {
+                    order.push((rule.chain.as_str(), Vec::new()));
+                    order.len() - 1
+                }
+            };
+            let chain = &mut order[at].1;
             match rule.index {
                 None => chain.push(k),
                 Some(at) => {
@@ -1017,25 +1037,41 @@ pub fn rule_body(rule: &Rule) -> String {
 /// A plan rule as nft statements: the matches in Istio's nftables order, then `counter` and
 /// the action.
 pub fn rule_stmts(rule: &Rule) -> Vec<Stmt> {
-    let mut ranked: Vec<(u8, Stmt)> = Vec::with_capacity(rule.matches.len() + 1);
-    if let Some(proto) = l4proto(rule) {
-        ranked.push((RANK_L4PROTO, Stmt::L4Proto(proto)));
-    }
-    for m in &rule.matches {
-        if let Some(stmt) = match_stmt(rule, m) {
-            ranked.push(stmt);
-        }
-    }
-    // Istio writes matches in one fixed order whatever iptables' order was; a stable sort
-    // keeps lists of one kind (owner-group include lists) as given.
-    ranked.sort_by_key(|(rank, _)| *rank);
     // Sized exactly, once: with thousands of listed CIDRs there are as many rules.
     let actions = match rule.target {
         Target::Tproxy { .. } => 4,
         _ => 2,
     };
-    let mut out: Vec<Stmt> = Vec::with_capacity(ranked.len() + actions);
-    out.extend(ranked.into_iter().map(|(_, s)| s));
+    let mut out: Vec<Stmt> = Vec::with_capacity(rule.matches.len() + 1 + actions);
+    // Istio writes matches in one fixed order whatever iptables' order was: each match goes
+    // after those of its rank or a lower one, which keeps lists of one kind (owner-group
+    // include lists) as given. The ranks sit beside `out`, not in a second list per rule.
+    let mut ranks: Vec<u8> = Vec::new();
+    let mut small = [0u8; 16];
+    let mut put = |rank: u8, stmt: Stmt, out: &mut Vec<Stmt>| {
+        let n = out.len();
+        let ranks_of: &mut [u8] = if n < small.len() {
+            &mut small[..=n]
+        } else {
+            if ranks.is_empty() {
+                ranks.extend_from_slice(&small);
+            }
+            ranks.push(0);
+            &mut ranks[..]
+        };
+        let at = ranks_of[..n].iter().position(|r| *r > rank).unwrap_or(n);
+        ranks_of.copy_within(at..n, at + 1);
+        ranks_of[at] = rank;
+        out.insert(at, stmt);
+    };
+    if let Some(proto) = l4proto(rule) {
+        put(RANK_L4PROTO, Stmt::L4Proto(proto), &mut out);
+    }
+    for m in &rule.matches {
+        if let Some((rank, stmt)) = match_stmt(rule, m) {
+            put(rank, stmt, &mut out);
+        }
+    }
     action(rule, &mut out);
     out
 }
@@ -1317,6 +1353,27 @@ mod tests {
             Target::Return,
         );
         assert_eq!(rule_body(&r), "skgid != java skgid != 202 counter return");
+    }
+
+    #[test]
+    fn a_rule_with_more_matches_than_the_fast_path_holds_keeps_istios_order() {
+        // More than 16 statements: the ranks leave their fixed-size array.
+        let not_gid = |g: u32| Match::Owner {
+            owner: Owner::Gid(g.to_string().parse::<GroupRef>().unwrap()),
+            negate: true,
+        };
+        let mut matches: Vec<Match> = (1..=20).map(not_gid).collect();
+        // Last: it goes before all twenty, which the ranks past the array must tell.
+        matches.push(Match::Destination {
+            net: cidr("10.0.0.0/8"),
+            negate: false,
+        });
+        let r = rule(Table::Nat, Chain::IstioOutput, matches, Target::Return);
+        let groups: Vec<String> = (1..=20).map(|g| format!("skgid != {g}")).collect();
+        assert_eq!(
+            rule_body(&r),
+            format!("ip daddr 10.0.0.0/8 {} counter return", groups.join(" "))
+        );
     }
 
     #[test]

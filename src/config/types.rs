@@ -295,12 +295,12 @@ impl Cidr {
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, len) = s
+        let (addr_text, len) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?} is not a CIDR (missing /prefix-length)"))?;
-        let addr: IpAddr = addr
+        let addr: IpAddr = addr_text
             .parse()
-            .map_err(|_| format!("{s:?} is not a CIDR (bad address {addr:?})"))?;
+            .map_err(|_| format!("{s:?} is not a CIDR (bad address {addr_text:?})"))?;
         // Leading zeros and signs are refused, as Go's netip.ParsePrefix does.
         let len = match parse_decimal(len) {
             Some(n) if n <= 128 && (len == "0" || !len.starts_with('0')) => n as u8,
@@ -310,13 +310,73 @@ impl FromStr for Cidr {
         // An IPv4 address parses only as four decimal octets without leading zeros, and the
         // length was checked the same way: the input is already the canonical text, and
         // formatting it again costs more than the parse (thousands of `-x` CIDRs).
-        let text = if addr.is_ipv4() {
-            s.into()
-        } else {
-            format!("{addr}/{len}").into()
+        // An IPv6 address has many spellings: the input is kept when it is the canonical one
+        // (as lists usually are), checked against the canonical text written without `fmt`.
+        let text = match addr {
+            IpAddr::V4(_) => s.into(),
+            IpAddr::V6(a) => {
+                let mut buf = [0u8; 39];
+                match canonical_v6(a, &mut buf) {
+                    Some(n) if buf[..n] == *addr_text.as_bytes() => s.into(),
+                    Some(n) => {
+                        let canonical = std::str::from_utf8(&buf[..n]).expect("ASCII");
+                        format!("{canonical}/{len}").into()
+                    }
+                    None => format!("{addr}/{len}").into(),
+                }
+            }
         };
         Ok(Cidr { addr, len, text })
     }
+}
+
+/// Writes an IPv6 address as `Ipv6Addr`'s `Display` does (lower-case hex groups, the first
+/// longest run of two or more zero groups as `::`) into `buf` and returns its length; `None`
+/// for an IPv4-mapped address, which `Display` writes with a dotted quad.
+fn canonical_v6(a: std::net::Ipv6Addr, buf: &mut [u8; 39]) -> Option<usize> {
+    if a.to_ipv4_mapped().is_some() {
+        return None;
+    }
+    let groups = a.segments();
+    // The first longest run of zero groups.
+    let (mut best_start, mut best_len, mut start, mut len) = (0, 0, 0, 0);
+    for (i, &g) in groups.iter().enumerate() {
+        if g == 0 {
+            if len == 0 {
+                start = i;
+            }
+            len += 1;
+            if len > best_len {
+                (best_start, best_len) = (start, len);
+            }
+        } else {
+            len = 0;
+        }
+    }
+    // Writes groups as hex without leading zeros (one digit for a zero group), `:` between.
+    fn put_groups(groups: &[u16], buf: &mut [u8; 39], n: &mut usize) {
+        for (k, &g) in groups.iter().enumerate() {
+            if k > 0 {
+                buf[*n] = b':';
+                *n += 1;
+            }
+            let digits = (4 - g.leading_zeros() as usize / 4).max(1);
+            for d in (0..digits).rev() {
+                buf[*n] = b"0123456789abcdef"[usize::from((g >> (4 * d)) & 0xf)];
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    if best_len > 1 {
+        put_groups(&groups[..best_start], buf, &mut n);
+        buf[n..n + 2].copy_from_slice(b"::");
+        n += 2;
+        put_groups(&groups[best_start + best_len..], buf, &mut n);
+    } else {
+        put_groups(&groups, buf, &mut n);
+    }
+    Some(n)
 }
 
 impl fmt::Display for Cidr {
@@ -795,6 +855,30 @@ mod tests {
             let again: Cidr = c.to_string().parse().unwrap();
             prop_assert_eq!(&again, &c);
             prop_assert!(!again.is_ipv4());
+        }
+
+        #[test]
+        fn v6_text_is_displays_text_whatever_the_spelling(
+            groups in proptest::array::uniform8(prop_oneof![
+                Just(0u16), Just(1u16), Just(0xffffu16), any::<u16>()
+            ]),
+            len in 0u8..=128,
+            upper in any::<bool>(),
+        ) {
+            let a = Ipv6Addr::from(groups);
+            let canonical = format!("{a}/{len}");
+            // Spellings other than the canonical one: every group written out, upper case.
+            let full = format!(
+                "{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}/{len}",
+                groups[0], groups[1], groups[2], groups[3],
+                groups[4], groups[5], groups[6], groups[7]
+            );
+            for text in [canonical.clone(), full] {
+                let text = if upper { text.to_uppercase() } else { text };
+                let c: Cidr = text.parse().unwrap();
+                prop_assert_eq!(c.to_string(), canonical.clone());
+                prop_assert_eq!(&c, &Cidr::new(IpAddr::V6(a), len).unwrap());
+            }
         }
 
         #[test]
