@@ -218,19 +218,13 @@ impl Inventory {
     fn read_places(
         runner: &(dyn Runner + Sync),
         writes: Option<IptablesVariant>,
-        kernel_first: bool,
+        legacy_from_kernel: bool,
     ) -> Inventory {
         std::thread::scope(|scope| {
             let places: Vec<_> = PLACES
                 .iter()
                 .map(|&tools| {
-                    scope.spawn(move || {
-                        if kernel_first && no_tables(tools) {
-                            (Reading::Read(Saved::default()), false)
-                        } else {
-                            read_iptables(runner, tools, writes)
-                        }
-                    })
+                    scope.spawn(move || read_iptables(runner, tools, writes, legacy_from_kernel))
                 })
                 .collect();
             let native = scope.spawn(read_native);
@@ -328,15 +322,24 @@ fn read_iptables(
     runner: &dyn Runner,
     tools: Tools,
     writes: Option<IptablesVariant>,
+    legacy_from_kernel: bool,
 ) -> (Reading<Saved>, bool) {
     let save = tools.save();
     if !runner.installed(&save) {
         return (read_without_tool(tools), false);
     }
-    if tools.variant == IptablesVariant::Nft
-        && writes != Some(IptablesVariant::Nft)
-        && no_nft_table(tools.family)
-    {
+    // Known empty from the kernel, without the tool: an nft place whose family has no
+    // nf_tables table (unless this run writes there and needs the tool's reading anyway), and
+    // for the native backend's apply a legacy place with no legacy table in this namespace.
+    let empty = match tools.variant {
+        IptablesVariant::Nft => writes != Some(IptablesVariant::Nft) && no_nft_table(tools.family),
+        IptablesVariant::Legacy => {
+            legacy_from_kernel
+                && std::fs::read_to_string(legacy_names(tools.family))
+                    .is_ok_and(|text| text.trim().is_empty())
+        }
+    };
+    if empty {
         return (Reading::Read(Saved::default()), false);
     }
     (read_with_tool(runner, tools), true)
@@ -434,17 +437,6 @@ fn read_without_tool(tools: Tools) -> Reading<Saved> {
                 }
             }
         }
-    }
-}
-
-/// Whether the kernel shows that no table of this variant and family exists in the
-/// namespace, so that its `*-save` could print nothing: `/proc/net/ip[6]_tables_names` is
-/// there and empty, or nf_tables lists no table of the family. `false` when it cannot tell.
-fn no_tables(tools: Tools) -> bool {
-    match tools.variant {
-        IptablesVariant::Legacy => std::fs::read_to_string(legacy_names(tools.family))
-            .is_ok_and(|text| text.trim().is_empty()),
-        IptablesVariant::Nft => no_nft_table(tools.family),
     }
 }
 
