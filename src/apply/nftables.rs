@@ -451,26 +451,9 @@ impl NfTables {
     pub fn family_tables(&mut self, family: XtFamily) -> Result<Vec<FamilyTable>> {
         const OP: &str = "listing the iptables-nft tables";
         let request = |kind| move |seq| nft_netlink::family_dump_request(kind, seq, family);
-        let mut tables = Vec::new();
-        for msg in self.dump(OP, DumpKind::Tables, request(DumpKind::Tables))? {
-            let (name, _) = nft_netlink::parse_table(&msg).map_err(|d| malformed(OP, d))?;
-            tables.push(FamilyTable {
-                family,
-                name,
-                chains: Vec::new(),
-                rules: 0,
-                sets: 0,
-                others: 0,
-            });
-        }
+        let mut tables = self.family_tables_and_chains(family, true)?;
         if tables.is_empty() {
             return Ok(tables);
-        }
-        for msg in self.dump(OP, DumpKind::Chains, request(DumpKind::Chains))? {
-            let chain = nft_netlink::parse_chain(&msg).map_err(|d| malformed(OP, d))?;
-            if let Some(t) = tables.iter_mut().find(|t| t.name == chain.table) {
-                t.chains.push(chain);
-            }
         }
         for msg in self.dump(OP, DumpKind::Rules, request(DumpKind::Rules))? {
             let (table, _) = nft_netlink::rule_place(&msg).map_err(|d| malformed(OP, d))?;
@@ -502,20 +485,41 @@ impl NfTables {
         family: XtFamily,
         chains: bool,
     ) -> Result<Vec<(String, Vec<String>)>> {
+        Ok(self
+            .family_tables_and_chains(family, chains)?
+            .into_iter()
+            .map(|t| (t.name, t.chains.into_iter().map(|c| c.name).collect()))
+            .collect())
+    }
+
+    /// The family's tables, with their chains when `chains` is set, and nothing counted yet:
+    /// the first two dumps of both [`Self::family_tables`] and [`Self::family_names`].
+    fn family_tables_and_chains(
+        &mut self,
+        family: XtFamily,
+        chains: bool,
+    ) -> Result<Vec<FamilyTable>> {
         const OP: &str = "listing the iptables-nft tables";
         let request = |kind| move |seq| nft_netlink::family_dump_request(kind, seq, family);
         let mut tables = Vec::new();
         for msg in self.dump(OP, DumpKind::Tables, request(DumpKind::Tables))? {
             let (name, _) = nft_netlink::parse_table(&msg).map_err(|d| malformed(OP, d))?;
-            tables.push((name, Vec::new()));
+            tables.push(FamilyTable {
+                family,
+                name,
+                chains: Vec::new(),
+                rules: 0,
+                sets: 0,
+                others: 0,
+            });
         }
         if tables.is_empty() || !chains {
             return Ok(tables);
         }
         for msg in self.dump(OP, DumpKind::Chains, request(DumpKind::Chains))? {
             let chain = nft_netlink::parse_chain(&msg).map_err(|d| malformed(OP, d))?;
-            if let Some((_, names)) = tables.iter_mut().find(|(t, _)| *t == chain.table) {
-                names.push(chain.name);
+            if let Some(t) = tables.iter_mut().find(|t| t.name == chain.table) {
+                t.chains.push(chain);
             }
         }
         Ok(tables)
