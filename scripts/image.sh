@@ -36,24 +36,10 @@ die() { log "error: $*"; exit 1; }
 
 # --- what this machine needs --------------------------------------------------------------
 
-# Installs the Debian packages the build and the test need when they are missing (as root
-# with apt-get, as CI runs); otherwise names them.
+# The Debian packages the build and the test need, installed when missing (as root with
+# apt-get, as CI runs) by the shared installer, which serialises with any other caller.
 ensure_packages() {
-    local want=(podman runc mmdebstrap uidmap iptables nftables iproute2 util-linux procps
-        ca-certificates python3 python3-venv containernetworking-plugins)
-    local missing=() p
-    for p in "${want[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        log "installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" >/dev/null
-    else
-        die "missing Debian packages: ${missing[*]} (apt-get install ${missing[*]})"
-    fi
+    scripts/deps.sh image || die "missing Debian packages (scripts/deps.sh image)"
 }
 
 # podman 4.3 here: its default runtime (crun) cannot start containers, and it would raise

@@ -9,7 +9,7 @@
 # hash of its recipe in RELEASE/.recipe so an unchanged recipe is reused at once.
 # tests/iptables_versions.rs runs meshinit with this release's iptables tools through
 # `chroot ROOTFS /usr/sbin/TOOL` wrappers. Nothing on the host is changed but the cache and,
-# when mmdebstrap is missing, the Debian package mmdebstrap installed with apt-get.
+# when mmdebstrap is missing, the packages of `scripts/deps.sh test`.
 set -euo pipefail
 
 release="${1:?usage: iptables-rootfs.sh RELEASE (bullseye, bookworm, trixie)}"
@@ -33,11 +33,8 @@ if [ -f "$out/.recipe" ] && [ "$(cat "$out/.recipe")" = "$recipe" ]; then
 fi
 
 [ "$(id -u)" = 0 ] || { log "error: run as root (mmdebstrap, chroot)"; exit 1; }
-if ! command -v mmdebstrap >/dev/null; then
-    log "installing mmdebstrap"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
-fi
+# scripts/test.sh installed it up front; run alone, the shared installer does (it serialises).
+command -v mmdebstrap >/dev/null || "$(dirname "$0")/deps.sh" test
 
 mkdir -p "$CACHE"
 # One builder at a time per release (tests run in parallel).

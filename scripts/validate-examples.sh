@@ -20,14 +20,18 @@ venv_python() {
     local py=/usr/bin/python3
     [ -x "$py" ] || py="$(command -v python3)" || { echo "validate-examples.sh: no python3" >&2; exit 1; }
     local stamp="$VENV/.requirements"
+    mkdir -p "$CACHE"
+    # One maker at a time (two image tests at once would both rm -rf and pip into one venv).
+    exec 8>"$CACHE/.venv.lock"
+    flock 8
     if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${REQUIREMENTS[*]}" ]; then
         echo "validate-examples.sh: making the venv $VENV (${REQUIREMENTS[*]})" >&2
         rm -rf "$VENV"
-        mkdir -p "$CACHE"
         "$py" -m venv "$VENV" >&2
         "$VENV/bin/pip" install --quiet --disable-pip-version-check "${REQUIREMENTS[@]}" >&2
         echo "${REQUIREMENTS[*]}" >"$stamp"
     fi
+    exec 8>&-
     echo "$VENV/bin/python"
 }
 
