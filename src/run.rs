@@ -355,14 +355,13 @@ pub(crate) fn execute(
     );
     summary.phase("plan");
     let run = &config.run;
-    let nftables = run.backend == BackendChoice::Nftables;
-    summary.backend = Some(if nftables { "nftables" } else { "iptables" });
+    // The whole run's deadline for helper programs, counted from the start of the run.
+    let runner = SystemRunner::new(Some(apply::exec::Deadline {
+        started: summary.started,
+        timeout: run.timeout,
+    }));
     if run.dry_run && run.cleanup_only {
         // What cleanup would remove here, not the install rules.
-        let runner = SystemRunner::new(Some(apply::exec::Deadline {
-            started: summary.started,
-            timeout: run.timeout,
-        }));
         return match apply::cleanup_preview(&config.capture, &runner) {
             Ok(text) => {
                 summary.outcome = "dry run of --cleanup-only: printed, nothing changed".to_string();
@@ -376,6 +375,14 @@ pub(crate) fn execute(
             }
         };
     }
+    // Decided once, before the dry run: a dry run prints what the same command installs.
+    let (backend, why) = apply::resolve_backend(run.backend, &runner);
+    let nftables = backend == apply::Backend::Nftables;
+    log.info(&format!(
+        "backend: {} ({why})",
+        if nftables { "nftables" } else { "iptables" }
+    ));
+    summary.backend = Some(if nftables { "nftables" } else { "iptables" });
     if run.dry_run {
         summary.outcome = "dry run: printed, nothing changed".to_string();
         let text = if nftables {
@@ -389,18 +396,6 @@ pub(crate) fn execute(
         let code = print_stdout(&text);
         return Outcome::ok(summary.finish(&log, code));
     }
-    // The whole run's deadline for helper programs, counted from the start of the run.
-    let runner = SystemRunner::new(Some(apply::exec::Deadline {
-        started: summary.started,
-        timeout: run.timeout,
-    }));
-    let (backend, why) = apply::resolve_backend(run.backend, &runner);
-    let nftables = backend == apply::Backend::Nftables;
-    log.info(&format!(
-        "backend: {} ({why})",
-        if nftables { "nftables" } else { "iptables" }
-    ));
-    summary.backend = Some(if nftables { "nftables" } else { "iptables" });
     // Built once, here: the summary counts its rules, and --check and the apply (every
     // attempt of it) use the same one; with thousands of listed CIDRs, merging the lists
     // into sets is a few milliseconds.

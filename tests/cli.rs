@@ -87,7 +87,9 @@ fn the_effective_configuration_names_retries_in_go_durations() {
 fn dry_run_needs_no_privileges() {
     // As root here, drop to nobody to prove it; as a normal user, this is simply unprivileged.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshinit"));
-    cmd.args(istio_init_dry_run()).env_clear();
+    cmd.args(istio_init_dry_run())
+        .env_clear()
+        .env("PATH", support::iptables_stand_ins());
     if nix::unistd::geteuid().is_root() {
         cmd.uid(65534).gid(65534);
     }
@@ -102,6 +104,42 @@ fn dry_run_needs_no_privileges() {
         without_comments(&String::from_utf8_lossy(&out.stdout)),
         DEFAULT_SIDECAR_RULES
     );
+}
+
+/// The dry run prints what the same command installs: with `--backend auto` and no iptables
+/// tool (the nftables-only image), that is the native nftables ruleset, also as a user, who
+/// cannot ask the kernel; with the tools, Istio's iptables text.
+#[test]
+fn dry_run_shows_the_backend_the_real_run_chooses() {
+    let empty = std::env::temp_dir().join(format!("meshinit-no-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let no_tools = vec![("PATH".to_string(), empty.to_string_lossy().into_owned())];
+    for as_nobody in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshinit"));
+        cmd.args(istio_init_dry_run())
+            .env_clear()
+            .envs(no_tools.iter().cloned());
+        if as_nobody && nix::unistd::geteuid().is_root() {
+            cmd.uid(65534).gid(65534);
+        }
+        let out = cmd.output().expect("runs");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stdout.starts_with("# meshinit dry run: nftables script"),
+            "nobody={as_nobody}: {stdout}"
+        );
+        assert!(stdout.contains("table inet"), "{stdout}");
+        assert!(stderr.contains("\tbackend: nftables (no iptables tool is installed"));
+        assert!(stderr.contains("; backend nftables;"), "{stderr}");
+    }
+    let out = run_meshinit(&istio_init_dry_run(), &[]);
+    assert_eq!(without_comments(&out.stdout), DEFAULT_SIDECAR_RULES);
+    assert!(out.stderr.contains("; backend iptables;"), "{}", out.stderr);
+    let _ = std::fs::remove_dir(&empty);
 }
 
 #[test]

@@ -39,7 +39,7 @@ use groups::Groups;
 use inventory::{counts, Inventory, IptablesPlace, Reading};
 use iptables::{Tools, XtablesLock};
 use netlink::{Changed, Netlink};
-use nftables::NfTables;
+use nftables::{NfTables, NftError};
 use routing::Object;
 use transaction::{commit, failure, CommitFailure, Goal, Transaction};
 
@@ -154,6 +154,19 @@ pub fn resolve_backend(choice: BackendChoice, runner: &dyn Runner) -> (Backend, 
                     Backend::Nftables,
                     "no iptables tool is installed and the kernel has nf_tables".to_string(),
                 ),
+                // Without CAP_NET_ADMIN (a dry run as a user) nfnetlink refuses every request
+                // before nf_tables sees it, so the kernel cannot be asked. The run that
+                // installs is privileged and finds no tool either: it goes native, so that is
+                // what a dry run shows, saying it assumed.
+                Err(NftError::Rejected { errno, .. } | NftError::Io { errno, .. })
+                    if errno == nix::errno::Errno::EPERM =>
+                {
+                    (
+                        Backend::Nftables,
+                        "no iptables tool is installed; nf_tables assumed, as asking the kernel needs CAP_NET_ADMIN"
+                            .to_string(),
+                    )
+                }
                 Err(e) => (
                     Backend::Iptables,
                     format!(
@@ -301,7 +314,7 @@ pub fn check_nftables(
 }
 
 /// An nf_tables failure before anything was written: transient when the kernel's errno is.
-fn nft_precondition(e: nftables::NftError) -> ApplyError {
+fn nft_precondition(e: NftError) -> ApplyError {
     match e.transient() {
         Some(reason) => ApplyError::Transient {
             message: e.to_string(),

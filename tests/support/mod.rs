@@ -124,13 +124,41 @@ pub struct Output {
 
 /// Runs the meshinit binary with exactly these arguments and environment (nothing inherited).
 pub fn run_meshinit<S: AsRef<str>>(args: &[S], env: &[(String, String)]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshinit"))
-        .args(args.iter().map(|a| a.as_ref()))
-        .env_clear()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshinit"));
+    command.args(args.iter().map(|a| a.as_ref())).env_clear();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        command.env("PATH", iptables_stand_ins());
+    }
+    let out = command
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("meshinit runs");
     output(out)
+}
+
+/// A `PATH` directory that looks like a machine with the iptables tools installed (Istio's
+/// image), whatever this machine has: `--backend auto` then means iptables, so output-checking
+/// tests do not depend on the host. The stand-ins fail loudly if a test does run them; tests
+/// that install rules pass the real `PATH` (`support::apply::path_env`).
+pub fn iptables_stand_ins() -> String {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("meshinit-test-tools-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating the stand-in tools' directory");
+        for tool in ["iptables-nft-save", "iptables-legacy-save"] {
+            let path = dir.join(tool);
+            std::fs::write(
+                &path,
+                format!("#!/bin/sh\necho \"stand-in {tool}: a test ran it\" >&2\nexit 99\n"),
+            )
+            .expect("writing a stand-in tool");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .expect("making a stand-in tool executable");
+        }
+        dir.to_string_lossy().into_owned()
+    })
+    .clone()
 }
 
 /// Runs the meshinit binary with no arguments, exactly this environment and `stdin` on its
