@@ -113,7 +113,7 @@ fn dry_run_needs_no_privileges() {
 fn dry_run_shows_the_backend_the_real_run_chooses() {
     let empty = std::env::temp_dir().join(format!("meshinit-no-tools-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
-    let no_tools = vec![("PATH".to_string(), empty.to_string_lossy().into_owned())];
+    let no_tools = [("PATH".to_string(), empty.to_string_lossy().into_owned())];
     for as_nobody in [false, true] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshinit"));
         cmd.args(istio_init_dry_run())
