@@ -383,6 +383,15 @@ pub(crate) fn execute(
         if nftables { "nftables" } else { "iptables" }
     ));
     summary.backend = Some(if nftables { "nftables" } else { "iptables" });
+    let v6_excluded = config.capture.outbound_exclude.family(true);
+    if nftables && !plan.ipv6 && !v6_excluded.is_empty() {
+        // Istio drops IPv6 entries with IPv6 off, and its text is kept; but an inet table
+        // captures IPv6 all the same, so the user must hear that these are not honoured.
+        log.warn(&format!(
+            "-x (ISTIO_SERVICE_EXCLUDE_CIDR) lists IPv6 networks ({}) but IPv6 is off: as Istio, they are not installed, while the native inet table still captures IPv6; turn IPv6 on (--dual-stack or --ipv6=true) for them to be excluded",
+            list(v6_excluded)
+        ));
+    }
     if run.dry_run {
         summary.outcome = "dry run: printed, nothing changed".to_string();
         let text = if nftables {

@@ -106,6 +106,7 @@ scenarios!(
     tproxy_foreign_destination,
     // meshinit's own options (not Istio's).
     inbound_source_exclusion,
+    inbound_source_exclusion_ipv6_off,
     outbound_port_exclusion_per_uid,
     tproxy_inbound_source_exclusion,
 );
@@ -1518,6 +1519,51 @@ fn outbound_port_exclusion_per_uid(lab: &Lab, variant: Variant) {
         ],
     };
     own_rules_lifecycle(lab, variant, true, &args, &deleted, traffic);
+}
+
+/// `--exclude-inbound-sources` with an IPv6 network and IPv6 off. iptables then installs
+/// nothing for IPv6, so IPv6 is not captured at all; the native backend's inet table captures
+/// IPv6 all the same (its capture rules match no address), so the IPv6 exclusion must be
+/// there too: a peer inside the listed network reaches the app, one outside is captured.
+fn inbound_source_exclusion_ipv6_off(lab: &Lab, variant: Variant) {
+    let (pod, peer_ns) = (&lab.pod, &lab.peer);
+    let inside6 = Ipv6Addr::new(0xfd00, 0x5151, 7, 0, 0, 0, 0, 7);
+    lab.add_peer_addr(IpAddr::V6(inside6))
+        .expect("extra peer address");
+    let mut ls = Listeners::default();
+    ls.tcp(pod, "inbound", any4(INBOUND_PORT))
+        .tcp(pod, "inbound6", any6(INBOUND_PORT))
+        .tcp(pod, "app6-8080", any6(8080));
+    let sources = "--exclude-inbound-sources=fd00:5151:7::/64,198.51.7.0/24";
+    let mut args = ISTIO_INIT_ARGS.to_vec();
+    args.push(sources);
+    let dst = lab.pod6(8080);
+    let outside_lands = if variant == Variant::Native {
+        "inbound6"
+    } else {
+        "app6-8080"
+    };
+    let traffic = || {
+        let l = tcp_lands(
+            &format!("peer from {inside6} (excluded, IPv6 off) -> {dst}"),
+            peer().bind(addr(IpAddr::V6(inside6), 0)).tcp(peer_ns, dst),
+            "app6-8080",
+            dst,
+        );
+        assert_eq!(l.remote.ip(), IpAddr::V6(inside6), "{l}");
+        tcp_lands(
+            &format!(
+                "peer from {} (not excluded, IPv6 off) -> {dst}",
+                lab.peer_v6
+            ),
+            peer()
+                .bind(addr(IpAddr::V6(lab.peer_v6), 0))
+                .tcp(peer_ns, dst),
+            outside_lands,
+            dst,
+        );
+    };
+    Meshinit::new(lab, variant, false, &args).apply_and_check(traffic);
 }
 
 /// `--exclude-inbound-sources` under TPROXY (mangle's inbound dispatch): a peer connecting

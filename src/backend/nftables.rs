@@ -483,7 +483,12 @@ pub fn nft_rules(plan: &Plan) -> Vec<&Rule> {
             .iter()
             .any(|m| matches!(m, Match::Destination { .. } | Match::Source(_)));
         if has_address {
-            if rule.scope != Scope::Only(Family::V6) || plan.ipv6 {
+            // With IPv6 off an inet table still captures IPv6 (its capture rules match no
+            // address, so they match both families): an IPv6 exclusion (a RETURN) must stay,
+            // or a listed IPv6 peer or network would be captured all the same. IPv6 rules
+            // that capture stay out, as Istio has them.
+            let v6_exclusion = matches!(rule.target, Target::Return);
+            if rule.scope != Scope::Only(Family::V6) || plan.ipv6 || v6_exclusion {
                 out.push(rule);
             }
             continue;

@@ -47,11 +47,16 @@ impl Rules {
         });
     }
 
-    /// Rules already scoped (meshinit's own options, see `own`), in order.
+    /// Rules already scoped (meshinit's own options, see `own`), in order. Unlike Istio's,
+    /// their IPv6 exclusions stay with IPv6 off: a native inet table captures IPv6 then too
+    /// (its capture rules match no address), and a listed IPv6 peer must not be captured
+    /// ([`Plan::rules`] still gives iptables no IPv6 rule when IPv6 is off). Istio's own
+    /// IPv6 rules are dropped as Istio drops them, so its output stays Istio's.
     fn scoped(&mut self, rules: Vec<Rule>) {
         for rule in rules {
             match rule.scope {
                 Scope::Both => self.both(rule),
+                Scope::Only(Family::V6) if is_address_exclusion(&rule) => self.list.push(rule),
                 Scope::Only(family) => self.only(family, rule),
             }
         }
@@ -64,6 +69,15 @@ impl Rules {
         self.only(Family::V4, v4);
         self.only(Family::V6, v6);
     }
+}
+
+/// A RETURN for an address or network: what an exclusion of an IPv6 peer needs to be kept.
+fn is_address_exclusion(rule: &Rule) -> bool {
+    rule.target == Target::Return
+        && rule
+            .matches
+            .iter()
+            .any(|m| matches!(m, Match::Source(_) | Match::Destination { .. }))
 }
 
 fn lo() -> IfName {
