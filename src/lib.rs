@@ -18,6 +18,8 @@ pub mod backend;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod engine;
+pub mod execute;
 pub mod go_duration;
 pub mod log;
 pub mod netlink_wire;

@@ -5,17 +5,20 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::apply::{self, exec::SystemRunner, ApplyError};
+use crate::apply::{self, exec::SystemRunner};
 use crate::cli::{self, Command, Env};
 use crate::config::detect::Host;
 use crate::config::LogLevel;
 use crate::config::{self, BackendChoice, Config, ConfigError, DnsCapture};
+use crate::engine::error::{ApplyError, Report};
+use crate::engine::mode::Mode;
 use crate::log::Log;
 use crate::plan::Family;
 use crate::{backend, plan, trace, validate};
 
 mod describe;
-use describe::{describe, log_sources, mode};
+mod pipeline;
+use describe::{describe, log_sources};
 
 /// The exit codes, documented in the README.
 pub mod exit_code {
@@ -321,7 +324,8 @@ pub(crate) fn execute(
     if log.enabled(LogLevel::Debug) {
         log_sources(raw, env, &log);
     }
-    summary.mode = Some(mode(&config.run));
+    let mode = Mode::of(&config.run);
+    summary.mode = Some(mode.name());
     for warning in &config.warnings {
         log.warn(warning);
     }
@@ -357,13 +361,13 @@ pub(crate) fn execute(
     let run = &config.run;
     let nftables = run.backend == BackendChoice::Nftables;
     summary.backend = Some(if nftables { "nftables" } else { "iptables" });
-    if run.dry_run && run.cleanup_only {
+    if mode == Mode::DryRunCleanup {
         // What cleanup would remove here, not the install rules.
         let runner = SystemRunner::new(Some(apply::exec::Deadline {
             started: summary.started,
             timeout: run.timeout,
         }));
-        return match apply::cleanup_preview(&config.capture, &runner) {
+        return match pipeline::cleanup_preview(&config.capture, &runner) {
             Ok(text) => {
                 summary.outcome = "dry run of --cleanup-only: printed, nothing changed".to_string();
                 let code = print_stdout(&text);
@@ -376,7 +380,7 @@ pub(crate) fn execute(
             }
         };
     }
-    if run.dry_run {
+    if mode == Mode::DryRun {
         summary.outcome = "dry run: printed, nothing changed".to_string();
         let text = if nftables {
             format!(
@@ -394,8 +398,8 @@ pub(crate) fn execute(
         started: summary.started,
         timeout: run.timeout,
     }));
-    let (backend, why) = apply::resolve_backend(run.backend, &runner);
-    let nftables = backend == apply::Backend::Nftables;
+    let (backend, why) = pipeline::resolve_backend(run.backend, &runner);
+    let nftables = backend == pipeline::Backend::Nftables;
     log.info(&format!(
         "backend: {} ({why})",
         if nftables { "nftables" } else { "iptables" }
@@ -409,7 +413,7 @@ pub(crate) fn execute(
         // One inet rule serves both families where iptables needs one per family.
         summary.rules = Some(ruleset.tables.iter().map(|t| t.rules.len()).sum());
     }
-    if run.cleanup_only {
+    if matches!(mode, Mode::Cleanup { .. }) {
         // Cleanup removes what is there; the plan's count says nothing about that.
         summary.rules = None;
     }
@@ -423,15 +427,11 @@ pub(crate) fn execute(
             timeout: run.timeout,
         },
     };
-    if run.check {
+    if mode == Mode::Check {
         // A read answered EBUSY (or a save tool's lock message) is retried under --retries
         // too: a readiness probe should not answer 1 for a moment's contention.
         let checked = apply::retry::with_retries(&policy, &log, |_| {
-            if let Some(ruleset) = &ruleset {
-                apply::check_nftables(&plan, ruleset, &runner, &log)
-            } else {
-                apply::check(&plan, run, &runner, &log)
-            }
+            pipeline::check(&plan, ruleset.as_ref(), run, &runner, &log)
         });
         summary.phase("check");
         return match checked {
@@ -464,17 +464,14 @@ pub(crate) fn execute(
             xtables_wait: run.xtables_wait.min(left),
             ..run.clone()
         };
-        match (run.cleanup_only, run.skip_rule_apply, &ruleset) {
+        match mode {
             // Cleanup removes ours from every backend, variant and family, whatever was chosen.
-            (true, _, _) => apply::cleanup(&config.capture, run, &runner, &log),
-            (false, true, _) => Ok(apply::Report {
+            Mode::Cleanup { .. } => pipeline::cleanup(&config.capture, run, &runner, &log),
+            Mode::Skip { .. } => Ok(Report {
                 changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
-                ..apply::Report::default()
+                ..Report::default()
             }),
-            (false, false, Some(ruleset)) => {
-                apply::apply_nftables(&config.capture, &plan, ruleset, run, &runner, &log)
-            }
-            (false, false, None) => apply::apply(&config.capture, &plan, run, &runner, &log),
+            _ => pipeline::apply(&config.capture, &plan, ruleset.as_ref(), run, &runner, &log),
         }
     });
     summary.phase("apply");
@@ -482,7 +479,7 @@ pub(crate) fn execute(
         Ok(report) => {
             summary.tools = report.tools;
             summary.changes = report.changes;
-            if run.cleanup_only && summary.changes.is_empty() {
+            if matches!(mode, Mode::Cleanup { .. }) && summary.changes.is_empty() {
                 summary.outcome = "nothing of ours was found: nothing changed".to_string();
             }
         }
@@ -514,7 +511,7 @@ pub(crate) fn execute(
             return fail(summary, &log, kind, exit_code::FAILURE, msg);
         }
     }
-    if run.run_validation {
+    if mode.validates() {
         let code = run_validation(&config, &log);
         summary.phase("validate");
         let failure = match code {

@@ -14,7 +14,6 @@
 //! table of a place at all, the place is empty without running the tool.
 
 use super::exec::Runner;
-use super::family_name;
 use super::iptables::{self, Tools};
 use super::netlink::Netlink;
 use super::nftables::NfTables;
@@ -22,6 +21,7 @@ use super::routing::{self, Object};
 use crate::backend::iptables_save::{jumps_to_ours, leftover_probes, Saved, OUR_CHAIN_PREFIX};
 use crate::backend::nft_netlink::XtFamily;
 use crate::config::IptablesVariant;
+use crate::engine::error::family_name;
 use crate::plan::Family;
 
 /// What reading one place gave.

@@ -14,8 +14,8 @@ use nix::errno::Errno;
 use serde_json::json;
 
 use super::exec::{Deadline, Output};
-use super::ApplyError;
 use crate::config::LogLevel;
+use crate::engine::error::ApplyError;
 use crate::go_duration::go_duration;
 use crate::log::Log;
 

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 
 use super::exec::Runner;
 use super::iptables::{self, Tools, XtablesLock};
-use super::{family_name, ApplyError};
 use crate::backend::iptables_save::{
     compare, leftover_probes, undo_text, ExpectedTable, Saved, State, PROBE_SPEC,
 };
+use crate::engine::error::{family_name, ApplyError};
 use crate::log::Log;
 use crate::plan::Table;
 
 /// One family's pending restore: the tools, the state before, the input to feed.
-pub(super) struct Transaction {
+pub(crate) struct Transaction {
     /// The family and variant written.
     pub tools: Tools,
     /// The family's rules as read before anything was written: what an undo goes back to.
@@ -32,7 +32,7 @@ pub(super) struct Transaction {
 
 /// What a transaction is for, so its read-back can be judged.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Goal {
+pub(crate) enum Goal {
     /// Exactly the planned rules.
     Planned,
     /// Nothing of ours (cleanup).
@@ -43,7 +43,7 @@ pub(super) enum Goal {
 /// when nothing is left does it say so. A failure whose cause may pass (`transient`, the
 /// reason) is `Transient` when nothing is left, so `--retries` may try again; with anything
 /// left it is `LeftChanged` whatever the cause.
-pub(super) fn failure(
+pub(crate) fn failure(
     mut lines: Vec<String>,
     left: Vec<String>,
     transient: Option<String>,
@@ -63,7 +63,7 @@ pub(super) fn failure(
 }
 
 /// Why a commit failed.
-pub(super) struct CommitFailure {
+pub(crate) struct CommitFailure {
     /// What happened and what was undone.
     pub lines: Vec<String>,
     /// What could not be undone (empty when nothing is left changed).
@@ -82,7 +82,7 @@ impl CommitFailure {
 /// Feeds each transaction in turn, then reads every family back: the kernel must hold exactly
 /// what was planned. If a write fails or any read-back differs, what the transactions wrote
 /// is undone — so either all families change or none does. Returns the read-back states.
-pub(super) fn commit(
+pub(crate) fn commit(
     transactions: &mut [Transaction],
     runner: &(dyn Runner + Sync),
     lock: &XtablesLock,
