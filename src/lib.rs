@@ -13,18 +13,18 @@
 //! Everything left of apply is pure, so the conformance tests of the dry-run output cover
 //! parsing, planning and rendering.
 
-pub mod apply;
-pub mod backend;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod driver;
 pub mod engine;
 pub mod execute;
 pub mod go_duration;
 pub mod log;
-pub mod netlink_wire;
 pub mod plan;
+pub mod render;
 mod run;
+pub mod sys;
 pub mod trace;
 pub mod validate;
 

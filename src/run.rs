@@ -5,16 +5,18 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::apply::{self, exec::SystemRunner};
 use crate::cli::{self, Command, Env};
 use crate::config::detect::Host;
 use crate::config::LogLevel;
 use crate::config::{self, BackendChoice, Config, ConfigError, DnsCapture};
 use crate::engine::error::{ApplyError, Report};
 use crate::engine::mode::Mode;
+use crate::execute::retry;
 use crate::log::Log;
 use crate::plan::Family;
-use crate::{backend, plan, trace, validate};
+use crate::sys::process::{Deadline, SystemRunner};
+use crate::sys::{groups, privileges};
+use crate::{plan, render, trace, validate};
 
 mod describe;
 mod pipeline;
@@ -281,7 +283,7 @@ pub(crate) fn execute(
     // meshinit is still single-threaded.
     let netns = &raw.get("network-namespace").value;
     if !netns.is_empty() {
-        match apply::privileges::enter_netns(Path::new(netns)) {
+        match privileges::enter_netns(Path::new(netns)) {
             Ok(entered) => summary.namespace = Some(entered),
             Err(e) => return fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, e),
         }
@@ -363,7 +365,7 @@ pub(crate) fn execute(
     summary.backend = Some(if nftables { "nftables" } else { "iptables" });
     if mode == Mode::DryRunCleanup {
         // What cleanup would remove here, not the install rules.
-        let runner = SystemRunner::new(Some(apply::exec::Deadline {
+        let runner = SystemRunner::new(Some(Deadline {
             started: summary.started,
             timeout: run.timeout,
         }));
@@ -385,16 +387,16 @@ pub(crate) fn execute(
         let text = if nftables {
             format!(
                 "# meshinit dry run: nftables script, as input to `nft -f`\n{}",
-                backend::nftables::nft_script_with(&plan, run.nft_sets)
+                render::nft_ruleset::nft_script_with(&plan, run.nft_sets)
             )
         } else {
-            backend::iptables::dry_run_text(&plan)
+            render::iptables_text::dry_run_text(&plan)
         };
         let code = print_stdout(&text);
         return Outcome::ok(summary.finish(&log, code));
     }
     // The whole run's deadline for helper programs, counted from the start of the run.
-    let runner = SystemRunner::new(Some(apply::exec::Deadline {
+    let runner = SystemRunner::new(Some(Deadline {
         started: summary.started,
         timeout: run.timeout,
     }));
@@ -408,7 +410,7 @@ pub(crate) fn execute(
     // Built once, here: the summary counts its rules, and --check and the apply (every
     // attempt of it) use the same one; with thousands of listed CIDRs, merging the lists
     // into sets is a few milliseconds.
-    let ruleset = nftables.then(|| backend::nftables::ruleset_with(&plan, run.nft_sets));
+    let ruleset = nftables.then(|| render::nft_ruleset::ruleset_with(&plan, run.nft_sets));
     if let Some(ruleset) = &ruleset {
         // One inet rule serves both families where iptables needs one per family.
         summary.rules = Some(ruleset.tables.iter().map(|t| t.rules.len()).sum());
@@ -419,10 +421,10 @@ pub(crate) fn execute(
     }
     // One place retries transient failures, for every backend: each attempt reads the
     // namespace afresh, and its lock waits end at the run's deadline.
-    let policy = apply::retry::Policy {
+    let policy = retry::Policy {
         retries: run.retries,
         pause: run.retry_pause,
-        deadline: apply::exec::Deadline {
+        deadline: Deadline {
             started: summary.started,
             timeout: run.timeout,
         },
@@ -430,7 +432,7 @@ pub(crate) fn execute(
     if mode == Mode::Check {
         // A read answered EBUSY (or a save tool's lock message) is retried under --retries
         // too: a readiness probe should not answer 1 for a moment's contention.
-        let checked = apply::retry::with_retries(&policy, &log, |_| {
+        let checked = retry::with_retries(&policy, &log, |_| {
             pipeline::check(&plan, ruleset.as_ref(), run, &runner, &log)
         });
         summary.phase("check");
@@ -459,7 +461,7 @@ pub(crate) fn execute(
         };
     }
 
-    let result = apply::retry::with_retries(&policy, &log, |left| {
+    let result = retry::with_retries(&policy, &log, |left| {
         let run = &config::RunOptions {
             xtables_wait: run.xtables_wait.min(left),
             ..run.clone()
@@ -547,13 +549,12 @@ fn inspect(raw: &cli::RawArgs, host: &dyn Host, log: &Log, conn: Option<(&str, b
     };
     let plan = plan::plan(&config.capture);
     // Owner rules by group name match the gid iptables resolves when it installs them.
-    let groups =
-        apply::groups::Groups::load(Path::new(apply::groups::GROUP_FILE)).unwrap_or_else(|e| {
-            log.warn(&format!(
-                "{e}: owner rules by group name match nothing in this trace"
-            ));
-            apply::groups::Groups::default()
-        });
+    let groups = groups::Groups::load(Path::new(groups::GROUP_FILE)).unwrap_or_else(|e| {
+        log.warn(&format!(
+            "{e}: owner rules by group name match nothing in this trace"
+        ));
+        groups::Groups::default()
+    });
     let lookup = |name: &str| groups.gid(name);
     // `auto` is traced as Istio's default, iptables; the native backend differs for IPv6.
     let backend = match config.run.backend {

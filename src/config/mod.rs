@@ -151,7 +151,7 @@ pub enum BackendChoice {
 /// one rule with a set lookup (`--nft-sets`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NftSets {
-    /// Runs longer than [`crate::backend::nftables::SET_THRESHOLD`] rules; shorter lists keep
+    /// Runs longer than [`crate::render::nft_ruleset::SET_THRESHOLD`] rules; shorter lists keep
     /// Istio's exact text.
     Auto,
     /// Every run of two or more rules.

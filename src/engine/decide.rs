@@ -6,18 +6,18 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::apply::inventory::{counts, Counts, Inventory, IptablesPlace, Reading};
-use crate::apply::iptables::{self, Tools};
-use crate::apply::nftables;
-use crate::apply::routing::{self, Object};
-use crate::backend::iptables::restore_text;
-use crate::backend::iptables_save::{
+use crate::config::IptablesVariant;
+use crate::driver::nf_tables;
+use crate::driver::routing::{self, Object};
+use crate::driver::xtables::{self, Tools};
+use crate::engine::inventory::{counts, Counts, Inventory, IptablesPlace, Reading};
+use crate::plan::{Family, Plan, Table};
+use crate::render::iptables_save::{
     cleanup_text, compare, jumps_to_ours, leftover_probes, missing_tables, probe_cleanup_text,
     replace_text, ExpectedTable, Saved, State, PROBE_SPEC,
 };
-use crate::backend::shadowing::shadowing;
-use crate::config::IptablesVariant;
-use crate::plan::{Family, Plan, Table};
+use crate::render::iptables_text::restore_text;
+use crate::render::shadowing::shadowing;
 
 use super::error::{family_name, ApplyError};
 use super::mode::{Install, Mode};
@@ -712,7 +712,7 @@ fn planned(input: &Input, family: Family) -> Result<Expected, ApplyError> {
         Some(Err(e)) => Err(ApplyError::Precondition(e.clone())),
         None => {
             let resolve = input.resolve;
-            crate::backend::iptables_save::expected_tables(&input.plan.rules(family), &resolve)
+            crate::render::iptables_save::expected_tables(&input.plan.rules(family), &resolve)
                 .map_err(ApplyError::Precondition)
         }
     }
@@ -925,7 +925,7 @@ fn warn_unreadable(inventory: &Inventory) -> Result<Vec<Note>, ApplyError> {
 }
 
 /// An nf_tables failure before anything was written: transient when the kernel's errno is.
-pub fn nft_precondition(e: nftables::NftError) -> ApplyError {
+pub fn nft_precondition(e: nf_tables::NftError) -> ApplyError {
     match e.transient() {
         Some(reason) => ApplyError::Transient {
             message: e.to_string(),
@@ -937,7 +937,7 @@ pub fn nft_precondition(e: nftables::NftError) -> ApplyError {
 
 /// An iptables failure before anything was written, with `end` after its text: transient
 /// when the tool's failure is, so `--retries` retries it.
-pub fn iptables_error(e: iptables::IptablesError, end: &str) -> ApplyError {
+pub fn iptables_error(e: xtables::IptablesError, end: &str) -> ApplyError {
     let message = format!("{e}{end}");
     match e.transient() {
         Some(reason) => ApplyError::Transient {

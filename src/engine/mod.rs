@@ -4,6 +4,7 @@
 
 pub mod decide;
 pub mod error;
+pub mod inventory;
 pub mod mode;
 pub mod observe;
 

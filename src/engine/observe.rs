@@ -5,16 +5,16 @@
 //! Everything here reads; nothing writes except the variant probe, whose rule is added and
 //! deleted in one transaction.
 
-use crate::apply::exec::Runner;
-use crate::apply::inventory::Inventory;
-use crate::apply::iptables::{self, Chosen, Tools};
-use crate::apply::netlink::Netlink;
-use crate::apply::nftables::NfTables;
-use crate::apply::routing::{self, Object};
-use crate::backend::iptables_save::Saved;
-use crate::backend::nftables::Ruleset;
 use crate::config::IptablesVariant;
+use crate::driver::nf_tables::NfTables;
+use crate::driver::routing::{self, Object};
+use crate::driver::rtnetlink::Netlink;
+use crate::driver::xtables::{self, Chosen, Tools};
+use crate::engine::inventory::Inventory;
 use crate::plan::{Family, Plan};
+use crate::render::iptables_save::Saved;
+use crate::render::nft_ruleset::Ruleset;
+use crate::sys::process::Runner;
 
 use super::decide::{self, nft_precondition, Expected, Input};
 use super::error::{family_name, ApplyError};
@@ -99,7 +99,7 @@ pub struct Ask<'a> {
     /// The native ruleset, when the backend is nftables.
     pub ruleset: Option<&'a Ruleset>,
     /// The gid of a group name (for comparing native tables).
-    pub groups: &'a crate::apply::groups::Groups,
+    pub groups: &'a crate::sys::groups::Groups,
     /// `--force-iptables-binary`.
     pub forced: Option<IptablesVariant>,
 }
@@ -184,7 +184,7 @@ fn read_ipv6_lo() -> Ipv6Lo {
 fn choose_variants(ask: &Ask, runner: &(dyn Runner + Sync), seen: &mut Observed) {
     for family in ask.plan.families() {
         let known = |tools| seen.inventory.place(tools).known();
-        let chosen = iptables::choose_variant_known(runner, family, ask.forced, &known)
+        let chosen = xtables::choose_variant_known(runner, family, ask.forced, &known)
             .map_err(|e| decide::iptables_error(e, "; nothing was changed"));
         match chosen {
             Ok(chosen) => {
@@ -211,7 +211,7 @@ fn note_old_tool(
     want: &Expected,
     old: &mut Vec<(Tools, String)>,
 ) {
-    if let Err(e) = iptables::require_readable(runner, tools, live, want) {
+    if let Err(e) = xtables::require_readable(runner, tools, live, want) {
         old.push((tools, e.to_string()));
     }
 }
@@ -231,10 +231,10 @@ fn reread_for_check(ask: &Ask, runner: &(dyn Runner + Sync), seen: &mut Observed
             let live = match seen.inventory.place(tools).saved() {
                 Some(saved) => Some(saved.clone()),
                 None => {
-                    let read = iptables::save_if_present(runner, tools).map_err(|e| {
+                    let read = xtables::save_if_present(runner, tools).map_err(|e| {
                         let context = format!("cannot read the {name} rules with {}", tools.save());
                         decide::iptables_error(
-                            iptables::IptablesError::Context {
+                            xtables::IptablesError::Context {
                                 context,
                                 source: Box::new(e),
                             },

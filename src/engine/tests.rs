@@ -9,15 +9,15 @@ use super::decide::{decide, preview, Expected, Input, Note, Step};
 use super::error::ApplyError;
 use super::mode::{Install, Mode};
 use super::observe::{FamilyView, Ipv6Lo, Observed};
-use crate::apply::inventory::{Inventory, IptablesPlace, Reading, PLACES};
-use crate::apply::iptables::{Chosen, Tools};
-use crate::apply::routing::Object;
-use crate::backend::iptables::restore_text;
-use crate::backend::iptables_save::{expected_tables, parse_save, Saved};
 use crate::cli::{parse, Command, Env};
 use crate::config::detect::Host;
 use crate::config::{Config, IptablesVariant};
+use crate::driver::routing::Object;
+use crate::driver::xtables::{Chosen, Tools};
+use crate::engine::inventory::{Inventory, IptablesPlace, Reading, PLACES};
 use crate::plan::{self, Family, Plan};
+use crate::render::iptables_save::{expected_tables, parse_save, Saved};
+use crate::render::iptables_text::restore_text;
 
 /// An IPv4-only pod.
 struct Pod;

@@ -2,21 +2,24 @@
 //! writes, and undoes what this run added when a later step fails — saying exactly what, if
 //! anything, was left changed. It decides nothing: what to write and remove is in the steps.
 
-use crate::apply::exec::Runner;
-use crate::apply::groups::Groups;
-use crate::apply::iptables::XtablesLock;
-use crate::apply::netlink::{Changed, Netlink};
-use crate::apply::nftables::NfTables;
-use crate::apply::retry;
-use crate::apply::routing::{self, Object};
-use crate::apply::transaction::{commit, failure, CommitFailure, Goal, Transaction};
-use crate::backend::nft_netlink::XtFamily;
-use crate::backend::nftables::Ruleset;
-use crate::backend::shadowing::shadowing;
+use crate::driver::nf_tables::NfTables;
+use crate::driver::routing::{self, Object};
+use crate::driver::rtnetlink::{Changed, Netlink};
+use crate::driver::xtables::XtablesLock;
 use crate::engine::decide::{nft_precondition, Decision, Note, Removal, Step};
 use crate::engine::error::{family_name, ApplyError, Report};
+use crate::execute::transaction::{commit, failure, CommitFailure, Goal, Transaction};
 use crate::log::Log;
 use crate::plan::Family;
+use crate::render::nft_netlink::XtFamily;
+use crate::render::nft_ruleset::Ruleset;
+use crate::render::shadowing::shadowing;
+use crate::sys::groups::Groups;
+use crate::sys::process::Runner;
+
+pub mod retry;
+pub(crate) mod transaction;
+pub(crate) mod xt_shells;
 
 /// What the steps are carried out with.
 pub struct Drivers<'a> {

@@ -6,23 +6,24 @@ use std::collections::BTreeMap;
 
 use caps::Capability;
 
-use crate::apply::exec::Runner;
-use crate::apply::groups::{self, Groups};
-use crate::apply::inventory;
-use crate::apply::iptables::XtablesLock;
-use crate::apply::nftables::NfTables;
-use crate::apply::routing;
-use crate::apply::{lock, privileges, xt_shells};
-use crate::backend::iptables_save::expected_tables;
-use crate::backend::nftables::Ruleset;
 use crate::config::{BackendChoice, Capture, InterceptMode, RunOptions};
+use crate::driver::nf_tables::NfTables;
+use crate::driver::routing;
+use crate::driver::xtables::XtablesLock;
 use crate::engine::decide::{self, family_index, Expected, Full, Input};
 use crate::engine::error::{ApplyError, Report};
+use crate::engine::inventory;
 use crate::engine::mode::Mode;
 use crate::engine::observe::{observe, Ask};
+use crate::execute::xt_shells;
 use crate::execute::{execute, Drivers};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan};
+use crate::render::iptables_save::expected_tables;
+use crate::render::nft_ruleset::Ruleset;
+use crate::sys::groups::{self, Groups};
+use crate::sys::process::Runner;
+use crate::sys::{lock, privileges};
 
 /// The capabilities the iptables tools need (NET_RAW for the legacy variant's sockets).
 const IPTABLES_CAPS: &[Capability] = &[Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW];

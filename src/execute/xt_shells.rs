@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 
 use nix::errno::Errno;
 
-use super::nftables::{NfTables, NftError};
-use crate::backend::nft_netlink::{FamilyTable, XtFamily};
+use crate::driver::nf_tables::{NfTables, NftError};
 use crate::engine::error::ApplyError;
 use crate::log::Log;
+use crate::render::nft_netlink::{FamilyTable, XtFamily};
 
 const FAMILIES: [XtFamily; 2] = [XtFamily::Ip, XtFamily::Ip6];
 

@@ -290,7 +290,7 @@ pub fn expected_tables(
             format!(
                 "{} ({}): {e}",
                 rule,
-                crate::backend::iptables::rule_line(rule)
+                crate::render::iptables_text::rule_line(rule)
             )
         })?;
         let table = out.entry(rule.table).or_default();
@@ -620,7 +620,7 @@ fn transaction_text(
             }
         }
         for rule in planned {
-            lines.push(crate::backend::iptables::rule_line(rule));
+            lines.push(crate::render::iptables_text::rule_line(rule));
         }
         if lines.is_empty() {
             continue;

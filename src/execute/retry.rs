@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use serde_json::json;
 
-use super::exec::{Deadline, Output};
 use crate::config::LogLevel;
 use crate::engine::error::ApplyError;
 use crate::go_duration::go_duration;
 use crate::log::Log;
+use crate::sys::process::{Deadline, Output};
 
 /// What legacy iptables exits with when it gave up waiting for the xtables lock (iptables'
 /// `RESOURCE_PROBLEM`; 1.8.9 prints `Another app is currently holding the xtables lock.
@@ -229,8 +229,8 @@ mod tests {
 
     #[test]
     fn netlink_errors_carry_their_errno_to_the_classifier() {
-        use crate::apply::netlink::NetlinkError;
-        use crate::apply::nftables::NftError;
+        use crate::driver::nf_tables::NftError;
+        use crate::driver::rtnetlink::NetlinkError;
         let rejected = |errno| NftError::Rejected {
             origin: "rule 1 of istio-proxy-nat/istio-output".into(),
             errno,

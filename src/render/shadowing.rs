@@ -115,8 +115,8 @@ fn target_of(spec: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::iptables_save::{expected_tables, parse_save};
     use crate::plan::{Chain, Rule, Target};
+    use crate::render::iptables_save::{expected_tables, parse_save};
 
     /// `-A OUTPUT -j ISTIO_OUTPUT` and `-A ISTIO_OUTPUT -j RETURN` in nat.
     fn nat_output_rules() -> Vec<Rule> {
