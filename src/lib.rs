@@ -18,6 +18,7 @@ pub mod cni;
 pub mod config;
 pub mod driver;
 pub mod engine;
+mod entry;
 pub mod execute;
 pub mod go_duration;
 pub mod log;
@@ -28,4 +29,5 @@ pub mod sys;
 pub mod trace;
 pub mod validate;
 
-pub use run::{exit_code, run};
+pub use entry::run;
+pub use run::exit_code;

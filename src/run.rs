@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cli::{self, Command, Env};
+use crate::cli::{self, Env};
 use crate::config::detect::Host;
 use crate::config::LogLevel;
 use crate::config::{self, BackendChoice, Config, ConfigError, DnsCapture};
@@ -38,7 +38,7 @@ pub mod exit_code {
 
 /// What the last log line of every run reports. What a run never got to (a backend after a
 /// parse error) is left out rather than shown as a placeholder.
-struct Summary {
+pub(crate) struct Summary {
     started: Instant,
     phases: Vec<(&'static str, Duration)>,
     /// `apply`, `dry-run`, `check`, `cleanup`, `validation`, once the configuration is read.
@@ -53,7 +53,7 @@ struct Summary {
     /// What changed, one entry per change.
     changes: Vec<String>,
     /// The outcome in words when no change list says it.
-    outcome: String,
+    pub(crate) outcome: String,
 }
 
 /// `ipv4` / `ipv6`, as logs and the summary name a family.
@@ -65,7 +65,7 @@ fn family_name(family: Family) -> &'static str {
 }
 
 impl Summary {
-    fn new() -> Summary {
+    pub(crate) fn new() -> Summary {
         Summary {
             started: Instant::now(),
             phases: Vec::new(),
@@ -172,7 +172,7 @@ impl Summary {
         })
     }
 
-    fn finish(mut self, log: &Log, code: u8) -> u8 {
+    pub(crate) fn finish(mut self, log: &Log, code: u8) -> u8 {
         self.phase("end");
         log.with_fields(
             LogLevel::Info,
@@ -182,46 +182,6 @@ impl Summary {
         );
         code
     }
-}
-
-/// Runs meshinit with these arguments and environment; returns the exit code.
-///
-/// With `CNI_COMMAND` in the environment and no arguments (a CNI runtime passes none), meshinit
-/// is a chained CNI plugin: [`crate::cni`] speaks the protocol on stdin and stdout.
-pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
-    if env.contains_key("CNI_COMMAND") && argv.len() <= 1 {
-        let stdin = std::io::stdin();
-        let stdout = std::io::stdout();
-        return crate::cni::run(env, &mut stdin.lock(), &mut stdout.lock(), host);
-    }
-    if argv.get(1).map(String::as_str) == Some("cni-install") {
-        return crate::cni::install_main(&argv[2..]);
-    }
-    // Until the configuration is read, log as JSON if the flag is anywhere on the line.
-    let log = Log {
-        json: argv
-            .iter()
-            .any(|a| a == "--log_as_json" || a == "--log_as_json=true"),
-        ..Log::default()
-    };
-    let raw = match cli::parse(argv, env) {
-        Ok(Command::Run(raw)) => raw,
-        Ok(Command::Explain(raw)) => return inspect(&raw, host, &log, None),
-        Ok(Command::Trace { raw, conn, json }) => {
-            return inspect(&raw, host, &log, Some((&conn, json)))
-        }
-        Ok(Command::Help) => return print_stdout(&cli::usage()),
-        Ok(Command::Version) => {
-            return print_stdout(&format!("meshinit {}\n", env!("CARGO_PKG_VERSION")))
-        }
-        Err(e) => {
-            let mut summary = Summary::new();
-            log.error(&cli::error_message(argv, &e));
-            summary.outcome = "nothing changed: invalid command line".to_string();
-            return summary.finish(&log, exit_code::INVALID_INPUT);
-        }
-    };
-    execute(&raw, host, log, argv, env).code
 }
 
 /// What kind of failure ended a run, for callers that report it otherwise than by exit code
@@ -532,7 +492,12 @@ pub(crate) fn execute(
 /// `explain` (no connection) and `trace` (a connection spec, and whether to print JSON): the
 /// configuration as a real run builds it, its plan, and the netfilter model's answer on
 /// stdout. Needs no privileges and touches nothing.
-fn inspect(raw: &cli::RawArgs, host: &dyn Host, log: &Log, conn: Option<(&str, bool)>) -> u8 {
+pub(crate) fn inspect(
+    raw: &cli::RawArgs,
+    host: &dyn Host,
+    log: &Log,
+    conn: Option<(&str, bool)>,
+) -> u8 {
     let log = Log {
         json: raw.get("log_as_json").value == "true",
         ..*log
@@ -645,7 +610,7 @@ fn run_validation(config: &Config, log: &Log) -> u8 {
     exit_code::SUCCESS
 }
 
-fn print_stdout(text: &str) -> u8 {
+pub(crate) fn print_stdout(text: &str) -> u8 {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => exit_code::SUCCESS,

@@ -110,11 +110,11 @@ pub enum NftError {
 
 impl NftError {
     /// Why this failure may pass when tried again: the kernel's `EBUSY`, `EAGAIN` or `EINTR`
-    /// (see [`crate::execute::retry::transient_errno`]); `None` for every other failure.
+    /// (see [`crate::sys::transient::transient_errno`]); `None` for every other failure.
     pub fn transient(&self) -> Option<String> {
         match self {
             NftError::Rejected { errno, .. } | NftError::Io { errno, .. } => {
-                crate::execute::retry::transient_errno(*errno)
+                crate::sys::transient::transient_errno(*errno)
             }
             _ => None,
         }

@@ -66,7 +66,7 @@ pub enum IptablesError {
         stderr: String,
         /// A hint at the cause (held xtables lock, missing kernel module), or empty.
         hint: String,
-        /// Why the failure may pass (see [`crate::execute::retry::transient_tool`]); `None` when it
+        /// Why the failure may pass (see [`crate::sys::transient::transient_tool`]); `None` when it
         /// will not.
         transient: Option<String>,
     },
@@ -176,7 +176,7 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
         program: program.to_string(),
         ended: out.ended(),
         hint,
-        transient: crate::execute::retry::transient_tool(program, &out),
+        transient: crate::sys::transient::transient_tool(program, &out),
         stderr: out.stderr.trim().to_string(),
     })
 }

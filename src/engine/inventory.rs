@@ -463,7 +463,7 @@ fn read_routing() -> Reading<Vec<Object>> {
     match Netlink::open().and_then(|mut nl| routing::ours(&mut nl)) {
         Ok(objects) => Reading::Read(objects),
         Err(e) => Reading::Unreadable {
-            transient: e.errno().and_then(crate::execute::retry::transient_errno),
+            transient: e.errno().and_then(crate::sys::transient::transient_errno),
             why: format!("cannot list meshinit's routing objects: {e}"),
         },
     }
@@ -547,7 +547,7 @@ mod tests {
         let mut inv = inventory(Reading::Read(Saved::default()));
         inv.routing = Reading::Unreadable {
             why: "cannot list meshinit's routing objects: …".into(),
-            transient: crate::execute::retry::transient_errno(nix::errno::Errno::EBUSY),
+            transient: crate::sys::transient::transient_errno(nix::errno::Errno::EBUSY),
         };
         assert!(inv.transient().unwrap().contains("EBUSY"));
         // A failure another attempt would not change is not transient, and one such place

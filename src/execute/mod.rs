@@ -236,7 +236,7 @@ fn add_routing(nl: &mut Netlink, objects: &[Object]) -> Result<Vec<Object>, Appl
             Ok(Changed::No) => {}
             Err(e) => {
                 let left = undo_added(nl, &added);
-                let transient = e.errno().and_then(retry::transient_errno);
+                let transient = e.errno().and_then(crate::sys::transient::transient_errno);
                 return Err(failure(
                     vec![format!("adding {object}: {e}")],
                     left,

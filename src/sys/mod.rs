@@ -9,3 +9,4 @@ pub mod logfile;
 pub mod privileges;
 pub mod process;
 pub mod procfs;
+pub mod transient;
