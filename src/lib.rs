@@ -4,14 +4,15 @@
 //! Data flows one way:
 //!
 //! ```text
-//! argv + env ─▶ RawArgs ─▶ Config ─▶ Plan ─▶ rendered ─▶ apply ─▶ kernel
-//!               (cli)      (config,   (plan)   (backend)
-//!                          detection)              │
-//!                                     --dry-run: print it and stop
+//! argv + env ─▶ RawArgs ─▶ Config ─▶ Plan ─▶ rendered ─▶ observe ─▶ decide ─▶ execute ─▶ kernel
+//!               (cli)      (config)  (plan)  (render)    (engine)   (engine)  (execute,
+//!                                               │                     │        driver, sys)
+//!                               --dry-run: print it      --check, --dry-run --cleanup-only:
+//!                                                        report the decision, execute nothing
 //! ```
 //!
-//! Everything left of apply is pure, so the conformance tests of the dry-run output cover
-//! parsing, planning and rendering.
+//! Everything up to `render` is pure, and so is `engine::decide`; `tests/layering.rs` checks
+//! that imports only point down the layers (see docs/architecture-new.md).
 
 pub mod cli;
 pub mod cni;

@@ -1,6 +1,6 @@
 //! The kernel's view of iptables rules: parsing `iptables-save` output, the canonical form our
 //! planned rules take in it (so live state can be compared with the plan as plain text), and
-//! the comparison itself. Pure text; reading the live state belongs to `apply`.
+//! the comparison itself. Pure text; reading the live state belongs to `driver::xtables`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

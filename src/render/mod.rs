@@ -1,4 +1,4 @@
-//! Backends: translations of the neutral plan into what a kernel interface takes. Only text
+//! Rendering: translations of the neutral plan into what a kernel interface takes. Only text
 //! and data here; nothing is executed.
 
 pub mod iptables_save;

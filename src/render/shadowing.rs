@@ -1,6 +1,6 @@
 //! What other owners' rules do to ours: the rules ahead of our first jump in a built-in chain
 //! that end a packet's walk there (a verdict, or a jump into a chain with one), so capture
-//! does not see that traffic. Pure text over `iptables-save` dumps; `apply` reports them.
+//! does not see that traffic. Pure text over `iptables-save` dumps; the executor and `--check` report them.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,6 @@
 //! nftables ruleset → nf_tables netlink messages: one batch (`NFNL_MSG_BATCH_BEGIN` …
 //! `NFNL_MSG_BATCH_END`) that the kernel applies as a single transaction, and back. Pure
-//! encoding and decoding, no socket; sending and receiving belong to `apply::nftables`.
+//! encoding and decoding, no socket; sending and receiving belong to `driver::nf_tables`.
 //!
 //! The expressions are those `nft` 1.0 generates for the same text (checked with
 //! `nft --debug=netlink` and `--debug=mnl`), including what nft adds implicitly: `meta nfproto`
