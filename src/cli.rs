@@ -384,7 +384,7 @@ pub fn parse(argv: &[String], env: &Env) -> Result<Command, CliError> {
 
 /// Go's `strconv.ParseBool`, for the parser's own switches (`--help=false`).
 fn parse_go_bool(s: &str) -> Option<bool> {
-    crate::config::types::parse_go_bool(s).ok()
+    crate::go_duration::parse_go_bool(s).ok()
 }
 
 /// `trace`'s own flags, beside the capture flags.

@@ -1,6 +1,7 @@
 //! Durations written the way Go's `time.Duration.String()` writes them (`1m30s`, `1.5s`,
 //! `300ms`): the form Istio's duration flags (`--probe-timeout`, `--timeout`) are given and
-//! shown in, so a message quotes a duration as an operator would type it.
+//! shown in, so a message quotes a duration as an operator would type it; and Go booleans as
+//! `strconv.ParseBool` reads them, for the command line and the configuration alike.
 
 use std::time::Duration;
 
@@ -40,6 +41,15 @@ fn decimal(n: u128, digits: u32) -> String {
     }
     let fraction = format!("{rest:0width$}", width = digits as usize);
     format!("{whole}.{}", fraction.trim_end_matches('0'))
+}
+
+/// Parses a Go boolean as `strconv.ParseBool` does.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (true/false, 1/0, t/f)")),
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,20 @@
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::LogLevel;
+/// How much to log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Everything, including each tool's input.
+    Debug,
+    /// The default: what was decided and done.
+    Info,
+    /// Only what may need attention.
+    Warn,
+    /// Only failures (Istio's `fatal` maps here too).
+    Error,
+    /// Nothing.
+    None,
+}
 
 /// Where and how log lines go.
 #[derive(Clone, Copy, Debug)]

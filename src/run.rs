@@ -5,17 +5,22 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::apply::{self, exec::SystemRunner, ApplyError};
-use crate::cli::{self, Command, Env};
+use crate::cli::{self, Env};
 use crate::config::detect::Host;
 use crate::config::LogLevel;
 use crate::config::{self, BackendChoice, Config, ConfigError, DnsCapture};
+use crate::engine::error::{ApplyError, Report};
+use crate::engine::mode::Mode;
+use crate::execute::retry;
 use crate::log::Log;
 use crate::plan::Family;
-use crate::{backend, plan, trace, validate};
+use crate::sys::process::{Deadline, SystemRunner};
+use crate::sys::{groups, privileges};
+use crate::{plan, render, trace, validate};
 
 mod describe;
-use describe::{describe, log_sources, mode};
+mod pipeline;
+use describe::{describe, log_sources};
 
 /// The exit codes, documented in the README.
 pub mod exit_code {
@@ -33,7 +38,7 @@ pub mod exit_code {
 
 /// What the last log line of every run reports. What a run never got to (a backend after a
 /// parse error) is left out rather than shown as a placeholder.
-struct Summary {
+pub(crate) struct Summary {
     started: Instant,
     phases: Vec<(&'static str, Duration)>,
     /// `apply`, `dry-run`, `check`, `cleanup`, `validation`, once the configuration is read.
@@ -48,7 +53,7 @@ struct Summary {
     /// What changed, one entry per change.
     changes: Vec<String>,
     /// The outcome in words when no change list says it.
-    outcome: String,
+    pub(crate) outcome: String,
 }
 
 /// `ipv4` / `ipv6`, as logs and the summary name a family.
@@ -60,7 +65,7 @@ fn family_name(family: Family) -> &'static str {
 }
 
 impl Summary {
-    fn new() -> Summary {
+    pub(crate) fn new() -> Summary {
         Summary {
             started: Instant::now(),
             phases: Vec::new(),
@@ -167,7 +172,7 @@ impl Summary {
         })
     }
 
-    fn finish(mut self, log: &Log, code: u8) -> u8 {
+    pub(crate) fn finish(mut self, log: &Log, code: u8) -> u8 {
         self.phase("end");
         log.with_fields(
             LogLevel::Info,
@@ -177,46 +182,6 @@ impl Summary {
         );
         code
     }
-}
-
-/// Runs meshinit with these arguments and environment; returns the exit code.
-///
-/// With `CNI_COMMAND` in the environment and no arguments (a CNI runtime passes none), meshinit
-/// is a chained CNI plugin: [`crate::cni`] speaks the protocol on stdin and stdout.
-pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
-    if env.contains_key("CNI_COMMAND") && argv.len() <= 1 {
-        let stdin = std::io::stdin();
-        let stdout = std::io::stdout();
-        return crate::cni::run(env, &mut stdin.lock(), &mut stdout.lock(), host);
-    }
-    if argv.get(1).map(String::as_str) == Some("cni-install") {
-        return crate::cni::install_main(&argv[2..]);
-    }
-    // Until the configuration is read, log as JSON if the flag is anywhere on the line.
-    let log = Log {
-        json: argv
-            .iter()
-            .any(|a| a == "--log_as_json" || a == "--log_as_json=true"),
-        ..Log::default()
-    };
-    let raw = match cli::parse(argv, env) {
-        Ok(Command::Run(raw)) => raw,
-        Ok(Command::Explain(raw)) => return inspect(&raw, host, &log, None),
-        Ok(Command::Trace { raw, conn, json }) => {
-            return inspect(&raw, host, &log, Some((&conn, json)))
-        }
-        Ok(Command::Help) => return print_stdout(&cli::usage()),
-        Ok(Command::Version) => {
-            return print_stdout(&format!("meshinit {}\n", env!("CARGO_PKG_VERSION")))
-        }
-        Err(e) => {
-            let mut summary = Summary::new();
-            log.error(&cli::error_message(argv, &e));
-            summary.outcome = "nothing changed: invalid command line".to_string();
-            return summary.finish(&log, exit_code::INVALID_INPUT);
-        }
-    };
-    execute(&raw, host, log, argv, env).code
 }
 
 /// What kind of failure ended a run, for callers that report it otherwise than by exit code
@@ -278,7 +243,7 @@ pub(crate) fn execute(
     // meshinit is still single-threaded.
     let netns = &raw.get("network-namespace").value;
     if !netns.is_empty() {
-        match apply::privileges::enter_netns(Path::new(netns)) {
+        match privileges::enter_netns(Path::new(netns)) {
             Ok(entered) => summary.namespace = Some(entered),
             Err(e) => return fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, e),
         }
@@ -321,7 +286,8 @@ pub(crate) fn execute(
     if log.enabled(LogLevel::Debug) {
         log_sources(raw, env, &log);
     }
-    summary.mode = Some(mode(&config.run));
+    let mode = Mode::of(&config.run);
+    summary.mode = Some(mode.name());
     for warning in &config.warnings {
         log.warn(warning);
     }
@@ -356,13 +322,13 @@ pub(crate) fn execute(
     summary.phase("plan");
     let run = &config.run;
     // The whole run's deadline for helper programs, counted from the start of the run.
-    let runner = SystemRunner::new(Some(apply::exec::Deadline {
+    let runner = SystemRunner::new(Some(Deadline {
         started: summary.started,
         timeout: run.timeout,
     }));
-    if run.dry_run && run.cleanup_only {
+    if mode == Mode::DryRunCleanup {
         // What cleanup would remove here, not the install rules.
-        return match apply::cleanup_preview(&config.capture, &runner) {
+        return match pipeline::cleanup_preview(&config.capture, &runner) {
             Ok(text) => {
                 summary.outcome = "dry run of --cleanup-only: printed, nothing changed".to_string();
                 let code = print_stdout(&text);
@@ -376,8 +342,8 @@ pub(crate) fn execute(
         };
     }
     // Decided once, before the dry run: a dry run prints what the same command installs.
-    let (backend, why) = apply::resolve_backend(run.backend, &runner);
-    let nftables = backend == apply::Backend::Nftables;
+    let (backend, why) = pipeline::resolve_backend(run.backend, &runner);
+    let nftables = backend == pipeline::Backend::Nftables;
     log.info(&format!(
         "backend: {} ({why})",
         if nftables { "nftables" } else { "iptables" }
@@ -392,15 +358,15 @@ pub(crate) fn execute(
             list(v6_excluded)
         ));
     }
-    if run.dry_run {
+    if mode == Mode::DryRun {
         summary.outcome = "dry run: printed, nothing changed".to_string();
         let text = if nftables {
             format!(
                 "# meshinit dry run: nftables script, as input to `nft -f`\n{}",
-                backend::nftables::nft_script_with(&plan, run.nft_sets)
+                render::nft_ruleset::nft_script_with(&plan, run.nft_sets)
             )
         } else {
-            backend::iptables::dry_run_text(&plan)
+            render::iptables_text::dry_run_text(&plan)
         };
         let code = print_stdout(&text);
         return Outcome::ok(summary.finish(&log, code));
@@ -408,34 +374,30 @@ pub(crate) fn execute(
     // Built once, here: the summary counts its rules, and --check and the apply (every
     // attempt of it) use the same one; with thousands of listed CIDRs, merging the lists
     // into sets is a few milliseconds.
-    let ruleset = nftables.then(|| backend::nftables::ruleset_with(&plan, run.nft_sets));
+    let ruleset = nftables.then(|| render::nft_ruleset::ruleset_with(&plan, run.nft_sets));
     if let Some(ruleset) = &ruleset {
         // One inet rule serves both families where iptables needs one per family.
         summary.rules = Some(ruleset.tables.iter().map(|t| t.rules.len()).sum());
     }
-    if run.cleanup_only {
+    if matches!(mode, Mode::Cleanup { .. }) {
         // Cleanup removes what is there; the plan's count says nothing about that.
         summary.rules = None;
     }
     // One place retries transient failures, for every backend: each attempt reads the
     // namespace afresh, and its lock waits end at the run's deadline.
-    let policy = apply::retry::Policy {
+    let policy = retry::Policy {
         retries: run.retries,
         pause: run.retry_pause,
-        deadline: apply::exec::Deadline {
+        deadline: Deadline {
             started: summary.started,
             timeout: run.timeout,
         },
     };
-    if run.check {
+    if mode == Mode::Check {
         // A read answered EBUSY (or a save tool's lock message) is retried under --retries
         // too: a readiness probe should not answer 1 for a moment's contention.
-        let checked = apply::retry::with_retries(&policy, &log, |_| {
-            if let Some(ruleset) = &ruleset {
-                apply::check_nftables(&plan, ruleset, &runner, &log)
-            } else {
-                apply::check(&plan, run, &runner, &log)
-            }
+        let checked = retry::with_retries(&policy, &log, |_| {
+            pipeline::check(&plan, ruleset.as_ref(), run, &runner, &log)
         });
         summary.phase("check");
         return match checked {
@@ -463,22 +425,19 @@ pub(crate) fn execute(
         };
     }
 
-    let result = apply::retry::with_retries(&policy, &log, |left| {
+    let result = retry::with_retries(&policy, &log, |left| {
         let run = &config::RunOptions {
             xtables_wait: run.xtables_wait.min(left),
             ..run.clone()
         };
-        match (run.cleanup_only, run.skip_rule_apply, &ruleset) {
+        match mode {
             // Cleanup removes ours from every backend, variant and family, whatever was chosen.
-            (true, _, _) => apply::cleanup(&config.capture, run, &runner, &log),
-            (false, true, _) => Ok(apply::Report {
+            Mode::Cleanup { .. } => pipeline::cleanup(&config.capture, run, &runner, &log),
+            Mode::Skip { .. } => Ok(Report {
                 changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
-                ..apply::Report::default()
+                ..Report::default()
             }),
-            (false, false, Some(ruleset)) => {
-                apply::apply_nftables(&config.capture, &plan, ruleset, run, &runner, &log)
-            }
-            (false, false, None) => apply::apply(&config.capture, &plan, run, &runner, &log),
+            _ => pipeline::apply(&config.capture, &plan, ruleset.as_ref(), run, &runner, &log),
         }
     });
     summary.phase("apply");
@@ -486,7 +445,7 @@ pub(crate) fn execute(
         Ok(report) => {
             summary.tools = report.tools;
             summary.changes = report.changes;
-            if run.cleanup_only && summary.changes.is_empty() {
+            if matches!(mode, Mode::Cleanup { .. }) && summary.changes.is_empty() {
                 summary.outcome = "nothing of ours was found: nothing changed".to_string();
             }
         }
@@ -518,7 +477,7 @@ pub(crate) fn execute(
             return fail(summary, &log, kind, exit_code::FAILURE, msg);
         }
     }
-    if run.run_validation {
+    if mode.validates() {
         let code = run_validation(&config, &log);
         summary.phase("validate");
         let failure = match code {
@@ -537,7 +496,12 @@ pub(crate) fn execute(
 /// `explain` (no connection) and `trace` (a connection spec, and whether to print JSON): the
 /// configuration as a real run builds it, its plan, and the netfilter model's answer on
 /// stdout. Needs no privileges and touches nothing.
-fn inspect(raw: &cli::RawArgs, host: &dyn Host, log: &Log, conn: Option<(&str, bool)>) -> u8 {
+pub(crate) fn inspect(
+    raw: &cli::RawArgs,
+    host: &dyn Host,
+    log: &Log,
+    conn: Option<(&str, bool)>,
+) -> u8 {
     let log = Log {
         json: raw.get("log_as_json").value == "true",
         ..*log
@@ -554,13 +518,12 @@ fn inspect(raw: &cli::RawArgs, host: &dyn Host, log: &Log, conn: Option<(&str, b
     };
     let plan = plan::plan(&config.capture);
     // Owner rules by group name match the gid iptables resolves when it installs them.
-    let groups =
-        apply::groups::Groups::load(Path::new(apply::groups::GROUP_FILE)).unwrap_or_else(|e| {
-            log.warn(&format!(
-                "{e}: owner rules by group name match nothing in this trace"
-            ));
-            apply::groups::Groups::default()
-        });
+    let groups = groups::Groups::load(Path::new(groups::GROUP_FILE)).unwrap_or_else(|e| {
+        log.warn(&format!(
+            "{e}: owner rules by group name match nothing in this trace"
+        ));
+        groups::Groups::default()
+    });
     let lookup = |name: &str| groups.gid(name);
     // `auto` is traced as Istio's default, iptables; the native backend differs for IPv6.
     let backend = match config.run.backend {
@@ -651,7 +614,7 @@ fn run_validation(config: &Config, log: &Log) -> u8 {
     exit_code::SUCCESS
 }
 
-fn print_stdout(text: &str) -> u8 {
+pub(crate) fn print_stdout(text: &str) -> u8 {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => exit_code::SUCCESS,

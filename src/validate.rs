@@ -166,7 +166,7 @@ pub fn validate(
                 return Err(ValidationError::PortUnavailable {
                     addr,
                     error,
-                    holder: crate::apply::procfs::tcp_port_holder(addr),
+                    holder: crate::sys::procfs::tcp_port_holder(addr),
                 })
             }
         }

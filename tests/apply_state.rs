@@ -7,8 +7,8 @@ mod support;
 
 use std::path::PathBuf;
 
-use meshinit::backend::iptables_save::State;
 use meshinit::plan::Family;
+use meshinit::render::iptables_save::State;
 use support::apply::{
     all_rules, assert_ok, default_args, kernel_state, meshinit, path_env, plan_for, strings,
     tools_with_broken, VARIANTS,
@@ -391,7 +391,7 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
                 String::from_utf8_lossy(&lab.pod.run(&["nft", "list", "ruleset"], None).stdout)
                     .into_owned();
             let plan = plan_for(&args, &[]);
-            let ruleset = meshinit::backend::nftables::ruleset(&plan);
+            let ruleset = meshinit::render::nft_ruleset::ruleset(&plan);
             for table in &ruleset.tables {
                 assert_eq!(
                     listing

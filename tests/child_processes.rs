@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshinit::backend::iptables_save::State;
 use meshinit::plan::Family;
+use meshinit::render::iptables_save::State;
 use support::apply::{all_rules, default_args, kernel_state, plan_for, strings, tools_with_broken};
 use support::netlab::{Lab, Netns};
 use support::{diff, require_root};

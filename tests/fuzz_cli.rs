@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
 
-use meshinit::backend::iptables::dry_run_text;
-use meshinit::backend::nftables::nft_script;
 use meshinit::cli::{self, Command, FLAGS};
 use meshinit::config::detect::Host;
 use meshinit::config::{Config, ConfigError};
 use meshinit::plan;
+use meshinit::render::iptables_text::dry_run_text;
+use meshinit::render::nft_ruleset::nft_script;
 use proptest::prelude::*;
 
 /// A machine with one IPv4 address, a resolv.conf and a passwd: detection always succeeds, so

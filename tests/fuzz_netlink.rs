@@ -9,12 +9,12 @@ mod support;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use meshinit::apply::nftables::NfTables;
-use meshinit::backend::nft_netlink::{
+use meshinit::driver::nf_tables::NfTables;
+use meshinit::render::netlink_wire::parse_messages;
+use meshinit::render::nft_netlink::{
     self, compare_table, expected_tables, replace_batch, FoundTable,
 };
-use meshinit::backend::nftables::{ruleset, Ruleset};
-use meshinit::netlink_wire::parse_messages;
+use meshinit::render::nft_ruleset::{ruleset, Ruleset};
 use nix::sys::socket::{
     bind, recv, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
     SockType,

@@ -10,8 +10,8 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use meshinit::backend::iptables_save::State;
 use meshinit::plan::Family;
+use meshinit::render::iptables_save::State;
 use support::apply::{
     all_rules, assert_ok, assert_unchanged, default_args, kernel_state, meshinit, plan_for,
     strings, tools_with_broken, VARIANTS,

@@ -13,8 +13,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use meshinit::backend::iptables_save::{compare, expected_tables, parse_save, State};
 use meshinit::plan::Family;
+use meshinit::render::iptables_save::{compare, expected_tables, parse_save, State};
 use support::apply::{meshinit, plan_for, VARIANTS};
 use support::netlab::{Lab, Netns};
 use support::{conformance_cases, diff, require_root, Case, Output};

@@ -8,11 +8,11 @@ mod support;
 
 use istio_model::strategy::istio_config;
 use istio_model::{restore_texts, to_case_args, to_cli};
-use meshinit::backend::iptables::restore_text;
 use meshinit::cli::{self, Command};
 use meshinit::config::detect::SystemHost;
 use meshinit::config::Config;
 use meshinit::plan::{self, Family};
+use meshinit::render::iptables_text::restore_text;
 use proptest::prelude::*;
 
 /// meshinit's restore texts for a command line, through the library (no process per case).

@@ -9,9 +9,9 @@
 
 mod support;
 
-use meshinit::apply::nftables::{Groups, NfTables, NftError};
-use meshinit::backend::nft_netlink::replace_batch;
-use meshinit::backend::nftables::{ruleset, NftRule, Ruleset, Stmt};
+use meshinit::driver::nf_tables::{Groups, NfTables, NftError};
+use meshinit::render::nft_netlink::replace_batch;
+use meshinit::render::nft_ruleset::{ruleset, NftRule, Ruleset, Stmt};
 use support::apply::{assert_ok, default_args, meshinit, plan_for};
 use support::netlab::{Lab, Netns};
 use support::nft::{chain_with_handles, groups, in_netns, listing, without_counters};
@@ -315,7 +315,7 @@ fn other_configurations_list_like_their_script() {
         let rs = ruleset(&plan_for(&args, &env));
         let lab = Lab::new().expect("lab");
         lab.peer
-            .nft_apply(&meshinit::backend::nftables::script(&rs));
+            .nft_apply(&meshinit::render::nft_ruleset::script(&rs));
         apply(&lab.pod, &rs).unwrap();
         // `--check`'s comparison finds both in place.
         assert_eq!(differences(&lab.pod, &rs), Vec::<String>::new(), "{args:?}");

@@ -8,12 +8,12 @@ mod support;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use meshinit::apply::nftables::{NfTables, NftError};
-use meshinit::backend::nft_netlink::{
+use meshinit::config::NftSets;
+use meshinit::driver::nf_tables::{NfTables, NftError};
+use meshinit::render::nft_netlink::{
     compare_table, replace_batch, ChainInfo, CheckedRule, CheckedTable, Expr, Value,
 };
-use meshinit::backend::nftables::{ruleset, ruleset_with, NftRule, Ruleset, Stmt};
-use meshinit::config::NftSets;
+use meshinit::render::nft_ruleset::{ruleset, ruleset_with, NftRule, Ruleset, Stmt};
 use support::apply::{default_args, meshinit, plan_for};
 use support::netlab::{Lab, Netns};
 use support::nft::{chain_with_handles, groups, in_netns, listing, rule_count};

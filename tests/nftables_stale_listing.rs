@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use meshinit::apply::nftables::{NfTables, NftError};
-use meshinit::backend::nft_netlink::replace_batch;
-use meshinit::backend::nftables::{ruleset, Ruleset};
+use meshinit::driver::nf_tables::{NfTables, NftError};
+use meshinit::render::nft_netlink::replace_batch;
+use meshinit::render::nft_ruleset::{ruleset, Ruleset};
 use nix::errno::Errno;
 use support::apply::{default_args, plan_for};
 use support::netlab::{Lab, Netns};

@@ -2,7 +2,7 @@
 //! install-cni does (what examples/cni-daemonset.yaml runs): the flags, the choice of the
 //! node's conflist, how meshinit's entry stands in it, and the edits that append it (replacing
 //! an older one) or take it out. Pure; the files are read, written and watched by
-//! `apply::cni_files`, and `cni::node` decides when.
+//! `sys::cni_files`, and `cni::node` decides when.
 
 use std::path::PathBuf;
 

@@ -25,7 +25,7 @@ use crate::config::detect::Host;
 use crate::config::{Config, ConfigError};
 use crate::log::Log;
 use crate::run::{self, FailureKind};
-use crate::{apply, exit_code};
+use crate::{exit_code, sys};
 use protocol::{code, CniError, Command, Request};
 
 /// Detection in CNI mode. The plugin runs in the node's mount namespace, so the files
@@ -92,7 +92,7 @@ fn validate(raw: &RawArgs, resolv_conf: &str) -> Result<(), CniError> {
 /// exit code (2 for bad flags or a bad entry).
 pub fn install_main(args: &[String]) -> u8 {
     let log = Log::default();
-    let read = |path: &str| apply::cni_files::read(Path::new(path));
+    let read = |path: &str| sys::cni_files::read(Path::new(path));
     let install = match install::parse(args, &read).and_then(|i| {
         let fields = i.plugin.as_object().cloned().unwrap_or_default();
         let plugin = config::plugin_config(&fields.into_iter().collect())
@@ -219,7 +219,7 @@ fn handle(
         log.level = level;
     }
     if let Some(path) = &plugin.log_file {
-        if let Err(e) = apply::logfile::redirect_stderr(path) {
+        if let Err(e) = sys::logfile::redirect_stderr(path) {
             let error = CniError::new(code::INVALID_CONFIG, format!("log_file: {e}"));
             if command != Command::Del {
                 return Err(error);
@@ -275,7 +275,7 @@ fn handle(
         log.info("DEL: the network namespace is gone, and the rules with it: nothing to remove");
         return Ok(None);
     }
-    apply::privileges::enter_netns(Path::new(&request.netns))
+    sys::privileges::enter_netns(Path::new(&request.netns))
         .map_err(|e| CniError::new(code::FAILED, e))?;
     let host = CniHost {
         inner: host,

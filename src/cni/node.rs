@@ -4,17 +4,17 @@
 //! a new first conflist, none yet, the binary deleted) until SIGTERM takes the entry out.
 //! Every event is answered from the directory as it is now, never from the event alone, so
 //! merged or lost events cannot mislead it, and its own writes find everything in place
-//! (no write loop). Files are read, written and watched through `apply::cni_files`.
+//! (no write loop). Files are read, written and watched through `sys::cni_files`.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use super::install::{self, Entry, First, Install};
-use crate::apply::cni_files::{self, Change, FileEvent, Replaced, Wake, Watch};
 use crate::config::LogLevel;
 use crate::exit_code;
 use crate::log::Log;
+use crate::sys::cni_files::{self, Change, FileEvent, Replaced, Wake, Watch};
 
 /// Attempts at one edit when another writer keeps rewriting the file between our read and our
 /// write; after that the edit waits for that writer's next event.

@@ -151,7 +151,7 @@ pub enum BackendChoice {
 /// one rule with a set lookup (`--nft-sets`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NftSets {
-    /// Runs longer than [`crate::backend::nftables::SET_THRESHOLD`] rules; shorter lists keep
+    /// Runs longer than [`crate::render::nft_ruleset::SET_THRESHOLD`] rules; shorter lists keep
     /// Istio's exact text.
     Auto,
     /// Every run of two or more rules.
@@ -169,20 +169,11 @@ pub enum IptablesVariant {
     Nft,
 }
 
-/// How much to log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    /// Everything, including each tool's input.
-    Debug,
-    /// The default: what was decided and done.
-    Info,
-    /// Only what may need attention.
-    Warn,
-    /// Only failures (Istio's `fatal` maps here too).
-    Error,
-    /// Nothing.
-    None,
-}
+pub use crate::log::LogLevel;
+
+/// The mark Istio puts on the proxy's own connections to the pod's address under TPROXY (a
+/// plan fact, re-exported by `plan`; here because a TPROXY mark flag may not take it).
+pub const OUTBOUND_MARK: u32 = 1338;
 
 /// Everything about how meshinit runs, as opposed to what it installs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -685,9 +676,9 @@ fn default_proxy_uid(host: &dyn Host, user: &str) -> (u32, Option<String>) {
 fn parse_mark(s: &str) -> Result<u32, String> {
     match parse_decimal(s).and_then(|n| u32::try_from(n).ok()) {
         Some(0) => Err("mark 0 would match every unmarked packet".to_string()),
-        Some(crate::plan::OUTBOUND_MARK) => Err(format!(
+        Some(OUTBOUND_MARK) => Err(format!(
             "{} is Istio's outbound mark; choose another",
-            crate::plan::OUTBOUND_MARK
+            OUTBOUND_MARK
         )),
         Some(mark) => Ok(mark),
         None => Err("expected a decimal integer 1-4294967295".to_string()),

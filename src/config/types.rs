@@ -534,14 +534,7 @@ impl fmt::Display for GroupRef {
     }
 }
 
-/// Parses a Go boolean as `strconv.ParseBool` does.
-pub fn parse_go_bool(s: &str) -> Result<bool, String> {
-    match s {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("{s:?} is not a boolean (true/false, 1/0, t/f)")),
-    }
-}
+pub use crate::go_duration::parse_go_bool;
 
 /// Parses a Go duration (`5s`, `1m30s`, `500ms`, `1.5h`) as `time.ParseDuration` does, for
 /// non-negative values.

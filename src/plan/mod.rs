@@ -11,8 +11,7 @@ use std::fmt;
 
 use crate::config::types::{Cidr, GroupRef, IfName, Port, PortRange};
 
-/// The mark Istio puts on the proxy's own connections to the pod's address under TPROXY.
-pub const OUTBOUND_MARK: u32 = 1338;
+pub use crate::config::OUTBOUND_MARK;
 /// Where istio-agent's DNS proxy listens.
 pub const DNS_PROXY_PORT: Port = Port::new_const(15053);
 /// The DNS port.

@@ -8,7 +8,6 @@ use crate::cli::{Env, RawArgs, Source};
 use crate::config::types::Cidr;
 use crate::config::{
     BackendChoice, Config, DnsCapture, InboundCapture, InterceptMode, OutboundInclude, OwnerGroups,
-    RunOptions,
 };
 use crate::go_duration::go_duration;
 use crate::log::Log;
@@ -39,27 +38,6 @@ fn backend_name(backend: BackendChoice) -> &'static str {
         BackendChoice::Auto => "auto",
         BackendChoice::Iptables => "iptables",
         BackendChoice::Nftables => "nftables",
-    }
-}
-
-/// The run's mode in a word, for the summary.
-pub fn mode(run: &RunOptions) -> &'static str {
-    if run.dry_run {
-        "dry-run"
-    } else if run.check {
-        "check"
-    } else if run.cleanup_only {
-        "cleanup"
-    } else if run.skip_rule_apply {
-        if run.run_validation {
-            "validation"
-        } else {
-            "skip-rule-apply"
-        }
-    } else if run.run_validation {
-        "apply+validation"
-    } else {
-        "apply"
     }
 }
 

@@ -20,11 +20,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{Conn, Direction, Step, Trace, Verdict};
-use crate::backend::iptables::rule_line;
 use crate::config::types::{Cidr, IfName};
 use crate::plan::{
     Chain, CtState, Family, Match, Owner, Plan, Position, Protocol, Rule, Table, Target,
 };
+use crate::render::iptables_text::rule_line;
 
 /// Chains deeper than this are a loop in the plan; Istio's are at most three deep.
 const MAX_DEPTH: usize = 16;
@@ -76,7 +76,7 @@ pub fn trace(plan: &Plan, conn: &Conn, backend: Backend, groups: GroupLookup<'_>
                         .to_string(),
                 );
             }
-            crate::backend::nftables::nft_rules(plan)
+            crate::render::nft_ruleset::nft_rules(plan)
                 .into_iter()
                 .cloned()
                 .collect()

@@ -6,11 +6,11 @@
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use meshinit::backend::iptables_save::{compare, expected_tables, parse_save, State};
 use meshinit::cli::{self, Command};
 use meshinit::config::detect::SystemHost;
 use meshinit::config::Config;
 use meshinit::plan::{self, Family};
+use meshinit::render::iptables_save::{compare, expected_tables, parse_save, State};
 
 use std::net::{Ipv4Addr, SocketAddr};
 

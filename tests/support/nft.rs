@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 
-use meshinit::apply::nftables::{Groups, GROUP_FILE};
+use meshinit::driver::nf_tables::{Groups, GROUP_FILE};
 use nix::sched::{setns, CloneFlags};
 
 use super::netlab::Netns;

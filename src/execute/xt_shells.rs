@@ -9,17 +9,17 @@ use std::collections::BTreeSet;
 
 use nix::errno::Errno;
 
-use super::nftables::{NfTables, NftError};
-use super::ApplyError;
-use crate::backend::nft_netlink::{FamilyTable, XtFamily};
+use crate::driver::nf_tables::{NfTables, NftError};
+use crate::engine::error::ApplyError;
 use crate::log::Log;
+use crate::render::nft_netlink::{FamilyTable, XtFamily};
 
 const FAMILIES: [XtFamily; 2] = [XtFamily::Ip, XtFamily::Ip6];
 
 /// The `ip`/`ip6` tables and their chains before the run: `(family, table, chain)`, with
 /// `None` as the chain for the table itself.
 /// `Ok(None)` when the kernel has no nf_tables (iptables-nft can create nothing there).
-pub(super) struct Snapshot(Result<Option<BTreeSet<Object>>, String>);
+pub(crate) struct Snapshot(Result<Option<BTreeSet<Object>>, String>);
 
 type Object = (&'static str, String, Option<String>);
 
@@ -33,7 +33,7 @@ struct Now {
 
 impl Snapshot {
     /// Reads the `ip` and `ip6` tables and chains (read-only, over netlink).
-    pub(super) fn read() -> Snapshot {
+    pub(crate) fn read() -> Snapshot {
         let read = || -> Result<BTreeSet<Object>, NftError> {
             let mut nft = NfTables::open()?;
             let mut all = BTreeSet::new();
@@ -66,7 +66,7 @@ impl Snapshot {
     /// nothing of that kind is left; otherwise it names what is left (new empty base chains
     /// in tables that were there before, which cannot be deleted without the table) and no
     /// longer claims that nothing changed.
-    pub(super) fn after_failure(&self, error: ApplyError, log: &Log) -> ApplyError {
+    pub(crate) fn after_failure(&self, error: ApplyError, log: &Log) -> ApplyError {
         let before = match &self.0 {
             Ok(Some(before)) => before,
             Ok(None) => return error,

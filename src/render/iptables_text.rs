@@ -1,6 +1,6 @@
 //! Plan → iptables: the text of each rule exactly as Istio writes it, and the
 //! `iptables-restore --noflush` input per family (tables sorted, `-N` for each chain of ours).
-//! Pure text; running `*-restore` belongs to `apply`.
+//! Pure text; running `*-restore` belongs to `driver::xtables`.
 
 use crate::plan::{
     Chain, CtState, Family, Match, Owner, Plan, Position, Protocol, Rule, Table, Target,

@@ -375,9 +375,9 @@ pub fn rule_text(exprs: &[Expr]) -> Option<String> {
                 let f = field(&src, &mut l4, &mut nf)?;
                 flush(&mut out, &mut l4, &mut nf);
                 // An interval set of ports (ranges among them) reads as nft prints it.
-                let intervals = set.flags & crate::backend::nft_sets::NFT_SET_INTERVAL != 0;
+                let intervals = set.flags & crate::render::nft_sets::NFT_SET_INTERVAL != 0;
                 let keys: Option<Vec<String>> = if intervals && set.key_len == 2 {
-                    Some(crate::backend::nft_sets::show_port_interval_keys(&set.keys))
+                    Some(crate::render::nft_sets::show_port_interval_keys(&set.keys))
                 } else {
                     set.keys.iter().map(|k| (f.value)(k, None)).collect()
                 };

@@ -13,16 +13,16 @@
 //! The native backend's apply asks the kernel first even with the tool: where it holds no
 //! table of a place at all, the place is empty without running the tool.
 
-use super::exec::Runner;
-use super::family_name;
-use super::iptables::{self, Tools};
-use super::netlink::Netlink;
-use super::nftables::NfTables;
-use super::routing::{self, Object};
-use crate::backend::iptables_save::{jumps_to_ours, leftover_probes, Saved, OUR_CHAIN_PREFIX};
-use crate::backend::nft_netlink::XtFamily;
 use crate::config::IptablesVariant;
+use crate::driver::nf_tables::NfTables;
+use crate::driver::routing::{self, Object};
+use crate::driver::rtnetlink::Netlink;
+use crate::driver::xtables::{self, Tools};
+use crate::engine::error::family_name;
 use crate::plan::Family;
+use crate::render::iptables_save::{jumps_to_ours, leftover_probes, Saved, OUR_CHAIN_PREFIX};
+use crate::render::nft_netlink::XtFamily;
+use crate::sys::process::Runner;
 
 /// What reading one place gave.
 #[derive(Clone, Debug)]
@@ -139,8 +139,8 @@ impl IptablesPlace {
     }
 
     /// The dump for choosing a variant, when the place was read.
-    pub fn known(&self) -> Option<iptables::Known> {
-        self.saved().map(|saved| iptables::Known {
+    pub fn known(&self) -> Option<xtables::Known> {
+        self.saved().map(|saved| xtables::Known {
             saved: saved.clone(),
             by_tool: self.read_by_tool,
         })
@@ -370,7 +370,7 @@ fn xt_family(family: Family) -> XtFamily {
 /// One iptables place read with its tool.
 fn read_with_tool(runner: &dyn Runner, tools: Tools) -> Reading<Saved> {
     let save = tools.save();
-    match iptables::save_if_present(runner, tools) {
+    match xtables::save_if_present(runner, tools) {
         Ok(Some(saved)) => Reading::Read(saved),
         Ok(None) => Reading::Nothing(format!(
             "the kernel lacks what {save} needs, so it cannot hold rules"
@@ -442,7 +442,7 @@ fn read_without_tool(tools: Tools) -> Reading<Saved> {
 
 /// Our native tables; a kernel without nf_tables cannot hold any.
 fn read_native() -> Reading<Vec<String>> {
-    use super::nftables::NftError;
+    use crate::driver::nf_tables::NftError;
     use nix::errno::Errno;
     match NfTables::open().and_then(|mut n| n.managed_tables_present()) {
         Ok(tables) => Reading::Read(tables),
@@ -463,7 +463,7 @@ fn read_routing() -> Reading<Vec<Object>> {
     match Netlink::open().and_then(|mut nl| routing::ours(&mut nl)) {
         Ok(objects) => Reading::Read(objects),
         Err(e) => Reading::Unreadable {
-            transient: e.errno().and_then(super::retry::transient_errno),
+            transient: e.errno().and_then(crate::sys::transient::transient_errno),
             why: format!("cannot list meshinit's routing objects: {e}"),
         },
     }
@@ -472,8 +472,8 @@ fn read_routing() -> Reading<Vec<Object>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::exec::Output;
-    use crate::backend::iptables_save::parse_save;
+    use crate::render::iptables_save::parse_save;
+    use crate::sys::process::Output;
 
     /// A save tool that answers with this exit code and stderr.
     struct Answers(i32, &'static str);
@@ -547,7 +547,7 @@ mod tests {
         let mut inv = inventory(Reading::Read(Saved::default()));
         inv.routing = Reading::Unreadable {
             why: "cannot list meshinit's routing objects: …".into(),
-            transient: super::super::retry::transient_errno(nix::errno::Errno::EBUSY),
+            transient: crate::sys::transient::transient_errno(nix::errno::Errno::EBUSY),
         };
         assert!(inv.transient().unwrap().contains("EBUSY"));
         // A failure another attempt would not change is not transient, and one such place

@@ -1,6 +1,6 @@
 //! nftables ruleset → nf_tables netlink messages: one batch (`NFNL_MSG_BATCH_BEGIN` …
 //! `NFNL_MSG_BATCH_END`) that the kernel applies as a single transaction, and back. Pure
-//! encoding and decoding, no socket; sending and receiving belong to `apply::nftables`.
+//! encoding and decoding, no socket; sending and receiving belong to `driver::nf_tables`.
 //!
 //! The expressions are those `nft` 1.0 generates for the same text (checked with
 //! `nft --debug=netlink` and `--debug=mnl`), including what nft adds implicitly: `meta nfproto`
@@ -31,13 +31,13 @@ use std::time::{Duration, Instant};
 
 use similar::{capture_diff_deadline, Algorithm, DiffOp};
 
-use crate::backend::nft_sets;
-use crate::backend::nftables::{
+use crate::config::types::Cidr;
+use crate::plan::{CtState, Family, Owner, Protocol};
+use crate::render::netlink_wire::{self, parse_attrs, put_attr};
+use crate::render::nft_ruleset::{
     cidr_family, wildcard_prefix, Direction, Hook, NftRule, NftTable, Ruleset, Stmt, MANAGED_TABLES,
 };
-use crate::config::types::Cidr;
-use crate::netlink_wire::{self, parse_attrs, put_attr};
-use crate::plan::{CtState, Family, Owner, Protocol};
+use crate::render::nft_sets;
 
 // nfnetlink (<linux/netfilter/nfnetlink.h>).
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -352,15 +352,15 @@ mod tests {
         }
         assert_eq!(batch.next_seq(), 44);
     }
-    use crate::netlink_wire::{align4, NLMSG_HDRLEN};
+    use crate::render::netlink_wire::{align4, NLMSG_HDRLEN};
 
     /// As if all our tables existed: every table is replaced.
     fn managed() -> Vec<String> {
         MANAGED_TABLES.iter().map(|t| t.to_string()).collect()
     }
-    use crate::backend::nftables::{BaseChain, ChainKind, NftChain, NftRule, NftTable};
     use crate::config::types::{GroupRef, Port};
     use crate::plan::{CtState, Family, Owner, Protocol};
+    use crate::render::nft_ruleset::{BaseChain, ChainKind, NftChain, NftRule, NftTable};
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -695,7 +695,7 @@ mod tests {
         let rules = expected_rules(&rs);
         let read: Vec<String> = rules
             .iter()
-            .map(|r| crate::backend::nft_text::rule_text(&r.exprs).expect("readable"))
+            .map(|r| crate::render::nft_text::rule_text(&r.exprs).expect("readable"))
             .collect();
         let labels: Vec<&str> = rules.iter().map(|r| r.label.as_str()).collect();
         let want = [

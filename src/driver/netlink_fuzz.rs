@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use super::{parse_address, parse_route, parse_rule};
-use crate::netlink_wire::{message, parse_attrs, parse_messages, put_attr};
+use crate::render::netlink_wire::{message, parse_attrs, parse_messages, put_attr};
 
 fn u32_attr(buf: &mut Vec<u8>, kind: u16, value: u32) {
     put_attr(buf, kind, &value.to_ne_bytes());

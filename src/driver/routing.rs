@@ -12,7 +12,7 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 
-use super::netlink::{Changed, Netlink, NetlinkError};
+use super::rtnetlink::{Changed, Netlink, NetlinkError};
 use crate::plan::{Family, Plan};
 
 /// The address the proxy's inbound passthrough binds to under IPv6: IPv6 loopback is a single

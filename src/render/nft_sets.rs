@@ -13,10 +13,10 @@ use super::nft_netlink::{
     NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_FLAGS, NFTA_SET_ID, NFTA_SET_KEY_LEN, NFTA_SET_KEY_TYPE,
     NFTA_SET_NAME, NFTA_SET_TABLE, NFTA_SET_USERDATA, NLA_F_NESTED,
 };
-use super::nftables::Direction;
+use super::nft_ruleset::Direction;
 use crate::config::types::{Cidr, PortRange};
-use crate::netlink_wire::{parse_attrs, put_attr, NLA_HDRLEN};
 use crate::plan::{Family, Protocol};
+use crate::render::netlink_wire::{parse_attrs, put_attr, NLA_HDRLEN};
 
 // nf_tables set attributes (linux/netfilter/nf_tables.h).
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
@@ -659,8 +659,8 @@ mod tests {
     /// each tagged as the set of its rule, and what the batch leaves reads as the ranges.
     #[test]
     fn a_set_rule_in_a_batch_names_its_rule_and_reads_back_as_ranges() {
-        use crate::backend::nft_netlink::{expected_tables, replace_batch, Origin};
-        use crate::backend::nftables::{NftRule, NftTable, Ruleset, Stmt};
+        use crate::render::nft_netlink::{expected_tables, replace_batch, Origin};
+        use crate::render::nft_ruleset::{NftRule, NftTable, Ruleset, Stmt};
         let nets: Vec<Cidr> = (0..3000)
             .map(|i| {
                 format!("172.{}.{}.0/24", 16 + 2 * i / 256, 2 * i % 256)
@@ -671,7 +671,7 @@ mod tests {
         let rs = Ruleset {
             tables: vec![NftTable {
                 name: "istio-proxy-nat".into(),
-                chains: vec![crate::backend::nftables::NftChain {
+                chains: vec![crate::render::nft_ruleset::NftChain {
                     name: "istio-output".into(),
                     base: None,
                 }],

@@ -7,7 +7,7 @@
 //! means; [`nft_script`] renders it as the `nft -f` script (byte for byte Istio's), and
 //! [`super::nft_netlink`] encodes the same list as nf_tables netlink messages. Long lists
 //! (Istio's rule per CIDR or port) then become one rule with a set lookup ([`with_sets`],
-//! `--nft-sets`), with the same traffic. Pure data; loading it belongs to `apply`.
+//! `--nft-sets`), with the same traffic. Pure data; loading it belongs to `driver::nf_tables`.
 
 use std::collections::HashMap;
 use std::fmt;

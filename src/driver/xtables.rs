@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use super::exec::{Output, Runner};
+use crate::sys::process::{Output, Runner};
 use std::collections::BTreeMap;
 
-use crate::backend::iptables_save::{
-    incompatible_tables, parse_save, saved_by, unreadable_rules, ExpectedTable, Saved,
-};
 use crate::config::IptablesVariant;
 use crate::plan::{Family, Table};
+use crate::render::iptables_save::{
+    incompatible_tables, parse_save, saved_by, unreadable_rules, ExpectedTable, Saved,
+};
 
 /// The iptables tools of one family and variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub enum IptablesError {
         stderr: String,
         /// A hint at the cause (held xtables lock, missing kernel module), or empty.
         hint: String,
-        /// Why the failure may pass (see [`super::retry::transient_tool`]); `None` when it
+        /// Why the failure may pass (see [`crate::sys::transient::transient_tool`]); `None` when it
         /// will not.
         transient: Option<String>,
     },
@@ -176,7 +176,7 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
         program: program.to_string(),
         ended: out.ended(),
         hint,
-        transient: super::retry::transient_tool(program, &out),
+        transient: crate::sys::transient::transient_tool(program, &out),
         stderr: out.stderr.trim().to_string(),
     })
 }

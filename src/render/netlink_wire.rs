@@ -1,6 +1,6 @@
 //! Netlink's wire format, shared by the rtnetlink (routes, addresses) and nf_tables code:
 //! message headers, attributes, and the parsing of received datagrams. Native byte order,
-//! 4-byte alignment, as the kernel defines them. Pure bytes; sockets live in `apply`.
+//! 4-byte alignment, as the kernel defines them. Pure bytes; sockets live in `driver`.
 
 /// `sizeof(struct nlmsghdr)`, already 4-byte aligned.
 pub const NLMSG_HDRLEN: usize = 16;

@@ -4,17 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use super::exec::Runner;
-use super::iptables::{self, Tools, XtablesLock};
-use super::{family_name, ApplyError};
-use crate::backend::iptables_save::{
-    compare, leftover_probes, undo_text, ExpectedTable, Saved, State, PROBE_SPEC,
-};
+use crate::driver::xtables::{self, Tools, XtablesLock};
+use crate::engine::error::{family_name, ApplyError};
 use crate::log::Log;
 use crate::plan::Table;
+use crate::render::iptables_save::{
+    compare, leftover_probes, undo_text, ExpectedTable, Saved, State, PROBE_SPEC,
+};
+use crate::sys::process::Runner;
 
 /// One family's pending restore: the tools, the state before, the input to feed.
-pub(super) struct Transaction {
+pub(crate) struct Transaction {
     /// The family and variant written.
     pub tools: Tools,
     /// The family's rules as read before anything was written: what an undo goes back to.
@@ -32,7 +32,7 @@ pub(super) struct Transaction {
 
 /// What a transaction is for, so its read-back can be judged.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Goal {
+pub(crate) enum Goal {
     /// Exactly the planned rules.
     Planned,
     /// Nothing of ours (cleanup).
@@ -43,7 +43,7 @@ pub(super) enum Goal {
 /// when nothing is left does it say so. A failure whose cause may pass (`transient`, the
 /// reason) is `Transient` when nothing is left, so `--retries` may try again; with anything
 /// left it is `LeftChanged` whatever the cause.
-pub(super) fn failure(
+pub(crate) fn failure(
     mut lines: Vec<String>,
     left: Vec<String>,
     transient: Option<String>,
@@ -63,7 +63,7 @@ pub(super) fn failure(
 }
 
 /// Why a commit failed.
-pub(super) struct CommitFailure {
+pub(crate) struct CommitFailure {
     /// What happened and what was undone.
     pub lines: Vec<String>,
     /// What could not be undone (empty when nothing is left changed).
@@ -82,7 +82,7 @@ impl CommitFailure {
 /// Feeds each transaction in turn, then reads every family back: the kernel must hold exactly
 /// what was planned. If a write fails or any read-back differs, what the transactions wrote
 /// is undone — so either all families change or none does. Returns the read-back states.
-pub(super) fn commit(
+pub(crate) fn commit(
     transactions: &mut [Transaction],
     runner: &(dyn Runner + Sync),
     lock: &XtablesLock,
@@ -94,12 +94,12 @@ pub(super) fn commit(
         log.debug(&format!("{} input:\n{}", t.tools.restore(), t.text));
         // In turn (not at once): the kernel then creates the tables in the same order on every
         // run, which is the order `nft list ruleset` shows them in.
-        let Err(e) = iptables::restore(runner, t.tools, &t.text, true, lock) else {
+        let Err(e) = xtables::restore(runner, t.tools, &t.text, true, lock) else {
             continue;
         };
         // Another instance may have installed the same rules between our read and our write.
         if t.fresh {
-            if let Ok(now) = iptables::save(runner, t.tools) {
+            if let Ok(now) = xtables::save(runner, t.tools) {
                 if compare(&now, &t.expected) == State::InPlace {
                     log.info(&format!(
                         "{name}: the same rules were installed concurrently; nothing to do"
@@ -124,14 +124,14 @@ pub(super) fn commit(
             .iter()
             .map(|t| {
                 let tools = t.tools;
-                scope.spawn(move || iptables::save(runner, tools))
+                scope.spawn(move || xtables::save(runner, tools))
             })
             .collect();
         reads
             .into_iter()
             .map(|r| {
                 r.join().unwrap_or_else(|_| {
-                    Err(iptables::IptablesError::NoVariant(
+                    Err(xtables::IptablesError::NoVariant(
                         "reading the rules back panicked".to_string(),
                     ))
                 })
@@ -196,7 +196,7 @@ fn undo(
     let mut left = Vec::new();
     for t in done.iter().rev() {
         let name = family_name(t.tools.family);
-        let now = match iptables::save(runner, t.tools) {
+        let now = match xtables::save(runner, t.tools) {
             Ok(now) => now,
             Err(e) => {
                 left.push(format!(
@@ -210,13 +210,13 @@ fn undo(
             lines.push(format!("{name}: unchanged (the write changed nothing)"));
             continue;
         }
-        if let Err(e) = iptables::restore(runner, t.tools, &text, true, lock) {
+        if let Err(e) = xtables::restore(runner, t.tools, &text, true, lock) {
             left.push(format!(
                 "{name}: undoing the write failed, the rules written are left changed: {e}"
             ));
             continue;
         }
-        match iptables::save(runner, t.tools) {
+        match xtables::save(runner, t.tools) {
             Ok(after) if undo_text(&t.before, &after, &t.expected).is_empty() => {
                 lines.push(format!("{name}: undone"));
             }
@@ -239,10 +239,10 @@ fn undo(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::exec::Output;
-    use crate::backend::iptables_save::parse_save;
     use crate::config::IptablesVariant;
     use crate::plan::Family;
+    use crate::render::iptables_save::parse_save;
+    use crate::sys::process::Output;
     use std::sync::Mutex;
     use std::time::Duration;
 

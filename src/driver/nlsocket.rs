@@ -11,7 +11,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 
-use crate::netlink_wire::{parse_messages, Msg};
+use crate::render::netlink_wire::{parse_messages, Msg};
 
 /// `<linux/netlink.h>` socket options of level `SOL_NETLINK` (not in nix's option list).
 const NETLINK_CAP_ACK: libc::c_int = 10;

@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use nix::sys::socket::SockProtocol;
 
 use super::nlsocket::{NlSocket, SocketError};
-use crate::netlink_wire::{error_code, message, parse_attrs, put_attr, u32_at, Msg};
+use crate::render::netlink_wire::{error_code, message, parse_attrs, put_attr, u32_at, Msg};
 
 use crate::plan::Family;
 
@@ -861,7 +861,7 @@ fn parse_address(payload: &[u8]) -> std::result::Result<Address, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink_wire::{parse_messages, u16_at};
+    use crate::render::netlink_wire::{parse_messages, u16_at};
     use std::process::Command;
 
     use nix::sched::{unshare, CloneFlags};

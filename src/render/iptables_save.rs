@@ -1,6 +1,6 @@
 //! The kernel's view of iptables rules: parsing `iptables-save` output, the canonical form our
 //! planned rules take in it (so live state can be compared with the plan as plain text), and
-//! the comparison itself. Pure text; reading the live state belongs to `apply`.
+//! the comparison itself. Pure text; reading the live state belongs to `driver::xtables`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -290,7 +290,7 @@ pub fn expected_tables(
             format!(
                 "{} ({}): {e}",
                 rule,
-                crate::backend::iptables::rule_line(rule)
+                crate::render::iptables_text::rule_line(rule)
             )
         })?;
         let table = out.entry(rule.table).or_default();
@@ -620,7 +620,7 @@ fn transaction_text(
             }
         }
         for rule in planned {
-            lines.push(crate::backend::iptables::rule_line(rule));
+            lines.push(crate::render::iptables_text::rule_line(rule));
         }
         if lines.is_empty() {
             continue;

@@ -1,6 +1,6 @@
 //! What other owners' rules do to ours: the rules ahead of our first jump in a built-in chain
 //! that end a packet's walk there (a verdict, or a jump into a chain with one), so capture
-//! does not see that traffic. Pure text over `iptables-save` dumps; `apply` reports them.
+//! does not see that traffic. Pure text over `iptables-save` dumps; the executor and `--check` report them.
 
 use std::collections::BTreeMap;
 
@@ -115,8 +115,8 @@ fn target_of(spec: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::iptables_save::{expected_tables, parse_save};
     use crate::plan::{Chain, Rule, Target};
+    use crate::render::iptables_save::{expected_tables, parse_save};
 
     /// `-A OUTPUT -j ISTIO_OUTPUT` and `-A ISTIO_OUTPUT -j RETURN` in nat.
     fn nat_output_rules() -> Vec<Rule> {

@@ -20,19 +20,19 @@ use nix::errno::Errno;
 use nix::sys::socket::SockProtocol;
 
 use super::nlsocket::{NlSocket, SocketError};
-use crate::netlink_wire::{
+use crate::render::netlink_wire::{
     dump_step, error_code, ext_ack, DumpStep, ExtAck, Msg, NLMSG_ERROR, NLM_F_DUMP_INTR,
 };
 
-use crate::backend::nft_netlink::{
+use crate::config::NftSets;
+use crate::plan::Plan;
+use crate::render::nft_netlink::{
     self, cleanup_batch, getgen_request, gettable_dump_request, replace_batch, Batch, DumpKind,
     EncodeError, FamilyTable, FoundTable, Origin, TableOp, XtFamily,
 };
-use crate::backend::nftables::{ruleset_with, Ruleset, MANAGED_TABLES};
-use crate::config::NftSets;
-use crate::plan::Plan;
+use crate::render::nft_ruleset::{ruleset_with, Ruleset, MANAGED_TABLES};
 
-pub use super::groups::{Groups, GROUP_FILE};
+pub use crate::sys::groups::{Groups, GROUP_FILE};
 /// How often a dump that the kernel marks as interrupted (`NLM_F_DUMP_INTR`: the list
 /// changed under it) is redone before giving up.
 const DUMP_ATTEMPTS: usize = 10;
@@ -110,11 +110,11 @@ pub enum NftError {
 
 impl NftError {
     /// Why this failure may pass when tried again: the kernel's `EBUSY`, `EAGAIN` or `EINTR`
-    /// (see [`super::retry::transient_errno`]); `None` for every other failure.
+    /// (see [`crate::sys::transient::transient_errno`]); `None` for every other failure.
     pub fn transient(&self) -> Option<String> {
         match self {
             NftError::Rejected { errno, .. } | NftError::Io { errno, .. } => {
-                super::retry::transient_errno(*errno)
+                crate::sys::transient::transient_errno(*errno)
             }
             _ => None,
         }
@@ -732,11 +732,11 @@ fn malformed(op: &str, detail: String) -> NftError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink_wire::parse_messages;
+    use crate::render::netlink_wire::parse_messages;
 
     /// A one-rule ruleset in our nat table.
     fn one_rule() -> Ruleset {
-        use crate::backend::nftables::{NftChain, NftRule, NftTable, Stmt};
+        use crate::render::nft_ruleset::{NftChain, NftRule, NftTable, Stmt};
         Ruleset {
             tables: vec![NftTable {
                 name: "istio-proxy-nat".into(),
