@@ -243,7 +243,7 @@ pub(crate) fn execute(
     // meshinit is still single-threaded.
     let netns = &raw.get("network-namespace").value;
     if !netns.is_empty() {
-        match privileges::enter_netns(Path::new(netns)) {
+        match privileges::enter_netns(Path::new(netns), "--network-namespace") {
             Ok(entered) => summary.namespace = Some(entered),
             Err(e) => return fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, e),
         }

@@ -438,3 +438,117 @@ fn an_excluded_namespace_starts_even_when_the_capture_settings_are_bad() {
         "other namespaces get the error"
     );
 }
+
+/// libcni (1.2.3 on) adds `cni.dev/valid-attachments` to every GC configuration, and may pass
+/// `cni.dev/attachments`: the runtime's `cni.dev/` fields are not meshinit's to refuse.
+#[test]
+fn gc_with_the_fields_libcni_sends_succeeds() {
+    let gc = r#"{
+  "cniVersion": "1.1.0",
+  "name": "dbnet",
+  "type": "meshinit",
+  "istio_iptables_args": ["istio-iptables", "-p", "15001", "-u", "1337"],
+  "cni.dev/valid-attachments": [{"containerID": "3b1b7c2d4e5f", "ifname": "eth0"}],
+  "cni.dev/attachments": [{"containerID": "3b1b7c2d4e5f", "ifname": "eth0"}]
+}"#;
+    let out = run("GC", &[("CNI_PATH", "/opt/cni/bin".to_string())], gc);
+    assert_eq!(out.code, Some(0), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "");
+    // Another unknown field is still refused, naming it.
+    let out = run(
+        "GC",
+        &[("CNI_PATH", "/opt/cni/bin".to_string())],
+        &gc.replace("cni.dev/attachments", "attachments"),
+    );
+    assert_eq!(error_object(&out)["code"], 2, "{}", out.stdout);
+}
+
+/// `"prevResult": null` is no previous result: ADD and CHECK fail with code 7, and nothing is
+/// installed (the namespace is never entered: the path does not exist).
+#[test]
+fn a_null_previous_result_is_missing() {
+    for command in ["ADD", "CHECK"] {
+        let conf = config("1.0.0", r#", "prevResult": null"#, false);
+        let out = run(command, &pod_env("/run/netns/x", "default"), &conf);
+        assert_eq!(
+            out.code,
+            Some(2),
+            "{command}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        let err = error_object(&out);
+        assert_eq!(err["code"], 7, "{err}");
+        assert!(err["msg"].as_str().unwrap().contains("prevResult"), "{err}");
+    }
+}
+
+/// A `log_file` that is the plugin's own stdout would mix log lines into the result the runtime
+/// parses: refused (code 7) under every name for it, and the reply is still clean JSON.
+#[test]
+fn log_file_on_stdout_is_refused() {
+    for path in ["/dev/stdout", "/proc/self/fd/1", "/dev/fd/1"] {
+        let extra = format!(r#", "log_file": "{path}", "log_level": "debug""#);
+        let out = run(
+            "ADD",
+            &pod_env("/run/netns/x", "kube-system"),
+            &config("1.0.0", &extra, true),
+        );
+        let err = error_object(&out);
+        assert_eq!(err["code"], 7, "{path}: {err}");
+        assert!(
+            err["msg"].as_str().unwrap().contains("standard output"),
+            "{err}"
+        );
+    }
+}
+
+/// A large previous result (a node with thousands of interfaces or routes) passes through byte
+/// for byte; only its `dns` is read.
+#[test]
+fn a_large_previous_result_passes_through_byte_for_byte() {
+    let interfaces: Vec<String> = (0..20_000)
+        .map(|i| {
+            format!(
+                r#"{{"name": "veth{i}", "mac": "00:11:22:33:{:02x}:{:02x}"}}"#,
+                i / 256 % 256,
+                i % 256
+            )
+        })
+        .collect();
+    let prev = format!(
+        r#"{{"cniVersion": "1.0.0", "interfaces": [{}], "ips": [], "dns": {{"nameservers": ["10.1.0.1"]}}, "n": 1e3}}"#,
+        interfaces.join(", ")
+    );
+    let conf = config("1.0.0", &format!(r#", "prevResult": {prev}"#), false);
+    let out = run("ADD", &pod_env("/run/netns/x", "kube-system"), &conf);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout, prev);
+}
+
+/// A `CNI_NETNS` pin file whose namespace is gone (a plain file, as left after an unmount)
+/// means the namespace and our rules with it are gone: DEL succeeds. ADD names `CNI_NETNS`.
+#[test]
+fn del_succeeds_with_a_stale_namespace_pin_file() {
+    let pin = std::env::temp_dir().join(format!("meshinit-stale-pin-{}", std::process::id()));
+    std::fs::write(&pin, "").unwrap();
+    let netns = pin.to_string_lossy().into_owned();
+    let out = run(
+        "DEL",
+        &pod_env(&netns, "default"),
+        &config("1.0.0", "", true),
+    );
+    assert_eq!(out.code, Some(0), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "");
+    assert!(out.stderr.contains("nothing to remove"), "{}", out.stderr);
+    let out = run(
+        "ADD",
+        &pod_env(&netns, "default"),
+        &config("1.0.0", "", true),
+    );
+    let err = error_object(&out);
+    let msg = err["msg"].as_str().unwrap();
+    assert!(msg.contains("CNI_NETNS"), "{err}");
+    assert!(!msg.contains("--network-namespace"), "{err}");
+    std::fs::remove_file(&pin).unwrap();
+}

@@ -109,7 +109,9 @@ fn string(field: &str, value: &Value) -> Result<String, CniError> {
 pub fn plugin_config(fields: &BTreeMap<String, Value>) -> Result<PluginConfig, CniError> {
     let mut config = PluginConfig::default();
     for (key, value) in fields {
-        if SPEC_FIELDS.contains(&key.as_str()) {
+        // `cni.dev/` is the runtime's prefix: libcni (1.2.3 on) adds
+        // `cni.dev/valid-attachments` to every GC, and `cni.dev/attachments` may come too.
+        if SPEC_FIELDS.contains(&key.as_str()) || key.starts_with("cni.dev/") {
             continue;
         }
         match key.as_str() {

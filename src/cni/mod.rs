@@ -113,12 +113,33 @@ pub fn install_main(args: &[String]) -> u8 {
     node::run(&install)
 }
 
+/// Whether `path` is the file this process's standard output is (`/dev/stdout`,
+/// `/proc/self/fd/1`, or the same pipe or file by another name): same device and inode.
+fn is_stdout(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(named), Ok(out)) = (
+        std::fs::metadata(path),
+        nix::sys::stat::fstat(libc::STDOUT_FILENO),
+    ) else {
+        return false;
+    };
+    // st_dev and st_ino are not u64 on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let same = named.dev() == out.st_dev as u64 && named.ino() == out.st_ino as u64;
+    same
+}
+
 /// `prevResult.dns.nameservers` as resolv.conf lines.
 fn resolv_conf(prev_result: Option<&str>) -> String {
-    let Some(result) = prev_result.and_then(|r| serde_json::from_str::<Value>(r).ok()) else {
+    // Only `dns` is decoded: a result listing thousands of interfaces or routes would cost
+    // many times its size as a tree of values, and none of it is needed here.
+    let Some(dns) = prev_result.and_then(|r| protocol::top_level_field(r, "dns")) else {
         return String::new();
     };
-    result["dns"]["nameservers"]
+    let Ok(dns) = serde_json::from_str::<Value>(dns.get()) else {
+        return String::new();
+    };
+    dns["nameservers"]
         .as_array()
         .map(|servers| {
             servers
@@ -219,6 +240,16 @@ fn handle(
         log.level = level;
     }
     if let Some(path) = &plugin.log_file {
+        if is_stdout(path) {
+            // The runtime parses stdout as the result: a log line there breaks every pod.
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "log_file: {} is this plugin's standard output, where the runtime reads the result; give a file (or leave log_file out: logs go to stderr)",
+                    path.display()
+                ),
+            ));
+        }
         if let Err(e) = sys::logfile::redirect_stderr(path) {
             let error = CniError::new(code::INVALID_CONFIG, format!("log_file: {e}"));
             if command != Command::Del {
@@ -270,12 +301,19 @@ fn handle(
     if let Err(error) = validate(&raw, &resolv_conf) {
         return tolerate_on_del(command, error, log);
     }
-    if command == Command::Del && (request.netns.is_empty() || !Path::new(&request.netns).exists())
+    // A missing path, or a pin file left after its namespace was unmounted: the namespace
+    // is gone, and our rules with it. Failing would stop the runtime's teardown.
+    if command == Command::Del
+        && (request.netns.is_empty()
+            || !sys::privileges::is_namespace_file(Path::new(&request.netns)))
     {
-        log.info("DEL: the network namespace is gone, and the rules with it: nothing to remove");
+        log.info(&format!(
+            "DEL: the network namespace is gone (CNI_NETNS={:?} is missing or not a namespace), and the rules with it: nothing to remove",
+            request.netns
+        ));
         return Ok(None);
     }
-    sys::privileges::enter_netns(Path::new(&request.netns))
+    sys::privileges::enter_netns(Path::new(&request.netns), "CNI_NETNS")
         .map_err(|e| CniError::new(code::FAILED, e))?;
     let host = CniHost {
         inner: host,
@@ -297,13 +335,18 @@ fn handle(
     // The first line is the message; a longer text (a check's differences) goes in details.
     let (msg, details) = match message.split_once('\n') {
         Some((first, rest)) => {
-            let lines: Vec<&str> = rest.lines().collect();
+            // The difference first: a runtime's event or a log shows the start of `msg`,
+            // and the header ("rules differ from the plan") says less than the first line
+            // that differs.
+            let lines: Vec<&str> = rest.lines().map(str::trim).collect();
+            let more = match lines.len() {
+                0 | 1 => String::new(),
+                n => format!("and {} more; ", n - 1),
+            };
             let msg = format!(
-                "{} ({} line{}; first: {})",
+                "{} ({more}{})",
+                lines.first().copied().unwrap_or_default(),
                 first.trim_end_matches(':'),
-                lines.len(),
-                if lines.len() == 1 { "" } else { "s" },
-                lines.first().copied().unwrap_or_default()
             );
             (msg, message.clone())
         }

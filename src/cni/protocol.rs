@@ -129,15 +129,7 @@ pub fn command(env: &Env) -> Result<Command, CniError> {
 
 /// The answer to `VERSION`: in the version the input asks for when meshinit supports it.
 pub fn version_reply(stdin: &str) -> String {
-    let asked = serde_json::from_str::<Value>(stdin)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-        .unwrap_or_else(|| DEFAULT_VERSION.to_string());
+    let asked = version_of(stdin).unwrap_or_else(|| DEFAULT_VERSION.to_string());
     let reply = serde_json::json!({
         "cniVersion": asked,
         "supportedVersions": SUPPORTED_VERSIONS,
@@ -190,12 +182,18 @@ pub struct Request {
 /// The version a configuration text names, if it can be read, for the error object of a
 /// request that failed before [`request`] could check it.
 pub fn version_of(stdin: &str) -> Option<String> {
-    serde_json::from_str::<Value>(stdin)
-        .ok()?
-        .get("cniVersion")?
-        .as_str()
-        .filter(|v| SUPPORTED_VERSIONS.contains(v))
-        .map(str::to_string)
+    let raw = top_level_field(stdin, "cniVersion")?;
+    serde_json::from_str::<String>(raw.get())
+        .ok()
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+}
+
+/// One field of a JSON object's text, undecoded (borrowed from `text`): reading a field of a
+/// large configuration or result must not build a tree of all of it.
+pub fn top_level_field<'a>(text: &'a str, name: &str) -> Option<&'a RawValue> {
+    let fields: BTreeMap<std::borrow::Cow<'a, str>, &'a RawValue> =
+        serde_json::from_str(text).ok()?;
+    fields.get(name).copied()
 }
 
 /// `ADD` and `CHECK` need `prevResult`: meshinit is a chained plugin.
@@ -216,7 +214,9 @@ pub fn require_prev_result(request: &Request) -> Result<(), CniError> {
 /// Checks the environment and decodes the network configuration for `command` (not
 /// `VERSION`).
 pub fn request(command: Command, env: &Env, stdin: &str) -> Result<Request, CniError> {
-    let top: BTreeMap<String, Box<RawValue>> = serde_json::from_str(stdin).map_err(|e| {
+    // Borrowed, undecoded values: `prevResult` is passed through as its text, never as a
+    // tree (a result of megabytes would cost many times that).
+    let top: BTreeMap<String, &RawValue> = serde_json::from_str(stdin).map_err(|e| {
         CniError::new(
             code::DECODING_FAILURE,
             format!("cannot decode the network configuration on stdin as a JSON object: {e}"),
@@ -226,7 +226,10 @@ pub fn request(command: Command, env: &Env, stdin: &str) -> Result<Request, CniE
     let mut prev_result = None;
     for (key, raw) in top {
         if key == "prevResult" {
-            prev_result = Some(raw.get().to_string());
+            // `null` is no result: a chained ADD without one must fail, not install.
+            if raw.get() != "null" {
+                prev_result = Some(raw.get().to_string());
+            }
             continue;
         }
         let value: Value = serde_json::from_str(raw.get()).map_err(|e| {

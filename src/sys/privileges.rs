@@ -10,7 +10,9 @@ use caps::{CapSet, Capability};
 /// exists: `setns` moves only the calling thread, and later threads inherit from it. Returns
 /// the namespace as the log names it: the path and its inode (`net:[4026532…]`, as `ls -l
 /// /proc/PID/ns/net` shows it).
-pub fn enter_netns(path: &Path) -> Result<String, String> {
+/// `setting` names where the path came from in messages (`--network-namespace`, or
+/// `CNI_NETNS` for a CNI plugin).
+pub fn enter_netns(path: &Path, setting: &str) -> Result<String, String> {
     let file = File::open(path).map_err(|e| {
         let mut message = format!("cannot open network namespace {}: {e}", path.display());
         // `ip netns` shows names; the flag takes a path, as Istio's does.
@@ -18,24 +20,19 @@ pub fn enter_netns(path: &Path) -> Result<String, String> {
         let named = Path::new("/run/netns").join(path);
         if bare && named.exists() {
             message.push_str(&format!(
-                "; --network-namespace takes a path: did you mean {}?",
+                "; {setting} takes a path: did you mean {}?",
                 named.display()
             ));
         } else {
-            message.push_str(
-                "; --network-namespace takes a path: /run/netns/NAME (what `ip netns` names) or /proc/PID/ns/net",
-            );
+            message.push_str(&format!(
+                "; {setting} takes a path: /run/netns/NAME (what `ip netns` names) or /proc/PID/ns/net"
+            ));
         }
         message
     })?;
-    // A namespace file lives on nsfs; anything else (a regular file, a directory) is not one,
-    // which setns would only report as EINVAL.
-    let on_nsfs = nix::sys::statfs::fstatfs(&file)
-        .map(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
-        .unwrap_or(true);
-    if !on_nsfs {
+    if !on_nsfs(&file) {
         return Err(format!(
-            "cannot enter network namespace {}: not a network namespace (give /run/netns/NAME or /proc/PID/ns/net)",
+            "cannot enter network namespace {} ({setting}): not a network namespace (give /run/netns/NAME or /proc/PID/ns/net)",
             path.display()
         ));
     }
@@ -57,6 +54,20 @@ pub fn enter_netns(path: &Path) -> Result<String, String> {
         Some(ino) => format!("{} (net:[{ino}])", path.display()),
         None => path.display().to_string(),
     })
+}
+
+/// Whether `path` is a namespace file: a pin file whose namespace is gone (`ip netns`'s file
+/// left after the unmount, or a runtime's) is a plain file, not on nsfs.
+pub fn is_namespace_file(path: &Path) -> bool {
+    File::open(path).is_ok_and(|file| on_nsfs(&file))
+}
+
+/// A namespace file lives on nsfs; anything else (a regular file, a directory) is not one,
+/// which setns would only report as EINVAL.
+fn on_nsfs(file: &File) -> bool {
+    nix::sys::statfs::fstatfs(file)
+        .map(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        .unwrap_or(true)
 }
 
 /// Checks that this process holds `needed` in its effective set, and raises them into the
