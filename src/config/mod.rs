@@ -367,6 +367,14 @@ fn retry_within_timeout(r: &Reader<'_>, run: &RunOptions) -> Result<(), ConfigEr
     ))
 }
 
+/// An IPv6 network inside `::ffff:0:0/96`, the IPv4-mapped addresses.
+fn is_ipv4_mapped(cidr: &Cidr) -> bool {
+    match cidr.addr() {
+        std::net::IpAddr::V6(a) => cidr.prefix_len() >= 96 && a.to_ipv4_mapped().is_some(),
+        std::net::IpAddr::V4(_) => false,
+    }
+}
+
 impl Config {
     /// Builds the configuration, consulting `host` only for what the arguments leave to
     /// detection.
@@ -424,8 +432,45 @@ impl Config {
         })?;
         let inbound_exclude_sources = r.flag("exclude-inbound-sources", |s| match s {
             "*" => Err("'*' would exclude every source; list CIDRs instead".to_string()),
-            list => CidrsByFamily::parse(list),
+            list => {
+                let cidrs = CidrsByFamily::parse(list)?;
+                for cidr in cidrs.v4.iter().chain(&cidrs.v6) {
+                    // A /0 is every source of its family: inbound capture silently off, the
+                    // opposite of what a list of exceptions is for.
+                    if cidr.prefix_len() == 0 {
+                        return Err(format!(
+                            "{cidr} is every source of its family, which turns inbound capture off; list the networks to exclude (or capture no inbound port with -b \"\")"
+                        ));
+                    }
+                    // The kernel sends an IPv4 peer's packets as IPv4, never as ::ffff:a.b.c.d:
+                    // such a network would be installed for IPv6 and never match.
+                    if is_ipv4_mapped(cidr) {
+                        return Err(format!(
+                            "{cidr} is an IPv4-mapped IPv6 network, which no packet carries (IPv4 peers arrive as IPv4); write the IPv4 network instead"
+                        ));
+                    }
+                }
+                Ok(cidrs)
+            }
         })?;
+        // Istio takes IPv4-mapped networks in its own flags (into ip6tables, where they never
+        // match): kept for compatibility, but said.
+        let none = CidrsByFamily::default();
+        let included_cidrs = match &outbound_include {
+            OutboundInclude::Cidrs(c) => c,
+            OutboundInclude::All => &none,
+        };
+        for (long, cidrs) in [
+            ("istio-service-exclude-cidr", &outbound_exclude),
+            ("istio-service-cidr", included_cidrs),
+        ] {
+            for cidr in cidrs.v6.iter().filter(|c| is_ipv4_mapped(c)) {
+                warnings.push(format!(
+                    "{}: {cidr} is an IPv4-mapped IPv6 network; as in Istio it is installed for IPv6, where no packet carries such an address (IPv4 traffic is IPv4): it never matches; write the IPv4 network instead",
+                    crate::cli::flag(long).describe()
+                ));
+            }
+        }
         // The kernel masks an address with host bits to its network; say what it will hold.
         let included: &[&CidrsByFamily] = match &outbound_include {
             OutboundInclude::Cidrs(c) => &[c],
@@ -562,6 +607,15 @@ impl Config {
         };
         contradictory_modes(&r, &run)?;
         retry_within_timeout(&r, &run)?;
+        if run.xtables_wait > run.timeout {
+            // The lock waits end at the run's deadline whatever --xtables-wait says.
+            warnings.push(format!(
+                "--xtables-wait ({}) is longer than --timeout ({}), the deadline of the whole run: lock waits end at {} at most",
+                crate::go_duration::go_duration(run.xtables_wait),
+                crate::go_duration::go_duration(run.timeout),
+                crate::go_duration::go_duration(run.timeout),
+            ));
+        }
         warnings.extend(ignored_flag_warnings(&r)?);
 
         // Detection, only for what the arguments leave open.

@@ -764,6 +764,9 @@ fn bad_meshinit_own_options_are_rejected_naming_flag_env_and_value() {
         ("10.0.0.1", "missing /prefix-length"),
         ("*", "'*'"),
         ("10.0.0.0/8,bad", "\"bad\""),
+        ("0.0.0.0/0", "turns inbound capture off"),
+        ("10.1.0.0/16,::/0", "::/0 is every source"),
+        ("::ffff:10.0.0.0/104", "IPv4-mapped"),
     ] {
         rejected(
             &[&format!("--exclude-inbound-sources={value}")],
@@ -802,4 +805,33 @@ fn bad_meshinit_own_options_are_rejected_naming_flag_env_and_value() {
             ],
         );
     }
+}
+
+#[test]
+fn an_xtables_wait_past_the_timeout_is_said() {
+    let cfg = build(&["--xtables-wait=5m", "--timeout=2m"], &[]).unwrap();
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|w| w.contains("--xtables-wait (5m0s)") && w.contains("--timeout (2m0s)")),
+        "{:?}",
+        cfg.warnings
+    );
+    let cfg = build(&["--xtables-wait=30s", "--timeout=2m"], &[]).unwrap();
+    assert!(!cfg.warnings.iter().any(|w| w.contains("--xtables-wait")));
+}
+
+#[test]
+fn ipv4_mapped_networks_in_istios_flags_are_kept_and_said() {
+    let cfg = build(&["-x", "::ffff:10.0.0.0/104,10.2.0.0/16"], &[]).unwrap();
+    assert_eq!(cfg.capture.outbound_exclude.v6.len(), 1);
+    assert!(
+        cfg.warnings.iter().any(|w| w.contains("-x")
+            && w.contains("::ffff:10.0.0.0/104")
+            && w.contains("never matches")),
+        "{:?}",
+        cfg.warnings
+    );
+    let cfg = build(&["-x", "fd00::/64"], &[]).unwrap();
+    assert!(!cfg.warnings.iter().any(|w| w.contains("IPv4-mapped")));
 }

@@ -536,44 +536,7 @@ impl fmt::Display for GroupRef {
 
 pub use crate::go_duration::parse_go_bool;
 
-/// Parses a Go duration (`5s`, `1m30s`, `500ms`, `1.5h`) as `time.ParseDuration` does, for
-/// non-negative values.
-pub fn parse_go_duration(s: &str) -> Result<std::time::Duration, String> {
-    let err = || format!("{s:?} is not a duration (like 5s, 500ms, 1m30s)");
-    if s == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    let mut rest = s.strip_prefix('+').unwrap_or(s);
-    if rest.is_empty() {
-        return Err(err());
-    }
-    let mut total_ns: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        let number: f64 = rest[..num_len].parse().map_err(|_| err())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(err()),
-        };
-        rest = &rest[unit_len..];
-        total_ns += number * scale;
-    }
-    if !total_ns.is_finite() || total_ns > 9.2e18 {
-        return Err(err());
-    }
-    Ok(std::time::Duration::from_nanos(total_ns as u64))
-}
+pub use crate::go_duration::parse_go_duration;
 
 #[cfg(test)]
 mod tests {
