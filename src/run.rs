@@ -496,6 +496,30 @@ pub(crate) fn execute(
 /// `explain` (no connection) and `trace` (a connection spec, and whether to print JSON): the
 /// configuration as a real run builds it, its plan, and the netfilter model's answer on
 /// stdout. Needs no privileges and touches nothing.
+/// The interface an outbound connection without `oif=` leaves through, as routing would
+/// choose it here: an address of this network namespace (the pod's own, when trace runs in
+/// the pod) goes over `lo`; anything else is taken to leave through `eth0`, and the note says
+/// that it was assumed.
+fn default_route(conn: &mut trace::Conn, host: &dyn Host) -> Option<String> {
+    if conn.direction != trace::Direction::Out || conn.oif.is_some() || conn.dst.is_loopback() {
+        return None;
+    }
+    let dst = conn.dst.to_canonical();
+    let local = host
+        .interface_addrs()
+        .is_ok_and(|addrs| addrs.iter().any(|a| a.to_canonical() == dst));
+    if local {
+        conn.oif = Some("lo".to_string());
+        Some(format!(
+            "{dst} is an address of this network namespace: the kernel routes the connection over lo"
+        ))
+    } else {
+        Some(format!(
+            "oif=eth0 assumed ({dst} is not an address of this network namespace); give oif=IF when the pod routes it elsewhere"
+        ))
+    }
+}
+
 pub(crate) fn inspect(
     raw: &cli::RawArgs,
     host: &dyn Host,
@@ -533,14 +557,16 @@ pub(crate) fn inspect(
     let text = match conn {
         None => trace::explain::text(&config.capture, &plan, backend, &lookup),
         Some((spec, json)) => {
-            let conn = match trace::conn::parse(spec) {
+            let mut conn = match trace::conn::parse(spec) {
                 Ok(conn) => conn,
                 Err(e) => {
                     log.error(&e.to_string());
                     return exit_code::INVALID_INPUT;
                 }
             };
+            let route_note = default_route(&mut conn, host);
             let mut traced = trace::model::trace(&plan, &conn, backend, &lookup);
+            traced.notes.extend(route_note);
             if config.run.backend == BackendChoice::Auto {
                 traced.notes.push(
                     "traced for the iptables backend (Istio's default, what --backend auto \

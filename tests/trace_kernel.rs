@@ -10,11 +10,12 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::Command;
 use std::time::Duration;
 
 use support::apply::{meshinit, path_env};
 use support::netlab::{Client, ClientError, Creds, Lab, Landing, Listener, ListenerSpec};
-use support::{require_root, run_meshinit};
+use support::require_root;
 
 /// The proxy's uid and gid in every configuration (`-u`).
 const PROXY_UID: u32 = 1337;
@@ -180,6 +181,31 @@ struct Probe {
     dst: SocketAddr,
 }
 
+/// Runs `meshinit trace` inside the pod's network namespace, as `kubectl exec` would, so that
+/// a probe without `oif=` is routed by the pod's own addresses.
+fn trace_in_pod(lab: &Lab, args: &[String], env: &[(String, String)]) -> support::Output {
+    let name = lab
+        .pod
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &name, env!("CARGO_BIN_EXE_meshinit")])
+        .args(args)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .env("PATH", path_env().1)
+        .output()
+        .expect("running meshinit trace in the pod");
+    support::Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 fn socket(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
@@ -223,11 +249,21 @@ fn random_probe(rng: &mut Rng, lab: &Lab) -> Probe {
         } else {
             "eth0"
         };
+        // The pod's own address without oif=: trace (run in the pod) must find that it is
+        // local and routed over lo, as the kernel does.
+        let oif = if dst_ip == pod && rng.chance(50) {
+            String::new()
+        } else {
+            format!(" oif={oif}")
+        };
+        // An IPv4 destination as a dual-stack socket shows it (IPv4-mapped); the kernel sends
+        // it as IPv4.
+        let dst_text = match dst {
+            SocketAddr::V4(a) if rng.chance(20) => format!("[::ffff:{}]:{}", a.ip(), a.port()),
+            _ => spec_addr(dst),
+        };
         Probe {
-            spec: format!(
-                "out {proto} uid={uid} gid={gid} src={src} dst={} oif={oif}",
-                spec_addr(dst)
-            ),
+            spec: format!("out {proto} uid={uid} gid={gid} src={src} dst={dst_text}{oif}"),
             outbound: true,
             udp,
             creds: Creds::new(uid, gid),
@@ -407,7 +443,7 @@ fn one_configuration(rng: &mut Rng, backend: &str, conns: u64, tally: &mut Tally
         let mut targs = trace_args.clone();
         targs.push(format!("--conn={}", probe.spec));
         targs.push("--json".to_string());
-        let traced = run_meshinit(&targs, &env);
+        let traced = trace_in_pod(&lab, &targs, &env);
         assert_eq!(traced.code, Some(0), "trace {targs:?}: {}", traced.stderr);
         let json: serde_json::Value = serde_json::from_str(&traced.stdout).expect("trace JSON");
         let expected = predicted(&json, &probe, &lab);

@@ -114,7 +114,8 @@ pub fn parse(spec: &str) -> Result<Conn, ConnError> {
         return Err(error("dst", "", "missing: dst=ADDR:PORT is required"));
     }
     if let Some(src) = conn.src {
-        if src.is_ipv4() != conn.dst.is_ipv4() {
+        // IPv4-mapped addresses are IPv4 (the kernel sends them so).
+        if src.to_canonical().is_ipv4() != conn.dst.to_canonical().is_ipv4() {
             return Err(error("src", &src.to_string(), "not the family of dst"));
         }
     }

@@ -55,12 +55,26 @@ impl Backend {
 
 /// Traces `conn` through the rules `backend` installs for `plan`.
 pub fn trace(plan: &Plan, conn: &Conn, backend: Backend, groups: GroupLookup<'_>) -> Trace {
+    let mut notes = Vec::new();
+    // An IPv4-mapped address (`::ffff:10.0.0.1`, what a dual-stack socket shows) is sent by
+    // the kernel as IPv4, and meets the IPv4 rules.
+    let canonical = Conn {
+        src: conn.src.map(|a| a.to_canonical()),
+        dst: conn.dst.to_canonical(),
+        ..conn.clone()
+    };
+    if canonical.dst != conn.dst {
+        notes.push(format!(
+            "{} is an IPv4-mapped address: the kernel sends the connection as IPv4, to {}",
+            conn.dst, canonical.dst
+        ));
+    }
+    let conn = &canonical;
     let family = if conn.dst.is_ipv4() {
         Family::V4
     } else {
         Family::V6
     };
-    let mut notes = Vec::new();
     let rules: Vec<Rule> = match backend {
         Backend::Iptables => {
             if family == Family::V6 && !plan.ipv6 {
