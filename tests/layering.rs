@@ -179,3 +179,62 @@ fn there_is_no_import_circle_between_top_level_modules() {
         }
     }
 }
+
+/// Inside `render/` too the arrows go one way, lowest first: set arithmetic below the ruleset
+/// that uses it, the ruleset below its netlink encoding (whose `sets` and `text` submodules
+/// belong to it).
+const RENDER_LAYERS: &[&[&str]] = &[
+    &["netlink_wire", "iptables_text", "nft_sets"],
+    &["iptables_save", "nft_ruleset"],
+    &["shadowing", "nft_netlink"],
+];
+
+#[test]
+fn render_modules_import_down_only() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/render");
+    let layer = |m: &str| RENDER_LAYERS.iter().position(|l| l.contains(&m));
+    let mut files = Vec::new();
+    rust_files(&dir, &mut files);
+    let mut wrong = Vec::new();
+    for file in files {
+        let rel = file.strip_prefix(&dir).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        let from = first.trim_end_matches(".rs");
+        if from == "mod" {
+            continue;
+        }
+        let from_layer = layer(from).unwrap_or_else(|| panic!("render/{from} has no layer"));
+        let text = code(&fs::read_to_string(&file).unwrap());
+        // `super::` is render/ only in render's own files; in nft_netlink/ it is nft_netlink.
+        let prefixes: &[&str] = if rel.components().count() == 1 {
+            &["crate::render::", "super::"]
+        } else {
+            &["crate::render::"]
+        };
+        for prefix in prefixes {
+            for (i, _) in text.match_indices(prefix) {
+                let rest = &text[i + prefix.len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                let to = &rest[..end];
+                if let Some(to_layer) = layer(to) {
+                    if to != from && to_layer >= from_layer {
+                        wrong.push(format!("render/{} → {to}", rel.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "render imports against its layer order:\n{}",
+        wrong.join("\n")
+    );
+}

@@ -3,7 +3,7 @@
 //! list, so applying, cleaning up and checking all speak of the same objects.
 //!
 //! Ownership: what meshinit adds carries its rtnetlink protocol number
-//! ([`netlink::PROTOCOL`](super::netlink::PROTOCOL)), and only objects carrying it are ever
+//! ([`rtnetlink::PROTOCOL`](super::rtnetlink::PROTOCOL)), and only objects carrying it are ever
 //! removed — by a rollback, by `--cleanup-only` (all of ours, whatever configuration added
 //! them), or by an apply that no longer plans them (TPROXY → REDIRECT). An identical object
 //! without the mark (an administrator's, or istio-init's, which sets no protocol) is used

@@ -36,7 +36,7 @@ pub enum Reading<T> {
         /// Why.
         why: String,
         /// Why the failure may pass (a save tool's lock message, the kernel's `EBUSY`,
-        /// `EAGAIN` or `EINTR`: see [`super::retry`]); `None` when another read would fail
+        /// `EAGAIN` or `EINTR`: see [`crate::sys::transient`]); `None` when another read would fail
         /// the same way. Carried up so that apply and cleanup retry it under `--retries`.
         transient: Option<String>,
     },

@@ -7,5 +7,4 @@ pub mod netlink_wire;
 pub mod nft_netlink;
 pub mod nft_ruleset;
 pub mod nft_sets;
-pub mod nft_text;
 pub mod shadowing;

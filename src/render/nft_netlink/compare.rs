@@ -361,7 +361,7 @@ pub(super) fn intern<'a>(
 
 pub(super) fn exprs_text(exprs: &[Expr]) -> String {
     // In nft syntax where every expression is one `nft_text` knows; raw otherwise.
-    crate::render::nft_text::rule_text(exprs).unwrap_or_else(|| {
+    crate::render::nft_netlink::text::rule_text(exprs).unwrap_or_else(|| {
         let parts: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
         parts.join(" ")
     })

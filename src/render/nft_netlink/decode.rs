@@ -212,8 +212,8 @@ pub struct SetContents {
 
 impl fmt::Display for SetContents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys: Vec<String> = if self.flags & nft_sets::NFT_SET_INTERVAL != 0 {
-            nft_sets::show_interval_keys(self.key_len, &self.keys)
+        let keys: Vec<String> = if self.flags & super::sets::NFT_SET_INTERVAL != 0 {
+            super::sets::show_interval_keys(self.key_len, &self.keys)
         } else {
             self.keys.iter().map(|k| show_bytes(k)).collect()
         };
@@ -252,7 +252,7 @@ pub fn parse_set_elems(payload: &[u8]) -> Result<SetElems, String> {
     if let Some(list) = attr(&attrs, NFTA_SET_ELEM_LIST_ELEMENTS) {
         for (_, elem) in parse_attrs(list)? {
             // An interval's end is told from a start (src/backend/nft_sets.rs).
-            keys.extend(nft_sets::element_keys(elem)?);
+            keys.extend(super::sets::element_keys(elem)?);
         }
     }
     Ok(SetElems {

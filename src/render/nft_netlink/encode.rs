@@ -636,10 +636,10 @@ impl Builder {
             // Long lists as set lookups (src/backend/nft_sets.rs).
             Stmt::AddressIn { dir, family, nets } => {
                 deps.network(e, *family);
-                let (offset, len) = nft_sets::address_field(*family, *dir);
+                let (offset, len) = super::sets::address_field(*family, *dir);
                 payload(e, NFT_PAYLOAD_NETWORK_HEADER, offset, len);
                 let set_id = self.set_id();
-                let set = nft_sets::address_set(table, set_id, *family, nets);
+                let set = super::sets::address_set(table, set_id, *family, nets);
                 self.lookup_set(e, set_id, set, origin);
             }
             Stmt::PortIn { proto, dir, ports } => {
@@ -650,7 +650,7 @@ impl Builder {
                 };
                 payload(e, NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2);
                 let set_id = self.set_id();
-                let set = nft_sets::port_set(table, set_id, *proto, *dir, ports);
+                let set = super::sets::port_set(table, set_id, *proto, *dir, ports);
                 self.lookup_set(e, set_id, set, origin);
             }
             Stmt::Owner { owner, negate, .. } => {
@@ -715,7 +715,7 @@ impl Builder {
         &mut self,
         e: &mut Attrs,
         set_id: u32,
-        set: nft_sets::SetMessages,
+        set: super::sets::SetMessages,
         origin: &RuleOrigin,
     ) {
         let origin = Origin::Rule(RuleOrigin {

@@ -20,6 +20,8 @@
 mod compare;
 mod decode;
 mod encode;
+pub mod sets;
+pub mod text;
 
 pub use compare::*;
 pub use decode::*;
@@ -37,7 +39,6 @@ use crate::render::netlink_wire::{self, parse_attrs, put_attr};
 use crate::render::nft_ruleset::{
     cidr_family, wildcard_prefix, Direction, Hook, NftRule, NftTable, Ruleset, Stmt, MANAGED_TABLES,
 };
-use crate::render::nft_sets;
 
 // nfnetlink (<linux/netfilter/nfnetlink.h>).
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -695,7 +696,7 @@ mod tests {
         let rules = expected_rules(&rs);
         let read: Vec<String> = rules
             .iter()
-            .map(|r| crate::render::nft_text::rule_text(&r.exprs).expect("readable"))
+            .map(|r| crate::render::nft_netlink::text::rule_text(&r.exprs).expect("readable"))
             .collect();
         let labels: Vec<&str> = rules.iter().map(|r| r.label.as_str()).collect();
         let want = [

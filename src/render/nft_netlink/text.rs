@@ -8,7 +8,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::nft_netlink::{Expr, Value};
+use super::{Expr, Value};
 
 /// What a register holds: a loaded packet field (with the prefix mask applied to it, if any)
 /// or an immediate value.
@@ -375,9 +375,9 @@ pub fn rule_text(exprs: &[Expr]) -> Option<String> {
                 let f = field(&src, &mut l4, &mut nf)?;
                 flush(&mut out, &mut l4, &mut nf);
                 // An interval set of ports (ranges among them) reads as nft prints it.
-                let intervals = set.flags & crate::render::nft_sets::NFT_SET_INTERVAL != 0;
+                let intervals = set.flags & super::sets::NFT_SET_INTERVAL != 0;
                 let keys: Option<Vec<String>> = if intervals && set.key_len == 2 {
-                    Some(crate::render::nft_sets::show_port_interval_keys(&set.keys))
+                    Some(super::sets::show_port_interval_keys(&set.keys))
                 } else {
                     set.keys.iter().map(|k| (f.value)(k, None)).collect()
                 };
