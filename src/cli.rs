@@ -21,7 +21,7 @@ pub enum Kind {
     Value,
 }
 
-/// Where a flag comes from, which decides what meshinit does with it and how the README
+/// Where a flag comes from, which decides what meshinit does with it and how the docs
 /// compatibility table describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -98,7 +98,7 @@ macro_rules! flag {
     };
 }
 
-/// Every flag meshinit accepts. The README's compatibility table is checked against this list.
+/// Every flag meshinit accepts. docs/flags.md is checked against this list.
 pub static FLAGS: &[FlagSpec] = &[
     flag!("envoy-port", Some('p'), Value, "15001", ["ENVOY_PORT"], Istio,
         "port Envoy listens on for outbound traffic (REDIRECT target)"),

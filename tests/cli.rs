@@ -384,23 +384,26 @@ fn assert_summary_object(summary: &serde_json::Value, line: &str) {
 }
 
 #[test]
-fn readme_compatibility_table_names_every_flag_and_env_var() {
+fn the_flags_doc_names_every_flag_and_env_var() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/flags.md")).unwrap();
     for spec in meshinit::cli::FLAGS {
         assert!(
             readme.contains(&format!("`--{}`", spec.long)),
-            "README misses --{}",
+            "docs/flags.md misses --{}",
             spec.long
         );
         for env in spec.env {
-            assert!(readme.contains(&format!("`{env}`")), "README misses {env}");
+            assert!(
+                readme.contains(&format!("`{env}`")),
+                "docs/flags.md misses {env}"
+            );
         }
     }
     for spec in meshinit::cli::ENV_ONLY {
         assert!(
             readme.contains(&format!("`{}`", spec.name)),
-            "README misses {}",
+            "docs/flags.md misses {}",
             spec.name
         );
     }

@@ -138,7 +138,7 @@ fn add_check_del(name: &str, extra: &str, ours: &str) {
     let del = cni("DEL", &lab.pod, &conf);
     assert_eq!(del.code, Some(0), "DEL: {}{}", del.stdout, del.stderr);
     assert_eq!(del.stdout, "");
-    // iptables-nft leaves the empty built-in chains it made (README, "Applying" step 7): they
+    // iptables-nft leaves the empty built-in chains it made (docs/applying.md, step 7): they
     // hold no rule, so rules and routing are compared.
     let (before, after) = (rules_only(&before), rules_only(&snapshot(&lab.pod)));
     assert!(
