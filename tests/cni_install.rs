@@ -7,7 +7,10 @@
 //! comes back after a rewrite in place or a rename over, moves to a new first conflist, is
 //! inserted when a conflist appears in an empty directory, survives a broken conflist; a
 //! deleted binary is copied back; an idle watcher writes nothing; a storm of rewrites is never
-//! clobbered. Waits poll the files up to a generous bound (`until`), never assert timing.
+//! clobbered. A conflist that is a symbolic link is edited where it leads (the link kept, its
+//! target followed by the watch); two installers at once never expose an empty file; a
+//! `log_file` ADD could not open is refused; the CNI's bytes outside the entry are kept.
+//! Waits poll the files up to a generous bound (`until`), never assert timing.
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -131,6 +134,11 @@ impl Watcher {
         let mut args = dirs.args(PLUGIN);
         args.push("--wait".to_string());
         args.extend(extra.iter().map(|a| a.to_string()));
+        Watcher::spawn(args)
+    }
+
+    /// `meshinit` with `args`, as a child process.
+    fn spawn(args: Vec<String>) -> Watcher {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
             .args(&args)
             .env_clear()
@@ -624,4 +632,261 @@ fn the_conflists_mode_and_owner_are_kept_on_insert_and_on_sigterm_removal() {
     let log = watcher.terminated();
     assert_eq!(dirs.types("10-k8s.conflist"), WITHOUT, "{log}");
     assert_eq!(mode_and_owner(&path), before, "after the removal\n{log}");
+}
+
+/// A relative symbolic link `net.d/LINK -> ../real/LINK` and its target holding `text`.
+fn link_to_real(dirs: &Dirs, link: &str, text: Option<&str>) -> PathBuf {
+    let real = dirs.root.join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    if let Some(text) = text {
+        std::fs::write(real.join(link), text).unwrap();
+    }
+    std::os::unix::fs::symlink(format!("../real/{link}"), dirs.conf(link)).unwrap();
+    real.join(link)
+}
+
+/// The plugin types of the conflist at `path`; `None` while it is missing or not a conflist.
+fn types_at(path: &Path) -> Option<Vec<String>> {
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    list["plugins"]
+        .as_array()?
+        .iter()
+        .map(|p| p["type"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn is_link(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+#[test]
+fn a_symlinked_first_conflist_is_the_one_edited_through_the_link_which_stays() {
+    let dirs = Dirs::empty("cni-link-first");
+    let real = link_to_real(&dirs, "10-k.conflist", Some(LIST));
+    std::fs::write(dirs.conf("20-other.conflist"), LIST).unwrap();
+    let out = meshinit(&dirs.args(PLUGIN));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("10-k.conflist"), "{stderr}");
+    assert!(is(types_at(&real), &WITH), "the link's target: {stderr}");
+    assert!(is_link(&dirs.conf("10-k.conflist")), "the link stays");
+    assert!(
+        is(dirs.try_types("20-other.conflist"), &WITHOUT),
+        "{stderr}"
+    );
+    assert!(dirs.leftovers().is_empty(), "{:?}", dirs.leftovers());
+    let real_dir: Vec<_> = std::fs::read_dir(dirs.root.join("real")).unwrap().collect();
+    assert_eq!(
+        real_dir.len(),
+        1,
+        "no temporary file left beside the target"
+    );
+
+    // Alone in the directory, and named with --conflist: the same.
+    let dirs = Dirs::empty("cni-link-alone");
+    let real = link_to_real(&dirs, "10-k.conflist", Some(LIST));
+    for extra in [None, Some("--conflist=10-k.conflist")] {
+        let mut args = dirs.args(PLUGIN);
+        args.extend(extra.map(String::from));
+        let out = meshinit(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        assert!(is(types_at(&real), &WITH), "{extra:?}: {stderr}");
+        assert!(
+            is_link(&dirs.conf("10-k.conflist")),
+            "{extra:?}: the link stays"
+        );
+    }
+}
+
+#[test]
+fn a_dangling_or_directory_link_sorting_first_is_reported_not_skipped() {
+    // libcni lists it (it is no directory entry of type directory) and the runtime fails to
+    // read it: appending to the next conflist would be appending to one no one uses.
+    for (name, target_is_dir) in [("dangling", false), ("dir", true)] {
+        let dirs = Dirs::empty(&format!("cni-link-{name}"));
+        let real = link_to_real(&dirs, "10-k.conflist", None);
+        if target_is_dir {
+            std::fs::create_dir_all(&real).unwrap();
+        }
+        std::fs::write(dirs.conf("20-other.conflist"), LIST).unwrap();
+        let out = meshinit(&dirs.args(PLUGIN));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains("10-k.conflist") && stderr.contains("symbolic link"),
+            "{name}: {stderr}"
+        );
+        assert!(is(dirs.try_types("20-other.conflist"), &WITHOUT), "{name}");
+    }
+}
+
+#[test]
+fn watch_follows_a_symlinked_conflist_its_appearance_and_its_targets_rewrites() {
+    let dirs = Dirs::empty("cni-watch-link");
+    let mut watcher = Watcher::start(&dirs, &[]);
+    watcher.until_logged("the wait logged", "waiting for a .conflist to appear");
+    // The link appears, dangling first: reported, then its target is written.
+    let real = link_to_real(&dirs, "10-k.conflist", None);
+    watcher.until_logged("the dangling link seen", "symbolic link");
+    std::fs::write(dirs.root.join("real/.tmp"), LIST).unwrap();
+    std::fs::rename(dirs.root.join("real/.tmp"), &real).unwrap();
+    until("the entry in the link's target", &watcher, || {
+        is(types_at(&real), &WITH)
+    });
+    // The CNI rewrites the target in its own directory.
+    std::fs::write(&real, LIST).unwrap();
+    until(
+        "the entry back after the target's rewrite",
+        &watcher,
+        || is(types_at(&real), &WITH),
+    );
+    watcher.until_logged("the target's rewrite logged", "real/10-k.conflist written");
+    assert!(watcher.running(), "{}", watcher.log());
+    assert!(is_link(&dirs.conf("10-k.conflist")));
+    let log = watcher.terminated();
+    assert!(is(types_at(&real), &WITHOUT), "{log}");
+    assert!(is_link(&dirs.conf("10-k.conflist")), "{log}");
+}
+
+/// `meshinit cni-install --wait` with `plugin` as its entry.
+fn watcher_with(dirs: &Dirs, plugin: &str) -> Watcher {
+    let mut args = dirs.args(plugin);
+    args.push("--wait".to_string());
+    Watcher::spawn(args)
+}
+
+#[test]
+fn two_installers_at_once_never_expose_an_empty_or_partial_conflist() {
+    let other = PLUGIN.replace("\"-p\",\"15001\"", "\"-p\",\"15002\"");
+    for (case, second) in [("different", other), ("same", PLUGIN.to_string())] {
+        let dirs = Dirs::new(&format!("cni-two-{case}"));
+        let path = dirs.conf("10-k8s.conflist");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let list: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+                        panic!("read {reads}: not a whole conflist ({e}): {text:?}")
+                    });
+                    assert!(
+                        list["plugins"].as_array().is_some_and(|p| p.len() >= 2),
+                        "{text}"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let a = watcher_with(&dirs, PLUGIN);
+        let b = watcher_with(&dirs, &second);
+        // The CNI rewriting its conflist meanwhile: both installers race to put the entry back.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            dirs.rename_over("10-k8s.conflist", LIST);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reads = reader.join().unwrap();
+        assert!(reads > 0);
+        let (code_a, log_a) = a.terminate();
+        let (code_b, log_b) = b.terminate();
+        assert_eq!(code_a, Some(0), "{case}, first:\n{log_a}");
+        assert_eq!(code_b, Some(0), "{case}, second:\n{log_b}");
+        for log in [&log_a, &log_b] {
+            assert!(!log.contains("cannot"), "{case}:\n{log}");
+        }
+        assert!(is(dirs.try_types("10-k8s.conflist"), &WITHOUT), "{case}");
+        assert!(
+            dirs.leftovers().is_empty(),
+            "{case}: {:?}",
+            dirs.leftovers()
+        );
+    }
+}
+
+#[test]
+fn a_log_file_in_a_missing_directory_is_refused_naming_it_and_changes_nothing() {
+    let dirs = Dirs::new("cni-install-logfile");
+    let missing = dirs.root.join("no-such-dir/meshinit.log");
+    let plugin = PLUGIN.replace(
+        "\"exclude_namespaces\"",
+        &format!(
+            "\"log_file\":\"{}\",\"exclude_namespaces\"",
+            missing.display()
+        ),
+    );
+    let out = meshinit(&dirs.args(&plugin));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("log_file"), "{stderr}");
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+    assert_eq!(dirs.types("10-k8s.conflist"), WITHOUT);
+    assert!(!dirs.root.join("bin/meshinit").exists());
+    // A directory as log_file fails ADD as well; an existing directory is fine.
+    let plugin_dir = plugin.replace(
+        &missing.display().to_string(),
+        &dirs.root.display().to_string(),
+    );
+    let out = meshinit(&dirs.args(&plugin_dir));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fine = dirs.root.join("meshinit.log");
+    let plugin_ok = plugin.replace(&missing.display().to_string(), &fine.display().to_string());
+    let out = meshinit(&dirs.args(&plugin_ok));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!fine.exists(), "checking the log file does not create it");
+}
+
+/// A conflist as a person or a tool other than serde might write it: odd spacing, keys not
+/// in order, a float written `1e3`, a 20-digit integer, escapes, a trailing newline missing.
+const ODD: &str = "{ \"name\" : \"k8s\u{e9}-net\",   \"cniVersion\":\"1.0.0\",\n  \"plugins\" :[\n      {\"type\":\"ptp\", \"mtu\": 1e3, \"big\": 98765432109876543210, \"ipam\":{\"type\":\"host-local\",\"subnet\":\"10.1.0.0/16\"}},\n\t  { \"type\" : \"portmap\" ,\"capabilities\":{\"portMappings\":true}, \"note\":\"caf\\u00e9 \\ud83d\\ude00 \\\"q\\\" \\/\"}\n  ] ,\n  \"zeta\": [1.50, -0.0, 1E+2]\n}";
+
+#[test]
+fn the_cnis_bytes_are_kept_the_entry_is_spliced_in_and_out() {
+    let dirs = Dirs::empty("cni-install-bytes");
+    let path = dirs.conf("10-k8s.conflist");
+    std::fs::write(&path, ODD).unwrap();
+    let out = meshinit(&dirs.args(PLUGIN));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let edited = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(dirs.types("10-k8s.conflist"), WITH);
+    // The original is a prefix and a suffix of the edit around one inserted run.
+    let prefix = ODD
+        .bytes()
+        .zip(edited.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let suffix = ODD
+        .bytes()
+        .rev()
+        .zip(edited.bytes().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        prefix + suffix >= ODD.len(),
+        "bytes outside the inserted entry changed:\n{edited}"
+    );
+    let inserted = &edited[prefix.min(ODD.len())..edited.len() - suffix.min(ODD.len() - prefix)];
+    assert!(inserted.contains("\"meshinit\""), "{inserted:?}");
+    // SIGTERM takes it out again: the file is the CNI's to the byte.
+    let watcher = Watcher::start(&dirs, &[]);
+    watcher.until_logged("the watcher's first look", "nothing to do");
+    let log = watcher.terminated();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), ODD, "{log}");
 }

@@ -1,7 +1,8 @@
 //! `meshinit cni-install`: installing meshinit as a chained plugin on a node, as Istio's
 //! install-cni does (what examples/cni-daemonset.yaml runs): the flags, the choice of the
 //! node's conflist, how meshinit's entry stands in it, and the edits that append it (replacing
-//! an older one) or take it out. Pure; the files are read, written and watched by
+//! an older one) or take it out, spliced into the file's text so every other byte of the CNI's
+//! file stays as it was. Pure; the files are read, written and watched by
 //! `sys::cni_files`, and `cni::node` decides when.
 
 use std::path::PathBuf;
@@ -183,21 +184,151 @@ impl Entry {
     }
 }
 
-/// The conflist's plugin list (an error says what is wrong with the file).
-fn plugins(list: &mut Value) -> Result<&mut Vec<Value>, String> {
-    list.get_mut("plugins")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| "no \"plugins\" list".to_string())
-}
-
 fn is_meshinit(plugin: &Value) -> bool {
     plugin.get("type").and_then(Value::as_str) == Some("meshinit")
 }
 
+/// The conflist's `plugins` array as it stands in the text: where its brackets are and each
+/// entry's byte span with the entry parsed. Edits splice text at these offsets, so every byte
+/// of the CNI's file outside meshinit's entry stays as the CNI wrote it (its key order, number
+/// spellings such as `1e3` or integers beyond 64 bits, escapes, spacing).
+struct Plugins {
+    /// The offset of `[`.
+    open: usize,
+    /// Each entry: its span (start, end) and its value.
+    entries: Vec<(usize, usize, Value)>,
+}
+
+/// Locates the `plugins` array in `conflist` (an error says what is wrong with the file).
+fn locate(conflist: &str) -> Result<Plugins, String> {
+    // serde_json decides validity; the scan below then only has to find spans in valid JSON.
+    let list: Value = serde_json::from_str(conflist).map_err(|e| format!("not JSON: {e}"))?;
+    if !list.get("plugins").is_some_and(Value::is_array) {
+        return Err("no \"plugins\" list".to_string());
+    }
+    let mut scan = Scan {
+        text: conflist.as_bytes(),
+        at: 0,
+    };
+    scan.blank();
+    scan.at += 1; // the top-level `{` (an object: it has "plugins")
+    let mut found = None;
+    loop {
+        scan.blank();
+        if scan.peek() == b'}' {
+            break;
+        }
+        let key_start = scan.at;
+        scan.value();
+        let key: String = serde_json::from_str(&conflist[key_start..scan.at])
+            .map_err(|e| format!("not JSON: {e}"))?;
+        scan.blank();
+        scan.at += 1; // `:`
+        scan.blank();
+        let value_start = scan.at;
+        scan.value();
+        // A repeated key: the last one counts, as for serde_json and Go's encoding/json.
+        if key == "plugins" {
+            found = Some(value_start);
+        }
+        scan.blank();
+        if scan.peek() == b',' {
+            scan.at += 1;
+        }
+    }
+    let open = found.ok_or_else(|| "no \"plugins\" list".to_string())?;
+    scan.at = open + 1;
+    let mut entries = Vec::new();
+    loop {
+        scan.blank();
+        if scan.peek() == b']' {
+            break;
+        }
+        let start = scan.at;
+        scan.value();
+        let value = serde_json::from_str(&conflist[start..scan.at])
+            .map_err(|e| format!("not JSON: {e}"))?;
+        entries.push((start, scan.at, value));
+        scan.blank();
+        if scan.peek() == b',' {
+            scan.at += 1;
+        }
+    }
+    Ok(Plugins { open, entries })
+}
+
+/// A cursor over JSON text already known to be valid.
+struct Scan<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl Scan<'_> {
+    fn peek(&self) -> u8 {
+        self.text.get(self.at).copied().unwrap_or(0)
+    }
+
+    /// Past JSON's whitespace.
+    fn blank(&mut self) {
+        while matches!(self.peek(), b' ' | b'\t' | b'\n' | b'\r') {
+            self.at += 1;
+        }
+    }
+
+    /// Past one value (string, object, array or scalar) starting here.
+    fn value(&mut self) {
+        let mut depth = 0usize;
+        loop {
+            match self.peek() {
+                b'"' => self.string(),
+                b'{' | b'[' => {
+                    depth += 1;
+                    self.at += 1;
+                }
+                b'}' | b']' => {
+                    depth -= 1;
+                    self.at += 1;
+                }
+                _ if depth > 0 => self.at += 1,
+                // A scalar: up to the next delimiter.
+                _ => {
+                    while !matches!(
+                        self.peek(),
+                        0 | b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+                    ) {
+                        self.at += 1;
+                    }
+                }
+            }
+            if depth == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Past a string starting at its `"`.
+    fn string(&mut self) {
+        self.at += 1;
+        loop {
+            match self.peek() {
+                b'\\' => self.at += 2,
+                b'"' => {
+                    self.at += 1;
+                    return;
+                }
+                _ => self.at += 1,
+            }
+        }
+    }
+}
+
 /// How `plugin` stands in `conflist`'s text (an error when the text is not a conflist).
 pub fn entry(conflist: &str, plugin: &Value) -> Result<Entry, String> {
-    let mut list: Value = serde_json::from_str(conflist).map_err(|e| format!("not JSON: {e}"))?;
-    let plugins = plugins(&mut list)?;
+    let plugins: Vec<Value> = locate(conflist)?
+        .entries
+        .into_iter()
+        .map(|(_, _, value)| value)
+        .collect();
     let ours: Vec<usize> = (0..plugins.len())
         .filter(|&i| is_meshinit(&plugins[i]))
         .collect();
@@ -210,32 +341,66 @@ pub fn entry(conflist: &str, plugin: &Value) -> Result<Entry, String> {
     })
 }
 
-/// The conflist with meshinit's entry appended last (older meshinit entries removed first).
+/// `conflist` with the meshinit entries cut out, each with one separator (the comma and the
+/// blanks before it when last, else the ones after it), so that cutting an entry
+/// [`with_plugin`] appended restores the text it was appended to byte for byte.
+fn cut_meshinit(conflist: &str) -> Result<(String, usize), String> {
+    let mut text = conflist.to_string();
+    let mut cut = 0;
+    // One at a time from the last, locating again after each cut (the offsets move).
+    loop {
+        let plugins = locate(&text)?;
+        let entries = &plugins.entries;
+        let Some(i) = entries.iter().rposition(|(_, _, v)| is_meshinit(v)) else {
+            return Ok((text, cut));
+        };
+        let range = if i + 1 < entries.len() {
+            entries[i].0..entries[i + 1].0
+        } else if i > 0 {
+            entries[i - 1].1..entries[i].1
+        } else {
+            entries[i].0..entries[i].1
+        };
+        text.replace_range(range, "");
+        cut += 1;
+    }
+}
+
+/// The conflist with meshinit's entry appended last (older meshinit entries cut first), the
+/// rest of the text untouched: the entry follows the last one after a comma and the blanks
+/// that separate the entries already there (those after `[` when there is one), and is
+/// indented as they are when those blanks hold a line break.
 pub fn with_plugin(conflist: &str, plugin: &Value) -> Result<String, String> {
-    let mut list: Value = serde_json::from_str(conflist).map_err(|e| format!("not JSON: {e}"))?;
-    let plugins = plugins(&mut list)?;
-    plugins.retain(|p| !is_meshinit(p));
-    plugins.push(plugin.clone());
-    Ok(format!(
-        "{}\n",
-        serde_json::to_string_pretty(&list).unwrap_or_default()
-    ))
+    let (text, _) = cut_meshinit(conflist)?;
+    let plugins = locate(&text)?;
+    let entries = &plugins.entries;
+    let (at, lead, blank) = match entries.as_slice() {
+        [] => (plugins.open + 1, "", ""),
+        [only] => (only.1, ",", &text[plugins.open + 1..only.0]),
+        [.., before, last] => {
+            let comma = before.1 + text[before.1..last.0].find(',').unwrap_or(0);
+            (last.1, ",", &text[comma + 1..last.0])
+        }
+    };
+    let entry = match blank.rfind('\n') {
+        Some(newline) => {
+            let indent = &blank[newline + 1..];
+            serde_json::to_string_pretty(plugin)
+                .unwrap_or_default()
+                .replace('\n', &format!("\n{indent}"))
+        }
+        None => serde_json::to_string(plugin).unwrap_or_default(),
+    };
+    let mut out = text.clone();
+    out.insert_str(at, &format!("{lead}{blank}{entry}"));
+    Ok(out)
 }
 
 /// The conflist with meshinit's entries taken out (uninstall); `None` when it has none, so
 /// nothing is written.
 pub fn without_plugin(conflist: &str) -> Result<Option<String>, String> {
-    let mut list: Value = serde_json::from_str(conflist).map_err(|e| format!("not JSON: {e}"))?;
-    let plugins = plugins(&mut list)?;
-    let before = plugins.len();
-    plugins.retain(|p| !is_meshinit(p));
-    if plugins.len() == before {
-        return Ok(None);
-    }
-    Ok(Some(format!(
-        "{}\n",
-        serde_json::to_string_pretty(&list).unwrap_or_default()
-    )))
+    let (text, cut) = cut_meshinit(conflist)?;
+    Ok((cut > 0).then_some(text))
 }
 
 #[cfg(test)]
@@ -344,5 +509,46 @@ mod tests {
             .unwrap_err()
             .contains("not JSON"));
         assert!(entry("{}", &plugin).unwrap_err().contains("plugins"));
+    }
+
+    #[test]
+    fn the_entry_is_spliced_into_the_text_and_cut_out_to_the_byte() {
+        let plugin = serde_json::json!({"type": "meshinit", "n": 1});
+        for original in [
+            r#"{"plugins":[]}"#,
+            r#"{"plugins":[ ]}"#,
+            r#"{"plugins":[{"type":"ptp"}]}"#,
+            "{\"plugins\" : [\n    {\"type\":\"ptp\",\"mtu\":1e3}\n  ]\n}\n",
+            "{\"a\":[1,2],\"plu\\u0067ins\":[ {\"type\":\"a\"} ,\n\t{\"type\":\"b\"}\t] , \"z\":\"]\\\"\"}",
+        ] {
+            let with = with_plugin(original, &plugin).unwrap();
+            assert_eq!(entry(&with, &plugin).unwrap(), Entry::InPlace, "{with}");
+            assert_eq!(without_plugin(&with).unwrap().as_deref(), Some(original));
+            assert_eq!(with_plugin(&with, &plugin).unwrap(), with, "{with}");
+        }
+        // Indented as the entries before it, on their own lines.
+        let pretty = "{\"plugins\": [\n    {\"type\": \"ptp\"},\n    {\"type\": \"portmap\"}\n]}";
+        let with = with_plugin(pretty, &plugin).unwrap();
+        assert!(
+            with.contains("},\n    {\n      \"n\": 1,\n      \"type\": \"meshinit\"\n    }\n]}"),
+            "{with}"
+        );
+        // Entries elsewhere in the chain (an older install, two of them) are cut with one
+        // separator each; the rest stays.
+        let old = r#"{"plugins":[{"type":"meshinit"}, {"type":"ptp"},{"type":"meshinit","x":2}]}"#;
+        assert_eq!(
+            without_plugin(old).unwrap().unwrap(),
+            r#"{"plugins":[{"type":"ptp"}]}"#
+        );
+        assert_eq!(
+            with_plugin(old, &plugin).unwrap(),
+            r#"{"plugins":[{"type":"ptp"},{"n":1,"type":"meshinit"}]}"#
+        );
+        // A repeated key: the last one is the list (as serde_json and Go read it).
+        let twice = r#"{"plugins":[{"type":"a"}],"plugins":[{"type":"b"}]}"#;
+        assert_eq!(
+            with_plugin(twice, &plugin).unwrap(),
+            r#"{"plugins":[{"type":"a"}],"plugins":[{"type":"b"},{"n":1,"type":"meshinit"}]}"#
+        );
     }
 }

@@ -97,6 +97,16 @@ pub fn install_main(args: &[String]) -> u8 {
         let fields = i.plugin.as_object().cloned().unwrap_or_default();
         let plugin = config::plugin_config(&fields.into_iter().collect())
             .map_err(|e| format!("--plugin-config: {}", e.msg))?;
+        // As ADD opens it (the path as this process sees it; the DaemonSet must mount the
+        // host's log directory at the same path for the check to be the node's).
+        if let Some(path) = &plugin.log_file {
+            sys::logfile::check_openable(path).map_err(|e| {
+                format!(
+                    "--plugin-config: log_file {:?} cannot be used: {e}",
+                    path.display().to_string()
+                )
+            })?;
+        }
         for command in [Command::Add, Command::Del] {
             let raw = config::raw_args(&plugin, command)
                 .map_err(|e| format!("--plugin-config: {}", e.msg))?;

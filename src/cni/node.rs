@@ -14,7 +14,7 @@ use super::install::{self, Entry, First, Install};
 use crate::config::LogLevel;
 use crate::exit_code;
 use crate::log::Log;
-use crate::sys::cni_files::{self, Change, FileEvent, Replaced, Wake, Watch};
+use crate::sys::cni_files::{self, Change, FileEvent, Replaced, Wake, Watch, Watched};
 
 /// Attempts at one edit when another writer keeps rewriting the file between our read and our
 /// write; after that the edit waits for that writer's next event.
@@ -79,6 +79,9 @@ struct Node<'a> {
     current: Option<PathBuf>,
     /// meshinit's last conflist write, to recognise its own inotify event in the log.
     last_written: Option<(PathBuf, String)>,
+    /// When the runtime's configuration is a symbolic link: the file it leads to, which the
+    /// watch follows (the CNI rewrites it there, not in the conf directory).
+    follow: Option<PathBuf>,
 }
 
 impl Node<'_> {
@@ -121,7 +124,8 @@ impl Node<'_> {
             },
         };
         let target = dir.join(&name);
-        let text = match cni_files::read_if_exists(&target) {
+        self.follow = cni_files::link_target(&target);
+        let text = match cni_files::read_config(&target) {
             Ok(Some(text)) => text,
             Ok(None) if self.install.conflist.is_some() => {
                 return Some(self.waiting(format!("{} does not exist yet", target.display())))
@@ -181,16 +185,26 @@ impl Node<'_> {
             None => outcome(
                 Action::Inserted,
                 format!(
-                    "{}, so meshinit's entry was appended to {}",
+                    "{}, so meshinit's entry was appended to {}{}",
                     state.describe(),
-                    target.display()
+                    target.display(),
+                    self.through_link()
                 ),
                 Some(target),
             ),
         })
     }
 
-    fn waiting(&self, why: String) -> Outcome {
+    /// For log lines about the configuration: where its link leads, if it is one.
+    fn through_link(&self) -> String {
+        match &self.follow {
+            Some(real) => format!(" (a symbolic link: edited at {})", real.display()),
+            None => String::new(),
+        }
+    }
+
+    fn waiting(&mut self, why: String) -> Outcome {
+        self.follow = None;
         let detail = if self.install.wait && self.install.conflist.is_some() {
             format!("{why}: waiting for it to appear")
         } else if self.install.wait {
@@ -300,8 +314,11 @@ fn report(log: &Log, conf_dir: &Path, events: &[(String, Vec<Change>)], outcome:
 /// meshinit's own among them, are not events.
 fn conf_events(events: &[FileEvent]) -> Vec<(String, Vec<Change>)> {
     let mut by_file: Vec<(String, Vec<Change>)> = Vec::new();
-    for event in events.iter().filter(|e| !e.in_bin_dir) {
+    for event in events.iter().filter(|e| e.dir != Watched::Bin) {
         let file = match (&event.name, event.change) {
+            // The followed link's target, whatever its name (a path here).
+            (Some(name), _) if event.dir == Watched::Target => name.clone(),
+            (None, _) if event.dir == Watched::Target => "(the link's target directory)".into(),
             (Some(name), _) if install::is_config_name(name) => name.clone(),
             (_, Change::Overflow) => "(all files)".to_string(),
             _ => continue,
@@ -347,9 +364,10 @@ pub fn run(install: &Install) -> u8 {
         install,
         current: None,
         last_written: None,
+        follow: None,
     };
     let first = node.reconcile();
-    let Some(watch) = watch else {
+    let Some(mut watch) = watch else {
         return match first.action {
             Action::Inserted | Action::InPlace | Action::OwnWrite | Action::Moved => {
                 let conflist = first
@@ -380,8 +398,9 @@ pub fn run(install: &Install) -> u8 {
     if first.action == Action::Failed {
         return exit_code::FAILURE;
     }
+    follow(&log, &mut watch, &node);
     loop {
-        let events = match watch.next() {
+        let events = match watch.wait() {
             Ok(Wake::Terminate(signal)) => return terminate(&log, &node, &signal),
             Ok(Wake::Files(events)) => events,
             Err(e) => {
@@ -389,8 +408,11 @@ pub fn run(install: &Install) -> u8 {
                 return exit_code::FAILURE;
             }
         };
-        if let Some(gone) = events.iter().find(|e| e.change == Change::DirGone) {
-            let dir = if gone.in_bin_dir {
+        let gone = events
+            .iter()
+            .find(|e| e.change == Change::DirGone && e.dir != Watched::Target);
+        if let Some(gone) = gone {
+            let dir = if gone.dir == Watched::Bin {
                 &install.bin_dir
             } else {
                 &install.conf_dir
@@ -411,6 +433,17 @@ pub fn run(install: &Install) -> u8 {
         if done.action == Action::Failed {
             return exit_code::FAILURE;
         }
+        follow(&log, &mut watch, &node);
+    }
+}
+
+/// The watch on where the runtime's configuration links to, after a look (a warning when that
+/// directory cannot be watched: the link's own changes are still seen).
+fn follow(log: &Log, watch: &mut Watch, node: &Node) {
+    if let Err(e) = watch.follow(node.follow.as_deref()) {
+        log.warn(&format!(
+            "cni-install: {e}; changes there are seen when the link itself changes"
+        ));
     }
 }
 
@@ -418,7 +451,7 @@ pub fn run(install: &Install) -> u8 {
 /// would fail every pod's `ADD` (and `DEL`) without it.
 fn binary_events(log: &Log, install: &Install, events: &[FileEvent]) {
     let ours = events.iter().filter(|e| {
-        e.in_bin_dir
+        e.dir == Watched::Bin
             && e.name.as_deref() == Some("meshinit")
             && matches!(e.change, Change::Deleted | Change::RenamedAway)
     });
@@ -499,7 +532,7 @@ mod tests {
 
     fn event(name: &str, change: Change) -> FileEvent {
         FileEvent {
-            in_bin_dir: false,
+            dir: Watched::Conf,
             name: Some(name.to_string()),
             change,
         }
@@ -516,7 +549,7 @@ mod tests {
             event("README", Change::Written),
             event("05-new.conf", Change::Deleted),
             FileEvent {
-                in_bin_dir: true,
+                dir: Watched::Bin,
                 name: Some("meshinit".to_string()),
                 change: Change::Deleted,
             },
@@ -532,7 +565,7 @@ mod tests {
             ]
         );
         let lost = [FileEvent {
-            in_bin_dir: false,
+            dir: Watched::Conf,
             name: None,
             change: Change::Overflow,
         }];
