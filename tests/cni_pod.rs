@@ -194,3 +194,35 @@ fn without_annotations_the_conflist_field_decides() {
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("without_pod_annotations") && out.stderr.contains("sometimes"));
 }
+
+#[test]
+fn cni_install_declares_the_capability_in_the_entry() {
+    let root =
+        std::env::temp_dir().join(format!("meshinit-cni-pod-install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("net.d")).unwrap();
+    let conflist = root.join("net.d/10-k8s.conflist");
+    std::fs::write(
+        &conflist,
+        r#"{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    let out = support::run_meshinit(
+        &[
+            "cni-install".to_string(),
+            format!("--bin-dir={}", root.join("bin").display()),
+            format!("--conf-dir={}", root.join("net.d").display()),
+            r#"--plugin-config={"type":"meshinit","without_pod_annotations":"refuse"}"#.to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
+    let entry = &written["plugins"][1];
+    assert_eq!(entry["type"], "meshinit");
+    assert_eq!(entry["capabilities"][CAPABILITY], true, "{written}");
+    assert_eq!(entry["without_pod_annotations"], "refuse");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -32,6 +32,20 @@ pub const CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 /// The conflist field saying what to do when the runtime passed no annotations.
 pub const WITHOUT_FIELD: &str = "without_pod_annotations";
 
+/// `cni-install`'s entry declares the capability, so that containerd and CRI-O pass the pod's
+/// annotations; an entry that sets it (to `false`, to opt out) keeps its own value.
+pub fn declare_capability(entry: &mut Value) {
+    let Some(object) = entry.as_object_mut() else {
+        return;
+    };
+    let capabilities = object
+        .entry("capabilities")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(capabilities) = capabilities.as_object_mut() {
+        capabilities.entry(CAPABILITY).or_insert(Value::Bool(true));
+    }
+}
+
 /// What `ADD` does when the runtime passed no pod annotations (`without_pod_annotations`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WithoutAnnotations {
@@ -452,6 +466,18 @@ mod tests {
         ));
         plugin.without_pod_annotations = Some(WithoutAnnotations::Refuse);
         assert!(decide(&plain, &plugin).is_err());
+    }
+
+    #[test]
+    fn install_declares_the_capability_unless_the_entry_says_otherwise() {
+        let mut entry = serde_json::json!({"type": "meshinit"});
+        declare_capability(&mut entry);
+        assert_eq!(entry["capabilities"][CAPABILITY], true);
+        let mut entry = serde_json::json!({"type": "meshinit",
+            "capabilities": {"portMappings": true, CAPABILITY: false}});
+        declare_capability(&mut entry);
+        assert_eq!(entry["capabilities"][CAPABILITY], false);
+        assert_eq!(entry["capabilities"]["portMappings"], true);
     }
 
     #[test]
