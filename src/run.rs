@@ -578,9 +578,9 @@ pub(crate) fn inspect(
                 );
             }
             if json {
-                trace::render::json(&conn, &traced)
+                trace::output::json(&conn, &traced)
             } else {
-                trace::render::text(&conn, &traced)
+                trace::output::text(&conn, &traced)
             }
         }
     };
