@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use meshinit::plan::Family;
 use meshinit::render::iptables_save::State;
 use support::apply::{
-    all_rules, assert_ok, default_args, kernel_state, meshinit, path_env, plan_for, strings,
+    all_rules, assert_ok, default_args, in_pod, kernel_state, meshinit, plan_for, strings,
     tools_with_broken, VARIANTS,
 };
 use support::netlab::{Lab, Netns};
@@ -325,19 +325,9 @@ fn missing_tools_and_capabilities_stop_before_any_change() {
     assert_ok(&meshinit(&lab.pod, &cleanup, &env), "native cleanup");
 
     // Without capabilities (as nobody, inside the pod namespace).
-    let meshinit_bin = env!("CARGO_BIN_EXE_meshinit");
-    let mut argv = vec![
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        meshinit_bin,
-    ];
-    let args = default_args();
-    argv.extend(args.iter().map(String::as_str));
-    let out = lab.pod.exec(&argv, None).expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = in_pod(&lab.pod).nobody().args(default_args()).run();
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.contains("CAP_NET_ADMIN") && stderr.contains("CAP_NET_RAW"),
         "{stderr}"
@@ -366,15 +356,7 @@ fn concurrent_instances_all_succeed_and_leave_one_ruleset() {
         }
         args.push(format!("--network-namespace={}", lab.pod.path().display()));
         let children: Vec<_> = (0..6)
-            .map(|_| {
-                std::process::Command::new(env!("CARGO_BIN_EXE_meshinit"))
-                    .args(&args)
-                    .env_clear()
-                    .env("PATH", path_env().1)
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("starts")
-            })
+            .map(|_| support::Meshinit::new().args(&args).real_path().spawn())
             .collect();
         for child in children {
             let out = child.wait_with_output().expect("finishes");

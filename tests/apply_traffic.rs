@@ -12,7 +12,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::Command;
 
 use support::apply::strings;
 use support::netlab::{Client, ClientError, Creds, Lab, Landing, Listener, ListenerSpec, Netns};
@@ -171,25 +170,16 @@ impl<'a> Meshinit<'a> {
             Variant::Native if !self.full_path => {
                 let empty = std::env::temp_dir().join("meshinit-empty-path");
                 std::fs::create_dir_all(&empty).expect("an empty PATH directory");
-                empty.into_os_string()
+                empty.to_string_lossy().into_owned()
             }
-            _ => std::env::var_os("PATH").unwrap_or_default(),
+            _ => std::env::var("PATH").unwrap_or_default(),
         };
-        let out = Command::new(env!("CARGO_BIN_EXE_meshinit"))
+        let out = support::Meshinit::new()
             .args(&self.args)
-            .env_clear()
-            .env("PATH", path)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("running meshinit");
-        (
-            out.status.code(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+            .path(path)
+            .envs(self.env.iter().cloned())
+            .run();
+        (out.code, out.text())
     }
 
     fn describe(&self) -> String {

@@ -5,7 +5,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshinit::plan::Family;
@@ -37,16 +36,13 @@ fn meshinit_bounded(
         std::process::id(),
         pod.name()
     ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
+    let mut child = support::Meshinit::new()
         .args(args)
         .arg(format!("--network-namespace={}", pod.path().display()))
-        .env_clear()
-        .env("PATH", format!("{path}:/usr/sbin:/usr/bin:/sbin:/bin"))
+        .path(format!("{path}:/usr/sbin:/usr/bin:/sbin:/bin"))
         .envs(env.iter().copied())
-        .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err_file).unwrap())
-        .spawn()
-        .expect("starts");
+        .spawn();
     let code = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status.code();

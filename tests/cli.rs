@@ -3,10 +3,7 @@
 
 mod support;
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-
-use support::{diff, run_meshinit, without_comments};
+use support::{diff, run_meshinit, without_comments, Meshinit};
 
 /// The rules newest Istio installs for the default sidecar (reference §3.11, newest form).
 const DEFAULT_SIDECAR_RULES: &str = "\
@@ -86,24 +83,13 @@ fn the_effective_configuration_names_retries_in_go_durations() {
 #[test]
 fn dry_run_needs_no_privileges() {
     // As root here, drop to nobody to prove it; as a normal user, this is simply unprivileged.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshinit"));
-    cmd.args(istio_init_dry_run())
-        .env_clear()
-        .env("PATH", support::iptables_stand_ins());
+    let mut run = Meshinit::new().args(istio_init_dry_run());
     if nix::unistd::geteuid().is_root() {
-        cmd.uid(65534).gid(65534);
+        run = run.user(65534, 65534);
     }
-    let out = cmd.output().expect("runs");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        without_comments(&String::from_utf8_lossy(&out.stdout)),
-        DEFAULT_SIDECAR_RULES
-    );
+    let out = run.run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(without_comments(&out.stdout), DEFAULT_SIDECAR_RULES);
 }
 
 /// The dry run prints what the same command installs: with `--backend auto` and no iptables
@@ -113,21 +99,16 @@ fn dry_run_needs_no_privileges() {
 fn dry_run_shows_the_backend_the_real_run_chooses() {
     let empty = std::env::temp_dir().join(format!("meshinit-no-tools-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
-    let no_tools = [("PATH".to_string(), empty.to_string_lossy().into_owned())];
     for as_nobody in [false, true] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshinit"));
-        cmd.args(istio_init_dry_run())
-            .env_clear()
-            .envs(no_tools.iter().cloned());
+        let mut run = Meshinit::new()
+            .args(istio_init_dry_run())
+            .path(empty.to_string_lossy());
         if as_nobody && nix::unistd::geteuid().is_root() {
-            cmd.uid(65534).gid(65534);
+            run = run.user(65534, 65534);
         }
-        let out = cmd.output().expect("runs");
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let out = run.run();
+        let (stdout, stderr) = (&out.stdout, &out.stderr);
+        assert_eq!(out.code, Some(0), "{stderr}");
         assert!(
             stdout.starts_with("# meshinit dry run: nftables script"),
             "nobody={as_nobody}: {stdout}"

@@ -12,10 +12,12 @@
 //! `log_file` ADD could not open is refused; the CNI's bytes outside the entry are kept.
 //! Waits poll the files up to a generous bound (`until`), never assert timing.
 
+mod support;
+
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -139,12 +141,7 @@ impl Watcher {
 
     /// `meshinit` with `args`, as a child process.
     fn spawn(args: Vec<String>) -> Watcher {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
-            .args(&args)
-            .env_clear()
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = support::Meshinit::new().no_path().args(&args).spawn();
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -225,12 +222,8 @@ fn is(types: Option<Vec<String>>, want: &[&str]) -> bool {
     types.is_some_and(|t| t == want)
 }
 
-fn meshinit(args: &[String]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_meshinit"))
-        .args(args)
-        .env_clear()
-        .output()
-        .unwrap()
+fn meshinit(args: &[String]) -> support::Output {
+    support::Meshinit::new().no_path().args(args).run()
 }
 
 #[test]
@@ -238,11 +231,7 @@ fn install_copies_the_binary_and_appends_meshinit_to_the_first_conflist_once() {
     let dirs = Dirs::new("cni-install");
     for _ in 0..2 {
         let out = meshinit(&dirs.args(PLUGIN));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.code == Some(0), "{}", out.stderr);
     }
     assert_eq!(
         dirs.types("10-k8s.conflist"),
@@ -255,10 +244,7 @@ fn install_copies_the_binary_and_appends_meshinit_to_the_first_conflist_once() {
     );
     let bin = dirs.root.join("bin/meshinit");
     let copied = std::fs::read(&bin).unwrap();
-    assert_eq!(
-        copied,
-        std::fs::read(env!("CARGO_BIN_EXE_meshinit")).unwrap()
-    );
+    assert_eq!(copied, std::fs::read(support::MESHINIT).unwrap());
     let version = Command::new(&bin).arg("--version").output().unwrap();
     assert!(version.status.success());
     let leftovers: Vec<_> = std::fs::read_dir(dirs.root.join("net.d"))
@@ -284,8 +270,8 @@ fn a_bad_entry_is_refused_naming_the_setting_and_changes_nothing() {
         ),
     ] {
         let out = meshinit(&dirs.args(&plugin));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let stderr = &out.stderr;
+        assert_eq!(out.code, Some(2), "{stderr}");
         assert!(stderr.contains(named), "{named}: {stderr}");
         assert_eq!(dirs.types("10-k8s.conflist"), ["ptp", "portmap"]);
         assert!(!Path::new(&dirs.root.join("bin/meshinit")).exists());
@@ -297,12 +283,7 @@ fn with_wait_sigterm_takes_the_entry_out_again() {
     let dirs = Dirs::new("cni-install-wait");
     let mut args = dirs.args(PLUGIN);
     args.push("--wait".to_string());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
-        .args(&args)
-        .env_clear()
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = support::Meshinit::new().no_path().args(&args).spawn();
     let deadline = Instant::now() + Duration::from_secs(10);
     while dirs.types("10-k8s.conflist").len() != 3 {
         assert!(Instant::now() < deadline, "not installed within 10 s");
@@ -344,11 +325,7 @@ fn the_example_daemonsets_entry_is_accepted_and_installed() {
     let path = dirs.root.join("plugin.json");
     std::fs::write(&path, example_plugin_json()).unwrap();
     let out = meshinit(&dirs.args(&format!("@{}", path.display())));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.code == Some(0), "{}", out.stderr);
     assert_eq!(
         dirs.types("10-k8s.conflist"),
         ["ptp", "portmap", "meshinit"]
@@ -511,7 +488,7 @@ fn watch_copies_the_binary_back_when_it_is_deleted() {
     watcher.until_logged("the copy finished", "copied it back");
     assert_eq!(
         std::fs::read(&bin).unwrap(),
-        std::fs::read(env!("CARGO_BIN_EXE_meshinit")).unwrap()
+        std::fs::read(support::MESHINIT).unwrap()
     );
 }
 
@@ -619,11 +596,7 @@ fn the_conflists_mode_and_owner_are_kept_on_insert_and_on_sigterm_removal() {
     let before = mode_and_owner(&path);
     assert_eq!(before.0, 0o600);
     let out = meshinit(&dirs.args(PLUGIN));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.code == Some(0), "{}", out.stderr);
     assert_eq!(dirs.types("10-k8s.conflist"), WITH);
     assert_eq!(mode_and_owner(&path), before, "after the insert");
     // The watcher finds its entry in place; SIGTERM takes it out with another rewrite.
@@ -665,8 +638,8 @@ fn a_symlinked_first_conflist_is_the_one_edited_through_the_link_which_stays() {
     let real = link_to_real(&dirs, "10-k.conflist", Some(LIST));
     std::fs::write(dirs.conf("20-other.conflist"), LIST).unwrap();
     let out = meshinit(&dirs.args(PLUGIN));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = &out.stderr;
+    assert!(out.code == Some(0), "{stderr}");
     assert!(stderr.contains("10-k.conflist"), "{stderr}");
     assert!(is(types_at(&real), &WITH), "the link's target: {stderr}");
     assert!(is_link(&dirs.conf("10-k.conflist")), "the link stays");
@@ -689,8 +662,8 @@ fn a_symlinked_first_conflist_is_the_one_edited_through_the_link_which_stays() {
         let mut args = dirs.args(PLUGIN);
         args.extend(extra.map(String::from));
         let out = meshinit(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{extra:?}: {stderr}");
+        let stderr = &out.stderr;
+        assert!(out.code == Some(0), "{extra:?}: {stderr}");
         assert!(is(types_at(&real), &WITH), "{extra:?}: {stderr}");
         assert!(
             is_link(&dirs.conf("10-k.conflist")),
@@ -711,8 +684,8 @@ fn a_dangling_or_directory_link_sorting_first_is_reported_not_skipped() {
         }
         std::fs::write(dirs.conf("20-other.conflist"), LIST).unwrap();
         let out = meshinit(&dirs.args(PLUGIN));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        let stderr = &out.stderr;
+        assert_eq!(out.code, Some(1), "{name}: {stderr}");
         assert!(
             stderr.contains("10-k.conflist") && stderr.contains("symbolic link"),
             "{name}: {stderr}"
@@ -820,8 +793,8 @@ fn a_log_file_in_a_missing_directory_is_refused_naming_it_and_changes_nothing() 
         ),
     );
     let out = meshinit(&dirs.args(&plugin));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(2), "{stderr}");
     assert!(stderr.contains("log_file"), "{stderr}");
     assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
     assert_eq!(dirs.types("10-k8s.conflist"), WITHOUT);
@@ -832,20 +805,11 @@ fn a_log_file_in_a_missing_directory_is_refused_naming_it_and_changes_nothing() 
         &dirs.root.display().to_string(),
     );
     let out = meshinit(&dirs.args(&plugin_dir));
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
     let fine = dirs.root.join("meshinit.log");
     let plugin_ok = plugin.replace(&missing.display().to_string(), &fine.display().to_string());
     let out = meshinit(&dirs.args(&plugin_ok));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.code == Some(0), "{}", out.stderr);
     assert!(!fine.exists(), "checking the log file does not create it");
 }
 
@@ -859,11 +823,7 @@ fn the_cnis_bytes_are_kept_the_entry_is_spliced_in_and_out() {
     let path = dirs.conf("10-k8s.conflist");
     std::fs::write(&path, ODD).unwrap();
     let out = meshinit(&dirs.args(PLUGIN));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.code == Some(0), "{}", out.stderr);
     let edited = std::fs::read_to_string(&path).unwrap();
     assert_eq!(dirs.types("10-k8s.conflist"), WITH);
     // The original is a prefix and a suffix of the edit around one inserted run.

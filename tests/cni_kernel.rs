@@ -32,7 +32,7 @@ fn cni(command: &str, netns: &Netns, stdin: &str) -> Reply {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
         ),
     ];
-    support::run_meshinit_stdin(&env, stdin)
+    support::Meshinit::new().envs(env).stdin(stdin).run()
 }
 
 const PREV_RESULT: &str = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/run/netns/x"}],"ips":[{"address":"10.1.0.5/16","interface":0}]}"#;

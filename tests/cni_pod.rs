@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
@@ -34,32 +32,15 @@ fn netconf(args: &[String], annotations: Option<Value>) -> String {
 }
 
 fn dry_run(stdin: &str) -> support::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
+    // A node with the iptables tools (the stand-ins), as Istio CNI's goldens assume.
+    support::Meshinit::new()
         .arg("cni-dry-run")
-        .env_clear()
-        // A node with the iptables tools, as Istio CNI's goldens assume.
-        .env("PATH", support::iptables_stand_ins())
         .env(
             "CNI_ARGS",
             "K8S_POD_NAMESPACE=test-ns-name;K8S_POD_NAME=test-pod",
         )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("meshinit runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    support::Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .stdin(stdin)
+        .run()
 }
 
 #[test]

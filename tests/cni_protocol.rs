@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-
 use serde_json::Value;
 
 /// What one plugin invocation printed and how it exited.
@@ -26,7 +24,7 @@ fn error_object(reply: &Reply) -> Value {
 fn cni(command: &str, env: &[(&str, String)], stdin: &str) -> Reply {
     let mut all: Vec<(&str, String)> = vec![("CNI_COMMAND", command.to_string())];
     all.extend(env.iter().cloned());
-    support::run_meshinit_stdin(&all, stdin)
+    support::Meshinit::new().envs(all).stdin(stdin).run()
 }
 
 /// The environment of an ADD/DEL/CHECK for a Kubernetes pod, as podman and the kubelet's
@@ -411,17 +409,13 @@ fn arguments_on_the_command_line_mean_the_command_line_even_with_cni_command_set
         "ADD without configuration: {}",
         out.stdout
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
-        .env_clear()
+    let out = support::Meshinit::new()
+        .no_path()
         .env("CNI_COMMAND", "ADD")
         .arg("--version")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
-    assert!(child.wait().unwrap().success());
-    assert!(text.starts_with("meshinit "), "{text}");
+        .run();
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.starts_with("meshinit "), "{}", out.stdout);
 }
 
 #[test]

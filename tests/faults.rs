@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use support::apply::{
-    all_rules, assert_unchanged, default_args, hold_meshinit_lock, meshinit, strings,
+    all_rules, assert_unchanged, default_args, hold_meshinit_lock, in_pod, meshinit, strings,
     tools_with_broken,
 };
 use support::netlab::Lab;
@@ -223,28 +223,22 @@ fn a_non_root_user_with_file_capabilities_can_apply() {
     let dir = PathBuf::from(format!("/tmp/meshinit-filecaps-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let binary = dir.join("meshinit");
-    std::fs::copy(env!("CARGO_BIN_EXE_meshinit"), &binary).unwrap();
+    std::fs::copy(support::MESHINIT, &binary).unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let status = std::process::Command::new("setcap")
         .args(["cap_net_admin,cap_net_raw+ep", binary.to_str().unwrap()])
         .status()
         .expect("setcap (libcap2-bin) is installed");
     assert!(status.success());
-    let mut argv = vec![
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        binary.to_str().unwrap(),
-    ];
-    let args = default_args();
-    argv.extend(args.iter().map(String::as_str));
-    // nft: legacy would also need write access to /run/xtables.lock, which nobody lacks.
-    argv.push("--force-iptables-binary=nft");
-    let out = lab.pod.exec(&argv, None).expect("runs");
+    let out = in_pod(&lab.pod)
+        .nobody()
+        .binary(&binary)
+        .args(default_args())
+        // nft: legacy would also need write access to /run/xtables.lock, which nobody lacks.
+        .arg("--force-iptables-binary=nft")
+        .run();
     std::fs::remove_dir_all(&dir).ok();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     let rules = all_rules(&lab.pod);
     assert!(
         rules.contains("ISTIO_OUTPUT") && rules.contains("::6/128"),

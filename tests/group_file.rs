@@ -7,9 +7,8 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
-use support::apply::{default_args, path_env, strings};
+use support::apply::{default_args, in_pod, strings};
 use support::netlab::{Lab, Netns};
 use support::require_root;
 
@@ -28,22 +27,13 @@ fn meshinit_with_groups(
     group_file: &std::path::Path,
     args: &[String],
 ) -> (Option<i32>, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", pod.name(), "sh", "-c"])
-        .arg("mount --bind \"$0\" /etc/group && exec \"$@\"")
-        .arg(group_file)
-        .arg(env!("CARGO_BIN_EXE_meshinit"))
+    let out = in_pod(pod)
+        .wrap(["sh", "-c", "mount --bind \"$0\" /etc/group && exec \"$@\""])
+        .wrap([group_file.to_string_lossy()])
         .args(args)
-        .env_clear()
-        .env("PATH", path_env().1)
         .env("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "meshgrp")
-        .stdin(Stdio::null())
-        .output()
-        .expect("runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .run();
+    (out.code, out.stderr)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use meshinit::plan::Family;
 use meshinit::render::iptables_save::State;
 use support::apply::{
-    all_rules, assert_ok, assert_unchanged, default_args, kernel_state, meshinit, plan_for,
+    all_rules, assert_ok, assert_unchanged, default_args, in_pod, kernel_state, meshinit, plan_for,
     strings, tools_with_broken, VARIANTS,
 };
 use support::netlab::{Client, Lab, ListenerSpec, Netns};
@@ -378,22 +378,14 @@ fn check_without_capabilities_fails_naming_the_cause() {
         );
         assert_ok(&meshinit(&lab.pod, &args, &[]), variant);
         for forced in [true, false] {
-            let mut argv = vec![
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                env!("CARGO_BIN_EXE_meshinit"),
-            ];
             let mut check = default_args();
             check.push("--check".to_string());
             if forced {
                 check.push(format!("--force-iptables-binary={variant}"));
             }
-            argv.extend(check.iter().map(String::as_str));
-            let out = lab.pod.exec(&argv, None).expect("runs");
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{variant} {forced}: {stderr}");
+            let out = in_pod(&lab.pod).nobody().args(check).run();
+            let stderr = &out.stderr;
+            assert_eq!(out.code, Some(1), "{variant} {forced}: {stderr}");
             assert!(
                 stderr.contains("Permission denied") && stderr.contains("-save"),
                 "{variant} {forced}: {stderr}"
@@ -649,11 +641,11 @@ fn killing_runs_during_detection_never_leaks_the_probe() {
     let mut args = default_args();
     args.push(format!("--network-namespace={}", lab.pod.path().display()));
     for i in 0..40u64 {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshinit"))
+        let mut child = support::Meshinit::new()
             .args(&args)
+            .real_path()
             .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .spawn();
         std::thread::sleep(std::time::Duration::from_millis(2 + (i * 7) % 25));
         let _ = child.kill();
         let _ = child.wait();

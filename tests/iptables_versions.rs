@@ -325,13 +325,7 @@ fn nft_ruleset(pod: &Netns) -> String {
 
 /// The default sidecar, IPv4 only (the incompatible rule below is an IPv4 one).
 fn default_v4() -> Vec<String> {
-    let mut args: Vec<String> = support::ISTIO_INIT_ARGS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.push("--ipv6=false".to_string());
-    args.push("--force-iptables-binary=nft".to_string());
-    args
+    support::istio_init_args(&["--ipv6=false", "--force-iptables-binary=nft"])
 }
 
 #[test]

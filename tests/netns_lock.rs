@@ -5,11 +5,11 @@
 mod support;
 
 use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::apply::{
-    default_args, hold_meshinit_lock, meshinit, path_env, routing_state, rules_of, strings,
+    default_args, hold_meshinit_lock, in_pod, meshinit, path_env, routing_state, rules_of, strings,
     tools_with_broken,
 };
 use support::netlab::{Lab, Netns};
@@ -55,18 +55,15 @@ fn state(pod: &Netns) -> String {
 /// Starts meshinit inside `pod` with a read-only tmpfs mounted over `/run` (in the private
 /// mount namespace `ip netns exec` makes, so the host's `/run` is untouched).
 fn start_with_read_only_run(pod: &Netns, args: &[String]) -> std::process::Child {
-    Command::new("ip")
-        .args(["netns", "exec", pod.name(), "sh", "-c"])
-        .arg("mount -t tmpfs -o ro meshinit-test-ro /run && exec \"$@\"")
-        .arg("sh")
-        .arg(env!("CARGO_BIN_EXE_meshinit"))
+    in_pod(pod)
+        .wrap([
+            "sh",
+            "-c",
+            "mount -t tmpfs -o ro meshinit-test-ro /run && exec \"$@\"",
+            "sh",
+        ])
         .args(args)
-        .env_clear()
-        .env("PATH", path_env().1)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
-        .expect("starts")
 }
 
 #[test]
@@ -230,13 +227,11 @@ fn a_run_holding_the_lock_is_named_by_the_run_that_gives_up() {
     let mut args = default_args();
     args.extend(strings(&["--force-iptables-binary=nft", "--timeout=4s"]));
     args.push(format!("--network-namespace={}", lab.pod.path().display()));
-    let first = Command::new(env!("CARGO_BIN_EXE_meshinit"))
+    let first = support::Meshinit::new()
         .args(&args)
-        .env_clear()
-        .env("PATH", format!("{path}:{}", path_env().1))
+        .path(format!("{path}:{}", path_env().1))
         .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
+        .spawn();
     let pid = first.id();
     let started = Instant::now();
     while !marker.exists() {

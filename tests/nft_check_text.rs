@@ -5,9 +5,10 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use support::apply::in_pod;
 use support::netlab::Lab;
 use support::nft::chain_with_handles;
-use support::{require_root, ISTIO_INIT_ARGS as ARGS};
+use support::{istio_init_args, require_root};
 
 /// Rules another owner adds to our output chain: every kind of match and statement the
 /// decoder knows, each as nft writes it back.
@@ -33,15 +34,11 @@ const FOREIGN: &[&str] = &[
 ];
 
 fn meshinit(lab: &Lab, extra: &[&str]) -> (Option<i32>, String) {
-    let mut argv = vec![env!("CARGO_BIN_EXE_meshinit")];
-    argv.extend(ARGS);
-    argv.extend(["--ipv6=false", "--native-nftables"]);
-    argv.extend(extra);
-    let out = lab.pod.exec(&argv, None).expect("runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = in_pod(&lab.pod)
+        .args(istio_init_args(&["--ipv6=false", "--native-nftables"]))
+        .args(extra)
+        .run();
+    (out.code, out.stderr)
 }
 
 #[test]

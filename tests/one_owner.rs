@@ -10,10 +10,10 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use support::apply::{all_rules, meshinit, strings};
+use support::apply::{all_rules, in_pod, meshinit, strings};
 use support::netlab::{Client, Lab, ListenerSpec, Netns};
 use support::nft::listing;
-use support::{diff, require_root, run_meshinit, Output, ISTIO_INIT_ARGS};
+use support::{diff, istio_init_args, require_root, run_meshinit, Output};
 
 /// Where a ruleset of ours can live, and the flags that put it there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +64,7 @@ impl Place {
 
 /// The arguments for a place and IPv6 setting, plus extra flags.
 fn args(place: Place, ipv6: bool, extra: &[&str]) -> Vec<String> {
-    let mut out = strings(ISTIO_INIT_ARGS);
-    out.extend(strings(place.flags()));
+    let mut out = istio_init_args(place.flags());
     out.push(format!("--ipv6={ipv6}"));
     out.extend(strings(extra));
     out
@@ -126,9 +125,8 @@ fn add_foreign(pod: &Netns) {
 #[test]
 fn contradictory_modes_are_refused_naming_both_flags() {
     for (a, b) in [("--check", "--cleanup-only"), ("--dry-run", "--check")] {
-        let mut argv = strings(ISTIO_INIT_ARGS);
         // IPv6 pinned: what is asserted must not depend on this machine's addresses.
-        argv.extend([a.to_string(), b.to_string(), "--ipv6=false".to_string()]);
+        let argv = istio_init_args(&[a, b, "--ipv6=false"]);
         let out = run_meshinit(&argv, &[]);
         assert_eq!(out.code, Some(2), "{a} {b}: {}", out.stderr);
         assert!(
@@ -557,19 +555,12 @@ fn a_dry_run_of_cleanup_prints_what_would_be_removed() {
     assert_eq!(state(pod), installed, "a dry run changes nothing");
 
     // Without privileges it says so.
-    let bin = env!("CARGO_BIN_EXE_meshinit");
-    let mut argv = vec![
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        bin,
-    ];
-    let a = args(Place::Nft, true, &["--dry-run", "--cleanup-only"]);
-    argv.extend(a.iter().map(String::as_str));
-    let out = pod.exec(&argv, None).expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = in_pod(pod)
+        .nobody()
+        .args(args(Place::Nft, true, &["--dry-run", "--cleanup-only"]))
+        .run();
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(stderr.contains("needs privileges"), "{stderr}");
 }
 

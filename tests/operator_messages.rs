@@ -5,18 +5,14 @@
 mod support;
 
 use support::netlab::Lab;
-use support::{require_root, run_meshinit, ISTIO_INIT_ARGS as ARGS};
+use support::{istio_init_args, require_root, run_meshinit};
 
 /// meshinit's stderr run inside the pod namespace as root.
 fn in_pod(lab: &Lab, extra: &[&str]) -> (Option<i32>, String) {
-    let mut argv = vec![env!("CARGO_BIN_EXE_meshinit")];
-    argv.extend(ARGS);
-    argv.extend(extra);
-    let out = lab.pod.exec(&argv, None).expect("runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = support::apply::in_pod(&lab.pod)
+        .args(istio_init_args(extra))
+        .run();
+    (out.code, out.stderr)
 }
 
 #[test]

@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use support::apply::{
-    all_rules, assert_outbound_captured, assert_unchanged, hold_meshinit_lock, meshinit,
+    all_rules, assert_outbound_captured, assert_unchanged, hold_meshinit_lock, in_pod, meshinit,
     retry_lines, stand_in, strings, tools_with_broken,
 };
 use support::netlab::Lab;
-use support::{require_root, ISTIO_INIT_ARGS};
+use support::{istio_init_args, require_root};
 
 /// How long a lock is held: past one `--xtables-wait=1s` and a `--retry-pause=1s`, within
 /// the third attempt.
@@ -52,8 +52,7 @@ fn hold_netns_lock(lab: &Lab, hold: Duration) -> JoinHandle<()> {
 /// Istio's default arguments for IPv4 only (one family keeps the timing simple), with this
 /// variant or backend, the lock wait and these extra flags.
 fn args(backend: &str, extra: &[&str]) -> Vec<String> {
-    let mut args = strings(ISTIO_INIT_ARGS);
-    args.extend(strings(&["--ipv6=false", "--xtables-wait=1s"]));
+    let mut args = istio_init_args(&["--ipv6=false", "--xtables-wait=1s"]);
     match backend {
         "native" => args.push("--backend=nftables".to_string()),
         variant => args.push(format!("--force-iptables-binary={variant}")),
@@ -305,19 +304,13 @@ fn what_is_not_transient_is_never_retried() {
     let before = all_rules(&lab.pod);
     // Without CAP_NET_ADMIN (nobody, no file capabilities): fails at once.
     for backend in ["nft", "native"] {
-        let mut argv = strings(&[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_meshinit"),
-        ]);
-        argv.extend(args(backend, &["--retries=5", "--retry-pause=1s"]));
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let run = in_pod(&lab.pod)
+            .nobody()
+            .args(args(backend, &["--retries=5", "--retry-pause=1s"]));
         let started = Instant::now();
-        let out = lab.pod.exec(&argv, None).expect("runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{backend}: {stderr}");
+        let out = run.run();
+        let stderr = &out.stderr;
+        assert_eq!(out.code, Some(1), "{backend}: {stderr}");
         assert!(stderr.contains("CAP_NET_ADMIN"), "{backend}: {stderr}");
         assert!(
             !stderr.contains("transient") && !stderr.contains("attempt"),

@@ -15,7 +15,7 @@ fn lab(args: &[&str], pod: &str, peer: &str) -> Output {
         .args(args)
         .env("MI_POD", pod)
         .env("MI_PEER", peer)
-        .env("MESHINIT", env!("CARGO_BIN_EXE_meshinit"))
+        .env("MESHINIT", support::MESHINIT)
         .current_dir("/")
         .output()
         .expect("lab.sh runs")

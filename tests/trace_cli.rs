@@ -4,14 +4,12 @@
 
 mod support;
 
-use support::{run_meshinit, ISTIO_INIT_ARGS};
+use support::{istio_init_args, run_meshinit};
 
 /// `meshinit <sub> <Istio's default args> <extra>` with detection pinned.
 fn run(sub: &str, extra: &[&str], env: &[(&str, &str)]) -> support::Output {
     let mut args = vec![sub.to_string()];
-    args.extend(ISTIO_INIT_ARGS.iter().map(|a| a.to_string()));
-    args.push("--ipv6=false".to_string());
-    args.push("--dns-servers=".to_string());
+    args.extend(istio_init_args(&["--ipv6=false", "--dns-servers="]));
     args.extend(extra.iter().map(|a| a.to_string()));
     let env: Vec<(String, String)> = env
         .iter()

@@ -10,10 +10,9 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
-use support::apply::{meshinit, path_env};
+use support::apply::{in_pod, meshinit, path_env};
 use support::netlab::{Client, ClientError, Creds, Lab, Landing, Listener, ListenerSpec};
 use support::require_root;
 
@@ -184,26 +183,11 @@ struct Probe {
 /// Runs `meshinit trace` inside the pod's network namespace, as `kubectl exec` would, so that
 /// a probe without `oif=` is routed by the pod's own addresses.
 fn trace_in_pod(lab: &Lab, args: &[String], env: &[(String, String)]) -> support::Output {
-    let name = lab
-        .pod
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &name, env!("CARGO_BIN_EXE_meshinit")])
+    in_pod(&lab.pod)
         .args(args)
-        .env_clear()
         .envs(env.iter().cloned())
-        .env("PATH", path_env().1)
-        .output()
-        .expect("running meshinit trace in the pod");
-    support::Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .real_path()
+        .run()
 }
 
 fn socket(ip: IpAddr, port: u16) -> SocketAddr {

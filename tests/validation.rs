@@ -6,33 +6,28 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::apply::in_pod;
 use support::netlab::{Lab, ListenerSpec, Netns};
-use support::{require_root, ISTIO_INIT_ARGS as ARGS};
+use support::{istio_init_args, require_root};
 
 /// Runs meshinit inside the pod namespace as uid/gid 1337 with no capabilities.
 fn as_proxy_user(pod: &Netns, extra: &[&str]) -> (Option<i32>, String) {
-    let mut argv = vec![
-        "setpriv",
-        "--reuid=1337",
-        "--regid=1337",
-        "--clear-groups",
-        "--inh-caps=-all",
-        env!("CARGO_BIN_EXE_meshinit"),
-    ];
-    argv.extend(ARGS);
-    argv.extend(extra);
-    let out = pod.exec(&argv, None).expect("runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = in_pod(pod)
+        .wrap([
+            "setpriv",
+            "--reuid=1337",
+            "--regid=1337",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args(istio_init_args(extra))
+        .run();
+    (out.code, out.stderr)
 }
 
 fn install(pod: &Netns, extra: &[&str]) {
-    let mut argv = vec![env!("CARGO_BIN_EXE_meshinit")];
-    argv.extend(ARGS);
-    argv.extend(extra);
-    pod.run(&argv, None);
+    let out = in_pod(pod).args(istio_init_args(extra)).run();
+    assert_eq!(out.code, Some(0), "installing: {}", out.text());
 }
 
 #[test]
@@ -128,12 +123,9 @@ fn a_capture_port_held_by_another_socket_fails_at_once_naming_the_port_and_holde
     );
     assert!(!stderr.contains("not ready for the mesh"), "{stderr}");
     // As root, the holder's pid is found.
-    let mut argv = vec![env!("CARGO_BIN_EXE_meshinit")];
-    argv.extend(ARGS);
-    argv.extend(flags);
-    let out = lab.pod.exec(&argv, None).expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let out = in_pod(&lab.pod).args(istio_init_args(&flags)).run();
+    let stderr = &out.stderr;
+    assert_eq!(out.code, Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!("held by pid {} (", std::process::id())),
         "{stderr}"

@@ -13,12 +13,11 @@ use support::apply::{
     assert_outbound_captured, assert_unchanged, meshinit, rearm, retry_lines, stand_in, strings,
 };
 use support::netlab::{Lab, Netns};
-use support::{require_root, ISTIO_INIT_ARGS};
+use support::{istio_init_args, require_root};
 
 /// Istio's default arguments for IPv4 only, detection left to meshinit, plus `extra`.
 fn args(extra: &[&str]) -> Vec<String> {
-    let mut args = strings(ISTIO_INIT_ARGS);
-    args.push("--ipv6=false".to_string());
+    let mut args = istio_init_args(&["--ipv6=false"]);
     args.extend(strings(extra));
     args
 }

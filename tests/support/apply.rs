@@ -15,7 +15,7 @@ use meshinit::render::iptables_save::{compare, expected_tables, parse_save, Stat
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::netlab::{Client, Lab, ListenerSpec, Netns};
-use super::{run_meshinit, Output};
+use super::{run_meshinit, Meshinit, Output};
 
 pub const VARIANTS: [&str; 2] = ["legacy", "nft"];
 
@@ -35,6 +35,12 @@ pub fn meshinit(pod: &Netns, args: &[String], env: &[(String, String)]) -> Outpu
         env.push(path_env());
     }
     run_meshinit(&full, &env)
+}
+
+/// meshinit run inside the pod's namespace (`ip netns exec`) with the machine's tools, as a
+/// process in the pod would run it; add arguments, `nobody()` and so on, then `run()`.
+pub fn in_pod(pod: &Netns) -> Meshinit {
+    Meshinit::new().netns(pod).real_path()
 }
 
 pub fn strings(args: &[&str]) -> Vec<String> {
@@ -153,9 +159,7 @@ pub fn assert_ok(out: &Output, what: &str) {
 
 /// Istio's default arguments with IPv6 on, so both families are exercised.
 pub fn default_args() -> Vec<String> {
-    let mut args = strings(super::ISTIO_INIT_ARGS);
-    args.push("--ipv6=true".to_string());
-    args
+    super::istio_init_args(&["--ipv6=true"])
 }
 
 /// A directory whose tools are the real ones, except `broken`, which always fails.

@@ -122,18 +122,257 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs the meshinit binary with exactly these arguments and environment (nothing inherited).
-pub fn run_meshinit<S: AsRef<str>>(args: &[S], env: &[(String, String)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meshinit"));
-    command.args(args.iter().map(|a| a.as_ref())).env_clear();
-    if !env.iter().any(|(k, _)| k == "PATH") {
-        command.env("PATH", iptables_stand_ins());
+impl Output {
+    /// stdout, then stderr: everything the run printed.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
     }
-    let out = command
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("meshinit runs");
-    output(out)
+}
+
+/// The meshinit binary under test.
+pub const MESHINIT: &str = env!("CARGO_BIN_EXE_meshinit");
+
+/// Istio's default istio-init arguments ([`ISTIO_INIT_ARGS`]) followed by `extra`.
+pub fn istio_init_args(extra: &[&str]) -> Vec<String> {
+    ISTIO_INIT_ARGS
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// What `PATH` a run gets.
+#[derive(Clone)]
+enum PathEnv {
+    /// [`iptables_stand_ins`]: a machine with the iptables tools, none of which may run.
+    StandIns,
+    Set(String),
+    Unset,
+}
+
+/// One run of the meshinit binary, the one way tests start it: arguments, exactly this
+/// environment (nothing inherited; `PATH` is [`iptables_stand_ins`] unless set), optionally
+/// stdin, inside a lab namespace (`ip netns exec`), under a wrapper command (`setpriv`,
+/// `unshare`, `sh -c`) or as another user. [`Meshinit::run`] waits and returns an [`Output`];
+/// [`Meshinit::spawn`] returns the child.
+pub struct Meshinit {
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    path: PathEnv,
+    stdin: Option<Vec<u8>>,
+    netns: Option<String>,
+    wrapper: Vec<String>,
+    user: Option<(u32, u32)>,
+    stdout: Option<std::process::Stdio>,
+    stderr: Option<std::process::Stdio>,
+}
+
+impl Default for Meshinit {
+    fn default() -> Self {
+        Meshinit::new()
+    }
+}
+
+impl Meshinit {
+    pub fn new() -> Meshinit {
+        Meshinit {
+            program: MESHINIT.to_string(),
+            args: Vec::new(),
+            env: Vec::new(),
+            path: PathEnv::StandIns,
+            stdin: None,
+            netns: None,
+            wrapper: Vec::new(),
+            user: None,
+            stdout: None,
+            stderr: None,
+        }
+    }
+
+    /// Istio's default istio-init arguments ([`ISTIO_INIT_ARGS`]) first.
+    pub fn istio_init() -> Meshinit {
+        Meshinit::new().args(ISTIO_INIT_ARGS)
+    }
+
+    /// Another copy of the binary (one carrying file capabilities, say).
+    pub fn binary(mut self, program: impl AsRef<std::path::Path>) -> Meshinit {
+        self.program = program.as_ref().to_string_lossy().into_owned();
+        self
+    }
+
+    pub fn arg(mut self, arg: impl AsRef<str>) -> Meshinit {
+        self.args.push(arg.as_ref().to_string());
+        self
+    }
+
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Meshinit {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// One environment variable (`PATH` is [`Meshinit::path`]).
+    pub fn env(mut self, name: impl AsRef<str>, value: impl AsRef<str>) -> Meshinit {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        if name == "PATH" {
+            self.path = PathEnv::Set(value.to_string());
+        } else {
+            self.env.push((name.to_string(), value.to_string()));
+        }
+        self
+    }
+
+    pub fn envs<K: AsRef<str>, V: AsRef<str>>(
+        mut self,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Meshinit {
+        for (k, v) in env {
+            self = self.env(k, v);
+        }
+        self
+    }
+
+    /// `PATH` for the run (and for finding `ip` and a wrapper).
+    pub fn path(self, path: impl AsRef<str>) -> Meshinit {
+        self.env("PATH", path)
+    }
+
+    /// This test's own `PATH`, with the machine's real tools.
+    pub fn real_path(self) -> Meshinit {
+        let (_, path) = apply::path_env();
+        self.path(path)
+    }
+
+    /// No `PATH` at all.
+    pub fn no_path(mut self) -> Meshinit {
+        self.path = PathEnv::Unset;
+        self
+    }
+
+    /// Fed to the run's standard input (otherwise it reads nothing).
+    pub fn stdin(mut self, input: impl AsRef<[u8]>) -> Meshinit {
+        self.stdin = Some(input.as_ref().to_vec());
+        self
+    }
+
+    /// Runs inside this lab namespace (`ip netns exec`), as a process in the pod would.
+    pub fn netns(mut self, ns: &netlab::Netns) -> Meshinit {
+        self.netns = Some(ns.name().to_string());
+        self
+    }
+
+    /// Runs the binary as the last argument of this command (`setpriv …`, `sh -c … "$@"`).
+    pub fn wrap<S: AsRef<str>>(mut self, wrapper: impl IntoIterator<Item = S>) -> Meshinit {
+        self.wrapper
+            .extend(wrapper.into_iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// As nobody (65534) without supplementary groups or capabilities, through `setpriv`.
+    pub fn nobody(self) -> Meshinit {
+        self.wrap(AS_NOBODY)
+    }
+
+    /// Started as this uid and gid (by this test, which must be root to do so).
+    pub fn user(mut self, uid: u32, gid: u32) -> Meshinit {
+        self.user = Some((uid, gid));
+        self
+    }
+
+    /// Where a spawned child's stdout goes (default: nowhere); [`Meshinit::run`] takes it.
+    pub fn stdout(mut self, to: impl Into<std::process::Stdio>) -> Meshinit {
+        self.stdout = Some(to.into());
+        self
+    }
+
+    /// Where a spawned child's stderr goes (default: a pipe); [`Meshinit::run`] takes it.
+    pub fn stderr(mut self, to: impl Into<std::process::Stdio>) -> Meshinit {
+        self.stderr = Some(to.into());
+        self
+    }
+
+    /// The command: `[ip netns exec NAME] [wrapper…] meshinit args…`.
+    fn command(&mut self) -> Command {
+        // `ip` and a wrapper are found where this test finds them: the run's own PATH may
+        // not have them.
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(name) = &self.netns {
+            argv.extend([which("ip"), "netns".into(), "exec".into(), name.clone()]);
+        }
+        if let Some((first, rest)) = self.wrapper.split_first() {
+            argv.push(which(first));
+            argv.extend(rest.iter().cloned());
+        }
+        argv.push(self.program.clone());
+        argv.extend(self.args.iter().cloned());
+        let path = match &self.path {
+            PathEnv::StandIns => Some(iptables_stand_ins()),
+            PathEnv::Set(path) => Some(path.clone()),
+            PathEnv::Unset => None,
+        };
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]).env_clear();
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(gid);
+        }
+        command
+    }
+
+    /// Starts it: stdin piped when given (the caller writes it), else nothing; stdout nowhere
+    /// and stderr piped unless [`Meshinit::stdout`] / [`Meshinit::stderr`] say otherwise.
+    pub fn spawn(mut self) -> std::process::Child {
+        use std::process::Stdio;
+        let mut command = self.command();
+        command
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(self.stdout.take().unwrap_or_else(Stdio::null))
+            .stderr(self.stderr.take().unwrap_or_else(Stdio::piped));
+        command.spawn().expect("meshinit starts")
+    }
+
+    /// Runs it to the end: what it printed and how it exited.
+    pub fn run(mut self) -> Output {
+        let input = self.stdin.take();
+        let out = netlab::output_with_input(self.command(), input).expect("meshinit runs");
+        output(out)
+    }
+}
+
+/// `setpriv`'s arguments for nobody (65534) without supplementary groups.
+pub const AS_NOBODY: &[&str] = &[
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
+/// `program`'s full path on this test's `PATH` (itself when it has a `/` or is not found).
+fn which(program: &str) -> String {
+    if program.contains('/') {
+        return program.to_string();
+    }
+    std::env::var("PATH")
+        .unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file())
+        .map_or_else(|| program.to_string(), |p| p.to_string_lossy().into_owned())
+}
+
+/// Runs the meshinit binary with exactly these arguments and environment (nothing inherited;
+/// `PATH` the stand-in tools unless `env` sets it): [`Meshinit`] in one call.
+pub fn run_meshinit<S: AsRef<str>>(args: &[S], env: &[(String, String)]) -> Output {
+    Meshinit::new().args(args).envs(env.iter().cloned()).run()
 }
 
 /// A `PATH` directory that looks like a machine with the iptables tools installed (Istio's
@@ -159,32 +398,6 @@ pub fn iptables_stand_ins() -> String {
         dir.to_string_lossy().into_owned()
     })
     .clone()
-}
-
-/// Runs the meshinit binary with no arguments, this environment (with the stand-in tools as
-/// `PATH` unless it gives one, as [`run_meshinit`]) and `stdin` on its
-/// standard input, as a CNI runtime runs a plugin.
-pub fn run_meshinit_stdin<K: AsRef<str>, V: AsRef<str>>(env: &[(K, V)], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_meshinit"));
-    command.env_clear();
-    if !env.iter().any(|(k, _)| k.as_ref() == "PATH") {
-        command.env("PATH", iptables_stand_ins());
-    }
-    let mut child = command
-        .envs(env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("meshinit runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(stdin.as_bytes())
-        .expect("writing stdin");
-    output(child.wait_with_output().expect("meshinit ends"))
 }
 
 fn output(out: std::process::Output) -> Output {

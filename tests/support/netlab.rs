@@ -67,31 +67,8 @@ impl Netns {
     /// Runs `argv` inside this namespace (`ip netns exec`), feeding `stdin` if given.
     pub fn exec(&self, argv: &[&str], stdin: Option<&[u8]>) -> io::Result<Output> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name])
-            .args(argv)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn()?;
-        // Feed stdin from another thread so a child that writes a lot before reading
-        // everything cannot deadlock against us.
-        let feeder = match (stdin, child.stdin.take()) {
-            (Some(input), Some(mut pipe)) => {
-                let input = input.to_vec();
-                Some(thread::spawn(move || pipe.write_all(&input)))
-            }
-            _ => None,
-        };
-        let out = child.wait_with_output()?;
-        if let Some(feeder) = feeder {
-            // A child that exits without reading gives EPIPE; its status already says more.
-            let _ = feeder.join();
-        }
-        Ok(out)
+        cmd.args(["netns", "exec", &self.name]).args(argv);
+        output_with_input(cmd, stdin.map(<[u8]>::to_vec))
     }
 
     /// Like [`Netns::exec`] but panics, showing stdout and stderr, unless it exits 0.
@@ -125,6 +102,30 @@ impl Netns {
     pub fn nft_apply(&self, script: &str) {
         self.run(&["nft", "-f", "-"], Some(script));
     }
+}
+
+/// Runs `cmd` to its end with stdout and stderr captured, feeding it `input` (else nothing)
+/// from another thread, so a child that writes a lot before reading everything cannot
+/// deadlock against us.
+pub fn output_with_input(mut cmd: Command, input: Option<Vec<u8>>) -> io::Result<Output> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let feeder = match (input, child.stdin.take()) {
+        (Some(input), Some(mut pipe)) => Some(thread::spawn(move || pipe.write_all(&input))),
+        _ => None,
+    };
+    let out = child.wait_with_output()?;
+    if let Some(feeder) = feeder {
+        // A child that exits without reading gives EPIPE; its status already says more.
+        let _ = feeder.join();
+    }
+    Ok(out)
 }
 
 /// A pod namespace and a peer namespace joined by a veth pair (`eth0` on both sides).
