@@ -9,11 +9,12 @@ use crate::cli::{self, Env};
 use crate::config::detect::Host;
 use crate::config::LogLevel;
 use crate::config::{self, BackendChoice, Config, ConfigError, DnsCapture};
-use crate::engine::error::{ApplyError, Report};
+use crate::engine::error::{ApplyError, Change, Kind, Report, ToolUse};
 use crate::engine::mode::Mode;
 use crate::execute::retry;
 use crate::log::Log;
 use crate::plan::Family;
+use crate::sys::privileges::NetnsError;
 use crate::sys::process::{Deadline, SystemRunner};
 use crate::sys::{groups, privileges};
 use crate::{plan, render, trace, validate};
@@ -45,13 +46,13 @@ pub(crate) struct Summary {
     mode: Option<&'static str>,
     backend: Option<&'static str>,
     /// The tools per family, as the apply step reports them (`IPv4 iptables-legacy`).
-    tools: Vec<String>,
+    tools: Vec<ToolUse>,
     families: Option<Vec<Family>>,
     rules: Option<usize>,
     /// The network namespace entered, as logged.
     namespace: Option<String>,
     /// What changed, one entry per change.
-    changes: Vec<String>,
+    changes: Vec<Change>,
     /// The outcome in words when no change list says it.
     pub(crate) outcome: String,
 }
@@ -91,7 +92,8 @@ impl Summary {
         if self.changes.is_empty() {
             self.outcome.clone()
         } else {
-            self.changes.join("; ")
+            let changes: Vec<String> = self.changes.iter().map(ToString::to_string).collect();
+            changes.join("; ")
         }
     }
 
@@ -105,7 +107,8 @@ impl Summary {
             parts.push(if self.tools.is_empty() {
                 format!("backend {backend}")
             } else {
-                format!("backend {backend} ({})", self.tools.join(", "))
+                let tools: Vec<String> = self.tools.iter().map(ToString::to_string).collect();
+                format!("backend {backend} ({})", tools.join(", "))
             });
         }
         if let Some(families) = &self.families {
@@ -150,22 +153,25 @@ impl Summary {
         let variants: serde_json::Map<String, serde_json::Value> = self
             .tools
             .iter()
-            .filter_map(|t| t.split_once(' '))
-            .filter(|(family, _)| matches!(*family, "IPv4" | "IPv6"))
-            .map(|(family, tool)| (family.to_lowercase(), tool.into()))
+            .filter_map(|t| match t {
+                ToolUse::Iptables(tools) => {
+                    Some((family_name(tools.family).to_string(), tools.main().into()))
+                }
+                ToolUse::Netlink => None,
+            })
             .collect();
         serde_json::json!({
             "exit_code": code,
             "mode": self.mode,
             "backend": self.backend,
             "variants": variants,
-            "tools": self.tools,
+            "tools": self.tools.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "families": self.families.as_ref().map(|f| f.iter().map(|f| family_name(*f)).collect::<Vec<_>>()),
             "rules_planned": self.rules,
             "namespace": self.namespace,
             "changed": !self.changes.is_empty(),
             "change_count": self.changes.len(),
-            "changes": self.changes,
+            "changes": self.changes.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "outcome": self.outcome_text(),
             "phases_ms": phases,
             "total_ms": ms(&self.started.elapsed()),
@@ -200,13 +206,13 @@ pub(crate) enum FailureKind {
     NotRedirected,
 }
 
-/// How a run ended: its exit code and, on failure, what kind and the error's message.
+/// How a run ended: its exit code and, on failure, why.
 #[derive(Debug)]
 pub(crate) struct Outcome {
     /// The exit code (README's table).
     pub code: u8,
     /// The failure, if the run failed.
-    pub failure: Option<(FailureKind, String)>,
+    pub failure: Option<Failure>,
 }
 
 impl Outcome {
@@ -214,6 +220,105 @@ impl Outcome {
         Outcome {
             code,
             failure: None,
+        }
+    }
+}
+
+/// Why a run failed, as values: the log's error line renders it, the CNI plugin its error
+/// object.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The network namespace could not be entered.
+    Netns(NetnsError),
+    /// The settings are invalid, or detection failed; with a hint for a long flag written
+    /// with one dash.
+    Config {
+        /// The error.
+        error: ConfigError,
+        /// The hint, when there is one.
+        hint: Option<String>,
+    },
+    /// `--dry-run --cleanup-only` could not decide.
+    CleanupPreview(ApplyError),
+    /// `--check` could not read the live state.
+    Check(ApplyError),
+    /// `--check`: the live rules differ; the differences.
+    Differs(Vec<String>),
+    /// Applying (or cleaning up) failed.
+    Apply(ApplyError),
+    /// `--run-validation` failed: the test ran and found traffic not redirected (`ran`), or
+    /// it could not run.
+    Validation {
+        /// Whether the test ran.
+        ran: bool,
+    },
+}
+
+/// The sentence before `--check`'s differences.
+const DIFFER: &str = "the live rules differ from this configuration";
+
+impl Failure {
+    /// What kind of failure it is.
+    pub(crate) fn kind(&self) -> FailureKind {
+        match self {
+            Failure::Config {
+                error: ConfigError::Invalid { .. },
+                ..
+            } => FailureKind::Invalid,
+            Failure::Differs(_) => FailureKind::CheckDiffers,
+            Failure::Apply(e) if e.kind() == Kind::LeftChanged => FailureKind::LeftChanged,
+            Failure::Validation { ran: true } => FailureKind::NotRedirected,
+            _ => FailureKind::Failed,
+        }
+    }
+
+    /// One line saying what failed (the CNI error object's `msg`): for `--check`, the first
+    /// difference with the count of the others; else the error's own first line.
+    pub(crate) fn headline(&self) -> String {
+        match self {
+            Failure::Differs(diffs) => {
+                let more = match diffs.len() {
+                    0 | 1 => String::new(),
+                    n => format!("and {} more; ", n - 1),
+                };
+                format!(
+                    "{} ({more}{DIFFER})",
+                    diffs.first().map(String::as_str).unwrap_or_default()
+                )
+            }
+            Failure::CleanupPreview(e) => format!("{PREVIEW}: {}", e.headline()),
+            Failure::Check(e) => format!("cannot check: {}", e.headline()),
+            Failure::Apply(e) => format!("{}: {}", apply_what(e), e.headline()),
+            _ => self.to_string(),
+        }
+    }
+}
+
+const PREVIEW: &str = "cannot show what --cleanup-only would remove";
+
+/// How the error line of a failed apply starts.
+fn apply_what(e: &ApplyError) -> &'static str {
+    match e.kind() {
+        Kind::Precondition => "cannot apply",
+        Kind::Drift => "refusing to apply",
+        Kind::Transient | Kind::Failed | Kind::LeftChanged => "applying failed",
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Netns(e) => write!(f, "{e}"),
+            Failure::Config {
+                error,
+                hint: Some(hint),
+            } => write!(f, "{error}; {hint}"),
+            Failure::Config { error, hint: None } => write!(f, "{error}"),
+            Failure::CleanupPreview(e) => write!(f, "{PREVIEW}: {e}"),
+            Failure::Check(e) => write!(f, "cannot check: {e}"),
+            Failure::Differs(diffs) => write!(f, "{DIFFER}:\n{}", diffs.join("\n")),
+            Failure::Apply(e) => write!(f, "{}: {e}", apply_what(e)),
+            Failure::Validation { .. } => f.write_str("validation failed: see the log"),
         }
     }
 }
@@ -232,11 +337,11 @@ pub(crate) fn execute(
 ) -> Outcome {
     let mut summary = Summary::new();
     let mut log = log;
-    let fail = |summary: Summary, log: &Log, kind: FailureKind, code: u8, msg: String| {
-        log.error(&msg);
+    let fail = |summary: Summary, log: &Log, code: u8, failure: Failure| {
+        log.error(&failure.to_string());
         Outcome {
             code: summary.finish(log, code),
-            failure: Some((kind, msg)),
+            failure: Some(failure),
         }
     };
     // Detection and everything after it must see the pod's namespace: enter it first, while
@@ -245,23 +350,23 @@ pub(crate) fn execute(
     if !netns.is_empty() {
         match privileges::enter_netns(Path::new(netns), "--network-namespace") {
             Ok(entered) => summary.namespace = Some(entered),
-            Err(e) => return fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, e),
+            Err(e) => return fail(summary, &log, exit_code::FAILURE, Failure::Netns(e)),
         }
     }
     let config = match Config::build(raw, host) {
         Ok(config) => config,
         Err(e) => {
             summary.outcome = "nothing changed".to_string();
-            let (kind, code) = match e {
-                ConfigError::Invalid { .. } => (FailureKind::Invalid, exit_code::INVALID_INPUT),
-                ConfigError::Detection(_) => (FailureKind::Failed, exit_code::FAILURE),
+            let code = match e {
+                ConfigError::Invalid { .. } => exit_code::INVALID_INPUT,
+                ConfigError::Detection(_) => exit_code::FAILURE,
             };
             // A value error caused by a long flag written with one dash says so.
-            let msg = match (&e, cli::single_dash_hint(argv)) {
-                (ConfigError::Invalid { .. }, Some(hint)) => format!("{e}; {hint}"),
-                _ => e.to_string(),
+            let hint = match &e {
+                ConfigError::Invalid { .. } => cli::single_dash_hint(argv),
+                ConfigError::Detection(_) => None,
             };
-            return fail(summary, &log, kind, code, msg);
+            return fail(summary, &log, code, Failure::Config { error: e, hint });
         }
     };
     log = Log {
@@ -336,8 +441,12 @@ pub(crate) fn execute(
             }
             Err(e) => {
                 summary.outcome = "nothing changed".to_string();
-                let msg = format!("cannot show what --cleanup-only would remove: {e}");
-                fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, msg)
+                fail(
+                    summary,
+                    &log,
+                    exit_code::FAILURE,
+                    Failure::CleanupPreview(e),
+                )
             }
         };
     }
@@ -406,21 +515,17 @@ pub(crate) fn execute(
                 Outcome::ok(summary.finish(&log, exit_code::SUCCESS))
             }
             Ok(diffs) => {
-                let msg = format!(
-                    "the live rules differ from this configuration:\n{}",
-                    diffs.join("\n")
-                );
-                log.warn(&msg);
+                let failure = Failure::Differs(diffs);
+                log.warn(&failure.to_string());
                 summary.outcome = "check: rules differ".to_string();
                 Outcome {
                     code: summary.finish(&log, exit_code::CHECK_DIFFERS),
-                    failure: Some((FailureKind::CheckDiffers, msg)),
+                    failure: Some(failure),
                 }
             }
             Err(e) => {
                 summary.outcome = "check: the live state could not be read".to_string();
-                let msg = format!("cannot check: {e}");
-                fail(summary, &log, FailureKind::Failed, exit_code::FAILURE, msg)
+                fail(summary, &log, exit_code::FAILURE, Failure::Check(e))
             }
         };
     }
@@ -434,7 +539,7 @@ pub(crate) fn execute(
             // Cleanup removes ours from every backend, variant and family, whatever was chosen.
             Mode::Cleanup { .. } => pipeline::cleanup(&config.capture, run, &runner, &log),
             Mode::Skip { .. } => Ok(Report {
-                changes: vec!["rules not applied (--skip-rule-apply)".to_string()],
+                changes: vec![Change::Skipped],
                 ..Report::default()
             }),
             _ => pipeline::apply(&config.capture, &plan, ruleset.as_ref(), run, &runner, &log),
@@ -450,31 +555,14 @@ pub(crate) fn execute(
             }
         }
         Err(e) => {
-            let (what, outcome, kind) = match e {
-                ApplyError::Precondition(_) => {
-                    ("cannot apply", "nothing changed", FailureKind::Failed)
-                }
-                ApplyError::Drift(_) => {
-                    ("refusing to apply", "nothing changed", FailureKind::Failed)
-                }
+            summary.outcome = match e.kind() {
                 // Transient failures left nothing changed, whether written and undone or not.
-                ApplyError::Transient { .. } => {
-                    ("applying failed", "nothing changed", FailureKind::Failed)
-                }
-                ApplyError::Failed(_) => (
-                    "applying failed",
-                    "nothing changed (undone)",
-                    FailureKind::Failed,
-                ),
-                ApplyError::LeftChanged(_) => (
-                    "applying failed",
-                    "FAILED and left changed: see the error above",
-                    FailureKind::LeftChanged,
-                ),
-            };
-            summary.outcome = outcome.to_string();
-            let msg = format!("{what}: {e}");
-            return fail(summary, &log, kind, exit_code::FAILURE, msg);
+                Kind::Precondition | Kind::Drift | Kind::Transient => "nothing changed",
+                Kind::Failed => "nothing changed (undone)",
+                Kind::LeftChanged => "FAILED and left changed: see the error above",
+            }
+            .to_string();
+            return fail(summary, &log, exit_code::FAILURE, Failure::Apply(e));
         }
     }
     if mode.validates() {
@@ -482,12 +570,12 @@ pub(crate) fn execute(
         summary.phase("validate");
         let failure = match code {
             exit_code::SUCCESS => None,
-            exit_code::VALIDATION_FAILED => Some(FailureKind::NotRedirected),
-            _ => Some(FailureKind::Failed),
+            exit_code::VALIDATION_FAILED => Some(Failure::Validation { ran: true }),
+            _ => Some(Failure::Validation { ran: false }),
         };
         return Outcome {
             code: summary.finish(&log, code),
-            failure: failure.map(|kind| (kind, "validation failed: see the log".to_string())),
+            failure,
         };
     }
     Outcome::ok(summary.finish(&log, exit_code::SUCCESS))
@@ -652,4 +740,97 @@ pub(crate) fn print_stdout(text: &str) -> u8 {
 
 fn list<T: ToString>(items: &[T]) -> String {
     items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IptablesVariant;
+    use crate::driver::xtables::{IptablesError, Tools};
+    use crate::engine::error::{Cause, Failed, Left, LeftChanged, Undone, Write};
+    use crate::sys::process::Ended;
+
+    fn write() -> Write {
+        let tools = Tools {
+            family: Family::V6,
+            variant: IptablesVariant::Nft,
+        };
+        let mut write = Write::new(Cause::Restore {
+            tools,
+            error: IptablesError::Tool {
+                program: tools.restore(),
+                ended: Ended::Exited(1),
+                stderr: "line 3 failed\nCOMMIT".into(),
+                hint: None,
+            },
+        });
+        write.done.push(Undone::Undone(Family::V4));
+        write
+    }
+
+    #[test]
+    fn a_failure_renders_its_log_line_and_a_one_line_headline_from_the_same_values() {
+        let failed = Failure::Apply(ApplyError::Failed(Failed::Write(Box::new(write()))));
+        assert_eq!(failed.kind(), FailureKind::Failed);
+        assert_eq!(
+            failed.to_string(),
+            "applying failed: IPv6: ip6tables-nft-restore exited with code 1: line 3 failed\nCOMMIT\nIPv4: undone\nnothing was left changed"
+        );
+        assert_eq!(
+            failed.headline(),
+            "applying failed: IPv6: ip6tables-nft-restore exited with code 1: line 3 failed; nothing was left changed"
+        );
+        let mut left = write();
+        left.left.push(Left::InPart {
+            family: Family::V4,
+            remaining: "*nat\nCOMMIT\n".into(),
+        });
+        let left = Failure::Apply(ApplyError::LeftChanged(LeftChanged::Write(Box::new(left))));
+        assert_eq!(left.kind(), FailureKind::LeftChanged);
+        assert!(left
+            .headline()
+            .ends_with("; the namespace was left changed as described above"));
+        // --check: the first difference first, then how many more, then the header.
+        let differs = Failure::Differs(vec!["missing: a".into(), "missing: b".into()]);
+        assert_eq!(differs.kind(), FailureKind::CheckDiffers);
+        assert_eq!(
+            differs.headline(),
+            "missing: a (and 1 more; the live rules differ from this configuration)"
+        );
+        assert_eq!(
+            differs.to_string(),
+            "the live rules differ from this configuration:\nmissing: a\nmissing: b"
+        );
+    }
+
+    #[test]
+    fn the_summary_renders_tools_and_changes_from_their_values() {
+        let mut summary = Summary::new();
+        summary.tools = vec![
+            ToolUse::Iptables(Tools {
+                family: Family::V4,
+                variant: IptablesVariant::Legacy,
+            }),
+            ToolUse::Netlink,
+        ];
+        summary.changes = vec![Change::Skipped, Change::Reconciled];
+        summary.backend = Some("iptables");
+        let fields = summary.fields(0);
+        assert_eq!(
+            fields["variants"],
+            serde_json::json!({"ipv4": "iptables-legacy"})
+        );
+        assert_eq!(
+            fields["tools"],
+            serde_json::json!(["IPv4 iptables-legacy", "nf_tables netlink"])
+        );
+        assert_eq!(fields["change_count"], 2);
+        assert_eq!(
+            fields["outcome"],
+            "rules not applied (--skip-rule-apply); reconciled: installed here first, then removed the rules of ours elsewhere"
+        );
+        assert!(summary
+            .text(0)
+            .contains("backend iptables (IPv4 iptables-legacy, nf_tables netlink)"));
+    }
 }

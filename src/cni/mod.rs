@@ -332,48 +332,43 @@ fn handle(
         return Ok(None);
     }
     sys::privileges::enter_netns(Path::new(&request.netns), "CNI_NETNS")
-        .map_err(|e| CniError::new(code::FAILED, e))?;
+        .map_err(|e| CniError::new(code::FAILED, e.to_string()))?;
     let host = CniHost {
         inner: host,
         resolv_conf,
     };
     let outcome = run::execute(&raw, &host, *log, &[], &Env::new());
-    let Some((kind, message)) = outcome.failure else {
+    let Some(failure) = outcome.failure else {
         return Ok(passed_through(&request));
     };
+    let kind = failure.kind();
     let code = match kind {
         FailureKind::Invalid if command == Command::Del => {
-            return tolerate_on_del(command, CniError::new(code::INVALID_CONFIG, message), log)
+            return tolerate_on_del(
+                command,
+                CniError::new(code::INVALID_CONFIG, failure.to_string()),
+                log,
+            )
         }
         FailureKind::Invalid => code::INVALID_CONFIG,
         FailureKind::Failed | FailureKind::NotRedirected => code::FAILED,
         FailureKind::LeftChanged => code::LEFT_CHANGED,
         FailureKind::CheckDiffers => code::CHECK_DIFFERS,
     };
-    // The first line is the message; a longer text (a check's differences) goes in details.
-    let (msg, details) = match message.split_once('\n') {
-        Some((first, rest)) => {
-            // The difference first: a runtime's event or a log shows the start of `msg`,
-            // and the header ("rules differ from the plan") says less than the first line
-            // that differs.
-            let lines: Vec<&str> = rest.lines().map(str::trim).collect();
-            let more = match lines.len() {
-                0 | 1 => String::new(),
-                n => format!("and {} more; ", n - 1),
-            };
-            let msg = format!(
-                "{} ({more}{})",
-                lines.first().copied().unwrap_or_default(),
-                first.trim_end_matches(':'),
-            );
-            (msg, message.clone())
-        }
-        None => (message, String::new()),
+    // A one-line message first (for a check, the first difference: a runtime's event or a
+    // log shows the start of `msg`, and the header says less than what differs); the whole
+    // text in details when it says more.
+    let headline = failure.headline();
+    let full = failure.to_string();
+    let details = if full == headline {
+        String::new()
+    } else {
+        full
     };
     let msg = if kind == FailureKind::Invalid {
-        format!("invalid setting in istio_iptables_args or env: {msg}")
+        format!("invalid setting in istio_iptables_args or env: {headline}")
     } else {
-        msg
+        headline
     };
     Err(CniError { code, msg, details })
 }

@@ -32,7 +32,8 @@ use crate::render::nft_netlink::{
 };
 use crate::render::nft_ruleset::{ruleset_with, Ruleset, MANAGED_TABLES};
 
-pub use crate::sys::groups::{Groups, GROUP_FILE};
+pub use crate::sys::groups::{Groups, GroupsError, GROUP_FILE};
+use crate::sys::transient::Transient;
 /// How often a dump that the kernel marks as interrupted (`NLM_F_DUMP_INTR`: the list
 /// changed under it) is redone before giving up.
 const DUMP_ATTEMPTS: usize = 10;
@@ -44,7 +45,7 @@ const CHECK_ATTEMPTS: usize = 5;
 const REPLY_ROOM: usize = 1024;
 
 /// Why applying or reading the nftables ruleset failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum NftError {
     /// The kernel rejected a message of the batch, so none of it was applied. `origin` names
     /// the first failing message; later messages may fail as a consequence.
@@ -99,19 +100,14 @@ pub enum NftError {
     #[error(transparent)]
     Encode(#[from] EncodeError),
     /// The group database could not be read.
-    #[error("reading {path}: {detail}")]
-    Groups {
-        /// The file.
-        path: String,
-        /// Why.
-        detail: String,
-    },
+    #[error(transparent)]
+    Groups(#[from] GroupsError),
 }
 
 impl NftError {
     /// Why this failure may pass when tried again: the kernel's `EBUSY`, `EAGAIN` or `EINTR`
     /// (see [`crate::sys::transient::transient_errno`]); `None` for every other failure.
-    pub fn transient(&self) -> Option<String> {
+    pub fn transient(&self) -> Option<Transient> {
         match self {
             NftError::Rejected { errno, .. } | NftError::Io { errno, .. } => {
                 crate::sys::transient::transient_errno(*errno)
@@ -175,10 +171,7 @@ impl NfTables {
     /// are resolved from `/etc/group`.
     /// `sets` is the `--nft-sets` policy for long lists.
     pub fn apply(&mut self, plan: &Plan, sets: NftSets) -> Result<Applied> {
-        let groups = Groups::load(Path::new(GROUP_FILE)).map_err(|detail| NftError::Groups {
-            path: GROUP_FILE.to_string(),
-            detail,
-        })?;
+        let groups = Groups::load(Path::new(GROUP_FILE))?;
         self.apply_ruleset(&ruleset_with(plan, sets), &groups)
     }
 

@@ -202,24 +202,43 @@ pub fn stale(nl: &mut Netlink, plan: &Plan) -> Result<Vec<Object>, NetlinkError>
         .collect())
 }
 
+/// Removing one of several objects failed: which, why, and those removed before it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "removing {object}: {error}{}",
+    if removed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (already removed: {})",
+            removed.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+        )
+    }
+)]
+pub struct RemoveError {
+    /// The object that could not be removed.
+    pub object: Object,
+    /// Why.
+    #[source]
+    pub error: NetlinkError,
+    /// The objects removed before it.
+    pub removed: Vec<Object>,
+}
+
 /// Removes these objects (ours), newest first; returns what went. Stops at the first failure,
 /// which names the object and what was removed before it.
-pub fn remove_each(nl: &mut Netlink, objects: &[Object]) -> Result<Vec<Object>, String> {
+pub fn remove_each(nl: &mut Netlink, objects: &[Object]) -> Result<Vec<Object>, RemoveError> {
     let mut removed = Vec::new();
     for &object in objects.iter().rev() {
         match remove(nl, object) {
             Ok(Changed::Yes) => removed.push(object),
             Ok(Changed::No) => {}
-            Err(e) => {
-                let done: Vec<String> = removed.iter().map(|o| o.to_string()).collect();
-                return Err(format!(
-                    "removing {object}: {e}{}",
-                    if done.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (already removed: {})", done.join(", "))
-                    }
-                ));
+            Err(error) => {
+                return Err(RemoveError {
+                    object,
+                    error,
+                    removed,
+                })
             }
         }
     }

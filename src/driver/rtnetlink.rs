@@ -74,7 +74,7 @@ pub enum Changed {
 
 /// Why a netlink operation failed. Every variant names the operation, so the message reads
 /// e.g. "adding rule fwmark 1337 lookup 133 (IPv4): File exists".
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum NetlinkError {
     /// The kernel refused the request (`NLMSG_ERROR` with a non-zero errno).
     #[error("{op}: {}", errno.desc())]
@@ -125,6 +125,13 @@ impl NetlinkError {
             Self::Rejected { errno, .. } | Self::Io { errno, .. } => Some(*errno),
             _ => None,
         }
+    }
+
+    /// Why this failure may pass when tried again: the kernel's `EBUSY`, `EAGAIN` or `EINTR`
+    /// (see [`crate::sys::transient::transient_errno`]); `None` for every other failure.
+    pub fn transient(&self) -> Option<crate::sys::transient::Transient> {
+        self.errno()
+            .and_then(crate::sys::transient::transient_errno)
     }
 }
 

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::sys::process::{Output, Runner};
+use crate::sys::process::{Ended, Output, RunError, Runner};
+use crate::sys::transient::Transient;
 use std::collections::BTreeMap;
 
 use crate::config::IptablesVariant;
@@ -51,24 +52,32 @@ impl Tools {
 /// Why the iptables step failed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum IptablesError {
-    /// Neither variant works for a family; says why for each.
-    #[error("{0}")]
-    NoVariant(String),
+    /// Neither variant works for a family: why nft is not usable, and legacy's failure.
+    #[error("no usable iptables for {family:?}: nft: {nft}; legacy: {legacy}")]
+    NoVariant {
+        /// The family.
+        family: Family,
+        /// Why the nft variant cannot be used.
+        nft: NotUsable,
+        /// Why the legacy variant cannot be read.
+        legacy: Box<IptablesError>,
+    },
     /// A tool ran and failed.
-    #[error("{program} {ended}{}{hint}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    #[error(
+        "{program} {ended}{}{}",
+        if stderr.is_empty() { String::new() } else { format!(": {stderr}") },
+        hint.map(|h| h.to_string()).unwrap_or_default()
+    )]
     Tool {
         /// The tool that failed.
         program: String,
-        /// How it ended ([`Output::ended`]): `exited with code 1`, `was killed by signal 6
-        /// (SIGABRT)` (iptables-nft 1.8.7's save can crash so, with a double free).
-        ended: String,
+        /// How it ended: `exited with code 1`, `was killed by signal 6 (SIGABRT)`
+        /// (iptables-nft 1.8.7's save can crash so, with a double free).
+        ended: Ended,
         /// What it printed on stderr, trimmed.
         stderr: String,
-        /// A hint at the cause (held xtables lock, missing kernel module), or empty.
-        hint: String,
-        /// Why the failure may pass (see [`crate::sys::transient::transient_tool`]); `None` when it
-        /// will not.
-        transient: Option<String>,
+        /// A hint at the cause (held xtables lock, missing kernel module).
+        hint: Option<Hint>,
     },
     /// The dump tool says it cannot list these tables (rules or chains iptables cannot
     /// express, e.g. added with `nft`): their content is unknown, so nothing may be written
@@ -112,27 +121,123 @@ pub enum IptablesError {
         /// Each rule as shown, with its planned form.
         lines: Vec<String>,
     },
-    /// A step of choosing the variant failed (a read, the nft probe): what it was, and the
-    /// failure, whose transient marker it keeps.
-    #[error("{context}: {source}")]
+    /// A step of choosing or reading a variant failed: what it was, and the failure, whose
+    /// transient marker it keeps.
+    #[error("{doing}: {source}")]
     Context {
-        /// What was being done, e.g. `cannot read the V4 rules`.
-        context: String,
+        /// What was being done.
+        doing: Doing,
         /// The failure.
         source: Box<IptablesError>,
     },
-    /// A tool ran past the run's deadline (`--timeout`) and was killed: the message names it
-    /// and the deadline. Never transient: the deadline is spent.
-    #[error("{0}")]
-    Deadline(String),
-    /// A tool could not be started.
-    #[error("cannot run {program}: {error}")]
-    Spawn {
-        /// The tool, e.g. `iptables-nft-restore`.
+    /// A tool could not be started, or ran past the run's deadline (`--timeout`) and was
+    /// killed (never transient: the deadline is spent).
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A thread reading a family's rules panicked.
+    #[error("reading the {0} rules panicked")]
+    Panicked(&'static str),
+}
+
+/// What was being done when an iptables step failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Doing {
+    /// Reading both variants of a family to choose one.
+    Reading(Family),
+    /// Reading a family with one tool (`--check`).
+    ReadingWith(Tools),
+    /// The nft variant's nat probe.
+    Probing(Tools),
+}
+
+impl std::fmt::Display for Doing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Doing::Reading(family) => write!(f, "cannot read the {family:?} rules"),
+            Doing::ReadingWith(tools) => write!(
+                f,
+                "cannot read the {} rules with {}",
+                family_name(tools.family),
+                tools.save()
+            ),
+            Doing::Probing(tools) => write!(
+                f,
+                "the nft variant's nat table probe ({} --noflush) failed for a reason that does not show nft to be unusable here, so no iptables variant was chosen for {:?}",
+                tools.restore(),
+                tools.family
+            ),
+        }
+    }
+}
+
+/// `IPv4` or `IPv6`, as messages name a family.
+pub fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
+}
+
+/// What a tool's failure most likely comes from, said after its message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hint {
+    /// Another program holds the xtables lock.
+    XtablesLock,
+    /// Legacy iptables cannot make its lock file: `/run` is read-only.
+    ReadOnlyRun,
+    /// The kernel lacks this piece (a module to load).
+    Kernel(&'static str),
+}
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hint::XtablesLock => f.write_str(
+                " (another program holds the xtables lock, /run/xtables.lock, longer than --xtables-wait)",
+            ),
+            Hint::ReadOnlyRun => f.write_str(
+                " (legacy iptables needs a writable /run for its lock file: keep readOnlyRootFilesystem \
+                 false as Istio does for istio-init, mount an emptyDir at /run, or use the nft variant \
+                 or --native-nftables)",
+            ),
+            Hint::Kernel(piece) => write!(
+                f,
+                " (the kernel seems to lack {piece}; load the module on the node)"
+            ),
+        }
+    }
+}
+
+/// Why the nft variant cannot be used here (its probe's answer, or its tool missing).
+#[derive(Clone, Debug)]
+pub enum NotUsable {
+    /// Its tools are not installed, or the kernel lacks its interface (see `unavailable`).
+    Unavailable(Box<IptablesError>),
+    /// The probe's tool said so.
+    Answered {
+        /// What its answer means (see `not_usable`).
+        why: &'static str,
+        /// The tool.
         program: String,
-        /// Why it could not start (e.g. not on PATH).
-        error: String,
+        /// How it ended.
+        ended: Ended,
+        /// Its stderr, on one line.
+        words: String,
     },
+}
+
+impl std::fmt::Display for NotUsable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotUsable::Unavailable(e) => write!(f, "{e}"),
+            NotUsable::Answered {
+                why,
+                program,
+                ended,
+                words,
+            } => write!(f, "{why}; {program} {ended}: {words}"),
+        }
+    }
 }
 
 fn run(
@@ -142,19 +247,7 @@ fn run(
     env: &[(&str, &str)],
     stdin: Option<&str>,
 ) -> Result<Output, IptablesError> {
-    runner.run(program, args, env, stdin).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::TimedOut {
-            return IptablesError::Deadline(e.to_string());
-        }
-        IptablesError::Spawn {
-            program: program.to_string(),
-            error: if e.kind() == std::io::ErrorKind::NotFound {
-                "not installed (not found on PATH)".to_string()
-            } else {
-                e.to_string()
-            },
-        }
-    })
+    Ok(runner.run(program, args, env, stdin)?)
 }
 
 fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
@@ -162,13 +255,9 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
         return Ok(out);
     }
     let hint = if out.stderr.contains("xtables lock") {
-        " (another program holds the xtables lock, /run/xtables.lock, longer than --xtables-wait)"
-            .to_string()
+        Some(Hint::XtablesLock)
     } else if out.stderr.contains("lock file") && out.stderr.contains("Read-only file system") {
-        " (legacy iptables needs a writable /run for its lock file: keep readOnlyRootFilesystem \
-         false as Istio does for istio-init, mount an emptyDir at /run, or use the nft variant \
-         or --native-nftables)"
-            .to_string()
+        Some(Hint::ReadOnlyRun)
     } else {
         kernel_hint(&out.stderr)
     };
@@ -176,17 +265,22 @@ fn checked(program: &str, out: Output) -> Result<Output, IptablesError> {
         program: program.to_string(),
         ended: out.ended(),
         hint,
-        transient: crate::sys::transient::transient_tool(program, &out),
         stderr: out.stderr.trim().to_string(),
     })
 }
 
 impl IptablesError {
     /// Why this failure may pass when tried again (a lock held past its wait, the kernel's
-    /// `EBUSY`/`EAGAIN`/`EINTR`); `None` for every other failure.
-    pub fn transient(&self) -> Option<&str> {
+    /// `EBUSY`/`EAGAIN`/`EINTR`: see [`crate::sys::transient::transient_tool`]); `None` for
+    /// every other failure.
+    pub fn transient(&self) -> Option<Transient> {
         match self {
-            IptablesError::Tool { transient, .. } => transient.as_deref(),
+            IptablesError::Tool {
+                program,
+                ended,
+                stderr,
+                ..
+            } => crate::sys::transient::transient_end(program, *ended, stderr),
             IptablesError::Context { source, .. } => source.transient(),
             _ => None,
         }
@@ -194,7 +288,7 @@ impl IptablesError {
 }
 
 /// Names the kernel piece behind the iptables errors that mean one is missing.
-pub fn kernel_hint(stderr: &str) -> String {
+pub fn kernel_hint(stderr: &str) -> Option<Hint> {
     let pieces = [
         ("TPROXY", "the TPROXY target (xt_TPROXY / nft_tproxy)"),
         ("owner", "the owner match (xt_owner)"),
@@ -215,14 +309,12 @@ pub fn kernel_hint(stderr: &str) -> String {
         || stderr.contains("No such file or directory")
         || stderr.contains("Protocol not supported");
     if !missing {
-        return String::new();
+        return None;
     }
-    match pieces.iter().find(|(needle, _)| stderr.contains(needle)) {
-        Some((_, piece)) => {
-            format!(" (the kernel seems to lack {piece}; load the module on the node)")
-        }
-        None => String::new(),
-    }
+    pieces
+        .iter()
+        .find(|(needle, _)| stderr.contains(needle))
+        .map(|(_, piece)| Hint::Kernel(piece))
 }
 
 /// Reads the live rules of these tools.
@@ -303,7 +395,7 @@ pub fn save_if_present(runner: &dyn Runner, tools: Tools) -> Result<Option<Saved
 /// kernel lacks its interface), rather than that its state could not be read.
 fn unavailable(e: &IptablesError) -> bool {
     match e {
-        IptablesError::Spawn { error, .. } => error.starts_with("not installed"),
+        IptablesError::Run(RunError::NotInstalled { .. }) => true,
         // No nfnetlink (the socket is refused), or no nf_tables (nfnetlink answers EINVAL
         // for the subsystem it lacks): the texts of iptables-nft 1.8.9 (see `not_usable`).
         IptablesError::Tool { stderr, .. } => [
@@ -313,11 +405,12 @@ fn unavailable(e: &IptablesError) -> bool {
         ]
         .iter()
         .any(|m| stderr.contains(m)),
-        IptablesError::NoVariant(_)
+        IptablesError::NoVariant { .. }
         | IptablesError::Context { .. }
-        | IptablesError::Deadline(_)
+        | IptablesError::Run(_)
         | IptablesError::Incompatible { .. }
-        | IptablesError::Unreadable { .. } => false,
+        | IptablesError::Unreadable { .. }
+        | IptablesError::Panicked(_) => false,
     }
 }
 
@@ -375,9 +468,39 @@ pub struct Chosen {
     /// The tools of the chosen variant.
     pub tools: Tools,
     /// Why this variant, for the log.
-    pub reason: String,
+    pub reason: Why,
     /// Its live rules, as `*-save` printed them while choosing.
     pub state: Saved,
+}
+
+/// Why a variant was chosen, for the log.
+#[derive(Clone, Debug)]
+pub enum Why {
+    /// `--force-iptables-binary`.
+    Forced,
+    /// Our chains are in the nft tables.
+    OursInNft,
+    /// Our chains are in the legacy tables.
+    OursInLegacy,
+    /// The legacy tables hold other rules.
+    LegacyHoldsRules,
+    /// The nft variant's nat probe passed.
+    NftWorks,
+    /// The nft variant cannot be used here.
+    NftNotUsable(NotUsable),
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Forced => f.write_str("--force-iptables-binary asks for it"),
+            Why::OursInNft => f.write_str("our chains are already in the nft tables"),
+            Why::OursInLegacy => f.write_str("our chains are already in the legacy tables"),
+            Why::LegacyHoldsRules => f.write_str("the legacy tables already hold rules"),
+            Why::NftWorks => f.write_str("nft works: its nat table probe passed"),
+            Why::NftNotUsable(why) => write!(f, "nft is not usable here: {why}"),
+        }
+    }
 }
 
 /// Picks the iptables variant for a family and says why:
@@ -444,21 +567,17 @@ fn choose_from_known(
         family,
         variant: IptablesVariant::Nft,
     };
-    let chosen = |tools, reason: &str, (state, by_tool): (Saved, bool)| Choice {
+    let chosen = |tools, reason: Why, (state, by_tool): (Saved, bool)| Choice {
         chosen: Chosen {
             tools,
-            reason: reason.to_string(),
+            reason,
             state,
         },
         by_tool,
     };
     if let Some(variant) = forced {
         let tools = Tools { family, variant };
-        return Ok(chosen(
-            tools,
-            "--force-iptables-binary asks for it",
-            read(runner, tools)?,
-        ));
+        return Ok(chosen(tools, Why::Forced, read(runner, tools)?));
     }
     let legacy_saved = read(runner, legacy);
     let nft_saved = read(runner, nft);
@@ -468,7 +587,7 @@ fn choose_from_known(
         if let Err(e) = saved {
             if !unavailable(e) {
                 return Err(IptablesError::Context {
-                    context: format!("cannot read the {family:?} rules"),
+                    doing: Doing::Reading(family),
                     source: Box::new(e.clone()),
                 });
             }
@@ -476,27 +595,15 @@ fn choose_from_known(
     }
     if let Ok(saved) = &nft_saved {
         if holds_ours(&saved.0) {
-            return Ok(chosen(
-                nft,
-                "our chains are already in the nft tables",
-                saved.clone(),
-            ));
+            return Ok(chosen(nft, Why::OursInNft, saved.clone()));
         }
     }
     if let Ok(saved) = &legacy_saved {
         if holds_ours(&saved.0) {
-            return Ok(chosen(
-                legacy,
-                "our chains are already in the legacy tables",
-                saved.clone(),
-            ));
+            return Ok(chosen(legacy, Why::OursInLegacy, saved.clone()));
         }
         if holds_rules(&saved.0) {
-            return Ok(chosen(
-                legacy,
-                "the legacy tables already hold rules",
-                saved.clone(),
-            ));
+            return Ok(chosen(legacy, Why::LegacyHoldsRules, saved.clone()));
         }
     }
     let nft_probe = match &nft_saved {
@@ -504,24 +611,20 @@ fn choose_from_known(
         Ok((_, false)) => std::thread::scope(|scope| {
             let read = scope.spawn(|| save(runner, nft));
             let probe = probe_nat(runner, nft);
-            let read = read.join().unwrap_or_else(|_| {
-                Err(IptablesError::NoVariant(
-                    "reading the nft rules panicked".into(),
-                ))
-            });
+            let read = read.join().unwrap_or(Err(IptablesError::Panicked("nft")));
             probe.map(|probe| (probe, Some(read)))
         }),
         Ok(_) => probe_nat(runner, nft).map(|probe| (probe, None)),
         // Not installed, or the kernel lacks nf_tables (see `unavailable`).
-        Err(e) => Ok((Probe::NotUsable(e.to_string()), None)),
+        Err(e) => Ok((
+            Probe::NotUsable(NotUsable::Unavailable(Box::new(e.clone()))),
+            None,
+        )),
     };
     // A probe that failed for another reason than nft being unusable says nothing about which
     // variant the node uses: no variant is chosen (a transient failure is retried).
     let nft_probe = nft_probe.map_err(|e| IptablesError::Context {
-        context: format!(
-            "the nft variant's nat table probe ({} --noflush) failed for a reason that does not show nft to be unusable here, so no iptables variant was chosen for {family:?}",
-            nft.restore()
-        ),
+        doing: Doing::Probing(nft),
         source: Box::new(e),
     })?;
     match (nft_probe, legacy_saved, nft_saved) {
@@ -529,22 +632,19 @@ fn choose_from_known(
         // OUTPUT base chain, if it was not there) holds nothing of ours, changes no packet and
         // is deleted again if the run fails. The probe's rule is added and deleted in one
         // transaction, so no read ever shows it.
-        ((Probe::Works, Some(read)), _, _) => Ok(chosen(nft, NFT_WORKS, (read?, true))),
-        ((Probe::Works, None), _, Ok(saved)) => Ok(chosen(nft, NFT_WORKS, saved)),
+        ((Probe::Works, Some(read)), _, _) => Ok(chosen(nft, Why::NftWorks, (read?, true))),
+        ((Probe::Works, None), _, Ok(saved)) => Ok(chosen(nft, Why::NftWorks, saved)),
         ((Probe::Works, None), _, Err(e)) => Err(e),
-        ((Probe::NotUsable(why), _), Ok(saved), _) => Ok(chosen(
-            legacy,
-            &format!("nft is not usable here: {why}"),
-            saved,
-        )),
-        ((Probe::NotUsable(why), _), Err(legacy_err), _) => Err(IptablesError::NoVariant(format!(
-            "no usable iptables for {family:?}: nft: {why}; legacy: {legacy_err}"
-        ))),
+        ((Probe::NotUsable(why), _), Ok(saved), _) => {
+            Ok(chosen(legacy, Why::NftNotUsable(why), saved))
+        }
+        ((Probe::NotUsable(why), _), Err(legacy_err), _) => Err(IptablesError::NoVariant {
+            family,
+            nft: why,
+            legacy: Box::new(legacy_err),
+        }),
     }
 }
-
-/// Why nft was chosen by the probe, for the variant's log line.
-const NFT_WORKS: &str = "nft works: its nat table probe passed";
 
 /// What the nft variant's nat probe showed.
 #[derive(Debug)]
@@ -552,7 +652,7 @@ enum Probe {
     /// The nat table can be used.
     Works,
     /// The kernel (or the image) lacks what nft needs; why, from the tool's own words.
-    NotUsable(String),
+    NotUsable(NotUsable),
 }
 
 /// The probe's restore input: a rule that can never match (protocol 255) added to nat OUTPUT
@@ -572,8 +672,8 @@ fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<Probe, IptablesError> 
     let program = tools.restore();
     let out = match run(runner, &program, &["--noflush"], &[], Some(PROBE_INPUT)) {
         Ok(out) => out,
-        Err(e @ IptablesError::Spawn { .. }) if unavailable(&e) => {
-            return Ok(Probe::NotUsable(e.to_string()))
+        Err(e) if unavailable(&e) => {
+            return Ok(Probe::NotUsable(NotUsable::Unavailable(Box::new(e))))
         }
         Err(e) => return Err(e),
     };
@@ -589,11 +689,12 @@ fn probe_nat(runner: &dyn Runner, tools: Tools) -> Result<Probe, IptablesError> 
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .collect();
-        return Ok(Probe::NotUsable(format!(
-            "{why}; {program} {}: {}",
-            out.ended(),
-            words.join(" ")
-        )));
+        return Ok(Probe::NotUsable(NotUsable::Answered {
+            why,
+            program,
+            ended: out.ended(),
+            words: words.join(" "),
+        }));
     }
     checked(&program, out).map(|_| Probe::Works)
 }
@@ -703,16 +804,19 @@ mod tests {
             args: &[&str],
             env: &[(&str, &str)],
             _: Option<&str>,
-        ) -> std::io::Result<Output> {
+        ) -> Result<Output, RunError> {
             let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
             self.calls.lock().unwrap().push(
                 format!("{}{program} {}", env.concat(), args.join(" "))
                     .trim()
                     .to_string(),
             );
-            self.answers.get(program).cloned().ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, program.to_string())
-            })
+            self.answers
+                .get(program)
+                .cloned()
+                .ok_or_else(|| RunError::NotInstalled {
+                    program: program.to_string(),
+                })
         }
     }
 
@@ -824,32 +928,37 @@ mod tests {
             let fake = probing(Some(code), None, stderr);
             let chosen = choose_variant(&fake, Family::V4, None).unwrap();
             assert_eq!(chosen.tools.variant, IptablesVariant::Legacy, "{stderr}");
+            assert!(matches!(
+                chosen.reason,
+                Why::NftNotUsable(NotUsable::Answered { .. })
+            ));
+            let reason = chosen.reason.to_string();
             assert!(
-                chosen
-                    .reason
-                    .starts_with("nft is not usable here: the kernel has no ")
-                    || chosen
-                        .reason
-                        .starts_with("nft is not usable here: a table or chain"),
-                "{}",
-                chosen.reason
+                reason.starts_with("nft is not usable here: the kernel has no ")
+                    || reason.starts_with("nft is not usable here: a table or chain"),
+                "{reason}"
             );
             assert!(
-                chosen.reason.contains(&format!(
+                reason.contains(&format!(
                     "; iptables-nft-restore exited with code {code}: iptables-nft-restore"
                 )),
-                "{}",
-                chosen.reason
+                "{reason}"
             );
         }
         let fake = probing(Some(4), None, NOT_USABLE[2].1);
         assert_eq!(
-            choose_variant(&fake, Family::V4, None).unwrap().reason,
+            choose_variant(&fake, Family::V4, None)
+                .unwrap()
+                .reason
+                .to_string(),
             "nft is not usable here: the kernel has no nf_tables; iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument"
         );
         let fake = probing(Some(4), None, NOT_USABLE[3].1);
         assert_eq!(
-            choose_variant(&fake, Family::V4, None).unwrap().reason,
+            choose_variant(&fake, Family::V4, None)
+                .unwrap()
+                .reason
+                .to_string(),
             "nft is not usable here: the kernel has no nf_tables nat support (nft_chain_nat); iptables-nft-restore exited with code 4: iptables-nft-restore v1.8.9 (nf_tables): line 2: CHAIN_ADD failed (No such file or directory): chain OUTPUT line 2: RULE_APPEND failed (No such file or directory): rule in chain OUTPUT line 3: RULE_DELETE failed (No such file or directory): rule in chain OUTPUT"
         );
     }
@@ -859,7 +968,16 @@ mod tests {
         // EBUSY (measured text): transient, so --retries retries it; never legacy.
         let busy = "iptables-nft-restore v1.8.9 (nf_tables): Could not fetch rule set generation id: Device or resource busy\n";
         let err = choose_variant(&probing(Some(4), None, busy), Family::V4, None).unwrap_err();
-        assert!(err.transient().unwrap().contains("EBUSY"), "{err}");
+        assert!(
+            matches!(
+                err.transient(),
+                Some(Transient::ToolErrno {
+                    errno: nix::errno::Errno::EBUSY,
+                    ..
+                })
+            ),
+            "{err}"
+        );
         let text = err.to_string();
         assert!(
             text.starts_with("the nft variant's nat table probe (iptables-nft-restore --noflush) failed for a reason that does not show nft to be unusable here, so no iptables variant was chosen for V4: iptables-nft-restore exited with code 4: ")
@@ -933,7 +1051,11 @@ mod tests {
         );
         let chosen = choose_variant(&fake, Family::V6, Some(IptablesVariant::Legacy)).unwrap();
         assert_eq!(chosen.tools.restore(), "ip6tables-legacy-restore");
-        assert_eq!(chosen.reason, "--force-iptables-binary asks for it");
+        assert!(matches!(chosen.reason, Why::Forced));
+        assert_eq!(
+            chosen.reason.to_string(),
+            "--force-iptables-binary asks for it"
+        );
     }
 
     #[test]
@@ -948,15 +1070,18 @@ mod tests {
 
     #[test]
     fn kernel_hints_name_the_missing_piece() {
+        let hint = |stderr| {
+            kernel_hint(stderr)
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
         assert!(
-            kernel_hint("Couldn't load target `TPROXY':No such file or directory")
-                .contains("xt_TPROXY")
+            hint("Couldn't load target `TPROXY':No such file or directory").contains("xt_TPROXY")
         );
         assert!(
-            kernel_hint("iptables-restore v1.8.9: unable to initialize table 'nat'")
-                .contains("nat table")
+            hint("iptables-restore v1.8.9: unable to initialize table 'nat'").contains("nat table")
         );
-        assert_eq!(kernel_hint("Bad argument `x'"), "");
+        assert_eq!(kernel_hint("Bad argument `x'"), None);
     }
 
     #[test]

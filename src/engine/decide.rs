@@ -18,16 +18,18 @@ use crate::render::iptables_save::{
 };
 use crate::render::iptables_text::restore_text;
 use crate::render::shadowing::shadowing;
+use crate::sys::transient::Transient;
 
-use super::error::{family_name, ApplyError};
+use super::error::{family_name, inet_tables, ApplyError, Change, Drift, Precondition, ToolUse};
 use super::mode::{Install, Mode};
-use super::observe::{Ipv6Lo, Observed, LO_DISABLE_IPV6};
+use super::observe::{Ipv6Lo, Observed};
+use crate::render::iptables_save::ExpectedError;
 
 /// The expected tables of one family: the reference for comparing, replacing and removing.
 pub type Expected = BTreeMap<Table, ExpectedTable>;
 
 /// The expected tables of everything of ours per family (both interception modes, IPv6 on).
-pub type Full = Result<[Expected; 2], String>;
+pub type Full = Result<[Expected; 2], ExpectedError>;
 
 /// What the decision is made from.
 pub struct Input<'a> {
@@ -40,7 +42,7 @@ pub struct Input<'a> {
     /// The gid of a group name in an owner match (for the expected tables of a place).
     pub resolve: &'a dyn Fn(&str) -> Option<u32>,
     /// The plan's expected tables per family (`None` for a family it lacks).
-    pub expected: &'a [Option<Result<Expected, String>>; 2],
+    pub expected: &'a [Option<Result<Expected, ExpectedError>>; 2],
     /// Everything of ours as expected tables, computed when a removal needs it.
     pub full: &'a dyn Fn() -> Full,
 }
@@ -111,8 +113,8 @@ pub enum Step {
         writes: Vec<Write>,
         /// Families already in place.
         untouched: Vec<Untouched>,
-        /// The change lines the writes make.
-        changes: Vec<String>,
+        /// The changes the writes make.
+        changes: Vec<Change>,
     },
     /// Install (or, with `replace`, replace) our native tables in one atomic batch.
     WriteNative {
@@ -152,7 +154,7 @@ pub struct Decision {
     /// Lines for the log.
     pub notes: Vec<Note>,
     /// The tools per family (`IPv4 iptables-nft`), for the summary.
-    pub tools: Vec<String>,
+    pub tools: Vec<ToolUse>,
     /// The steps, in order.
     pub steps: Vec<Step>,
     /// `--check`: the differences from the plan (empty when in place).
@@ -299,7 +301,7 @@ fn install_iptables(input: &Input, install: Install) -> Result<Decision, ApplyEr
         let family = view.family;
         let name = family_name(family);
         let (tools, before) = (view.chosen.tools, view.chosen.state.clone());
-        out.tools.push(format!("{name} {}", tools.main()));
+        out.tools.push(ToolUse::Iptables(tools));
         out.notes.push(Note::Info(format!(
             "{name}: using {}, because {}",
             tools.restore(),
@@ -308,7 +310,11 @@ fn install_iptables(input: &Input, install: Install) -> Result<Decision, ApplyEr
         let rules = &plan.rules(family);
         let expected = planned(input, family)?;
         if let Some(e) = old_tool(seen, tools) {
-            return Err(ApplyError::Precondition(format!("{name}: {e}")));
+            return Err(ApplyError::Precondition(Precondition::OldTool {
+                tools,
+                error: e.clone(),
+                cleanup: false,
+            }));
         }
         let missing = missing_tables(&before, &expected);
         // A probe rule left by a run killed during variant detection goes in the same write.
@@ -318,7 +324,7 @@ fn install_iptables(input: &Input, install: Install) -> Result<Decision, ApplyEr
                 "{name}: removing {} leftover variant-detection probe rule(s) -A OUTPUT {PROBE_SPEC} (nat)",
                 leftover_probes(&before)
             )));
-            changes.push(format!("{name}: removed a leftover probe rule"));
+            changes.push(Change::RemovedProbe(family));
         }
         let (text, fresh) = match compare(&before, &expected) {
             State::InPlace if !install.force && probes.is_empty() => {
@@ -357,20 +363,12 @@ fn install_iptables(input: &Input, install: Install) -> Result<Decision, ApplyEr
                 (replace_text(&before, rules, &expected), false)
             }
             State::Drifted(diffs) => {
-                drift.push(format!("{name}:\n{}", diffs.join("\n")));
+                drift.push((family, diffs));
                 continue;
             }
         };
         if !text.is_empty() {
-            changes.push(format!(
-                "{name}: {} {}",
-                if fresh {
-                    "installed rules with"
-                } else {
-                    "replaced rules with"
-                },
-                tools.restore()
-            ));
+            changes.push(Change::Wrote { tools, fresh });
         }
         writes.push(Write {
             tools,
@@ -381,10 +379,7 @@ fn install_iptables(input: &Input, install: Install) -> Result<Decision, ApplyEr
         });
     }
     if !drift.is_empty() {
-        return Err(ApplyError::Drift(format!(
-            "rules of ours are already installed but differ from this configuration; nothing was changed. Re-run with --reconcile to replace them atomically.\n{}",
-            drift.join("\n")
-        )));
+        return Err(ApplyError::Drift(Drift::Iptables { families: drift }));
     }
     out.notes.extend(warn_unreadable(inventory)?);
     let removals = if moving {
@@ -425,7 +420,7 @@ fn install_native(input: &Input, install: Install) -> Result<Decision, ApplyErro
     let inventory = &input.observed.inventory;
     let plan = input.plan;
     let mut out = Decision {
-        tools: vec!["nf_tables netlink".to_string()],
+        tools: vec![ToolUse::Netlink],
         ..Decision::default()
     };
     out.notes.extend(warn_unreadable(inventory)?);
@@ -447,10 +442,7 @@ fn install_native(input: &Input, install: Install) -> Result<Decision, ApplyErro
             ));
             write = false;
         } else if !differences.is_empty() && !install.replaces() {
-            return Err(ApplyError::Drift(format!(
-                "our nftables tables are already installed but differ from this configuration; nothing was changed. Re-run with --reconcile to replace them atomically.\n{}",
-                differences.join("\n")
-            )));
+            return Err(ApplyError::Drift(Drift::Native { differences }));
         } else if !differences.is_empty() {
             out.notes.push(Note::Info(format!(
                 "native nftables: replacing our tables, which differ from the plan:\n{}",
@@ -512,7 +504,11 @@ fn check_iptables(input: &Input) -> Result<Decision, ApplyError> {
                 continue;
             };
             if let Some(e) = old_tool(seen, tools) {
-                return Err(ApplyError::Precondition(format!("{name}: {e}")));
+                return Err(ApplyError::Precondition(Precondition::OldTool {
+                    tools,
+                    error: e.clone(),
+                    cleanup: false,
+                }));
             }
             // Harmless (protocol 255 never matches), so not a difference; but ours to remove.
             let probes = leftover_probes(&live);
@@ -622,16 +618,17 @@ fn check_routing(input: &Input) -> Result<Vec<String>, ApplyError> {
         .observed
         .routing_present
         .as_ref()
-        .map_err(|e| ApplyError::Precondition(e.clone()))?;
+        .map_err(|e| ApplyError::Precondition(Precondition::Netlink(e.clone())))?;
     let mut differences = Vec::new();
     for object in routing::objects(input.plan) {
         match present.iter().find(|(o, _)| *o == object) {
             Some((_, Ok(true))) => {}
             Some((_, Ok(false))) | None => differences.push(format!("missing: {object}")),
             Some((_, Err(e))) => {
-                return Err(ApplyError::Precondition(format!(
-                    "cannot check {object}: {e}"
-                )))
+                return Err(ApplyError::Precondition(Precondition::Routing {
+                    object,
+                    error: e.clone(),
+                }))
             }
         }
     }
@@ -649,7 +646,8 @@ fn check_routing(input: &Input) -> Result<Vec<String>, ApplyError> {
 fn cleanup(input: &Input, carry_out: bool) -> Result<Decision, ApplyError> {
     let seen = input.observed;
     let inventory = &seen.inventory;
-    let expected = (input.full)().map_err(ApplyError::Precondition)?;
+    let expected =
+        (input.full)().map_err(|e| ApplyError::Precondition(Precondition::Expected(e)))?;
     require_readable(inventory)?;
     let mut out = Decision::default();
     let mut removed = Vec::new();
@@ -672,17 +670,15 @@ fn cleanup(input: &Input, carry_out: bool) -> Result<Decision, ApplyError> {
         // deleting by that text would fail or hit the wrong rule.
         for r in &removed {
             if let Some(e) = old_tool(seen, r.tools) {
-                return Err(ApplyError::Precondition(format!(
-                    "{}: {e}; nothing was changed",
-                    r.name
-                )));
+                return Err(ApplyError::Precondition(Precondition::OldTool {
+                    tools: r.tools,
+                    error: e.clone(),
+                    cleanup: true,
+                }));
             }
         }
     }
-    out.tools = removed
-        .iter()
-        .map(|r| format!("{} {}", family_name(r.tools.family), r.tools.main()))
-        .collect();
+    out.tools = removed.iter().map(|r| ToolUse::Iptables(r.tools)).collect();
     let ours = match &inventory.routing {
         Reading::Read(objects) => objects.clone(),
         _ => Vec::new(),
@@ -690,7 +686,7 @@ fn cleanup(input: &Input, carry_out: bool) -> Result<Decision, ApplyError> {
     let foreign = match &seen.routing_present {
         Ok(present) => present
             .iter()
-            .filter(|(o, p)| *p == Ok(true) && !ours.contains(o))
+            .filter(|(o, p)| matches!(p, Ok(true)) && !ours.contains(o))
             .map(|(o, _)| *o)
             .collect(),
         Err(_) => Vec::new(),
@@ -709,17 +705,17 @@ fn cleanup(input: &Input, carry_out: bool) -> Result<Decision, ApplyError> {
 fn planned(input: &Input, family: Family) -> Result<Expected, ApplyError> {
     match &input.expected[family_index(family)] {
         Some(Ok(e)) => Ok(e.clone()),
-        Some(Err(e)) => Err(ApplyError::Precondition(e.clone())),
+        Some(Err(e)) => Err(ApplyError::Precondition(Precondition::Expected(e.clone()))),
         None => {
             let resolve = input.resolve;
             crate::render::iptables_save::expected_tables(&input.plan.rules(family), &resolve)
-                .map_err(ApplyError::Precondition)
+                .map_err(|e| ApplyError::Precondition(Precondition::Expected(e)))
         }
     }
 }
 
 /// The old iptables-nft's error for this place, if its tool was found too old.
-fn old_tool(seen: &Observed, tools: Tools) -> Option<&String> {
+fn old_tool(seen: &Observed, tools: Tools) -> Option<&xtables::IptablesError> {
     seen.old_tools
         .iter()
         .find(|(t, _)| *t == tools)
@@ -731,7 +727,7 @@ fn removals(
     places: &[&IptablesPlace],
     full: &dyn Fn() -> Full,
 ) -> Result<Vec<Removal>, ApplyError> {
-    let expected = full().map_err(ApplyError::Precondition)?;
+    let expected = full().map_err(|e| ApplyError::Precondition(Precondition::Expected(e)))?;
     Ok(places
         .iter()
         .filter_map(|p| removal(p, &expected[family_index(p.tools.family)]))
@@ -814,18 +810,16 @@ fn require_ipv6_usable(plan: &Plan, lo: &Ipv6Lo) -> Result<(), ApplyError> {
     if !plan.ipv6 {
         return Ok(());
     }
-    let path = LO_DISABLE_IPV6;
-    let advice = "IPv6 rules were asked for (--ipv6=true, or --dual-stack with an IPv6 address found) and need the ::6/128 address on lo, which the kernel then refuses (EACCES, \"Permission denied\"); run with --ipv6=false or enable IPv6 in the pod; nothing was changed";
     match lo {
         Ipv6Lo::NotAsked => Ok(()),
         Ipv6Lo::Value(value) if value == "0" => Ok(()),
-        Ipv6Lo::Value(value) => Err(ApplyError::Precondition(format!(
-            "IPv6 is disabled in this network namespace ({path} = {value}, e.g. from net.ipv6.conf.all.disable_ipv6=1): {advice}"
+        Ipv6Lo::Value(value) => Err(ApplyError::Precondition(Precondition::Ipv6Disabled {
+            value: value.clone(),
+        })),
+        Ipv6Lo::Missing => Err(ApplyError::Precondition(Precondition::Ipv6Missing)),
+        Ipv6Lo::Unreadable(e) => Err(ApplyError::Precondition(Precondition::Ipv6Unreadable(
+            e.clone(),
         ))),
-        Ipv6Lo::Missing => Err(ApplyError::Precondition(format!(
-            "IPv6 is disabled in this network namespace or kernel ({path} does not exist): {advice}"
-        ))),
-        Ipv6Lo::Unreadable(e) => Err(ApplyError::Precondition(format!("cannot read {path}: {e}"))),
     }
 }
 
@@ -861,25 +855,12 @@ fn elsewhere_for_iptables<'a>(
         .collect()
 }
 
-/// Our native tables as nft names them: `inet istio-proxy-nat, inet istio-proxy-mangle`.
-fn inet_tables(tables: &[String]) -> String {
-    let named: Vec<String> = tables.iter().map(|t| format!("inet {t}")).collect();
-    named.join(", ")
-}
-
 /// The refusal for rules of ours in another backend, variant or family than this run's.
 fn elsewhere_error(places: &[&IptablesPlace], native: &[String]) -> ApplyError {
-    let mut lines: Vec<String> = places
-        .iter()
-        .map(|p| format!("{}: {}", p.name(), p.counts()))
-        .collect();
-    if !native.is_empty() {
-        lines.push(format!("native nftables: table(s) {}", inet_tables(native)));
-    }
-    ApplyError::Drift(format!(
-        "rules of ours are already installed in another place than this run would use; nothing was changed. Re-run with --reconcile to install them here first and then remove the others (capture never stops), or remove them with --cleanup-only.\n{}",
-        lines.join("\n")
-    ))
+    ApplyError::Drift(Drift::Elsewhere {
+        places: places.iter().map(|p| (p.tools, p.counts())).collect(),
+        native: native.to_vec(),
+    })
 }
 
 /// Refuses to decide when a place that may hold rules of ours cannot be read: deciding
@@ -889,15 +870,11 @@ pub fn require_readable(inventory: &Inventory) -> Result<(), ApplyError> {
     if unreadable.is_empty() {
         return Ok(());
     }
-    let message = format!(
-        "cannot see everything of ours in this network namespace; nothing was changed:\n{}",
-        unreadable.join("\n")
-    );
     // Every read that failed may pass (a lock, EBUSY, …): another attempt reads them all again.
-    match inventory.transient() {
-        Some(reason) => Err(ApplyError::Transient { message, reason }),
-        None => Err(ApplyError::Precondition(message)),
-    }
+    Err(ApplyError::precondition(
+        Precondition::Unreadable { places: unreadable },
+        inventory.transient(),
+    ))
 }
 
 /// An install goes ahead when a place it does not write to cannot be read (e.g. the legacy
@@ -907,13 +884,12 @@ pub fn require_readable(inventory: &Inventory) -> Result<(), ApplyError> {
 fn warn_unreadable(inventory: &Inventory) -> Result<Vec<Note>, ApplyError> {
     let transient = inventory.transient_reads();
     if !transient.is_empty() {
-        return Err(ApplyError::Transient {
-            message: format!(
-                "cannot see everything of ours in this network namespace; nothing was changed:\n{}",
-                inventory.unreadable().join("\n")
-            ),
-            reason: transient.join("; "),
-        });
+        return Err(ApplyError::precondition(
+            Precondition::Unreadable {
+                places: inventory.unreadable(),
+            },
+            Some(Transient::all(transient)),
+        ));
     }
     Ok(inventory
         .unreadable()
@@ -926,26 +902,21 @@ fn warn_unreadable(inventory: &Inventory) -> Result<Vec<Note>, ApplyError> {
 
 /// An nf_tables failure before anything was written: transient when the kernel's errno is.
 pub fn nft_precondition(e: nf_tables::NftError) -> ApplyError {
-    match e.transient() {
-        Some(reason) => ApplyError::Transient {
-            message: e.to_string(),
-            reason,
-        },
-        None => ApplyError::Precondition(e.to_string()),
-    }
+    let reason = e.transient();
+    ApplyError::precondition(Precondition::Nft(e), reason)
 }
 
-/// An iptables failure before anything was written, with `end` after its text: transient
-/// when the tool's failure is, so `--retries` retries it.
-pub fn iptables_error(e: xtables::IptablesError, end: &str) -> ApplyError {
-    let message = format!("{e}{end}");
-    match e.transient() {
-        Some(reason) => ApplyError::Transient {
-            message,
-            reason: reason.to_string(),
+/// An iptables failure before anything was written (`nothing_changed`: the message says
+/// so): transient when the tool's failure is, so `--retries` retries it.
+pub fn iptables_error(e: xtables::IptablesError, nothing_changed: bool) -> ApplyError {
+    let reason = e.transient();
+    ApplyError::precondition(
+        Precondition::Iptables {
+            error: e,
+            nothing_changed,
         },
-        None => ApplyError::Precondition(message),
-    }
+        reason,
+    )
 }
 
 /// The index of a family in per-family arrays.

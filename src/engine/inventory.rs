@@ -18,11 +18,12 @@ use crate::driver::nf_tables::NfTables;
 use crate::driver::routing::{self, Object};
 use crate::driver::rtnetlink::Netlink;
 use crate::driver::xtables::{self, Tools};
-use crate::engine::error::family_name;
+use crate::engine::error::place_name;
 use crate::plan::Family;
 use crate::render::iptables_save::{jumps_to_ours, leftover_probes, Saved, OUR_CHAIN_PREFIX};
 use crate::render::nft_netlink::XtFamily;
 use crate::sys::process::Runner;
+use crate::sys::transient::Transient;
 
 /// What reading one place gave.
 #[derive(Clone, Debug)]
@@ -38,13 +39,13 @@ pub enum Reading<T> {
         /// Why the failure may pass (a save tool's lock message, the kernel's `EBUSY`,
         /// `EAGAIN` or `EINTR`: see [`crate::sys::transient`]); `None` when another read would fail
         /// the same way. Carried up so that apply and cleanup retry it under `--retries`.
-        transient: Option<String>,
+        transient: Option<Transient>,
     },
 }
 
 impl<T> Reading<T> {
     /// Why it could not be read, and its transient marker, when it could not.
-    fn unread(&self) -> Option<(&String, &Option<String>)> {
+    fn unread(&self) -> Option<(&String, &Option<Transient>)> {
         match self {
             Reading::Unreadable { why, transient } => Some((why, transient)),
             _ => None,
@@ -127,7 +128,7 @@ pub fn counts(saved: &Saved) -> Counts {
 impl IptablesPlace {
     /// `IPv4 iptables-nft`, as messages name the place.
     pub fn name(&self) -> String {
-        format!("{} {}", family_name(self.tools.family), self.tools.main())
+        place_name(self.tools)
     }
 
     /// The dump, when the place was read.
@@ -277,24 +278,24 @@ impl Inventory {
     /// Why the places that could not be read may be readable on another attempt, when every
     /// one of them may (one reason per place, joined); `None` when all were read, or when
     /// one failed for a reason that another attempt would not change.
-    pub fn transient(&self) -> Option<String> {
+    pub fn transient(&self) -> Option<Transient> {
         let unread = self.unread();
         if unread.is_empty() {
             return None;
         }
-        let reasons: Option<Vec<&str>> = unread.iter().map(|(_, t)| t.as_deref()).collect();
-        reasons.map(|r| r.join("; "))
+        let reasons: Option<Vec<Transient>> = unread.into_iter().map(|(_, t)| t).collect();
+        reasons.map(Transient::all)
     }
 
     /// Why the places that failed to read for a transient reason may be readable on another
     /// attempt, one reason each (empty when none did).
-    pub fn transient_reads(&self) -> Vec<String> {
+    pub fn transient_reads(&self) -> Vec<Transient> {
         self.unread().into_iter().filter_map(|(_, t)| t).collect()
     }
 
     /// Each place that could not be read: its line, and its transient marker.
-    fn unread(&self) -> Vec<(String, Option<String>)> {
-        let line = |name: String, reading: Option<(&String, &Option<String>)>| {
+    fn unread(&self) -> Vec<(String, Option<Transient>)> {
+        let line = |name: String, reading: Option<(&String, &Option<Transient>)>| {
             reading.map(|(why, transient)| (format!("{name}: {why}"), transient.clone()))
         };
         let mut out: Vec<_> = self
@@ -376,7 +377,7 @@ fn read_with_tool(runner: &dyn Runner, tools: Tools) -> Reading<Saved> {
             "the kernel lacks what {save} needs, so it cannot hold rules"
         )),
         Err(e) => Reading::Unreadable {
-            transient: e.transient().map(str::to_string),
+            transient: e.transient(),
             why: format!("cannot read it with {save}: {e}"),
         },
     }
@@ -463,7 +464,7 @@ fn read_routing() -> Reading<Vec<Object>> {
     match Netlink::open().and_then(|mut nl| routing::ours(&mut nl)) {
         Ok(objects) => Reading::Read(objects),
         Err(e) => Reading::Unreadable {
-            transient: e.errno().and_then(crate::sys::transient::transient_errno),
+            transient: e.transient(),
             why: format!("cannot list meshinit's routing objects: {e}"),
         },
     }
@@ -485,7 +486,7 @@ mod tests {
             _: &[&str],
             _: &[(&str, &str)],
             _: Option<&str>,
-        ) -> std::io::Result<Output> {
+        ) -> Result<Output, crate::sys::process::RunError> {
             Ok(Output {
                 code: Some(self.0),
                 signal: None,
@@ -534,14 +535,18 @@ mod tests {
         );
         assert!(
             transient
-                .as_deref()
+                .as_ref()
                 .unwrap()
+                .to_string()
                 .contains("another program held the xtables lock"),
             "{transient:?}"
         );
         let inv = inventory(reading);
         assert_eq!(inv.unreadable().len(), 1);
-        assert!(inv.transient().unwrap().contains("xtables lock"));
+        assert!(matches!(
+            inv.transient(),
+            Some(Transient::XtablesLock { .. })
+        ));
         assert_eq!(inv.transient_reads().len(), 1);
         // The kernel's EBUSY to a listing over netlink (routing objects, nf_tables).
         let mut inv = inventory(Reading::Read(Saved::default()));
@@ -549,7 +554,10 @@ mod tests {
             why: "cannot list meshinit's routing objects: …".into(),
             transient: crate::sys::transient::transient_errno(nix::errno::Errno::EBUSY),
         };
-        assert!(inv.transient().unwrap().contains("EBUSY"));
+        assert_eq!(
+            inv.transient(),
+            Some(Transient::Errno(nix::errno::Errno::EBUSY))
+        );
         // A failure another attempt would not change is not transient, and one such place
         // makes the inventory's failure permanent: retrying cannot make it readable.
         let denied = Answers(1, "iptables-legacy-save: Permission denied\n");

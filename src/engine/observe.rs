@@ -17,12 +17,14 @@ use crate::render::nft_ruleset::Ruleset;
 use crate::sys::process::Runner;
 
 use super::decide::{self, nft_precondition, Expected, Input};
-use super::error::{family_name, ApplyError};
+use super::error::ApplyError;
 use super::mode::Mode;
+use crate::driver::rtnetlink::NetlinkError;
+use crate::render::iptables_save::ExpectedError;
 
 /// Routing objects and whether each is present (or why that could not be read); `Err` when
 /// rtnetlink could not be opened.
-pub type RoutingPresent = Result<Vec<(Object, Result<bool, String>)>, String>;
+pub type RoutingPresent = Result<Vec<(Object, Result<bool, NetlinkError>)>, NetlinkError>;
 
 /// What `/proc/sys/net/ipv6/conf/lo/disable_ipv6` says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,8 +63,8 @@ pub struct Observed {
     /// Empty when the decision refuses before choosing (nothing is probed then).
     pub families: Vec<Result<FamilyView, ApplyError>>,
     /// An iptables-nft older than 1.8.8 that shows the rules of ours it was asked about
-    /// without some of their matches: per place, the tool's error text.
-    pub old_tools: Vec<(Tools, String)>,
+    /// without some of their matches: per place, the tool's error.
+    pub old_tools: Vec<(Tools, xtables::IptablesError)>,
     /// For `--check`, the places the inventory could not show as read, read again with their
     /// tool: `None` when the variant does not exist here.
     pub reread: Vec<(Tools, Result<Option<Saved>, ApplyError>)>,
@@ -95,7 +97,7 @@ pub struct Ask<'a> {
     /// The plan.
     pub plan: &'a Plan,
     /// The plan's expected tables per family (`None` for a family it lacks).
-    pub expected: &'a [Option<Result<Expected, String>>; 2],
+    pub expected: &'a [Option<Result<Expected, ExpectedError>>; 2],
     /// The native ruleset, when the backend is nftables.
     pub ruleset: Option<&'a Ruleset>,
     /// The gid of a group name (for comparing native tables).
@@ -136,7 +138,7 @@ pub fn observe(
                 forced: ask.forced,
                 resolve: &|_| None,
                 expected: ask.expected,
-                full: &|| Err(String::new()),
+                full: &|| Ok(Default::default()),
             };
             if decide::preflight_iptables(&input, install).is_ok() {
                 choose_variants(ask, runner, &mut seen);
@@ -185,7 +187,7 @@ fn choose_variants(ask: &Ask, runner: &(dyn Runner + Sync), seen: &mut Observed)
     for family in ask.plan.families() {
         let known = |tools| seen.inventory.place(tools).known();
         let chosen = xtables::choose_variant_known(runner, family, ask.forced, &known)
-            .map_err(|e| decide::iptables_error(e, "; nothing was changed"));
+            .map_err(|e| decide::iptables_error(e, true));
         match chosen {
             Ok(chosen) => {
                 if let Some(Ok(want)) = &ask.expected[decide::family_index(family)] {
@@ -209,10 +211,10 @@ fn note_old_tool(
     tools: Tools,
     live: &Saved,
     want: &Expected,
-    old: &mut Vec<(Tools, String)>,
+    old: &mut Vec<(Tools, xtables::IptablesError)>,
 ) {
     if let Err(e) = xtables::require_readable(runner, tools, live, want) {
-        old.push((tools, e.to_string()));
+        old.push((tools, e));
     }
 }
 
@@ -225,20 +227,18 @@ fn reread_for_check(ask: &Ask, runner: &(dyn Runner + Sync), seen: &mut Observed
         None => vec![IptablesVariant::Nft, IptablesVariant::Legacy],
     };
     for family in ask.plan.families() {
-        let name = family_name(family);
         for &variant in &variants {
             let tools = Tools { family, variant };
             let live = match seen.inventory.place(tools).saved() {
                 Some(saved) => Some(saved.clone()),
                 None => {
                     let read = xtables::save_if_present(runner, tools).map_err(|e| {
-                        let context = format!("cannot read the {name} rules with {}", tools.save());
                         decide::iptables_error(
                             xtables::IptablesError::Context {
-                                context,
+                                doing: xtables::Doing::ReadingWith(tools),
                                 source: Box::new(e),
                             },
-                            "",
+                            false,
                         )
                     });
                     let live = read.as_ref().ok().cloned().flatten();
@@ -274,9 +274,9 @@ fn native_differences(
 
 /// Whether each of these routing objects is present (with our mark or without).
 fn routing_present(objects: &[Object]) -> RoutingPresent {
-    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
+    let mut nl = Netlink::open()?;
     Ok(objects
         .iter()
-        .map(|&o| (o, routing::present(&mut nl, o).map_err(|e| e.to_string())))
+        .map(|&o| (o, routing::present(&mut nl, o)))
         .collect())
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::net::IpAddr;
 
 use super::decide::{decide, preview, Expected, Input, Note, Step};
-use super::error::ApplyError;
+use super::error::{ApplyError, Drift};
 use super::mode::{Install, Mode};
 use super::observe::{FamilyView, Ipv6Lo, Observed};
 use crate::cli::{parse, Command, Env};
@@ -121,7 +121,7 @@ fn observed(inventory: Inventory, chosen: Tools) -> Observed {
         family: Family::V4,
         chosen: Chosen {
             tools: chosen,
-            reason: "recorded".to_string(),
+            reason: crate::driver::xtables::Why::Forced,
             state,
         },
     }));
@@ -174,11 +174,18 @@ fn install(reconcile: bool) -> Mode {
     }
 }
 
+/// The values as their messages say them.
+fn names<T: ToString>(values: &[T]) -> Vec<String> {
+    values.iter().map(ToString::to_string).collect()
+}
+
 fn changes(steps: &[Step]) -> Vec<String> {
     steps
         .iter()
         .flat_map(|s| match s {
-            Step::WriteIptables { changes, .. } => changes.clone(),
+            Step::WriteIptables { changes, .. } => {
+                changes.iter().map(ToString::to_string).collect()
+            }
             _ => Vec::new(),
         })
         .collect()
@@ -189,7 +196,7 @@ fn a_fresh_install_adds_routing_then_writes_the_plan_into_the_chosen_place() {
     let plan = plan::plan(&sidecar().capture);
     let seen = observed(inventory(&[], vec![]), LEGACY4);
     let d = decided(&plan, &seen, install(false), false, None).unwrap();
-    assert_eq!(d.tools, vec!["IPv4 iptables-legacy"]);
+    assert_eq!(names(&d.tools), vec!["IPv4 iptables-legacy"]);
     let [Step::AddRouting(objects), Step::WriteIptables {
         writes,
         untouched,
@@ -205,8 +212,8 @@ fn a_fresh_install_adds_routing_then_writes_the_plan_into_the_chosen_place() {
     assert_eq!(writes[0].tools, LEGACY4);
     assert_eq!(writes[0].text, restore_text(&plan.rules(Family::V4)));
     assert_eq!(
-        changes,
-        &["IPv4: installed rules with iptables-legacy-restore"]
+        names(changes),
+        ["IPv4: installed rules with iptables-legacy-restore"]
     );
     // The dry-run form of the write is the restore input itself.
     assert!(d.steps[1]
@@ -251,9 +258,10 @@ fn drift_is_refused_without_reconcile_and_replaced_with_it() {
     let plan = plan::plan(&sidecar().capture);
     let seen = observed(inventory(&[(LEGACY4, earlier())], vec![]), LEGACY4);
     let refused = decided(&plan, &seen, install(false), false, None).unwrap_err();
-    let ApplyError::Drift(message) = refused else {
+    let ApplyError::Drift(drift @ Drift::Iptables { .. }) = refused else {
         panic!("{refused:?}")
     };
+    let message = drift.to_string();
     assert!(message.contains("Re-run with --reconcile"), "{message}");
     assert!(message.contains("IPv4:"), "{message}");
     let d = decided(&plan, &seen, install(true), false, None).unwrap();
@@ -279,7 +287,7 @@ fn rules_in_the_other_variant_are_refused_before_probing_and_moved_with_reconcil
     let refused = Observed::of(inventory(&places, vec![]));
     let e = decided(&plan, &refused, install(false), false, forced).unwrap_err();
     assert!(
-        matches!(&e, ApplyError::Drift(m) if m.contains("another place") && m.contains("IPv4 iptables-nft: ")),
+        matches!(&e, ApplyError::Drift(m) if m.to_string().contains("another place") && m.to_string().contains("IPv4 iptables-nft: ")),
         "{e:?}"
     );
     let seen = observed(inventory(&places, vec![]), LEGACY4);
@@ -318,7 +326,7 @@ fn native_tables_are_moved_to_iptables_and_iptables_rules_to_native() {
         None,
     );
     assert!(
-        matches!(&refused, Err(ApplyError::Drift(m)) if m.contains("native nftables: table(s) inet istio-proxy-nat")),
+        matches!(&refused, Err(ApplyError::Drift(m)) if m.to_string().contains("native nftables: table(s) inet istio-proxy-nat")),
         "{refused:?}"
     );
     let d = decided(&plan, &observed(inv, LEGACY4), install(true), false, None).unwrap();
@@ -332,7 +340,7 @@ fn native_tables_are_moved_to_iptables_and_iptables_rules_to_native() {
     let refused = decided(&plan, &seen, install(false), true, None).unwrap_err();
     assert!(matches!(refused, ApplyError::Drift(_)), "{refused:?}");
     let d = decided(&plan, &seen, install(true), true, None).unwrap();
-    assert_eq!(d.tools, vec!["nf_tables netlink"]);
+    assert_eq!(names(&d.tools), vec!["nf_tables netlink"]);
     let [Step::AddRouting(_), Step::WriteNative { replace: false }, Step::MoveHere { removals, here, .. }] =
         d.steps.as_slice()
     else {
@@ -364,7 +372,7 @@ fn native_tables_as_planned_are_left_and_differing_ones_need_reconcile() {
     seen.native_differences = Some(Ok(vec!["chain x differs".to_string()]));
     let e = decided(&plan, &seen, install(false), true, None).unwrap_err();
     assert!(
-        matches!(&e, ApplyError::Drift(m) if m.contains("chain x differs")),
+        matches!(&e, ApplyError::Drift(m) if m.to_string().contains("chain x differs")),
         "{e:?}"
     );
     let d = decided(&plan, &seen, install(true), true, None).unwrap();
@@ -437,7 +445,7 @@ fn an_unreadable_place_is_refused_by_cleanup_and_only_warned_by_an_install() {
     )
     .unwrap_err();
     assert!(
-        matches!(&e, ApplyError::Precondition(m) if m.contains("IPv6 ip6tables-legacy: no permission")),
+        matches!(&e, ApplyError::Precondition(m) if m.to_string().contains("IPv6 ip6tables-legacy: no permission")),
         "{e:?}"
     );
     let d = decided(&plan, &observed(inv, LEGACY4), install(false), false, None).unwrap();
@@ -454,7 +462,7 @@ fn ipv6_refused_by_the_kernel_stops_an_install_before_anything() {
     seen.ipv6 = Ipv6Lo::Value("1".to_string());
     let e = decided(&plan, &seen, install(false), false, None).unwrap_err();
     assert!(
-        matches!(&e, ApplyError::Precondition(m) if m.contains("IPv6 is disabled")),
+        matches!(&e, ApplyError::Precondition(m) if m.to_string().contains("IPv6 is disabled")),
         "{e:?}"
     );
 }
@@ -478,7 +486,10 @@ fn cleanup_removes_ours_from_every_place_and_its_dry_run_prints_the_same_decisio
     assert_eq!(native, &["istio-proxy-nat"]);
     assert_eq!(ours, &[Object::LoAddress]);
     assert!(foreign.is_empty());
-    assert_eq!(d.tools, vec!["IPv4 iptables-legacy", "IPv4 iptables-nft"]);
+    assert_eq!(
+        names(&d.tools),
+        vec!["IPv4 iptables-legacy", "IPv4 iptables-nft"]
+    );
     let dry = decided(&plan, &seen, Mode::DryRunCleanup, false, None).unwrap();
     let text = preview(&dry);
     assert!(text.starts_with("# meshinit dry run: what --cleanup-only would remove here\n"));

@@ -7,7 +7,10 @@ use crate::driver::routing::{self, Object};
 use crate::driver::rtnetlink::{Changed, Netlink};
 use crate::driver::xtables::XtablesLock;
 use crate::engine::decide::{nft_precondition, Decision, Note, Removal, Step};
-use crate::engine::error::{family_name, ApplyError, Report};
+use crate::engine::error::{
+    family_name, ApplyError, Cause, Change, Elsewhere, Failed, Left, LeftChanged, Precondition,
+    Report, ShellError, Write,
+};
 use crate::execute::transaction::{commit, failure, CommitFailure, Goal, Transaction};
 use crate::log::Log;
 use crate::plan::Family;
@@ -38,7 +41,7 @@ struct Progress {
     nl: Option<Netlink>,
     /// Routing objects this run added (undone if a later write fails).
     added: Vec<Object>,
-    changes: Vec<String>,
+    changes: Vec<Change>,
 }
 
 /// Logs the decision's notes, then runs its steps in order.
@@ -68,11 +71,11 @@ pub fn execute(decision: Decision, drivers: &Drivers) -> Result<Report, ApplyErr
     for step in decision.steps {
         match step {
             Step::AddRouting(objects) => {
-                let mut nl =
-                    Netlink::open().map_err(|e| ApplyError::Precondition(e.to_string()))?;
+                let mut nl = Netlink::open()
+                    .map_err(|e| ApplyError::Precondition(Precondition::Netlink(e)))?;
                 done.added = add_routing(&mut nl, &objects)?;
                 done.changes
-                    .extend(done.added.iter().map(|o| format!("added {o}")));
+                    .extend(done.added.iter().map(|&o| Change::AddedRouting(o)));
                 done.nl = Some(nl);
             }
             Step::WriteIptables {
@@ -95,7 +98,7 @@ pub fn execute(decision: Decision, drivers: &Drivers) -> Result<Report, ApplyErr
                 {
                     Ok(read_back) => read_back,
                     Err(mut f) => {
-                        f.left.extend(undo_routing(&mut done));
+                        f.write.left.extend(undo_routing(&mut done));
                         return Err(f.into_error());
                     }
                 };
@@ -123,74 +126,56 @@ pub fn execute(decision: Decision, drivers: &Drivers) -> Result<Report, ApplyErr
                 let applied = match nft.apply_ruleset(ruleset, groups) {
                     Ok(applied) => applied,
                     Err(e) => {
-                        let left = undo_routing(&mut done);
-                        return Err(failure(
-                            vec![format!("{e}; the batch was rejected as a whole")],
-                            left,
-                            e.transient(),
-                        ));
+                        let transient = e.transient();
+                        let mut write = Box::new(Write::new(Cause::Native(e)));
+                        write.left = undo_routing(&mut done);
+                        return Err(failure(write, transient));
                     }
                 };
                 // A fresh install adds; only tables of ours that were there are replaced.
-                done.changes.push(format!(
-                    "{} tables {} ({} rules, {} netlink messages in one batch)",
-                    if replace { "replaced" } else { "installed" },
-                    applied.tables.join(", "),
-                    applied.rules,
-                    applied.messages
-                ));
+                done.changes.push(Change::Native {
+                    replaced: replace,
+                    tables: applied.tables,
+                    rules: applied.rules,
+                    messages: applied.messages,
+                });
             }
             Step::MoveHere {
                 removals,
                 native,
                 here,
             } => {
-                let removed = remove_elsewhere(&removals, &native, drivers).map_err(|e| {
-                    ApplyError::LeftChanged(format!(
-                        "{here}, but removing the rules of ours elsewhere failed, so both are installed: {e}; re-run with --reconcile"
-                    ))
+                let removed = remove_elsewhere(&removals, &native, drivers).map_err(|error| {
+                    ApplyError::LeftChanged(LeftChanged::BothInstalled { here, error })
                 })?;
-                done.changes.push(
-                    "reconciled: installed here first, then removed the rules of ours elsewhere"
-                        .to_string(),
-                );
+                done.changes.push(Change::Reconciled);
                 done.changes.extend(removed);
             }
             Step::Remove(removals) => {
                 let mut transactions = transactions(&removals);
                 commit(&mut transactions, drivers.runner, &drivers.lock, log)
                     .map_err(CommitFailure::into_error)?;
-                done.changes.extend(
-                    removals
-                        .iter()
-                        .map(|r| format!("{}: removed {}", r.name, r.counts)),
-                );
+                done.changes.extend(removals.iter().map(removed));
                 done.changes.extend(remove_empty_shells(&removals, log));
             }
             Step::DeleteNative(tables) => {
-                let mut nft = NfTables::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
-                nft.cleanup().map_err(|e| {
-                    let removed = if done.changes.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (already removed: {})", done.changes.join("; "))
-                    };
-                    ApplyError::LeftChanged(format!(
-                        "deleting our native nftables tables: {e}{removed}"
-                    ))
+                let mut nft = NfTables::open().map_err(|e| ApplyError::Failed(Failed::Nft(e)))?;
+                nft.cleanup().map_err(|error| {
+                    ApplyError::LeftChanged(LeftChanged::NativeCleanup {
+                        error,
+                        removed: done.changes.clone(),
+                    })
                 })?;
-                done.changes.push(deleted_native(&tables));
+                done.changes.push(Change::DeletedNative(tables));
             }
             Step::RemoveStaleRouting(stale) => {
                 // The rules are in place by then, so a failure here is a warning naming what
                 // is left, not a failed apply.
                 let nl = done.nl.as_mut().expect("the routing step opened rtnetlink");
                 match routing::remove_each(nl, &stale) {
-                    Ok(removed) => done.changes.extend(
-                        removed
-                            .iter()
-                            .map(|o| format!("removed {o} (not planned by this configuration)")),
-                    ),
+                    Ok(removed) => done
+                        .changes
+                        .extend(removed.into_iter().map(Change::RemovedStale)),
                     Err(e) => log.warn(&format!(
                         "the rules are in place, but meshinit's routing objects of an earlier configuration could not all be removed: {e}"
                     )),
@@ -201,22 +186,21 @@ pub fn execute(decision: Decision, drivers: &Drivers) -> Result<Report, ApplyErr
                 match routing::remove_each(nl, &[Object::LoAddress]) {
                     Ok(removed) => done
                         .changes
-                        .extend(removed.iter().map(|o| format!("removed {o}"))),
+                        .extend(removed.into_iter().map(Change::RemovedRouting)),
                     Err(e) => log.warn(&format!("{e} (the IPv6 rules are already removed)")),
                 }
             }
             Step::RemoveRouting { ours, foreign } => {
-                let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(e.to_string()))?;
-                let removed = routing::remove_each(&mut nl, &ours).map_err(|e| {
-                    ApplyError::Failed(format!("{e} (the rules are already removed)"))
-                })?;
+                let mut nl = Netlink::open().map_err(|e| ApplyError::Failed(Failed::Netlink(e)))?;
+                let removed = routing::remove_each(&mut nl, &ours)
+                    .map_err(|e| ApplyError::Failed(Failed::Routing(e)))?;
                 for object in foreign {
                     log.info(&format!(
                         "left in place: {object} (not added by meshinit; remove it with ip if it is Istio's)"
                     ));
                 }
                 done.changes
-                    .extend(removed.iter().map(|o| format!("removed {o}")));
+                    .extend(removed.into_iter().map(Change::RemovedRouting));
             }
         }
     }
@@ -234,14 +218,11 @@ fn add_routing(nl: &mut Netlink, objects: &[Object]) -> Result<Vec<Object>, Appl
         match routing::ensure(nl, object) {
             Ok(Changed::Yes) => added.push(object),
             Ok(Changed::No) => {}
-            Err(e) => {
-                let left = undo_added(nl, &added);
-                let transient = e.errno().and_then(crate::sys::transient::transient_errno);
-                return Err(failure(
-                    vec![format!("adding {object}: {e}")],
-                    left,
-                    transient,
-                ));
+            Err(error) => {
+                let transient = error.transient();
+                let mut write = Box::new(Write::new(Cause::AddRouting { object, error }));
+                write.left = undo_added(nl, &added);
+                return Err(failure(write, transient));
             }
         }
     }
@@ -249,25 +230,33 @@ fn add_routing(nl: &mut Netlink, objects: &[Object]) -> Result<Vec<Object>, Appl
 }
 
 /// Removes the routing objects this run added, newest first.
-fn undo_routing(done: &mut Progress) -> Vec<String> {
+fn undo_routing(done: &mut Progress) -> Vec<Left> {
     match done.nl.as_mut() {
         Some(nl) => undo_added(nl, &done.added),
         None => Vec::new(),
     }
 }
 
-/// Removes these objects, added by this run, newest first; one line per object that could
-/// not be removed (so it is left in place).
-fn undo_added(nl: &mut Netlink, added: &[Object]) -> Vec<String> {
+/// Removes these objects, added by this run, newest first; each object that could not be
+/// removed (so it is left in place).
+fn undo_added(nl: &mut Netlink, added: &[Object]) -> Vec<Left> {
     added
         .iter()
         .rev()
         .filter_map(|&object| {
             routing::remove_added(nl, object)
                 .err()
-                .map(|e| format!("{object}, added by this run, could not be removed: {e}"))
+                .map(|error| Left::Routing { object, error })
         })
         .collect()
+}
+
+/// What removing ours from one iptables place changed.
+fn removed(r: &Removal) -> Change {
+    Change::Removed {
+        tools: r.tools,
+        counts: r.counts,
+    }
 }
 
 /// The removal transactions of these places.
@@ -285,29 +274,14 @@ fn transactions(removals: &[Removal]) -> Vec<Transaction> {
         .collect()
 }
 
-/// `native nftables: deleted table inet a, table inet b`.
-fn deleted_native(tables: &[String]) -> String {
-    format!(
-        "native nftables: deleted {}",
-        tables
-            .iter()
-            .map(|t| format!("table inet {t}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
 /// Removes every rule of ours from these iptables places and our native tables `native`,
-/// then the tables iptables-nft leaves empty; returns one line per place.
+/// then the tables iptables-nft leaves empty; returns what changed.
 fn remove_elsewhere(
     removals: &[Removal],
     native: &[String],
     drivers: &Drivers,
-) -> Result<Vec<String>, String> {
-    let mut lines: Vec<String> = removals
-        .iter()
-        .map(|r| format!("{}: removed {}", r.name, r.counts))
-        .collect();
+) -> Result<Vec<Change>, Elsewhere> {
+    let mut changes: Vec<Change> = removals.iter().map(removed).collect();
     let mut transactions = transactions(removals);
     commit(
         &mut transactions,
@@ -315,18 +289,14 @@ fn remove_elsewhere(
         &drivers.lock,
         drivers.log,
     )
-    .map_err(|f| {
-        let mut all = f.lines;
-        all.extend(f.left);
-        all.join("\n")
-    })?;
-    lines.extend(remove_empty_shells(removals, drivers.log));
+    .map_err(|f| Elsewhere::Iptables(f.write))?;
+    changes.extend(remove_empty_shells(removals, drivers.log));
     if !native.is_empty() {
-        let mut nft = NfTables::open().map_err(|e| e.to_string())?;
-        nft.cleanup().map_err(|e| e.to_string())?;
-        lines.push(deleted_native(native));
+        let mut nft = NfTables::open().map_err(Elsewhere::Nft)?;
+        nft.cleanup().map_err(Elsewhere::Nft)?;
+        changes.push(Change::DeletedNative(native.to_vec()));
     }
-    Ok(lines)
+    Ok(changes)
 }
 
 /// Deletes the `ip`/`ip6` tables that iptables-nft created for rules of ours and that are
@@ -334,7 +304,7 @@ fn remove_elsewhere(
 /// that held ours are considered, and only when empty in the generation they are read in (a
 /// rule added meanwhile keeps its table); a batch refused for a newer generation is tried
 /// again. A failure is a warning: an empty table changes no packet.
-fn remove_empty_shells(removals: &[Removal], log: &Log) -> Vec<String> {
+fn remove_empty_shells(removals: &[Removal], log: &Log) -> Vec<Change> {
     let mut lines = Vec::new();
     for r in removals {
         let Some(held) = &r.shells else {
@@ -344,7 +314,7 @@ fn remove_empty_shells(removals: &[Removal], log: &Log) -> Vec<String> {
             Family::V4 => XtFamily::Ip,
             Family::V6 => XtFamily::Ip6,
         };
-        let mut outcome = Err("not tried".to_string());
+        let mut outcome = Err(ShellError::Changed);
         for _ in 0..3 {
             outcome = delete_if_empty(family, held);
             if outcome.is_ok() {
@@ -352,12 +322,9 @@ fn remove_empty_shells(removals: &[Removal], log: &Log) -> Vec<String> {
             }
         }
         match outcome {
-            Ok(empty) => lines.extend(empty.iter().map(|t| {
-                format!(
-                    "{}: deleted the table {} {t} it left empty",
-                    r.name,
-                    family.name()
-                )
+            Ok(empty) => lines.extend(empty.into_iter().map(|table| Change::DeletedShell {
+                tools: r.tools,
+                table,
             })),
             Err(e) => log.warn(&format!(
                 "{}: the empty tables it created could not be deleted (they change no packet): {e}",
@@ -369,19 +336,17 @@ fn remove_empty_shells(removals: &[Removal], log: &Log) -> Vec<String> {
 }
 
 /// Deletes those of `held` that are empty shells now, in the generation they were read in.
-fn delete_if_empty(family: XtFamily, held: &[String]) -> Result<Vec<String>, String> {
-    let mut nft = NfTables::open().map_err(|e| e.to_string())?;
-    let generation = nft.generation().map_err(|e| e.to_string())?;
+fn delete_if_empty(family: XtFamily, held: &[String]) -> Result<Vec<String>, ShellError> {
+    let mut nft = NfTables::open()?;
+    let generation = nft.generation()?;
     let empty: Vec<String> = nft
-        .family_tables(family)
-        .map_err(|e| e.to_string())?
+        .family_tables(family)?
         .into_iter()
         .filter(|t| held.contains(&t.name) && t.is_empty_shell())
         .map(|t| t.name)
         .collect();
     if !empty.is_empty() {
-        nft.delete_family_tables(family, &empty, generation)
-            .map_err(|e| e.to_string())?;
+        nft.delete_family_tables(family, &empty, generation)?;
     }
     Ok(empty)
 }

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::config::LogLevel;
-use crate::engine::error::ApplyError;
+use crate::engine::error::{ApplyError, Retry};
 use crate::go_duration::go_duration;
 use crate::log::Log;
 use crate::sys::process::Deadline;
 
-pub use crate::sys::transient::{transient_errno, transient_tool};
+pub use crate::sys::transient::{transient_errno, transient_tool, Transient};
 
 /// `--retries` and `--retry-pause`, with the run's deadline they live within.
 #[derive(Clone, Copy, Debug)]
@@ -50,10 +50,10 @@ pub fn with_retries<T>(
 ) -> Result<T, ApplyError> {
     let attempts = policy.retries.saturating_add(1);
     let mut number = 1;
-    let mut retried: Vec<String> = Vec::new();
+    let mut retried: Vec<Transient> = Vec::new();
     loop {
         let result = attempt(policy.left());
-        let (message, reason) = match result {
+        let (error, reason) = match result {
             Ok(value) => {
                 if number > 1 {
                     log.info(&format!(
@@ -63,46 +63,47 @@ pub fn with_retries<T>(
                 }
                 return Ok(value);
             }
-            Err(ApplyError::Transient { message, reason }) => (message, reason),
+            Err(ApplyError::Transient { error, reason }) => (error, reason),
             // Not transient: never retried; after retries, the error says what came before.
             Err(e) if number == 1 => return Err(e),
             Err(e) => {
-                let context = format!(
-                    "attempt {number} of {attempts} failed for a reason that is not transient, after {} transient failure(s) (the last: {})",
-                    number - 1,
-                    retried.last().map(String::as_str).unwrap_or_default()
-                );
-                return Err(e.with_context(&context));
+                return Err(ApplyError::Retried {
+                    retry: Retry::Permanent {
+                        number,
+                        attempts,
+                        last: retried.pop().expect("a transient failure came before"),
+                    },
+                    error: Box::new(e),
+                });
             }
         };
+        let transient =
+            |retry: Retry, reason: Transient, error: Box<ApplyError>| ApplyError::Retried {
+                retry,
+                error: Box::new(ApplyError::Transient { error, reason }),
+            };
         if policy.retries == 0 {
-            return Err(ApplyError::Transient {
-                message: format!(
-                    "{message}\n(this may pass: --retries retries such failures within --timeout)"
-                ),
-                reason,
-            });
+            return Err(transient(Retry::NotAsked, reason, error));
         }
         if number == attempts {
-            return Err(ApplyError::Transient {
-                message: format!(
-                    "gave up after {number} attempts (--retries {}), each failed for a transient reason; the last because {reason}:\n{message}",
-                    policy.retries
-                ),
-                reason,
-            });
+            let retry = Retry::Exhausted {
+                attempts: number,
+                retries: policy.retries,
+                reason: reason.clone(),
+            };
+            return Err(transient(retry, reason, error));
         }
         let left = policy.left();
         if left <= policy.pause {
-            return Err(ApplyError::Transient {
-                message: format!(
-                    "gave up after {number} of {attempts} attempts: the run's deadline (--timeout {} from the start of the run) is {:.1}s away, within the pause before the next attempt (--retry-pause {}); the last attempt failed because {reason}:\n{message}",
-                    go_duration(policy.deadline.timeout),
-                    left.as_secs_f64(),
-                    go_duration(policy.pause)
-                ),
-                reason,
-            });
+            let retry = Retry::Deadline {
+                number,
+                attempts,
+                timeout: policy.deadline.timeout,
+                left,
+                pause: policy.pause,
+                reason: reason.clone(),
+            };
+            return Err(transient(retry, reason, error));
         }
         let text = format!(
             "attempt {number} of {attempts} failed for a transient reason: {reason}; nothing was left changed; retrying in {} ({:.1}s left before the deadline, --timeout)",
@@ -116,7 +117,7 @@ pub fn with_retries<T>(
             &json!({
                 "attempt": number,
                 "attempts": attempts,
-                "reason": reason,
+                "reason": reason.to_string(),
                 "pause_ms": policy.pause.as_millis() as u64,
                 "deadline_left_ms": left.as_millis() as u64,
             }),
@@ -130,6 +131,8 @@ pub fn with_retries<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::nf_tables::NftError;
+    use crate::engine::error::{Failed, Kind, Precondition};
     use crate::sys::process::Output;
     use nix::errno::Errno;
     use std::cell::Cell;
@@ -145,10 +148,22 @@ mod tests {
         }
     }
 
+    /// Attempt `n`'s failure, transient for [`reason`]`(n)`.
     fn transient(n: u32) -> ApplyError {
         ApplyError::Transient {
-            message: format!("failure {n}"),
-            reason: format!("reason {n}"),
+            error: Box::new(failure(n)),
+            reason: reason(n),
+        }
+    }
+
+    fn failure(n: u32) -> ApplyError {
+        ApplyError::Precondition(Precondition::Ipv6Unreadable(format!("failure {n}")))
+    }
+
+    fn reason(n: u32) -> Transient {
+        Transient::XtablesLock {
+            program: format!("tool{n}"),
+            said: format!("reason {n}"),
         }
     }
 
@@ -162,7 +177,7 @@ mod tests {
     #[test]
     fn only_ebusy_eagain_and_eintr_are_transient_errnos() {
         for errno in [Errno::EBUSY, Errno::EAGAIN, Errno::EINTR] {
-            let reason = transient_errno(errno).expect("transient");
+            let reason = transient_errno(errno).expect("transient").to_string();
             assert!(reason.contains(errno.desc()), "{reason}");
         }
         for errno in [
@@ -190,17 +205,21 @@ mod tests {
             kernel: None,
             others: 0,
         };
-        assert!(rejected(Errno::EBUSY)
-            .transient()
-            .unwrap()
-            .contains("EBUSY"));
+        assert_eq!(
+            rejected(Errno::EBUSY).transient(),
+            Some(Transient::Errno(Errno::EBUSY))
+        );
         assert!(rejected(Errno::EAGAIN).transient().is_some());
         assert_eq!(rejected(Errno::EOPNOTSUPP).transient(), None);
         let io = |errno| NftError::Io {
             op: "listing tables".into(),
             errno,
         };
-        assert!(io(Errno::EINTR).transient().unwrap().contains("EINTR"));
+        assert!(io(Errno::EINTR)
+            .transient()
+            .unwrap()
+            .to_string()
+            .contains("EINTR"));
         assert_eq!(io(Errno::EPERM).transient(), None);
         // Already retried once inside the batch code: another writer keeps creating it.
         assert_eq!(NftError::Raced { table: "t".into() }.transient(), None);
@@ -231,7 +250,9 @@ mod tests {
             4,
             "Can't lock /run/xtables.lock: Resource temporarily unavailable\nAnother app is currently holding the xtables lock. Stopped waiting after 1s.\n",
         );
-        let reason = transient_tool("iptables-legacy-restore", &lock).expect("transient");
+        let reason = transient_tool("iptables-legacy-restore", &lock)
+            .expect("transient")
+            .to_string();
         assert!(
             reason.contains("xtables lock") && reason.contains("Stopped waiting after 1s."),
             "{reason}"
@@ -242,6 +263,7 @@ mod tests {
         );
         assert!(transient_tool("iptables-nft-restore", &busy)
             .unwrap()
+            .to_string()
             .contains("EBUSY"));
         for permanent in [
             out(2, "iptables-restore v1.8.9 (legacy): Couldn't load target `TPROXY':No such file or directory\n"),
@@ -281,10 +303,10 @@ mod tests {
         let calls = Cell::new(0);
         let got: Result<(), _> = with_retries(&policy(5, 10, 10_000), &quiet(), |_| {
             calls.set(calls.get() + 1);
-            Err(ApplyError::Precondition("missing CAP_NET_ADMIN".into()))
+            Err(failure(1))
         });
         assert_eq!(calls.get(), 1);
-        assert!(matches!(got, Err(ApplyError::Precondition(m)) if m == "missing CAP_NET_ADMIN"));
+        assert!(matches!(got, Err(ApplyError::Precondition(_))));
         // Left changed after a retry: still left changed, and says what came before.
         let calls = Cell::new(0);
         let got: Result<(), _> = with_retries(&policy(5, 10, 10_000), &quiet(), |_| {
@@ -292,15 +314,21 @@ mod tests {
             if calls.get() == 1 {
                 Err(transient(1))
             } else {
-                Err(ApplyError::LeftChanged("undo failed".into()))
+                Err(ApplyError::Failed(Failed::Nft(NftError::Raced {
+                    table: "t".into(),
+                })))
             }
         });
         assert_eq!(calls.get(), 2);
-        let Err(ApplyError::LeftChanged(m)) = got else {
+        let Err(error) = got else {
             panic!("{got:?}");
         };
+        assert_eq!(error.kind(), Kind::Failed);
+        assert_eq!(error.transient(), None);
+        let m = error.to_string();
         assert!(
-            m.starts_with("attempt 2 of 6 failed for a reason that is not transient, after 1 transient failure(s) (the last: reason 1)") && m.ends_with("undo failed"),
+            m.starts_with(&format!("attempt 2 of 6 failed for a reason that is not transient, after 1 transient failure(s) (the last: {})", reason(1)))
+                && m.ends_with("the batch was refused as a whole each time"),
             "{m}"
         );
     }
@@ -313,11 +341,13 @@ mod tests {
             Err(transient(calls.get()))
         });
         assert_eq!(calls.get(), 3);
-        let Err(ApplyError::Transient { message, .. }) = got else {
+        let Err(error) = got else {
             panic!("{got:?}");
         };
+        assert_eq!(error.kind(), Kind::Transient);
+        let message = error.to_string();
         assert!(
-            message.starts_with("gave up after 3 attempts (--retries 2), each failed for a transient reason; the last because reason 3:\nfailure 3"),
+            message.starts_with(&format!("gave up after 3 attempts (--retries 2), each failed for a transient reason; the last because {}:\n{}", reason(3), failure(3))),
             "{message}"
         );
     }
@@ -334,12 +364,14 @@ mod tests {
         // Attempts at about 0, 400 and 800 ms; then the deadline is 200 ms away.
         assert_eq!(calls.get(), 3);
         assert!(started.elapsed() < Duration::from_millis(1_000));
-        let Err(ApplyError::Transient { message, .. }) = got else {
+        let Err(error) = got else {
             panic!("{got:?}");
         };
+        assert_eq!(error.kind(), Kind::Transient);
+        let message = error.to_string();
         assert!(
             message.starts_with("gave up after 3 of 11 attempts: the run's deadline (--timeout 1s from the start of the run) is 0.")
-                && message.contains("(--retry-pause 400ms); the last attempt failed because reason 3:\nfailure 3"),
+                && message.contains(&format!("(--retry-pause 400ms); the last attempt failed because {}:\n{}", reason(3), failure(3))),
             "{message}"
         );
     }
@@ -350,12 +382,14 @@ mod tests {
         let got: Result<(), _> = with_retries(&policy(1, 130_000, 120_000), &quiet(), |_| {
             Err(transient(1))
         });
-        let Err(ApplyError::Transient { message, .. }) = got else {
+        let Err(error) = got else {
             panic!("{got:?}");
         };
+        assert_eq!(error.kind(), Kind::Transient);
+        let message = error.to_string();
         assert!(
             message.starts_with("gave up after 1 of 2 attempts: the run's deadline (--timeout 2m0s from the start of the run) is ")
-                && message.contains("(--retry-pause 2m10s); the last attempt failed because reason 1"),
+                && message.contains(&format!("(--retry-pause 2m10s); the last attempt failed because {}", reason(1))),
             "{message}"
         );
     }
@@ -368,11 +402,13 @@ mod tests {
             Err(transient(1))
         });
         assert_eq!(calls.get(), 1);
-        let Err(ApplyError::Transient { message, .. }) = got else {
+        let Err(error) = got else {
             panic!("{got:?}");
         };
+        assert_eq!(error.kind(), Kind::Transient);
+        let message = error.to_string();
         assert!(
-            message.starts_with("failure 1\n(this may pass"),
+            message.starts_with(&format!("{}\n(this may pass", failure(1))),
             "{message}"
         );
     }

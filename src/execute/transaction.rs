@@ -5,13 +5,16 @@
 use std::collections::BTreeMap;
 
 use crate::driver::xtables::{self, Tools, XtablesLock};
-use crate::engine::error::{family_name, ApplyError};
+use crate::engine::error::{
+    family_name, ApplyError, Cause, Failed, Left, LeftChanged, Problem, Undone, Write,
+};
 use crate::log::Log;
 use crate::plan::Table;
 use crate::render::iptables_save::{
-    compare, leftover_probes, undo_text, ExpectedTable, Saved, State, PROBE_SPEC,
+    compare, leftover_probes, undo_text, ExpectedTable, Saved, State,
 };
 use crate::sys::process::Runner;
+use crate::sys::transient::Transient;
 
 /// One family's pending restore: the tools, the state before, the input to feed.
 pub(crate) struct Transaction {
@@ -39,43 +42,36 @@ pub(crate) enum Goal {
     Removed,
 }
 
-/// Turns the lines describing a failure and what could not be undone into the error: only
-/// when nothing is left does it say so. A failure whose cause may pass (`transient`, the
-/// reason) is `Transient` when nothing is left, so `--retries` may try again; with anything
-/// left it is `LeftChanged` whatever the cause.
-pub(crate) fn failure(
-    mut lines: Vec<String>,
-    left: Vec<String>,
-    transient: Option<String>,
-) -> ApplyError {
-    if left.is_empty() {
-        lines.push("nothing was left changed".to_string());
-        let message = lines.join("\n");
-        match transient {
-            Some(reason) => ApplyError::Transient { message, reason },
-            None => ApplyError::Failed(message),
-        }
-    } else {
-        lines.extend(left);
-        lines.push("the namespace was left changed as described above".to_string());
-        ApplyError::LeftChanged(lines.join("\n"))
+/// Turns a failed write (its cause, what was undone and what could not be) into the error:
+/// `LeftChanged` when anything is left, whatever the cause; otherwise `Failed`, or
+/// `Transient` when the cause may pass (`transient`, the reason), so `--retries` may try
+/// again.
+pub(crate) fn failure(write: Box<Write>, transient: Option<Transient>) -> ApplyError {
+    if write.left_changed() {
+        return ApplyError::LeftChanged(LeftChanged::Write(write));
+    }
+    let error = ApplyError::Failed(Failed::Write(write));
+    match transient {
+        Some(reason) => ApplyError::Transient {
+            error: Box::new(error),
+            reason,
+        },
+        None => error,
     }
 }
 
 /// Why a commit failed.
 pub(crate) struct CommitFailure {
-    /// What happened and what was undone.
-    pub lines: Vec<String>,
-    /// What could not be undone (empty when nothing is left changed).
-    pub left: Vec<String>,
+    /// What happened, what was undone and what could not be.
+    pub write: Box<Write>,
     /// Why the failed tool's run may pass when tried again, when it may.
-    pub transient: Option<String>,
+    pub transient: Option<Transient>,
 }
 
 impl CommitFailure {
     /// The error for this failure (see [`failure`]).
     pub fn into_error(self) -> ApplyError {
-        failure(self.lines, self.left, self.transient)
+        failure(self.write, self.transient)
     }
 }
 
@@ -110,12 +106,16 @@ pub(crate) fn commit(
                 }
             }
         }
+        let transient = e.transient();
         return Err(undo(
             &transactions[..=i],
             runner,
             lock,
-            format!("{name}: {e}"),
-            e.transient().map(str::to_string),
+            Cause::Restore {
+                tools: t.tools,
+                error: e,
+            },
+            transient,
         ));
     }
     // Every family is read back at once (reading changes nothing), then judged in order.
@@ -130,54 +130,51 @@ pub(crate) fn commit(
         reads
             .into_iter()
             .map(|r| {
-                r.join().unwrap_or_else(|_| {
-                    Err(xtables::IptablesError::NoVariant(
-                        "reading the rules back panicked".to_string(),
-                    ))
-                })
+                r.join()
+                    .unwrap_or(Err(xtables::IptablesError::Panicked("written")))
             })
             .collect()
     });
     let mut read_back = Vec::new();
     for (t, saved) in transactions.iter().zip(saved) {
-        let name = family_name(t.tools.family);
-        let mut transient = None;
-        let problem = match saved {
-            Err(e) => {
-                transient = e.transient().map(str::to_string);
-                Some(format!("cannot read the rules back: {e}"))
+        let (cause, transient) = match saved {
+            Err(error) => {
+                let transient = error.transient();
+                (
+                    Cause::ReadBack {
+                        tools: t.tools,
+                        error,
+                    },
+                    transient,
+                )
             }
             Ok(now) => {
                 let mut problems = Vec::new();
                 match (t.goal, compare(&now, &t.expected)) {
                     (Goal::Planned, State::InPlace) | (Goal::Removed, State::Absent) => {}
-                    (Goal::Planned, State::Absent) => {
-                        problems.push("none of the planned rules are there".to_string())
+                    (Goal::Planned, State::Absent) => problems.push(Problem::NoneThere),
+                    (_, State::Drifted(diffs)) => {
+                        problems.extend(diffs.into_iter().map(Problem::Differs))
                     }
-                    (_, State::Drifted(diffs)) => problems.extend(diffs),
-                    (Goal::Removed, State::InPlace) => {
-                        problems.push("the rules are still there".to_string())
-                    }
+                    (Goal::Removed, State::InPlace) => problems.push(Problem::StillThere),
                 }
                 if leftover_probes(&now) > 0 {
-                    problems.push(format!("nat: -A OUTPUT {PROBE_SPEC} is still there"));
+                    problems.push(Problem::ProbeLeft);
                 }
                 read_back.push(now);
-                (!problems.is_empty()).then(|| problems.join("\n"))
+                if problems.is_empty() {
+                    continue;
+                }
+                (
+                    Cause::ReadBackDiffers {
+                        tools: t.tools,
+                        problems,
+                    },
+                    None,
+                )
             }
         };
-        if let Some(problem) = problem {
-            return Err(undo(
-                transactions,
-                runner,
-                lock,
-                format!(
-                    "{name}: read-back differs from the plan after writing with {}:\n{problem}",
-                    t.tools.restore()
-                ),
-                transient,
-            ));
-        }
+        return Err(undo(transactions, runner, lock, cause, transient));
     }
     Ok(read_back)
 }
@@ -189,51 +186,41 @@ fn undo(
     done: &[Transaction],
     runner: &dyn Runner,
     lock: &XtablesLock,
-    cause: String,
-    transient: Option<String>,
+    cause: Cause,
+    transient: Option<Transient>,
 ) -> CommitFailure {
-    let mut lines = vec![cause];
-    let mut left = Vec::new();
+    let mut write = Box::new(Write::new(cause));
     for t in done.iter().rev() {
-        let name = family_name(t.tools.family);
+        let family = t.tools.family;
         let now = match xtables::save(runner, t.tools) {
             Ok(now) => now,
-            Err(e) => {
-                left.push(format!(
-                    "{name}: cannot read the rules to undo the write, so it may be left in place: {e}"
-                ));
+            Err(error) => {
+                write.left.push(Left::Unread { family, error });
                 continue;
             }
         };
         let text = undo_text(&t.before, &now, &t.expected);
         if text.is_empty() {
-            lines.push(format!("{name}: unchanged (the write changed nothing)"));
+            write.done.push(Undone::Unchanged(family));
             continue;
         }
-        if let Err(e) = xtables::restore(runner, t.tools, &text, true, lock) {
-            left.push(format!(
-                "{name}: undoing the write failed, the rules written are left changed: {e}"
-            ));
+        if let Err(error) = xtables::restore(runner, t.tools, &text, true, lock) {
+            write.left.push(Left::UndoFailed { family, error });
             continue;
         }
         match xtables::save(runner, t.tools) {
-            Ok(after) if undo_text(&t.before, &after, &t.expected).is_empty() => {
-                lines.push(format!("{name}: undone"));
+            Ok(after) => {
+                let remaining = undo_text(&t.before, &after, &t.expected);
+                if remaining.is_empty() {
+                    write.done.push(Undone::Undone(family));
+                } else {
+                    write.left.push(Left::InPart { family, remaining });
+                }
             }
-            Ok(after) => left.push(format!(
-                "{name}: undone only in part; still different from before:\n{}",
-                undo_text(&t.before, &after, &t.expected)
-            )),
-            Err(e) => left.push(format!(
-                "{name}: undone, but the result cannot be read back, so it is not known: {e}"
-            )),
+            Err(error) => write.left.push(Left::Unknown { family, error }),
         }
     }
-    CommitFailure {
-        lines,
-        left,
-        transient,
-    }
+    CommitFailure { write, transient }
 }
 
 #[cfg(test)]
@@ -266,7 +253,7 @@ mod tests {
             _: &[&str],
             _: &[(&str, &str)],
             stdin: Option<&str>,
-        ) -> std::io::Result<Output> {
+        ) -> Result<Output, crate::sys::process::RunError> {
             self.calls
                 .lock()
                 .unwrap()
@@ -323,18 +310,14 @@ mod tests {
             restores: Mutex::new(vec![1]),
             ..Fake::default()
         };
-        let CommitFailure {
-            lines,
-            left,
-            transient,
-        } = commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
-        assert!(left.is_empty(), "{left:?}");
+        let CommitFailure { write, transient } =
+            commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
+        assert!(write.left.is_empty(), "{:?}", write.left);
         assert_eq!(transient, None, "exit 1 \"boom\" is not transient");
-        assert!(
-            lines
-                .iter()
-                .any(|l| l == "IPv4: unchanged (the write changed nothing)"),
-            "{lines:?}"
+        assert_eq!(write.done, [Undone::Unchanged(Family::V4)]);
+        assert_eq!(
+            write.done[0].to_string(),
+            "IPv4: unchanged (the write changed nothing)"
         );
         let restores = fake
             .calls
@@ -349,9 +332,9 @@ mod tests {
             "no second restore: {:?}",
             fake.calls.lock().unwrap()
         );
-        let ApplyError::Failed(message) = failure(lines, left, None) else {
-            panic!("nothing is left");
-        };
+        let error = failure(write, None);
+        assert!(matches!(error, ApplyError::Failed(_)), "nothing is left");
+        let message = error.to_string();
         assert!(message.ends_with("nothing was left changed"), "{message}");
     }
 
@@ -365,13 +348,28 @@ mod tests {
             restores: Mutex::new(vec![0, 1]),
             ..Fake::default()
         };
-        let CommitFailure { lines, left, .. } =
+        let CommitFailure { write, .. } =
             commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
-        assert!(lines[0].contains("read-back differs"), "{lines:?}");
         assert!(
-            left.iter().any(|l| l.contains("undoing the write failed")),
-            "{left:?}"
+            matches!(write.cause, Cause::ReadBackDiffers { .. }),
+            "{:?}",
+            write.cause
         );
+        assert!(write.cause.to_string().contains("read-back differs"));
+        assert!(
+            matches!(
+                write.left[..],
+                [Left::UndoFailed {
+                    family: Family::V4,
+                    ..
+                }]
+            ),
+            "{:?}",
+            write.left
+        );
+        assert!(write.left[0]
+            .to_string()
+            .contains("undoing the write failed"));
         let calls = fake.calls.lock().unwrap();
         let undo = calls.last().unwrap();
         assert_eq!(
@@ -379,10 +377,11 @@ mod tests {
             "only our jump is deleted; the foreign rule is not rewritten"
         );
         // Even a transient cause is not retried once something is left.
-        assert!(matches!(
-            failure(lines, left, Some("the kernel answered EBUSY".into())),
-            ApplyError::LeftChanged(m) if !m.contains("nothing was left changed")
-        ));
+        let error = failure(write, Some(Transient::Errno(nix::errno::Errno::EBUSY)));
+        assert!(
+            matches!(&error, ApplyError::LeftChanged(_))
+                && !error.to_string().contains("nothing was left changed")
+        );
     }
 
     #[test]
@@ -396,10 +395,12 @@ mod tests {
             ..Fake::default()
         };
         let f = commit(&mut [transaction()], &fake, &lock(), &Log::default()).unwrap_err();
-        assert!(f.left.is_empty(), "{:?}", f.left);
+        assert!(f.write.left.is_empty(), "{:?}", f.write.left);
         match f.into_error() {
-            ApplyError::Transient { message, reason } => {
+            error @ ApplyError::Transient { .. } => {
+                let reason = error.transient().unwrap().to_string();
                 assert!(reason.contains("xtables lock"), "{reason}");
+                let message = error.to_string();
                 assert!(message.ends_with("nothing was left changed"), "{message}");
             }
             other => panic!("{other:?}"),

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use nix::errno::Errno;
 
 use crate::driver::nf_tables::{NfTables, NftError};
-use crate::engine::error::ApplyError;
+use crate::engine::error::{ApplyError, Cause, Failed, Left, LeftChanged, ShellError, Write};
 use crate::log::Log;
 use crate::render::nft_netlink::{FamilyTable, XtFamily};
 
@@ -19,7 +19,7 @@ const FAMILIES: [XtFamily; 2] = [XtFamily::Ip, XtFamily::Ip6];
 /// The `ip`/`ip6` tables and their chains before the run: `(family, table, chain)`, with
 /// `None` as the chain for the table itself.
 /// `Ok(None)` when the kernel has no nf_tables (iptables-nft can create nothing there).
-pub(crate) struct Snapshot(Result<Option<BTreeSet<Object>>, String>);
+pub(crate) struct Snapshot(Result<Option<BTreeSet<Object>>, NftError>);
 
 type Object = (&'static str, String, Option<String>);
 
@@ -56,7 +56,7 @@ impl Snapshot {
             {
                 Ok(None)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         })
     }
 
@@ -70,14 +70,7 @@ impl Snapshot {
         let before = match &self.0 {
             Ok(Some(before)) => before,
             Ok(None) => return error,
-            Err(e) => {
-                return with_left(
-                    error,
-                    vec![format!(
-                        "whether iptables-nft left empty tables or base chains could not be checked: reading them before the run failed: {e}"
-                    )],
-                )
-            }
+            Err(e) => return with_left(error, vec![Left::ShellsUnknown(e.clone())]),
         };
         let mut left = Vec::new();
         for family in FAMILIES {
@@ -91,22 +84,19 @@ impl Snapshot {
                     }
                     left.extend(kept);
                 }
-                Err(e) => left.push(format!(
-                    "the {} tables iptables-nft may have created during this run could not be checked or deleted: {e}",
-                    family.name()
-                )),
+                Err(error) => left.push(Left::Shells { family, error }),
             }
         }
         with_left(error, left)
     }
 }
 
-fn read_now(nft: &mut NfTables, family: XtFamily) -> Result<Now, String> {
-    let generation = nft.generation().map_err(|e| e.to_string())?;
-    let tables = nft.family_tables(family).map_err(|e| e.to_string())?;
-    let rules = nft.family_rule_places(family).map_err(|e| e.to_string())?;
-    if nft.generation().map_err(|e| e.to_string())? != generation {
-        return Err("the ruleset changed while it was being read".to_string());
+fn read_now(nft: &mut NfTables, family: XtFamily) -> Result<Now, ShellError> {
+    let generation = nft.generation()?;
+    let tables = nft.family_tables(family)?;
+    let rules = nft.family_rule_places(family)?;
+    if nft.generation()? != generation {
+        return Err(ShellError::Changed);
     }
     Ok(Now {
         generation,
@@ -120,11 +110,11 @@ fn read_now(nft: &mut NfTables, family: XtFamily) -> Result<Now, String> {
 fn remove_new_tables(
     family: XtFamily,
     before: &BTreeSet<Object>,
-) -> Result<(Vec<String>, Vec<String>), String> {
-    let mut outcome = Err("not tried".to_string());
+) -> Result<(Vec<String>, Vec<Left>), ShellError> {
+    let mut outcome = Err(ShellError::Changed);
     for _ in 0..3 {
         outcome = (|| {
-            let mut nft = NfTables::open().map_err(|e| e.to_string())?;
+            let mut nft = NfTables::open()?;
             let now = read_now(&mut nft, family)?;
             let existed = |table: &str| before.contains(&(family.name(), table.to_string(), None));
             let new_empty: Vec<String> = now
@@ -147,21 +137,20 @@ fn remove_new_tables(
                                     t.name.clone(),
                                     Some(c.name.clone()),
                                 ))
-                                && !now.rules.iter().any(|(rt, rc)| rt == &t.name && rc == &c.name)
+                                && !now
+                                    .rules
+                                    .iter()
+                                    .any(|(rt, rc)| rt == &t.name && rc == &c.name)
                         })
-                        .map(|c| {
-                            format!(
-                                "left: the empty base chain {} {} {} that iptables-nft created during this run (it holds no rule; `nft delete chain {0} {1} {2}` removes it)",
-                                family.name(),
-                                t.name,
-                                c.name
-                            )
+                        .map(|c| Left::BaseChain {
+                            family,
+                            table: t.name.clone(),
+                            chain: c.name.clone(),
                         })
                 })
                 .collect();
             if !new_empty.is_empty() {
-                nft.delete_family_tables(family, &new_empty, now.generation)
-                    .map_err(|e| e.to_string())?;
+                nft.delete_family_tables(family, &new_empty, now.generation)?;
             }
             Ok((new_empty, kept))
         })();
@@ -173,20 +162,26 @@ fn remove_new_tables(
 }
 
 /// The error, saying also what is left: unchanged when nothing is; otherwise a
-/// `LeftChanged` whose text no longer claims that nothing changed.
-fn with_left(error: ApplyError, left: Vec<String>) -> ApplyError {
+/// `LeftChanged` that no longer claims that nothing changed: a failed write gets what is left
+/// added to its own account, and a refusal becomes the cause of one.
+fn with_left(error: ApplyError, left: Vec<Left>) -> ApplyError {
     if left.is_empty() {
         return error;
     }
-    let text = error
-        .to_string()
-        .replace("nothing was left changed", "nothing of ours was left")
-        .replace("nothing was changed", "no rule was changed");
-    let end = "the namespace was left changed as described above";
-    let mut lines = vec![text.trim_end_matches(end).trim_end().to_string()];
-    lines.extend(left);
-    lines.push(end.to_string());
-    ApplyError::LeftChanged(lines.join("\n"))
+    let mut write = match error {
+        ApplyError::Failed(Failed::Write(write))
+        | ApplyError::LeftChanged(LeftChanged::Write(write)) => *write,
+        ApplyError::Transient { error, reason } => match *error {
+            ApplyError::Failed(Failed::Write(write)) => *write,
+            error => Write::new(Cause::Refused(Box::new(ApplyError::Transient {
+                error: Box::new(error),
+                reason,
+            }))),
+        },
+        error => Write::new(Cause::Refused(Box::new(error))),
+    };
+    write.shells.extend(left);
+    ApplyError::LeftChanged(LeftChanged::Write(Box::new(write)))
 }
 
 #[cfg(test)]
@@ -195,17 +190,46 @@ mod tests {
 
     #[test]
     fn what_is_left_is_named_and_nothing_is_claimed_unchanged() {
-        let e = ApplyError::Failed("IPv6: boom\nIPv4: undone\nnothing was left changed".into());
-        let ApplyError::LeftChanged(text) = with_left(e, vec!["left: x".into()]) else {
-            panic!("left changed");
+        use crate::driver::xtables::{IptablesError, Tools};
+        use crate::engine::error::{Drift, Undone};
+        use crate::plan::Family;
+        let tools = Tools {
+            family: Family::V6,
+            variant: crate::config::IptablesVariant::Nft,
         };
+        let mut write = Write::new(Cause::Restore {
+            tools,
+            error: IptablesError::Panicked("boom"),
+        });
+        write.done.push(Undone::Undone(Family::V4));
+        let e = ApplyError::Failed(Failed::Write(Box::new(write)));
         assert_eq!(
-            text,
-            "IPv6: boom\nIPv4: undone\nnothing of ours was left\nleft: x\nthe namespace was left changed as described above"
+            e.to_string(),
+            "IPv6: reading the boom rules panicked\nIPv4: undone\nnothing was left changed"
         );
-        let e = ApplyError::Drift("differ; nothing was changed. Re-run".into());
+        let chain = Left::BaseChain {
+            family: XtFamily::Ip,
+            table: "nat".into(),
+            chain: "OUTPUT".into(),
+        };
+        let left = with_left(e, vec![chain.clone()]);
+        assert!(matches!(left, ApplyError::LeftChanged(_)));
+        assert_eq!(
+            left.to_string(),
+            format!("IPv6: reading the boom rules panicked\nIPv4: undone\nnothing of ours was left\n{chain}\nthe namespace was left changed as described above")
+        );
+        // A refusal keeps its words, no longer claiming that nothing changed.
+        let e = ApplyError::Drift(Drift::Native {
+            differences: vec!["x".into()],
+        });
         assert!(
-            matches!(with_left(e, vec![]), ApplyError::Drift(t) if t.contains("nothing was changed"))
+            matches!(with_left(e.clone(), vec![]), ApplyError::Drift(d) if d.to_string().contains("nothing was changed"))
+        );
+        let refused = with_left(e, vec![chain]).to_string();
+        assert!(
+            refused.starts_with("our nftables tables are already installed but differ from this configuration; no rule was changed.")
+                && refused.ends_with("removes it)\nthe namespace was left changed as described above"),
+            "{refused}"
         );
     }
 }

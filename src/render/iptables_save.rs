@@ -155,7 +155,7 @@ fn neg(negate: bool) -> &'static str {
 /// A rule as `iptables-save` prints it, without the `-A <chain> ` prefix: address, interface
 /// and protocol options first (in the kernel's fixed order), then the match modules in rule
 /// order with implicit `-m tcp`/`-m udp`, then the target with the kernel's normalised options.
-pub fn canonical_spec(rule: &Rule, resolve: GroupResolver<'_>) -> Result<String, String> {
+pub fn canonical_spec(rule: &Rule, resolve: GroupResolver<'_>) -> Result<String, SpecError> {
     let mut head: Vec<String> = Vec::new();
     let mut src = None;
     let mut dst = None;
@@ -204,7 +204,7 @@ pub fn canonical_spec(rule: &Rule, resolve: GroupResolver<'_>) -> Result<String,
                         let gid = group
                             .gid()
                             .or_else(|| resolve(group.as_str()))
-                            .ok_or_else(|| format!("unknown group {:?}", group.as_str()))?;
+                            .ok_or_else(|| SpecError::UnknownGroup(group.as_str().to_string()))?;
                         format!("--gid-owner {gid}")
                     }
                 };
@@ -237,9 +237,32 @@ fn proto_str(p: Protocol) -> &'static str {
     }
 }
 
-fn proto_name(p: Option<Protocol>) -> Result<&'static str, String> {
-    p.map(proto_str)
-        .ok_or_else(|| "a port match needs a protocol".to_string())
+fn proto_name(p: Option<Protocol>) -> Result<&'static str, SpecError> {
+    p.map(proto_str).ok_or(SpecError::PortWithoutProtocol)
+}
+
+/// Why a rule has no iptables-save form.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// An owner match names a group this system does not know.
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    /// A port match without a protocol.
+    #[error("a port match needs a protocol")]
+    PortWithoutProtocol,
+}
+
+/// A planned rule that has no iptables-save form: the rule, its restore line, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{rule} ({line}): {error}")]
+pub struct ExpectedError {
+    /// The rule, as the plan names it.
+    pub rule: String,
+    /// Its restore line.
+    pub line: String,
+    /// Why.
+    #[source]
+    pub error: SpecError,
 }
 
 fn canonical_target(rule: &Rule) -> String {
@@ -283,15 +306,13 @@ pub struct ExpectedTable {
 pub fn expected_tables(
     rules: &[Rule],
     resolve: GroupResolver<'_>,
-) -> Result<BTreeMap<Table, ExpectedTable>, String> {
+) -> Result<BTreeMap<Table, ExpectedTable>, ExpectedError> {
     let mut out: BTreeMap<Table, ExpectedTable> = BTreeMap::new();
     for rule in rules {
-        let spec = canonical_spec(rule, resolve).map_err(|e| {
-            format!(
-                "{} ({}): {e}",
-                rule,
-                crate::render::iptables_text::rule_line(rule)
-            )
+        let spec = canonical_spec(rule, resolve).map_err(|error| ExpectedError {
+            rule: rule.to_string(),
+            line: crate::render::iptables_text::rule_line(rule),
+            error,
         })?;
         let table = out.entry(rule.table).or_default();
         let chain = table.chains.entry(rule.chain).or_default();

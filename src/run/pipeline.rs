@@ -11,7 +11,7 @@ use crate::driver::nf_tables::{NfTables, NftError};
 use crate::driver::routing;
 use crate::driver::xtables::XtablesLock;
 use crate::engine::decide::{self, family_index, Expected, Full, Input};
-use crate::engine::error::{ApplyError, Report};
+use crate::engine::error::{ApplyError, Precondition, Report};
 use crate::engine::inventory;
 use crate::engine::mode::Mode;
 use crate::engine::observe::{observe, Ask};
@@ -19,10 +19,11 @@ use crate::execute::xt_shells;
 use crate::execute::{execute, Drivers};
 use crate::log::Log;
 use crate::plan::{self, Family, Plan};
-use crate::render::iptables_save::expected_tables;
+use crate::render::iptables_save::{expected_tables, ExpectedError};
 use crate::render::nft_ruleset::Ruleset;
 use crate::sys::groups::{self, Groups};
 use crate::sys::process::Runner;
+use crate::sys::transient::Transient;
 use crate::sys::{lock, privileges};
 
 /// The capabilities the iptables tools need (NET_RAW for the legacy variant's sockets).
@@ -170,7 +171,8 @@ pub fn check(
         forced: opts.force_iptables_binary,
         resolve: &resolve,
         expected: &expected,
-        full: &|| Err("not needed by --check".to_string()),
+        // The removals it is for are never decided by --check.
+        full: &|| Ok(Default::default()),
     };
     let decision = decide::decide(&input, Mode::Check, native)?;
     for note in &decision.notes {
@@ -198,7 +200,7 @@ pub fn cleanup(
         ..capture.clone()
     }));
     let plan = plan::plan(capture);
-    let expected: [Option<Result<Expected, String>>; 2] = [None, None];
+    let expected: [Option<Result<Expected, ExpectedError>>; 2] = [None, None];
     let ask = Ask {
         plan: &plan,
         expected: &expected,
@@ -240,15 +242,12 @@ pub fn cleanup_preview(
     capture: &Capture,
     runner: &(dyn Runner + Sync),
 ) -> Result<String, ApplyError> {
-    privileges::require_capabilities(reading_caps(runner)).map_err(|e| {
-        ApplyError::Precondition(format!(
-            "a dry run of --cleanup-only reads this namespace's rules, which needs privileges: {e}"
-        ))
-    })?;
+    privileges::require_capabilities(reading_caps(runner))
+        .map_err(|e| ApplyError::Precondition(Precondition::DryRunCapabilities(e)))?;
     let groups = load_groups()?;
     let resolve = |name: &str| resolve_group(&groups, name);
     let plan = plan::plan(capture);
-    let expected: [Option<Result<Expected, String>>; 2] = [None, None];
+    let expected: [Option<Result<Expected, ExpectedError>>; 2] = [None, None];
     let ask = Ask {
         plan: &plan,
         expected: &expected,
@@ -275,8 +274,8 @@ fn planned_expected(
     plan: &Plan,
     resolve: &dyn Fn(&str) -> Option<u32>,
     wanted: bool,
-) -> [Option<Result<Expected, String>>; 2] {
-    let mut out: [Option<Result<Expected, String>>; 2] = [None, None];
+) -> [Option<Result<Expected, ExpectedError>>; 2] {
+    let mut out: [Option<Result<Expected, ExpectedError>>; 2] = [None, None];
     if wanted {
         for family in plan.families() {
             out[family_index(family)] = Some(expected_tables(&plan.rules(family), &resolve));
@@ -325,19 +324,20 @@ fn prepare(
     opts: &RunOptions,
     caps: &[Capability],
 ) -> Result<(lock::NetnsLock, Groups), ApplyError> {
-    privileges::require_capabilities(caps).map_err(ApplyError::Precondition)?;
+    privileges::require_capabilities(caps)
+        .map_err(|e| ApplyError::Precondition(Precondition::Capabilities(e)))?;
     // Waiting for another run counts against this run's deadline too.
     let wait = opts.xtables_wait.min(opts.timeout);
-    let lock = lock::lock_netns(wait).map_err(|e| match e {
-        lock::LockError::Held { message, holder } => ApplyError::Transient {
-            reason: format!(
-                "another meshinit held this namespace's lock ({}) longer than {:.1}s",
-                holder.unwrap_or_else(|| "holder unknown".to_string()),
-                wait.as_secs_f64()
-            ),
-            message,
-        },
-        lock::LockError::Failed(message) => ApplyError::Precondition(message),
+    let lock = lock::lock_netns(wait).map_err(|e| {
+        // Held: released when that run ends, so another attempt may take it.
+        let reason = match &e {
+            lock::LockError::Held { holder, wait } => Some(Transient::NetnsLock {
+                holder: holder.clone(),
+                waited: *wait,
+            }),
+            _ => None,
+        };
+        ApplyError::precondition(Precondition::Lock(e), reason)
     })?;
     Ok((lock, load_groups()?))
 }
@@ -382,5 +382,6 @@ fn resolve_group(groups: &Groups, name: &str) -> Option<u32> {
 
 /// The group database of /etc/group, read directly (no NSS, see istio/istio#48416).
 fn load_groups() -> Result<Groups, ApplyError> {
-    Groups::load(std::path::Path::new(groups::GROUP_FILE)).map_err(ApplyError::Precondition)
+    Groups::load(std::path::Path::new(groups::GROUP_FILE))
+        .map_err(|e| ApplyError::Precondition(Precondition::Groups(e)))
 }

@@ -42,11 +42,14 @@ impl Groups {
 
     /// Reads a group file; a missing file is an empty database (names then fail by name, or
     /// fall back to the system's lookup where the caller does so).
-    pub fn load(path: &Path) -> Result<Groups, String> {
+    pub fn load(path: &Path) -> Result<Groups, GroupsError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(Groups::parse(&text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Groups::default()),
-            Err(e) => Err(format!("reading {}: {e}", path.display())),
+            Err(e) => Err(GroupsError {
+                path: path.to_path_buf(),
+                error: std::sync::Arc::new(e),
+            }),
         }
     }
 
@@ -54,6 +57,17 @@ impl Groups {
     pub fn gid(&self, name: &str) -> Option<u32> {
         self.0.get(name).copied()
     }
+}
+
+/// The group file could not be read.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("reading {}: {error}", path.display())]
+pub struct GroupsError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The system's answer.
+    #[source]
+    pub error: std::sync::Arc<std::io::Error>,
 }
 
 #[cfg(test)]
@@ -109,7 +123,7 @@ mod tests {
             Groups::load(&dir.join("missing")).unwrap(),
             Groups::default()
         );
-        let err = Groups::load(&dir).unwrap_err();
+        let err = Groups::load(&dir).unwrap_err().to_string();
         assert!(
             err.starts_with(&format!("reading {}", dir.display())),
             "{err}"

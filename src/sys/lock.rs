@@ -66,32 +66,36 @@ impl Drop for NetnsLock {
 }
 
 /// Why the lock was not taken.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LockError {
     /// Another run held it for all of the wait (transient: it is released when that run
-    /// ends); the message, and who held it when that is known.
+    /// ends); who held it when that is known.
+    #[error(
+        "another meshinit holds the lock of this network namespace (abstract unix socket @{LOCK_NAME}{}) for longer than {wait:?}; nothing was changed",
+        holder.as_ref().map(|h| format!("; held by {h}")).unwrap_or_default()
+    )]
     Held {
-        /// The whole message.
-        message: String,
         /// `pid N, comm`, when found.
         holder: Option<String>,
+        /// How long this run waited.
+        wait: Duration,
     },
-    /// The lock could not be made or taken at all.
-    Failed(String),
-}
-
-impl std::fmt::Display for LockError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LockError::Held { message, .. } | LockError::Failed(message) => f.write_str(message),
-        }
-    }
+    /// The lock's name could not be made.
+    #[error("cannot name meshinit's namespace lock: {0}")]
+    Name(Errno),
+    /// The lock's socket could not be made.
+    #[error("cannot make meshinit's namespace lock: socket: {0}; nothing was changed")]
+    Socket(Errno),
+    /// Binding the name failed for another reason than another holder.
+    #[error(
+        "cannot take meshinit's namespace lock (abstract unix socket @{LOCK_NAME}): {0}; nothing was changed"
+    )]
+    Bind(Errno),
 }
 
 /// Takes the lock of the calling thread's network namespace, waiting at most `wait`.
 pub fn lock_netns(wait: Duration) -> Result<NetnsLock, LockError> {
-    let addr = UnixAddr::new_abstract(LOCK_NAME.as_bytes())
-        .map_err(|e| LockError::Failed(format!("cannot name meshinit's namespace lock: {e}")))?;
+    let addr = UnixAddr::new_abstract(LOCK_NAME.as_bytes()).map_err(LockError::Name)?;
     let deadline = Instant::now() + wait;
     loop {
         // CLOEXEC: the iptables tools must not inherit (and so outlive us holding) the lock.
@@ -101,11 +105,7 @@ pub fn lock_netns(wait: Duration) -> Result<NetnsLock, LockError> {
             SockFlag::SOCK_CLOEXEC,
             None,
         )
-        .map_err(|e| {
-            LockError::Failed(format!(
-                "cannot make meshinit's namespace lock: socket: {e}; nothing was changed"
-            ))
-        })?;
+        .map_err(LockError::Socket)?;
         match bind(std::os::fd::AsRawFd::as_raw_fd(&socket), &addr) {
             Ok(()) => {
                 // Listening lets a waiting run ask the kernel who we are (SO_PEERCRED);
@@ -114,27 +114,16 @@ pub fn lock_netns(wait: Duration) -> Result<NetnsLock, LockError> {
                 return Ok(NetnsLock {
                     _socket: socket,
                     xtables_file: None,
-                })
+                });
             }
             Err(Errno::EADDRINUSE) if Instant::now() < deadline => std::thread::sleep(RETRY),
             Err(Errno::EADDRINUSE) => {
-                let holder = holder(&addr);
-                let held_by = holder
-                    .as_ref()
-                    .map(|h| format!("; held by {h}"))
-                    .unwrap_or_default();
                 return Err(LockError::Held {
-                    message: format!(
-                        "another meshinit holds the lock of this network namespace (abstract unix socket @{LOCK_NAME}{held_by}) for longer than {wait:?}; nothing was changed"
-                    ),
-                    holder,
+                    holder: holder(&addr),
+                    wait,
                 });
             }
-            Err(e) => {
-                return Err(LockError::Failed(format!(
-                    "cannot take meshinit's namespace lock (abstract unix socket @{LOCK_NAME}): {e}; nothing was changed"
-                )))
-            }
+            Err(e) => return Err(LockError::Bind(e)),
         }
     }
 }

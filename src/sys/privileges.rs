@@ -2,9 +2,65 @@
 //! apply step needs, before anything is touched.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::errno::Errno;
 
 use caps::{CapSet, Capability};
+
+/// Why the network namespace could not be entered. `setting` names where the path came
+/// from (`--network-namespace`, or `CNI_NETNS` for a CNI plugin).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The path cannot be opened.
+    #[error(
+        "cannot open network namespace {}: {error}; {setting} takes a path: {}",
+        path.display(),
+        match named {
+            Some(named) => format!("did you mean {}?", named.display()),
+            None => "/run/netns/NAME (what `ip netns` names) or /proc/PID/ns/net".to_string(),
+        }
+    )]
+    Open {
+        /// The path given.
+        path: PathBuf,
+        /// Where it came from.
+        setting: &'static str,
+        /// The system's answer.
+        #[source]
+        error: Arc<std::io::Error>,
+        /// For a bare name that `ip netns` knows: its path.
+        named: Option<PathBuf>,
+    },
+    /// The file is not a namespace.
+    #[error(
+        "cannot enter network namespace {} ({setting}): not a network namespace (give /run/netns/NAME or /proc/PID/ns/net)",
+        path.display()
+    )]
+    NotNamespace {
+        /// The path given.
+        path: PathBuf,
+        /// Where it came from.
+        setting: &'static str,
+    },
+    /// `setns` refused.
+    #[error(
+        "cannot enter network namespace {}: {}",
+        path.display(),
+        match errno {
+            Errno::EINVAL => "a namespace of another kind, not a network namespace (/proc/PID/ns/net is the network one)".to_string(),
+            Errno::EPERM => format!("{errno} (needs CAP_SYS_ADMIN)"),
+            _ => errno.to_string(),
+        }
+    )]
+    Setns {
+        /// The path given.
+        path: PathBuf,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+}
 
 /// Moves this process into the network namespace at `path`. Must run before any thread
 /// exists: `setns` moves only the calling thread, and later threads inherit from it. Returns
@@ -12,43 +68,33 @@ use caps::{CapSet, Capability};
 /// /proc/PID/ns/net` shows it).
 /// `setting` names where the path came from in messages (`--network-namespace`, or
 /// `CNI_NETNS` for a CNI plugin).
-pub fn enter_netns(path: &Path, setting: &str) -> Result<String, String> {
-    let file = File::open(path).map_err(|e| {
-        let mut message = format!("cannot open network namespace {}: {e}", path.display());
+pub fn enter_netns(path: &Path, setting: &'static str) -> Result<String, NetnsError> {
+    let file = File::open(path).map_err(|error| {
         // `ip netns` shows names; the flag takes a path, as Istio's does.
         let bare = !path.as_os_str().is_empty() && path.components().count() == 1;
         let named = Path::new("/run/netns").join(path);
-        if bare && named.exists() {
-            message.push_str(&format!(
-                "; {setting} takes a path: did you mean {}?",
-                named.display()
-            ));
-        } else {
-            message.push_str(&format!(
-                "; {setting} takes a path: /run/netns/NAME (what `ip netns` names) or /proc/PID/ns/net"
-            ));
+        NetnsError::Open {
+            path: path.to_path_buf(),
+            setting,
+            error: Arc::new(error),
+            named: (bare && named.exists()).then_some(named),
         }
-        message
     })?;
     if !on_nsfs(&file) {
-        return Err(format!(
-            "cannot enter network namespace {} ({setting}): not a network namespace (give /run/netns/NAME or /proc/PID/ns/net)",
-            path.display()
-        ));
+        return Err(NetnsError::NotNamespace {
+            path: path.to_path_buf(),
+            setting,
+        });
     }
     let inode = file
         .metadata()
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .ok();
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-        let why = match e {
-            nix::errno::Errno::EINVAL => {
-                "a namespace of another kind, not a network namespace (/proc/PID/ns/net is the network one)".to_string()
-            }
-            nix::errno::Errno::EPERM => format!("{e} (needs CAP_SYS_ADMIN)"),
-            _ => e.to_string(),
-        };
-        format!("cannot enter network namespace {}: {why}", path.display())
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        NetnsError::Setns {
+            path: path.to_path_buf(),
+            errno,
+        }
     })?;
     Ok(match inode {
         Some(ino) => format!("{} (net:[{ino}])", path.display()),
@@ -70,22 +116,44 @@ fn on_nsfs(file: &File) -> bool {
         .unwrap_or(true)
 }
 
+/// Why the capabilities the run needs are not there to use.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CapsError {
+    /// The effective set could not be read.
+    #[error("cannot read this process's capabilities: {0}")]
+    Read(String),
+    /// Some are missing from the effective set.
+    #[error(
+        "missing capabilities {}: run as root or grant them to the container (securityContext.capabilities.add: [NET_ADMIN, NET_RAW]); nothing was changed",
+        missing.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    Missing {
+        /// The missing ones.
+        missing: Vec<Capability>,
+    },
+    /// One could not be raised into the ambient set for the helper programs.
+    #[error("cannot pass {cap} on to helper programs: {error}")]
+    Pass {
+        /// The capability.
+        cap: Capability,
+        /// The `caps` crate's answer.
+        error: String,
+    },
+}
+
 /// Checks that this process holds `needed` in its effective set, and raises them into the
 /// inheritable and ambient sets so the iptables tools it starts keep them even when meshinit
 /// runs as a non-root user with file capabilities.
-pub fn require_capabilities(needed: &[Capability]) -> Result<(), String> {
-    let effective = caps::read(None, CapSet::Effective)
-        .map_err(|e| format!("cannot read this process's capabilities: {e}"))?;
-    let missing: Vec<String> = needed
+pub fn require_capabilities(needed: &[Capability]) -> Result<(), CapsError> {
+    let effective =
+        caps::read(None, CapSet::Effective).map_err(|e| CapsError::Read(e.to_string()))?;
+    let missing: Vec<Capability> = needed
         .iter()
         .filter(|c| !effective.contains(c))
-        .map(|c| c.to_string())
+        .copied()
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "missing capabilities {}: run as root or grant them to the container (securityContext.capabilities.add: [NET_ADMIN, NET_RAW]); nothing was changed",
-            missing.join(", ")
-        ));
+        return Err(CapsError::Missing { missing });
     }
     if nix::unistd::geteuid().is_root() {
         // Root's children get the bounding set anyway.
@@ -94,7 +162,10 @@ pub fn require_capabilities(needed: &[Capability]) -> Result<(), String> {
     for &cap in needed {
         caps::raise(None, CapSet::Inheritable, cap)
             .and_then(|()| caps::raise(None, CapSet::Ambient, cap))
-            .map_err(|e| format!("cannot pass {cap} on to helper programs: {e}"))?;
+            .map_err(|e| CapsError::Pass {
+                cap,
+                error: e.to_string(),
+            })?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,15 +30,94 @@ impl Output {
         self.code == Some(0)
     }
 
-    /// How it ended, for messages: `exited with code 1`, `was killed by signal 6 (SIGABRT)`.
-    pub fn ended(&self) -> String {
+    /// How it ended: its exit code, or the signal that killed it.
+    pub fn ended(&self) -> Ended {
         match (self.code, self.signal) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(signal)) => match Signal::try_from(signal) {
-                Ok(name) => format!("was killed by signal {signal} ({})", name.as_str()),
-                Err(_) => format!("was killed by signal {signal}"),
+            (Some(code), _) => Ended::Exited(code),
+            (None, Some(signal)) => Ended::Killed(signal),
+            (None, None) => Ended::Unknown,
+        }
+    }
+}
+
+/// How a program ended, for messages: `exited with code 1`, `was killed by signal 6
+/// (SIGABRT)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Killed(i32),
+    /// Neither an exit code nor a signal was reported.
+    Unknown,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Ended::Exited(code) => write!(f, "exited with code {code}"),
+            Ended::Killed(signal) => match Signal::try_from(signal) {
+                Ok(name) => write!(f, "was killed by signal {signal} ({})", name.as_str()),
+                Err(_) => write!(f, "was killed by signal {signal}"),
             },
-            (None, None) => "ended without an exit code or signal".to_string(),
+            Ended::Unknown => f.write_str("ended without an exit code or signal"),
+        }
+    }
+}
+
+/// Why a program did not run to its end.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum RunError {
+    /// It is not on `PATH`.
+    #[error("cannot run {program}: not installed (not found on PATH)")]
+    NotInstalled {
+        /// The program.
+        program: String,
+    },
+    /// It could not be started for another reason.
+    #[error("cannot run {program}: {error}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The system's answer.
+        #[source]
+        error: Arc<io::Error>,
+    },
+    /// It was still running at the run's deadline (`--timeout`) and was killed, with
+    /// everything it started.
+    #[error(
+        "{program} did not finish within {:.1}s and was killed at the run's deadline (--timeout {} from the start of the run)",
+        ran.as_secs_f64(),
+        crate::go_duration::go_duration(*timeout)
+    )]
+    Deadline {
+        /// The program.
+        program: String,
+        /// How long it ran.
+        ran: Duration,
+        /// The run's `--timeout`.
+        timeout: Duration,
+    },
+    /// Its exit status was lost (the thread waiting for it is gone).
+    #[error("{program}: lost the child's exit status")]
+    Lost {
+        /// The program.
+        program: String,
+    },
+}
+
+impl RunError {
+    /// A failure to start `program`: not installed when the system says it is not found.
+    pub fn spawn(program: &str, error: io::Error) -> RunError {
+        if error.kind() == io::ErrorKind::NotFound {
+            RunError::NotInstalled {
+                program: program.to_string(),
+            }
+        } else {
+            RunError::Spawn {
+                program: program.to_string(),
+                error: Arc::new(error),
+            }
         }
     }
 }
@@ -46,14 +125,14 @@ impl Output {
 /// Runs programs.
 pub trait Runner {
     /// Runs `program` with `args` and these extra environment variables, feeding `stdin`. A
-    /// program that cannot be started is an `io::Error` (`NotFound` when it is not installed).
+    /// program that cannot be started, or is killed at the deadline, is a [`RunError`].
     fn run(
         &self,
         program: &str,
         args: &[&str],
         env: &[(&str, &str)],
         stdin: Option<&str>,
-    ) -> io::Result<Output>;
+    ) -> Result<Output, RunError>;
 
     /// Whether `program` can be started, without starting it.
     fn installed(&self, program: &str) -> bool;
@@ -117,7 +196,7 @@ impl Runner for SystemRunner {
         args: &[&str],
         env: &[(&str, &str)],
         stdin: Option<&str>,
-    ) -> io::Result<Output> {
+    ) -> Result<Output, RunError> {
         let started = Instant::now();
         let mut child = Command::new(program)
             .args(args)
@@ -131,7 +210,8 @@ impl Runner for SystemRunner {
             .stderr(Stdio::piped())
             // Its own process group, so a timeout kills whatever it started as well.
             .process_group(0)
-            .spawn()?;
+            .spawn()
+            .map_err(|e| RunError::spawn(program, e))?;
         let pid = child.id();
         // Feed and drain at once: a tool that writes much before reading all of its input
         // (or reads all before writing) can never block on us.
@@ -151,9 +231,9 @@ impl Runner for SystemRunner {
         let waiter = thread::spawn(move || {
             let _ = done.send(child.wait());
         });
-        // As the flag is given (Go's duration text: `2m0s`, `300ms`).
-        let timeout =
-            crate::go_duration::go_duration(self.deadline.map(|d| d.timeout).unwrap_or_default());
+        let lost = || RunError::Lost {
+            program: program.to_string(),
+        };
         let status = match self.limit() {
             Some(limit) => match exited.recv_timeout(limit) {
                 Ok(status) => status,
@@ -161,19 +241,19 @@ impl Runner for SystemRunner {
                     let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     let _ = exited.recv();
                     let _ = waiter.join();
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "{program} did not finish within {:.1}s and was killed at the run's deadline (--timeout {timeout} from the start of the run)",
-                            started.elapsed().as_secs_f64()
-                        ),
-                    ));
+                    return Err(RunError::Deadline {
+                        program: program.to_string(),
+                        ran: started.elapsed(),
+                        timeout: self.deadline.map(|d| d.timeout).unwrap_or_default(),
+                    });
                 }
             },
-            None => exited
-                .recv()
-                .map_err(|_| io::Error::other("lost the child's exit status"))?,
-        }?;
+            None => exited.recv().map_err(|_| lost())?,
+        }
+        .map_err(|e| RunError::Spawn {
+            program: program.to_string(),
+            error: Arc::new(e),
+        })?;
         let _ = waiter.join();
         if let Some(feeder) = feeder {
             let _ = feeder.join();
@@ -234,7 +314,7 @@ mod tests {
             .run("sh", &["-c", "sleep 30; echo late"], &[], Some("input"))
             .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(matches!(err, RunError::Deadline { .. }), "{err:?}");
         assert!(
             err.to_string().starts_with("sh did not finish within 0.")
                 && err
@@ -267,16 +347,16 @@ mod tests {
     fn how_a_child_ended_is_said_by_its_exit_code_or_the_signal_that_killed_it() {
         let runner = SystemRunner::new(None);
         let out = runner.run("sh", &["-c", "exit 3"], &[], None).unwrap();
-        assert_eq!(out.ended(), "exited with code 3");
+        assert_eq!(out.ended().to_string(), "exited with code 3");
         let out = runner
             .run("sh", &["-c", "kill -ABRT $$"], &[], None)
             .unwrap();
         assert_eq!((out.code, out.signal), (None, Some(6)));
-        assert_eq!(out.ended(), "was killed by signal 6 (SIGABRT)");
+        assert_eq!(out.ended().to_string(), "was killed by signal 6 (SIGABRT)");
         let odd = Output {
             signal: Some(99),
             ..Output::default()
         };
-        assert_eq!(odd.ended(), "was killed by signal 99");
+        assert_eq!(odd.ended().to_string(), "was killed by signal 99");
     }
 }
