@@ -11,7 +11,7 @@ use crate::driver::nf_tables::NftError;
 use crate::driver::routing::{Object, RemoveError};
 use crate::driver::rtnetlink::NetlinkError;
 use crate::driver::xtables::{IptablesError, Tools};
-use crate::engine::inventory::Counts;
+use crate::engine::inventory::{Counts, Unreadable};
 use crate::go_duration::go_duration;
 use crate::plan::Family;
 use crate::render::iptables_save::{ExpectedError, PROBE_SPEC};
@@ -245,11 +245,11 @@ pub enum Precondition {
     /// lo's `disable_ipv6` could not be read.
     #[error("cannot read {path}: {0}", path = super::observe::LO_DISABLE_IPV6)]
     Ipv6Unreadable(String),
-    /// Places that may hold rules of ours could not be read (one line each).
-    #[error("{UNREADABLE_HEAD}:\n{}", places.join("\n"))]
+    /// Places that may hold rules of ours could not be read.
+    #[error("{UNREADABLE_HEAD}:\n{}", places.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Unreadable {
         /// Each place and why.
-        places: Vec<String>,
+        places: Vec<Unreadable>,
     },
     /// An iptables-nft older than 1.8.8 would have to read rules of ours it cannot print.
     #[error(

@@ -15,15 +15,18 @@
 
 use crate::config::IptablesVariant;
 use crate::driver::nf_tables::NfTables;
+use crate::driver::nf_tables::NftError;
 use crate::driver::routing::{self, Object};
 use crate::driver::rtnetlink::Netlink;
-use crate::driver::xtables::{self, Tools};
+use crate::driver::rtnetlink::NetlinkError;
+use crate::driver::xtables::{self, IptablesError, Tools};
 use crate::engine::error::place_name;
 use crate::plan::Family;
 use crate::render::iptables_save::{jumps_to_ours, leftover_probes, Saved, OUR_CHAIN_PREFIX};
 use crate::render::nft_netlink::XtFamily;
 use crate::sys::process::Runner;
 use crate::sys::transient::Transient;
+use std::sync::Arc;
 
 /// What reading one place gave.
 #[derive(Clone, Debug)]
@@ -31,33 +34,175 @@ pub enum Reading<T> {
     /// Read: its contents.
     Read(T),
     /// Nothing of ours can be there; why (e.g. no tool, and the kernel holds no such tables).
-    Nothing(String),
-    /// Something may be there but could not be read.
-    Unreadable {
-        /// Why.
-        why: String,
-        /// Why the failure may pass (a save tool's lock message, the kernel's `EBUSY`,
-        /// `EAGAIN` or `EINTR`: see [`crate::sys::transient`]); `None` when another read would fail
-        /// the same way. Carried up so that apply and cleanup retry it under `--retries`.
-        transient: Option<Transient>,
-    },
+    Nothing(Nothing),
+    /// Something may be there but could not be read; why. Its transient marker (a save
+    /// tool's lock message, the kernel's `EBUSY`, `EAGAIN` or `EINTR`: see
+    /// [`crate::sys::transient`]) is carried up so that apply and cleanup retry it under
+    /// `--retries`.
+    Unreadable(Unread),
 }
 
 impl<T> Reading<T> {
-    /// Why it could not be read, and its transient marker, when it could not.
-    fn unread(&self) -> Option<(&String, &Option<Transient>)> {
+    /// Why it could not be read, when it could not.
+    fn unread(&self) -> Option<&Unread> {
         match self {
-            Reading::Unreadable { why, transient } => Some((why, transient)),
+            Reading::Unreadable(why) => Some(why),
             _ => None,
         }
     }
+}
 
-    /// A place that could not be read, for a reason that another attempt would not change.
-    fn unreadable(why: String) -> Reading<T> {
-        Reading::Unreadable {
-            why,
-            transient: None,
+/// Why a place holds nothing of ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Nothing {
+    /// The kernel lacks what the variant's save tool needs (see `xtables::save_if_present`).
+    KernelLacks(Tools),
+    /// No save tool, and the kernel has no legacy tables at all (no `*_tables_names`).
+    NoLegacyTables(Tools),
+    /// No save tool, and no legacy table exists in this namespace.
+    NoLegacyTable(Tools),
+    /// No save tool, and nf_tables holds no chain of ours in the family.
+    NoChainOfOurs(Tools),
+    /// The kernel has no nf_tables.
+    NoNfTables,
+}
+
+impl std::fmt::Display for Nothing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Nothing::KernelLacks(tools) => write!(
+                f,
+                "the kernel lacks what {} needs, so it cannot hold rules",
+                tools.save()
+            ),
+            Nothing::NoLegacyTables(tools) => write!(
+                f,
+                "{} is not installed and the kernel has no legacy tables ({} does not exist)",
+                tools.save(),
+                legacy_names(tools.family)
+            ),
+            Nothing::NoLegacyTable(tools) => write!(
+                f,
+                "{} is not installed and no legacy table exists in this namespace",
+                tools.save()
+            ),
+            Nothing::NoChainOfOurs(tools) => write!(
+                f,
+                "{} is not installed and nf_tables holds no chain of ours in the {} family",
+                tools.save(),
+                xt_family(tools.family).name()
+            ),
+            Nothing::NoNfTables => f.write_str("the kernel has no nf_tables"),
         }
+    }
+}
+
+/// Why a place that may hold rules of ours could not be read.
+#[derive(Clone, Debug)]
+pub enum Unread {
+    /// Its save tool failed.
+    Tool(Tools, IptablesError),
+    /// No save tool, and `*_tables_names` cannot be read.
+    LegacyNames(Tools, Arc<std::io::Error>),
+    /// No save tool, and legacy tables exist (these), which only it can read.
+    LegacyTables(Tools, Vec<String>),
+    /// No save tool, and nf_tables cannot be read either.
+    Nft(Tools, NftError),
+    /// No save tool, and nf_tables holds these chains of ours, which only it can remove.
+    NftChains(Tools, Vec<String>),
+    /// Our native tables cannot be listed.
+    Native(NftError),
+    /// Our routing objects cannot be listed.
+    Routing(NetlinkError),
+    /// The thread reading it panicked.
+    Panicked(Place),
+}
+
+impl Unread {
+    /// Why another read may succeed, when it may.
+    pub fn transient(&self) -> Option<Transient> {
+        match self {
+            Unread::Tool(_, e) => e.transient(),
+            Unread::Nft(_, e) | Unread::Native(e) => e.transient(),
+            Unread::Routing(e) => e.transient(),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unread::Tool(tools, e) => write!(f, "cannot read it with {}: {e}", tools.save()),
+            Unread::LegacyNames(tools, e) => write!(
+                f,
+                "{} is not installed and {} cannot be read: {e}",
+                tools.save(),
+                legacy_names(tools.family)
+            ),
+            Unread::LegacyTables(tools, tables) => write!(
+                f,
+                "{} is not installed, and legacy tables exist in this namespace ({}), which only it can read",
+                tools.save(),
+                tables.join(", ")
+            ),
+            Unread::Nft(tools, e) => write!(
+                f,
+                "{} is not installed and nf_tables cannot be read either: {e}",
+                tools.save()
+            ),
+            Unread::NftChains(tools, chains) => write!(
+                f,
+                "{} is not installed, and nf_tables holds chains of ours that only it can remove: {}",
+                tools.save(),
+                chains.join(", ")
+            ),
+            Unread::Native(e) => write!(f, "{e}"),
+            Unread::Routing(e) => write!(f, "cannot list meshinit's routing objects: {e}"),
+            Unread::Panicked(Place::Iptables(tools)) => {
+                write!(f, "reading {} panicked", tools.save())
+            }
+            Unread::Panicked(Place::Native) => f.write_str("reading the native tables panicked"),
+            Unread::Panicked(Place::Routing) => {
+                f.write_str("reading the routing objects panicked")
+            }
+        }
+    }
+}
+
+/// A place the inventory reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// An iptables family and variant.
+    Iptables(Tools),
+    /// Our native nftables tables.
+    Native,
+    /// Our routing objects.
+    Routing,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Iptables(tools) => f.write_str(&place_name(*tools)),
+            Place::Native => f.write_str("native nftables"),
+            Place::Routing => f.write_str("routing objects"),
+        }
+    }
+}
+
+/// A place that may hold something of ours but could not be read, and why.
+#[derive(Clone, Debug)]
+pub struct Unreadable {
+    /// The place.
+    pub place: Place,
+    /// Why.
+    pub why: Unread,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.place, self.why)
     }
 }
 
@@ -230,15 +375,16 @@ impl Inventory {
                 .collect();
             let native = scope.spawn(read_native);
             let routing = read_routing();
-            let failed = |what: &str| format!("reading {what} panicked");
+
             Inventory {
                 iptables: PLACES
                     .iter()
                     .zip(places)
                     .map(|(&tools, handle)| {
-                        let (reading, read_by_tool) = handle
-                            .join()
-                            .unwrap_or_else(|_| (Reading::unreadable(failed(&tools.save())), true));
+                        let (reading, read_by_tool) = handle.join().unwrap_or_else(|_| {
+                            let why = Unread::Panicked(Place::Iptables(tools));
+                            (Reading::Unreadable(why), true)
+                        });
                         IptablesPlace {
                             tools,
                             reading,
@@ -248,7 +394,7 @@ impl Inventory {
                     .collect(),
                 native: native
                     .join()
-                    .unwrap_or_else(|_| Reading::unreadable(failed("the native tables"))),
+                    .unwrap_or(Reading::Unreadable(Unread::Panicked(Place::Native))),
                 routing,
             }
         })
@@ -270,42 +416,49 @@ impl Inventory {
         }
     }
 
-    /// One line per place that may hold something of ours but could not be read.
-    pub fn unreadable(&self) -> Vec<String> {
-        self.unread().into_iter().map(|(line, _)| line).collect()
+    /// Each place that may hold something of ours but could not be read, and why.
+    pub fn unreadable(&self) -> Vec<Unreadable> {
+        let mut out: Vec<Unreadable> = self
+            .iptables
+            .iter()
+            .filter_map(|p| {
+                p.reading.unread().map(|why| Unreadable {
+                    place: Place::Iptables(p.tools),
+                    why: why.clone(),
+                })
+            })
+            .collect();
+        for (place, reading) in [
+            (Place::Native, self.native.unread()),
+            (Place::Routing, self.routing.unread()),
+        ] {
+            out.extend(reading.map(|why| Unreadable {
+                place,
+                why: why.clone(),
+            }));
+        }
+        out
     }
 
     /// Why the places that could not be read may be readable on another attempt, when every
-    /// one of them may (one reason per place, joined); `None` when all were read, or when
-    /// one failed for a reason that another attempt would not change.
+    /// one of them may (one reason per place); `None` when all were read, or when one failed
+    /// for a reason that another attempt would not change.
     pub fn transient(&self) -> Option<Transient> {
-        let unread = self.unread();
+        let unread = self.unreadable();
         if unread.is_empty() {
             return None;
         }
-        let reasons: Option<Vec<Transient>> = unread.into_iter().map(|(_, t)| t).collect();
+        let reasons: Option<Vec<Transient>> = unread.iter().map(|u| u.why.transient()).collect();
         reasons.map(Transient::all)
     }
 
     /// Why the places that failed to read for a transient reason may be readable on another
     /// attempt, one reason each (empty when none did).
     pub fn transient_reads(&self) -> Vec<Transient> {
-        self.unread().into_iter().filter_map(|(_, t)| t).collect()
-    }
-
-    /// Each place that could not be read: its line, and its transient marker.
-    fn unread(&self) -> Vec<(String, Option<Transient>)> {
-        let line = |name: String, reading: Option<(&String, &Option<Transient>)>| {
-            reading.map(|(why, transient)| (format!("{name}: {why}"), transient.clone()))
-        };
-        let mut out: Vec<_> = self
-            .iptables
+        self.unreadable()
             .iter()
-            .filter_map(|p| line(p.name(), p.reading.unread()))
-            .collect();
-        out.extend(line("native nftables".to_string(), self.native.unread()));
-        out.extend(line("routing objects".to_string(), self.routing.unread()));
-        out
+            .filter_map(|u| u.why.transient())
+            .collect()
     }
 
     /// The iptables places that hold chains or jumps of ours.
@@ -370,50 +523,31 @@ fn xt_family(family: Family) -> XtFamily {
 
 /// One iptables place read with its tool.
 fn read_with_tool(runner: &dyn Runner, tools: Tools) -> Reading<Saved> {
-    let save = tools.save();
     match xtables::save_if_present(runner, tools) {
         Ok(Some(saved)) => Reading::Read(saved),
-        Ok(None) => Reading::Nothing(format!(
-            "the kernel lacks what {save} needs, so it cannot hold rules"
-        )),
-        Err(e) => Reading::Unreadable {
-            transient: e.transient(),
-            why: format!("cannot read it with {save}: {e}"),
-        },
+        Ok(None) => Reading::Nothing(Nothing::KernelLacks(tools)),
+        Err(e) => Reading::Unreadable(Unread::Tool(tools, e)),
     }
 }
 
 /// One iptables place whose tool is not installed, from what the kernel shows.
 fn read_without_tool(tools: Tools) -> Reading<Saved> {
-    let save = tools.save();
     match tools.variant {
-        IptablesVariant::Legacy => {
-            let names = legacy_names(tools.family);
-            match std::fs::read_to_string(names) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Reading::Nothing(format!(
-                    "{save} is not installed and the kernel has no legacy tables ({names} does not exist)"
-                )),
-                Err(e) => Reading::unreadable(format!(
-                    "{save} is not installed and {names} cannot be read: {e}"
-                )),
-                Ok(text) if text.trim().is_empty() => Reading::Nothing(format!(
-                    "{save} is not installed and no legacy table exists in this namespace"
-                )),
-                Ok(text) => Reading::unreadable(format!(
-                    "{save} is not installed, and legacy tables exist in this namespace ({}), which only it can read",
-                    text.split_whitespace().collect::<Vec<_>>().join(", ")
-                )),
+        IptablesVariant::Legacy => match std::fs::read_to_string(legacy_names(tools.family)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Reading::Nothing(Nothing::NoLegacyTables(tools))
             }
-        }
+            Err(e) => Reading::Unreadable(Unread::LegacyNames(tools, Arc::new(e))),
+            Ok(text) if text.trim().is_empty() => Reading::Nothing(Nothing::NoLegacyTable(tools)),
+            Ok(text) => Reading::Unreadable(Unread::LegacyTables(
+                tools,
+                text.split_whitespace().map(String::from).collect(),
+            )),
+        },
         IptablesVariant::Nft => {
             let family = xt_family(tools.family);
             match NfTables::open().and_then(|mut n| n.family_tables(family)) {
-                Err(e) => Reading::Unreadable {
-                    transient: e.transient(),
-                    why: format!(
-                        "{save} is not installed and nf_tables cannot be read either: {e}"
-                    ),
-                },
+                Err(e) => Reading::Unreadable(Unread::Nft(tools, e)),
                 Ok(tables) => {
                     let ours: Vec<String> = tables
                         .iter()
@@ -425,15 +559,9 @@ fn read_without_tool(tools: Tools) -> Reading<Saved> {
                         })
                         .collect();
                     if ours.is_empty() {
-                        Reading::Nothing(format!(
-                            "{save} is not installed and nf_tables holds no chain of ours in the {} family",
-                            family.name()
-                        ))
+                        Reading::Nothing(Nothing::NoChainOfOurs(tools))
                     } else {
-                        Reading::unreadable(format!(
-                            "{save} is not installed, and nf_tables holds chains of ours that only it can remove: {}",
-                            ours.join(", ")
-                        ))
+                        Reading::Unreadable(Unread::NftChains(tools, ours))
                     }
                 }
             }
@@ -443,19 +571,15 @@ fn read_without_tool(tools: Tools) -> Reading<Saved> {
 
 /// Our native tables; a kernel without nf_tables cannot hold any.
 fn read_native() -> Reading<Vec<String>> {
-    use crate::driver::nf_tables::NftError;
     use nix::errno::Errno;
     match NfTables::open().and_then(|mut n| n.managed_tables_present()) {
         Ok(tables) => Reading::Read(tables),
         Err(NftError::Io { errno, .. })
             if [Errno::EPROTONOSUPPORT, Errno::EAFNOSUPPORT].contains(&errno) =>
         {
-            Reading::Nothing("the kernel has no nf_tables".to_string())
+            Reading::Nothing(Nothing::NoNfTables)
         }
-        Err(e) => Reading::Unreadable {
-            transient: e.transient(),
-            why: e.to_string(),
-        },
+        Err(e) => Reading::Unreadable(Unread::Native(e)),
     }
 }
 
@@ -463,10 +587,7 @@ fn read_native() -> Reading<Vec<String>> {
 fn read_routing() -> Reading<Vec<Object>> {
     match Netlink::open().and_then(|mut nl| routing::ours(&mut nl)) {
         Ok(objects) => Reading::Read(objects),
-        Err(e) => Reading::Unreadable {
-            transient: e.transient(),
-            why: format!("cannot list meshinit's routing objects: {e}"),
-        },
+        Err(e) => Reading::Unreadable(Unread::Routing(e)),
     }
 }
 
@@ -526,13 +647,15 @@ mod tests {
     fn a_read_failing_for_a_transient_reason_carries_its_marker_up() {
         // The save tool's lock message: the reading says why it may pass.
         let reading = read_with_tool(&Answers(4, LOCK), LEGACY4);
-        let Reading::Unreadable { why, transient } = &reading else {
+        let Reading::Unreadable(why @ Unread::Tool(LEGACY4, _)) = &reading else {
             panic!("{reading:?}");
         };
         assert!(
-            why.starts_with("cannot read it with iptables-legacy-save: "),
+            why.to_string()
+                .starts_with("cannot read it with iptables-legacy-save: "),
             "{why}"
         );
+        let transient = why.transient();
         assert!(
             transient
                 .as_ref()
@@ -550,10 +673,10 @@ mod tests {
         assert_eq!(inv.transient_reads().len(), 1);
         // The kernel's EBUSY to a listing over netlink (routing objects, nf_tables).
         let mut inv = inventory(Reading::Read(Saved::default()));
-        inv.routing = Reading::Unreadable {
-            why: "cannot list meshinit's routing objects: …".into(),
-            transient: crate::sys::transient::transient_errno(nix::errno::Errno::EBUSY),
-        };
+        inv.routing = Reading::Unreadable(Unread::Routing(NetlinkError::Io {
+            op: "listing rules".into(),
+            errno: nix::errno::Errno::EBUSY,
+        }));
         assert_eq!(
             inv.transient(),
             Some(Transient::Errno(nix::errno::Errno::EBUSY))
@@ -563,13 +686,7 @@ mod tests {
         let denied = Answers(1, "iptables-legacy-save: Permission denied\n");
         let reading = read_with_tool(&denied, LEGACY4);
         assert!(
-            matches!(
-                reading,
-                Reading::Unreadable {
-                    transient: None,
-                    ..
-                }
-            ),
+            matches!(&reading, Reading::Unreadable(why) if why.transient().is_none()),
             "{reading:?}"
         );
         inv.iptables[0].reading = reading;

@@ -13,11 +13,12 @@ use crate::cli::{parse, Command, Env};
 use crate::config::detect::Host;
 use crate::config::{Config, IptablesVariant};
 use crate::driver::routing::Object;
-use crate::driver::xtables::{Chosen, Tools};
-use crate::engine::inventory::{Inventory, IptablesPlace, Reading, PLACES};
+use crate::driver::xtables::{Chosen, IptablesError, Tools};
+use crate::engine::inventory::{Inventory, IptablesPlace, Reading, Unread, PLACES};
 use crate::plan::{self, Family, Plan};
 use crate::render::iptables_save::{expected_tables, parse_save, Saved};
 use crate::render::iptables_text::restore_text;
+use crate::sys::process::Ended;
 
 /// An IPv4-only pod.
 struct Pod;
@@ -432,10 +433,15 @@ fn stale_routing_objects_and_our_lo_address_are_removed_after_a_move() {
 fn an_unreadable_place_is_refused_by_cleanup_and_only_warned_by_an_install() {
     let plan = plan::plan(&sidecar().capture);
     let mut inv = inventory(&[], vec![]);
-    inv.iptables[2].reading = Reading::Unreadable {
-        why: "no permission".to_string(),
-        transient: None,
-    };
+    inv.iptables[2].reading = Reading::Unreadable(Unread::Tool(
+        inv.iptables[2].tools,
+        IptablesError::Tool {
+            program: "ip6tables-legacy-save".into(),
+            ended: Ended::Exited(1),
+            stderr: "no permission".into(),
+            hint: None,
+        },
+    ));
     let e = decided(
         &plan,
         &Observed::of(inv.clone()),
@@ -445,7 +451,7 @@ fn an_unreadable_place_is_refused_by_cleanup_and_only_warned_by_an_install() {
     )
     .unwrap_err();
     assert!(
-        matches!(&e, ApplyError::Precondition(m) if m.to_string().contains("IPv6 ip6tables-legacy: no permission")),
+        matches!(&e, ApplyError::Precondition(m) if m.to_string().contains("IPv6 ip6tables-legacy: cannot read it with ip6tables-legacy-save: ip6tables-legacy-save exited with code 1: no permission")),
         "{e:?}"
     );
     let d = decided(&plan, &observed(inv, LEGACY4), install(false), false, None).unwrap();
