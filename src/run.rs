@@ -9,6 +9,7 @@ use crate::cli::{self, Env};
 use crate::config::detect::Host;
 use crate::config::LogLevel;
 use crate::config::{self, BackendChoice, Config, ConfigError, DnsCapture};
+use crate::engine::decide::Difference;
 use crate::engine::error::{ApplyError, Change, Kind, Report, ToolUse};
 use crate::engine::mode::Mode;
 use crate::execute::retry;
@@ -243,7 +244,7 @@ pub(crate) enum Failure {
     /// `--check` could not read the live state.
     Check(ApplyError),
     /// `--check`: the live rules differ; the differences.
-    Differs(Vec<String>),
+    Differs(Vec<Difference>),
     /// Applying (or cleaning up) failed.
     Apply(ApplyError),
     /// `--run-validation` failed: the test ran and found traffic not redirected (`ran`), or
@@ -277,14 +278,13 @@ impl Failure {
     pub(crate) fn headline(&self) -> String {
         match self {
             Failure::Differs(diffs) => {
-                let more = match diffs.len() {
+                // Every line that differs counts, the first one's included.
+                let more = match diffs.iter().map(Difference::line_count).sum::<usize>() {
                     0 | 1 => String::new(),
                     n => format!("and {} more; ", n - 1),
                 };
-                format!(
-                    "{} ({more}{DIFFER})",
-                    diffs.first().map(String::as_str).unwrap_or_default()
-                )
+                let first = diffs.first().map(Difference::headline);
+                format!("{} ({more}{DIFFER})", first.unwrap_or_default())
             }
             Failure::CleanupPreview(e) => format!("{PREVIEW}: {}", e.headline()),
             Failure::Check(e) => format!("cannot check: {}", e.headline()),
@@ -316,7 +316,13 @@ impl std::fmt::Display for Failure {
             Failure::Config { error, hint: None } => write!(f, "{error}"),
             Failure::CleanupPreview(e) => write!(f, "{PREVIEW}: {e}"),
             Failure::Check(e) => write!(f, "cannot check: {e}"),
-            Failure::Differs(diffs) => write!(f, "{DIFFER}:\n{}", diffs.join("\n")),
+            Failure::Differs(diffs) => {
+                write!(f, "{DIFFER}:")?;
+                for diff in diffs {
+                    write!(f, "\n{diff}")?;
+                }
+                Ok(())
+            }
             Failure::Apply(e) => write!(f, "{}: {e}", apply_what(e)),
             Failure::Validation { .. } => f.write_str("validation failed: see the log"),
         }
@@ -791,16 +797,37 @@ mod tests {
             .headline()
             .ends_with("; the namespace was left changed as described above"));
         // --check: the first difference first, then how many more, then the header.
-        let differs = Failure::Differs(vec!["missing: a".into(), "missing: b".into()]);
+        let differs = Failure::Differs(vec![
+            Difference::line("missing: a"),
+            Difference {
+                what: "IPv4 (iptables-nft-save)".into(),
+                lines: vec!["-A X".into(), "-A Y".into()],
+            },
+        ]);
         assert_eq!(differs.kind(), FailureKind::CheckDiffers);
         assert_eq!(
             differs.headline(),
-            "missing: a (and 1 more; the live rules differ from this configuration)"
+            "missing: a (and 2 more; the live rules differ from this configuration)"
         );
         assert_eq!(
             differs.to_string(),
-            "the live rules differ from this configuration:\nmissing: a\nmissing: b"
+            "the live rules differ from this configuration:\nmissing: a\nIPv4 (iptables-nft-save):\n-A X\n-A Y"
         );
+        let differs = Failure::Differs(differs_rev());
+        assert_eq!(
+            differs.headline(),
+            "IPv4 (iptables-nft-save): -A X (and 2 more; the live rules differ from this configuration)"
+        );
+    }
+
+    fn differs_rev() -> Vec<Difference> {
+        vec![
+            Difference {
+                what: "IPv4 (iptables-nft-save)".into(),
+                lines: vec!["-A X".into(), "-A Y".into()],
+            },
+            Difference::line("missing: a"),
+        ]
     }
 
     #[test]

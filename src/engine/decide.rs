@@ -158,7 +158,50 @@ pub struct Decision {
     /// The steps, in order.
     pub steps: Vec<Step>,
     /// `--check`: the differences from the plan (empty when in place).
-    pub differences: Vec<String>,
+    pub differences: Vec<Difference>,
+}
+
+/// One way the live state differs from the plan (`--check`): a line, or a place with the
+/// lines that differ there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Difference {
+    /// What differs, or where.
+    pub what: String,
+    /// For a place, each line that differs there.
+    pub lines: Vec<String>,
+}
+
+impl Difference {
+    /// A difference said in one line.
+    pub fn line(what: impl Into<String>) -> Difference {
+        Difference {
+            what: what.into(),
+            lines: Vec::new(),
+        }
+    }
+
+    /// How many lines it takes (at least one).
+    pub fn line_count(&self) -> usize {
+        self.lines.len().max(1)
+    }
+
+    /// Its first line: what differs, with the first line that differs there.
+    pub fn headline(&self) -> String {
+        match self.lines.first() {
+            Some(first) => format!("{}: {first}", self.what),
+            None => self.what.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)?;
+        if !self.lines.is_empty() {
+            write!(f, ":\n{}", self.lines.join("\n"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The decision for a mode and backend (`native`: the nftables backend).
@@ -524,16 +567,15 @@ fn check_iptables(input: &Input) -> Result<Decision, ApplyError> {
             }
         }
         match found.as_slice() {
-            [] => out
-                .differences
-                .push(format!("{name}: none of our rules are installed")),
+            [] => out.differences.push(Difference::line(format!(
+                "{name}: none of our rules are installed"
+            ))),
             [(tools, state, live)] => {
                 if let State::Drifted(diffs) = state {
-                    out.differences.push(format!(
-                        "{name} ({}):\n{}",
-                        tools.save(),
-                        diffs.join("\n")
-                    ));
+                    out.differences.push(Difference {
+                        what: format!("{name} ({})", tools.save()),
+                        lines: diffs.clone(),
+                    });
                 } else {
                     out.notes
                         .push(Note::Info(format!("{name} ({}): in place", tools.main())));
@@ -541,16 +583,17 @@ fn check_iptables(input: &Input) -> Result<Decision, ApplyError> {
                 for shadow in shadowing(live, &expected) {
                     let line = format!("{name} ({}): {}", tools.save(), shadow.text);
                     if shadow.all {
-                        out.differences
-                            .push(format!("{line}: capture is not in effect"));
+                        out.differences.push(Difference::line(format!(
+                            "{line}: capture is not in effect"
+                        )));
                     } else {
                         out.notes.push(Note::Warn(line));
                     }
                 }
             }
-            _ => out.differences.push(format!(
+            _ => out.differences.push(Difference::line(format!(
                 "{name}: rules of ours are installed in both the legacy and the nft tables"
-            )),
+            ))),
         }
     }
     // Every other place: a family the plan lacks, the variant not forced, native tables.
@@ -558,26 +601,26 @@ fn check_iptables(input: &Input) -> Result<Decision, ApplyError> {
     let families = input.plan.families();
     for place in inventory.iptables_with_ours() {
         if !families.contains(&place.tools.family) {
-            out.differences.push(format!(
+            out.differences.push(Difference::line(format!(
                 "{}: rules of ours are installed ({}) while {} is off in this configuration",
                 place.name(),
                 place.counts(),
                 family_name(place.tools.family)
-            ));
+            )));
         } else if input.forced.is_some_and(|v| v != place.tools.variant) {
-            out.differences.push(format!(
+            out.differences.push(Difference::line(format!(
                 "{}: rules of ours are installed there too ({}), but this configuration uses the other variant",
                 place.name(),
                 place.counts()
-            ));
+            )));
         }
     }
     let native = inventory.native_tables();
     if !native.is_empty() {
-        out.differences.push(format!(
+        out.differences.push(Difference::line(format!(
             "native nftables: table(s) {} of ours are installed too, but this configuration uses iptables",
             inet_tables(native)
-        ));
+        )));
     }
     out.differences.extend(check_routing(input)?);
     Ok(out)
@@ -590,7 +633,7 @@ fn check_native(input: &Input) -> Result<Decision, ApplyError> {
     require_readable(inventory)?;
     let mut out = Decision {
         differences: match &input.observed.native_differences {
-            Some(Ok(d)) => d.clone(),
+            Some(Ok(d)) => d.iter().cloned().map(Difference::line).collect(),
             Some(Err(e)) => return Err(e.clone()),
             None => Vec::new(),
         },
@@ -601,11 +644,11 @@ fn check_native(input: &Input) -> Result<Decision, ApplyError> {
             .push(Note::Info("native nftables: in place".to_string()));
     }
     for place in inventory.iptables_with_ours() {
-        out.differences.push(format!(
+        out.differences.push(Difference::line(format!(
             "{}: rules of ours are installed there too ({}), but this configuration uses the native nftables backend",
             place.name(),
             place.counts()
-        ));
+        )));
     }
     out.differences.extend(check_routing(input)?);
     Ok(out)
@@ -613,7 +656,7 @@ fn check_native(input: &Input) -> Result<Decision, ApplyError> {
 
 /// The routing objects of the plan that are missing (present without our mark counts as in
 /// place), and ours that the plan does not need (left by another configuration).
-fn check_routing(input: &Input) -> Result<Vec<String>, ApplyError> {
+fn check_routing(input: &Input) -> Result<Vec<Difference>, ApplyError> {
     let present = input
         .observed
         .routing_present
@@ -623,7 +666,9 @@ fn check_routing(input: &Input) -> Result<Vec<String>, ApplyError> {
     for object in routing::objects(input.plan) {
         match present.iter().find(|(o, _)| *o == object) {
             Some((_, Ok(true))) => {}
-            Some((_, Ok(false))) | None => differences.push(format!("missing: {object}")),
+            Some((_, Ok(false))) | None => {
+                differences.push(Difference::line(format!("missing: {object}")))
+            }
             Some((_, Err(e))) => {
                 return Err(ApplyError::Precondition(Precondition::Routing {
                     object,
@@ -633,9 +678,9 @@ fn check_routing(input: &Input) -> Result<Vec<String>, ApplyError> {
         }
     }
     for o in stale(&input.observed.inventory, input.plan) {
-        differences.push(format!(
+        differences.push(Difference::line(format!(
             "unexpected: {o} (added by meshinit, not planned by this configuration)"
-        ));
+        )));
     }
     Ok(differences)
 }

@@ -152,7 +152,7 @@ pub fn check(
     opts: &RunOptions,
     runner: &(dyn Runner + Sync),
     log: &Log,
-) -> Result<Vec<String>, ApplyError> {
+) -> Result<Vec<decide::Difference>, ApplyError> {
     let native = ruleset.is_some();
     let groups = load_groups()?;
     let resolve = |name: &str| resolve_group(&groups, name);
