@@ -14,6 +14,7 @@ use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::sys::socket::{
     bind, connect, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog,
     SockFlag, SockType, SockaddrStorage,
@@ -70,8 +71,32 @@ pub enum ValidationError {
         port: Port,
         /// How long it tried (`--probe-timeout`).
         timeout: Duration,
-        /// The last connection error or wrong landing seen.
-        last: String,
+        /// The last attempt's outcome.
+        last: Attempt,
+    },
+}
+
+/// How the last probe attempt went, when validation timed out.
+#[derive(Debug, thiserror::Error)]
+pub enum Attempt {
+    /// None was made.
+    #[error("no attempt")]
+    None,
+    /// It connected, but not to a capture port (the rules did not redirect it).
+    #[error("connected, but not to a capture port")]
+    NotRedirected,
+    /// The probe's socket could not be made, given its timeout or bound.
+    #[error("{0}")]
+    Socket(Errno),
+    /// Connecting failed.
+    #[error("connecting to {target}:{port}: {errno}")]
+    Connect {
+        /// The passthrough address.
+        target: IpAddr,
+        /// The probe port.
+        port: Port,
+        /// The kernel's answer.
+        errno: Errno,
     },
 }
 
@@ -112,27 +137,31 @@ fn original_port(stream: &TcpStream, ipv6: bool) -> nix::Result<u16> {
 }
 
 /// One connection attempt: bind the family's localhost, connect to the target, close.
-fn probe_once(probe: Probe, port: Port, timeout: Duration) -> Result<(), String> {
+fn probe_once(probe: Probe, port: Port, timeout: Duration) -> Result<(), Attempt> {
     let fd: OwnedFd = socket(
         family_of(probe.listen),
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(Attempt::Socket)?;
     let tv = TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
-    setsockopt(&fd, sockopt::SendTimeout, &tv).map_err(|e| e.to_string())?;
+    setsockopt(&fd, sockopt::SendTimeout, &tv).map_err(Attempt::Socket)?;
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     bind(
         raw,
         &SockaddrStorage::from(SocketAddr::new(probe.listen, 0)),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(Attempt::Socket)?;
     connect(
         raw,
         &SockaddrStorage::from(SocketAddr::new(probe.target, port.get())),
     )
-    .map_err(|e| format!("connecting to {}:{port}: {e}", probe.target))
+    .map_err(|errno| Attempt::Connect {
+        target: probe.target,
+        port,
+        errno,
+    })
 }
 
 /// Runs one family's probe: listeners on `ports`, a connection attempt every second, success
@@ -172,7 +201,7 @@ pub fn validate(
         }
     }
     let deadline = Instant::now() + timeout;
-    let mut last = "no attempt".to_string();
+    let mut last = Attempt::None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -186,7 +215,7 @@ pub fn validate(
         let attempt = left.min(Duration::from_secs(1));
         let started = Instant::now();
         match probe_once(probe, probe_port, attempt) {
-            Ok(()) => last = "connected, but not to a capture port".to_string(),
+            Ok(()) => last = Attempt::NotRedirected,
             Err(e) => last = e,
         }
         let pause = Duration::from_secs(1)
@@ -216,7 +245,11 @@ mod tests {
             target: Probe::v4().target,
             port: Port::new_const(15002),
             timeout: Duration::from_secs(90),
-            last: "connecting to 127.0.0.6:15002: ECONNREFUSED: Connection refused".to_string(),
+            last: Attempt::Connect {
+                target: Probe::v4().target,
+                port: Port::new_const(15002),
+                errno: Errno::ECONNREFUSED,
+            },
         };
         assert_eq!(
             e.to_string(),
