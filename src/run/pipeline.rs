@@ -108,27 +108,9 @@ pub fn apply(
     // stay, empty, after a failure: noted now, deleted again if this run fails.
     let shells = (!native).then(xt_shells::Snapshot::read);
     let result = (|| {
-        let resolve = |name: &str| resolve_group(&groups, name);
-        let expected = planned_expected(plan, &resolve, !native);
-        let ask = Ask {
-            plan,
-            expected: &expected,
-            ruleset,
-            groups: &groups,
-            forced: opts.force_iptables_binary,
-        };
-        let mode = Mode::of(opts);
-        let seen = observe(&ask, mode, native, runner, None);
-        let full = || full_expected(capture, &resolve);
-        let input = Input {
-            plan,
-            observed: &seen,
-            forced: opts.force_iptables_binary,
-            resolve: &resolve,
-            expected: &expected,
-            full: &full,
-        };
-        let decision = decide::decide(&input, mode, native)?;
+        let full = || full_expected(capture, &|name: &str| resolve_group(&groups, name));
+        let decision =
+            observe_and_decide(plan, ruleset, &groups, opts, Mode::of(opts), &full, runner)?;
         let drivers = Drivers {
             runner,
             lock: xtables_lock(opts, &mut netns),
@@ -153,28 +135,10 @@ pub fn check(
     runner: &(dyn Runner + Sync),
     log: &Log,
 ) -> Result<Vec<decide::Difference>, ApplyError> {
-    let native = ruleset.is_some();
     let groups = load_groups()?;
-    let resolve = |name: &str| resolve_group(&groups, name);
-    let expected = planned_expected(plan, &resolve, !native);
-    let ask = Ask {
-        plan,
-        expected: &expected,
-        ruleset,
-        groups: &groups,
-        forced: opts.force_iptables_binary,
-    };
-    let seen = observe(&ask, Mode::Check, native, runner, None);
-    let input = Input {
-        plan,
-        observed: &seen,
-        forced: opts.force_iptables_binary,
-        resolve: &resolve,
-        expected: &expected,
-        // The removals it is for are never decided by --check.
-        full: &|| Ok(Default::default()),
-    };
-    let decision = decide::decide(&input, Mode::Check, native)?;
+    // The removals `full` is for are never decided by --check.
+    let none = || Ok(Default::default());
+    let decision = observe_and_decide(plan, ruleset, &groups, opts, Mode::Check, &none, runner)?;
     for note in &decision.notes {
         match note {
             decide::Note::Info(line) => log.info(line),
@@ -182,6 +146,39 @@ pub fn check(
         }
     }
     Ok(decision.differences)
+}
+
+/// One read of every place the plan may be in, and the decision for `mode` from it: what an
+/// install and `--check` share (cleanup reads and decides for every configuration instead).
+fn observe_and_decide(
+    plan: &Plan,
+    ruleset: Option<&Ruleset>,
+    groups: &Groups,
+    opts: &RunOptions,
+    mode: Mode,
+    full: &dyn Fn() -> Full,
+    runner: &(dyn Runner + Sync),
+) -> Result<decide::Decision, ApplyError> {
+    let native = ruleset.is_some();
+    let resolve = |name: &str| resolve_group(groups, name);
+    let expected = planned_expected(plan, &resolve, !native);
+    let ask = Ask {
+        plan,
+        expected: &expected,
+        ruleset,
+        groups,
+        forced: opts.force_iptables_binary,
+    };
+    let seen = observe(&ask, mode, native, runner, None);
+    let input = Input {
+        plan,
+        observed: &seen,
+        forced: opts.force_iptables_binary,
+        resolve: &resolve,
+        expected: &expected,
+        full,
+    };
+    decide::decide(&input, mode, native)
 }
 
 /// Removes everything of ours from every place it is found in, whatever this run's backend
