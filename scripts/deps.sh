@@ -10,7 +10,9 @@
 #
 # Groups:
 #   test   the kernel tests of scripts/test.sh (tools, other iptables releases, python3)
-#   image  scripts/image.sh: podman + runc, the base images' builder, the examples' venv
+#   image  scripts/image.sh: podman + runc, the base images' builder, the examples' venv,
+#          qemu-user-static + arch-test (the foreign architecture: builds, runs, its base)
+#   docker scripts/image.sh docker: Debian's Docker engine, run on its own for one test build
 set -euo pipefail
 
 declare -A GROUP
@@ -20,11 +22,12 @@ declare -A GROUP
 # benchmark scripts' own tests.
 GROUP[test]="iptables nftables iproute2 util-linux libcap2-bin procps mmdebstrap ca-certificates python3"
 GROUP[image]="podman runc mmdebstrap uidmap iptables nftables iproute2 util-linux procps
-    ca-certificates python3 python3-venv containernetworking-plugins"
+    ca-certificates python3 python3-venv containernetworking-plugins qemu-user-static arch-test"
+GROUP[docker]="docker.io"
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
 
-[ "$#" -gt 0 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
+[ "$#" -gt 0 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
 want=()
 for group in "$@"; do
     [ -n "${GROUP[$group]:-}" ] || { log "unknown group '$group' (${!GROUP[*]})"; exit 2; }
