@@ -11,7 +11,7 @@
 #                            pod-level test (scripts/pod_test.py, with the CNI-mode cases of
 #                            scripts/pod_test_cni.py) on this machine's architecture; for
 #                            another (qemu) or with --cases, only those cases of pod_test.py
-#                            (default for arm64: static,nftables,iptables); "N passed, N failed"
+#                            (default for arm64: static,tools,dry-run); "N passed, N failed"
 #   scripts/image.sh docker  build the default target with Debian's Docker engine (a dockerd of
 #                            its own, started and stopped here) and run the sidecar case with it
 #   scripts/image.sh bases   only make (or find) the base images
@@ -286,9 +286,10 @@ cmd_build() {
     log "build done in $((SECONDS - start)) s"
 }
 
-# The cases an emulated architecture runs by default: those whose code depends on it (the
-# binary's static linking and ELF machine; netlink structures; xtables extensions).
-EMULATED_CASES=static,nftables,iptables
+# The cases an emulated architecture runs by default: those whose code depends on it and that
+# qemu-user can run (see scripts/pod_test.py): the binary's static linking and ELF machine, the
+# iptables tools with their extensions and libraries, and dry runs compared with this machine's.
+EMULATED_CASES=static,tools,dry-run
 
 cmd_test() {
     ensure_packages
@@ -308,6 +309,11 @@ cmd_test() {
         extra=(--cases "$cases")
     else
         extra=(--validate-script scripts/validate-examples.sh)
+    fi
+    if [ "$arch" != "$HOST_ARCH" ]; then
+        podman image exists "$IMAGE_NFTABLES-$HOST_ARCH" \
+            || die "$IMAGE_NFTABLES-$HOST_ARCH is missing (the dry runs' reference): build it first"
+        extra+=(--reference-image "$IMAGE_NFTABLES-$HOST_ARCH")
     fi
     exec "$py" scripts/pod_test.py --arch "$arch" \
         --image "$IMAGE_DEFAULT-$arch" --nftables-image "$IMAGE_NFTABLES-$arch" \

@@ -26,7 +26,11 @@ has another port than the client (outbound) or the source 127.0.0.6 / ::6 (inbou
 
 Another architecture (arm64 on an amd64 machine) runs under qemu-user through binfmt_misc:
 `--arch ARCH` names the images' architecture (checked against each image, and that the kernel
-can run it), `--cases LIST` picks groups of cases (CASE_GROUPS below); without --cases, all.
+can run it), `--cases LIST` picks groups of cases (CASE_GROUPS below); without --cases, all;
+`--reference-image` (the dry-run cases) is a native nftables image of this machine's
+architecture. qemu-user 7.2 has no NETLINK_NETFILTER sockets ("Protocol not supported") and
+does not translate iptables' IPT_SO_* socket options, so under emulation neither backend can
+install rules: there the static, tools and dry-run cases are what runs.
 `--engine docker --docker-host unix://SOCK --pause-image IMAGE` runs the containers with Docker
 instead: each pod namespace is then a pause container's (IMAGE with `sleep`), joined by the
 init container with `--network container:`, as the kubelet's runtime does.
@@ -210,6 +214,7 @@ class Test:
         self.engine = ["podman"] if args["engine"] == "podman" \
             else ["docker", "-H", args["docker_host"]]
         self.pause_image = args["pause_image"]
+        self.reference_image = args["reference_image"]
         self.image = args["image"]
         self.nft_image = args["nftables_image"]
         self.probe_image = args["probe_image"]
@@ -931,6 +936,72 @@ def static_cases(t):
            runs)
 
 
+# The xtables extensions meshinit's rules use (Istio's, TPROXY mode, DNS capture, its options).
+XT_MATCHES = ["owner", "tcp", "udp", "multiport", "conntrack", "mark", "connmark"]
+XT_TARGETS = ["REDIRECT", "TPROXY", "CONNMARK", "MARK", "CT"]
+
+
+def tools_cases(t):
+    """The default image's iptables tools run and load every extension meshinit's rules use
+    (each a shared object with its libraries, of the image's architecture). Needs no kernel
+    table: what qemu-user can run (it has no NETLINK_NETFILTER and no iptables sockopts)."""
+    for tool in ("iptables-legacy", "ip6tables-legacy", "iptables-nft", "ip6tables-nft"):
+        def check(tool=tool):
+            missing = []
+            for target in XT_TARGETS:
+                argv = t.podman + ["--rm", "--network", "none", "--entrypoint",
+                                   f"/usr/sbin/{tool}", t.image]
+                for m in XT_MATCHES:
+                    argv += ["-m", m]
+                r = sh(argv + ["-j", target, "--help"], timeout=RUN_TIMEOUT)
+                if r.returncode != 0:
+                    return f"-j {target}: exit {r.returncode}: {r.stderr.strip()[-300:]}"
+                missing += [f"{m} match" for m in XT_MATCHES
+                            if f"{m} match options" not in r.stdout]
+                if f"{target} target options" not in r.stdout:
+                    missing.append(f"{target} target")
+            return f"no help from {sorted(set(missing))}" if missing else None
+
+        t.case(f"[tools] {tool} loads the extensions {','.join(XT_MATCHES)} and "
+               f"{','.join(XT_TARGETS)}", check)
+
+
+# Dry runs whose text must not depend on the architecture (rule planning, rendering, the
+# nftables expressions).
+DRY_RUNS = [
+    ("Istio's REDIRECT arguments", ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337",
+                                     "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
+                                     "-d", "15090,15021,15020", "--ipv6=false"]),
+    ("TPROXY, dual stack, drop invalid", ["istio-iptables", "-p", "15001", "-z", "15006",
+                                          "-u", "1337", "-m", "TPROXY", "-i", "*", "-x", "",
+                                          "-b", "*", "-d", "15090,15021,15020", "--ipv6=true",
+                                          "--drop-invalid"]),
+]
+
+
+def dry_run_cases(t):
+    """The native nftables image's dry runs, iptables and nftables backends, print exactly
+    what the reference image (this machine's architecture) prints."""
+    for what, args in DRY_RUNS:
+        for backend in ("iptables", "nftables"):
+            def check(args=args, backend=backend):
+                if not t.reference_image:
+                    return "no --reference-image given"
+                outs = []
+                for image in (t.nft_image, t.reference_image):
+                    r = sh(t.podman + ["--rm", "--network", "none", image] + args
+                           + ["--backend", backend, "--dry-run"], timeout=RUN_TIMEOUT)
+                    if r.returncode != 0 or not r.stdout:
+                        return f"{image}: exit {r.returncode}: {r.stderr.strip()[-300:]}"
+                    outs.append(r.stdout)
+                if outs[0] != outs[1]:
+                    return "the outputs differ:\n" + diff(outs[1], outs[0])
+                return None
+
+            t.case(f"[dry-run] {what}, --backend {backend}: the same text as "
+                   f"{t.reference_image or 'the reference image'}", check)
+
+
 def scenario_group(label):
     """SCENARIOS' labels by --cases group."""
     if label.startswith("meshinit's own options"):
@@ -945,7 +1016,7 @@ def scenario_group(label):
 
 
 # --cases groups: SCENARIOS' (scenario_group) and the others, in the order they run.
-CASE_GROUPS = ["examples", "static", "iptables", "legacy", "nftables", "dual-stack",
+CASE_GROUPS = ["examples", "static", "tools", "dry-run", "iptables", "legacy", "nftables", "dual-stack",
                "own-options", "security", "validation", "read-only", "cni"]
 
 
@@ -963,6 +1034,7 @@ def main(argv):
     args = {"image": "localhost/meshinit:latest", "nftables_image": "localhost/meshinit:nftables",
             "validate_script": None, "probe_image": None, "arch": host_arch(),
             "engine": "podman", "docker_host": None, "pause_image": None,
+            "reference_image": None,
             "cases": ",".join(CASE_GROUPS)}
     it = iter(argv)
     for a in it:
@@ -1007,6 +1079,10 @@ def main(argv):
             examples_cases(t, args["validate_script"])
         if "static" in groups:
             static_cases(t)
+        if "tools" in groups:
+            tools_cases(t)
+        if "dry-run" in groups:
+            dry_run_cases(t)
         for label, image_attr, env, dual, summary, extra in SCENARIOS:
             if scenario_group(label) in groups:
                 scenario(t, label, getattr(t, image_attr), env, dual, summary, extra)
