@@ -13,6 +13,8 @@
 #   image  scripts/image.sh: podman + runc, the base images' builder, the examples' venv,
 #          qemu-user-static + arch-test (the foreign architecture: builds, runs, its base)
 #   docker scripts/image.sh docker: Debian's Docker engine, run on its own for one test build
+#   cri    scripts/cri_test.sh: containerd with its CRI plugin, runc, the bridge/host-local CNI
+#          plugins, a static busybox for the test's images, python3-venv for the CRI client
 set -euo pipefail
 
 declare -A GROUP
@@ -24,6 +26,10 @@ GROUP[test]="iptables nftables iproute2 util-linux libcap2-bin procps mmdebstrap
 GROUP[image]="podman runc mmdebstrap uidmap iptables nftables iproute2 util-linux procps
     ca-certificates python3 python3-venv containernetworking-plugins qemu-user-static arch-test"
 GROUP[docker]="docker.io"
+# containerd: the CRI runtime the kubelet drives (its CRI plugin passes pod annotations to CNI);
+# busybox-static: the one binary the test's pause and app images hold.
+GROUP[cri]="containerd runc containernetworking-plugins busybox-static iptables iproute2
+    util-linux procps python3 python3-venv"
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
 

@@ -20,6 +20,9 @@ pub fn run(argv: &[String], env: &Env, host: &dyn Host) -> u8 {
     if argv.get(1).map(String::as_str) == Some("cni-install") {
         return crate::cni::install_main(&argv[2..]);
     }
+    if argv.get(1).map(String::as_str) == Some("cni-dry-run") && argv.len() == 2 {
+        return crate::cni::pod::dry_run_main(env, host);
+    }
     // Until the configuration is read, log as JSON if the flag is anywhere on the line.
     let log = Log {
         json: argv

@@ -505,9 +505,11 @@ fn default_route(conn: &mut trace::Conn, host: &dyn Host) -> Option<String> {
         return None;
     }
     let dst = conn.dst.to_canonical();
-    let local = host
-        .interface_addrs()
-        .is_ok_and(|addrs| addrs.iter().any(|a| a.to_canonical() == dst));
+    // A connection's own source is a local address by definition; else ask this namespace.
+    let local = conn.src.is_some_and(|src| src.to_canonical() == dst)
+        || host
+            .interface_addrs()
+            .is_ok_and(|addrs| addrs.iter().any(|a| a.to_canonical() == dst));
     if local {
         conn.oif = Some("lo".to_string());
         Some(format!(
@@ -576,9 +578,9 @@ pub(crate) fn inspect(
                 );
             }
             if json {
-                trace::render::json(&conn, &traced)
+                trace::output::json(&conn, &traced)
             } else {
-                trace::render::text(&conn, &traced)
+                trace::output::text(&conn, &traced)
             }
         }
     };

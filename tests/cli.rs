@@ -158,7 +158,18 @@ fn ipv6_auto_detection_runs_unprivileged() {
             "{}",
             out.stderr
         );
+        return;
     }
+    // Either answer, said and followed: IPv6 rules are printed exactly when it is on.
+    let on = out.stderr.contains("\tinfo\tIPv6 on: ");
+    let off = out.stderr.contains("\tinfo\tIPv6 off: ");
+    assert!(on != off, "one reason logged: {}", out.stderr);
+    assert_eq!(
+        out.stdout.contains("# meshinit dry run: IPv6 rules"),
+        on,
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -412,8 +423,8 @@ fn the_flags_doc_names_every_flag_and_env_var() {
 #[test]
 fn json_logs_stay_json_when_the_input_is_rejected() {
     for args in [
-        &["--log_as_json", "-p", "0"][..],
-        &["--log_as_json", "--bogus"],
+        &["--log_as_json", "-p", "0", "--ipv6=false"][..],
+        &["--log_as_json", "--bogus", "--ipv6=false"],
     ] {
         let out = run_meshinit(args, &[]);
         assert_eq!(out.code, Some(2));

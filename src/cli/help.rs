@@ -108,6 +108,7 @@ pub fn usage() -> String {
          \x20      meshinit trace [FLAGS] --conn SPEC [--json]   one connection's path, rule by rule\n\
          \x20      meshinit cni-install --bin-dir DIR --conf-dir DIR --plugin-config JSON_OR_@FILE [--conflist NAME] [--wait] [--log_as_json]\n\
          \x20                                                    install meshinit as a chained CNI plugin on a node\n\
+         \x20      meshinit cni-dry-run < NETCONF                what CNI ADD would install for this pod (docs/cni-per-pod.md)\n\
          \x20      (with CNI_COMMAND set and no arguments, meshinit is the CNI plugin: docs/cni.md)\n\
          \x20      meshinit help | version | -h | -V\n\
          \x20      (SPEC: out|in tcp|udp dst=ADDR:PORT [src=ADDR[:PORT]] [uid=N] [gid=N] [iface=IF] [oif=IF] [mark=N])\n\n\

@@ -33,6 +33,7 @@ const OWN_FIELDS: &[&str] = &[
     "exclude_namespaces",
     "log_level",
     "log_file",
+    super::pod::WITHOUT_FIELD,
 ];
 
 /// Flags the CNI command decides (or that make no sense for a plugin); refused in
@@ -70,6 +71,9 @@ pub struct PluginConfig {
     pub log_level: Option<LogLevel>,
     /// `log_file`: log lines are appended there instead of going to stderr.
     pub log_file: Option<PathBuf>,
+    /// `without_pod_annotations`: `capture` or `refuse` when the runtime passed no pod
+    /// annotations (`pod`; default: refuse when the entry declares the capability).
+    pub without_pod_annotations: Option<super::pod::WithoutAnnotations>,
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> CniError {
@@ -174,6 +178,9 @@ pub fn plugin_config(fields: &BTreeMap<String, Value>) -> Result<PluginConfig, C
                         ))
                     }
                 });
+            }
+            super::pod::WITHOUT_FIELD => {
+                config.without_pod_annotations = Some(super::pod::without_annotations(value)?)
             }
             "log_file" => {
                 let path = PathBuf::from(string(key, value)?);

@@ -76,9 +76,10 @@ pub fn parse(
         Some(path) => read(path)?,
         None => text,
     };
-    let plugin: Value =
+    let mut plugin: Value =
         serde_json::from_str(&text).map_err(|e| format!("--plugin-config is not JSON: {e}"))?;
     check_plugin(&plugin)?;
+    super::pod::declare_capability(&mut plugin);
     Ok(Install {
         bin_dir: bin_dir.ok_or_else(|| missing("--bin-dir"))?,
         conf_dir: conf_dir.ok_or_else(|| missing("--conf-dir"))?,

@@ -11,7 +11,9 @@
 
 pub mod config;
 pub mod install;
+pub mod istio_annotations;
 pub mod node;
+pub mod pod;
 pub mod protocol;
 
 use std::io::{Read, Write};
@@ -301,6 +303,12 @@ fn handle(
             return Ok(passed_through(&request));
         }
     }
+    // Per pod, from the annotations the runtime passed, as Istio CNI decides (`pod`).
+    let plugin = match pod::for_pod(&request, plugin, log) {
+        Ok(Some(plugin)) => plugin,
+        Ok(None) => return Ok(passed_through(&request)),
+        Err(e) => return tolerate_on_del(command, e, log),
+    };
     let raw = match config::raw_args(&plugin, command) {
         Ok(raw) => raw,
         Err(e) => return tolerate_on_del(command, e, log),

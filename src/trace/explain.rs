@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use super::model::{trace, Backend, GroupLookup};
-use super::render::{decided_by, describe_verdict};
+use super::output::{decided_by, describe_verdict};
 use super::{Conn, Direction, Trace};
 use crate::config::types::{Cidr, PortRange};
 use crate::config::{

@@ -1,7 +1,7 @@
 //! Where a connection goes and which rule sent it there: a model of netfilter evaluating the
 //! plan's rules for a connection's first packet (`model`), the connection specs of `meshinit
 //! trace --conn` (`conn`), the probe connections and table of `meshinit explain` (`explain`),
-//! and their text and JSON forms (`render`). Pure: it reads the plan, never the kernel.
+//! and their text and JSON forms (`output`). Pure: it reads the plan, never the kernel.
 //!
 //! Both backends install the same plan in Istio's chain layout, so a trace holds for either,
 //! with one difference the model follows (`model::Backend`): nftables' `inet` tables apply a
@@ -11,7 +11,7 @@
 pub mod conn;
 pub mod explain;
 pub mod model;
-pub mod render;
+pub mod output;
 
 use std::net::IpAddr;
 

@@ -161,12 +161,17 @@ pub fn iptables_stand_ins() -> String {
     .clone()
 }
 
-/// Runs the meshinit binary with no arguments, exactly this environment and `stdin` on its
+/// Runs the meshinit binary with no arguments, this environment (with the stand-in tools as
+/// `PATH` unless it gives one, as [`run_meshinit`]) and `stdin` on its
 /// standard input, as a CNI runtime runs a plugin.
 pub fn run_meshinit_stdin<K: AsRef<str>, V: AsRef<str>>(env: &[(K, V)], stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshinit"))
-        .env_clear()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshinit"));
+    command.env_clear();
+    if !env.iter().any(|(k, _)| k.as_ref() == "PATH") {
+        command.env("PATH", iptables_stand_ins());
+    }
+    let mut child = command
         .envs(env.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
