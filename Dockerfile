@@ -32,7 +32,10 @@ RUN set -eu; \
 COPY scripts/image-collect-iptables.sh /usr/local/bin/
 RUN sh /usr/local/bin/image-collect-iptables.sh /out
 
-# --- meshinit, statically linked (glibc, +crt-static: a static-pie with no interpreter) ------
+# --- meshinit, statically linked (glibc, +crt-static: no interpreter, no library) ------------
+# amd64's is a static-pie, whose ~140 kB of relative relocations pack into ~2 kB as DT_RELR
+# (-z pack-relative-relocs: binutils >= 2.38, and glibc >= 2.36, linked in, applies them at
+# start); arm64's is position-dependent and has none.
 FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS build
 ARG TARGETARCH
 WORKDIR /src
@@ -42,8 +45,10 @@ RUN set -eu; \
     host="$(dpkg --print-architecture)"; \
     arch="${TARGETARCH:-$host}"; \
     case "$arch" in \
-        amd64) target=x86_64-unknown-linux-gnu gnu=x86_64-linux-gnu gccpkg=gcc-x86-64-linux-gnu ;; \
-        arm64) target=aarch64-unknown-linux-gnu gnu=aarch64-linux-gnu gccpkg=gcc-aarch64-linux-gnu ;; \
+        amd64) target=x86_64-unknown-linux-gnu gnu=x86_64-linux-gnu gccpkg=gcc-x86-64-linux-gnu \
+            link="-C link-arg=-Wl,-z,pack-relative-relocs" ;; \
+        arm64) target=aarch64-unknown-linux-gnu gnu=aarch64-linux-gnu gccpkg=gcc-aarch64-linux-gnu \
+            link= ;; \
         *) echo "error: TARGETARCH '$arch' is not supported (amd64, arm64)" >&2; exit 1 ;; \
     esac; \
     if [ "$arch" != "$host" ]; then \
@@ -57,7 +62,7 @@ RUN set -eu; \
         fi; \
         export "CARGO_TARGET_$(echo "$target" | tr a-z- A-Z_)_LINKER=$gnu-gcc"; \
     fi; \
-    RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
+    RUSTFLAGS="-C target-feature=+crt-static $link" CARGO_PROFILE_RELEASE_STRIP=symbols \
         cargo build --release --locked --target "$target"; \
     bin="target/$target/release/meshinit"; \
     if readelf -lW "$bin" | grep -q 'Requesting program interpreter' \

@@ -15,6 +15,8 @@
 #   docker scripts/image.sh docker: Debian's Docker engine, run on its own for one test build
 #   cri    scripts/cri_test.sh: containerd with its CRI plugin, runc, the bridge/host-local CNI
 #          plugins, a static busybox for the test's images, python3-venv for the CRI client
+#   cross  scripts/cross_test.sh: the aarch64 cross linker and glibc, qemu-user-static to run
+#          the aarch64 test binaries
 set -euo pipefail
 
 declare -A GROUP
@@ -30,10 +32,14 @@ GROUP[docker]="docker.io"
 # busybox-static: the one binary the test's pause and app images hold.
 GROUP[cri]="containerd runc containernetworking-plugins busybox-static iptables iproute2
     util-linux procps python3 python3-venv"
+# gcc-aarch64-linux-gnu + libc6-dev-arm64-cross: cargo's linker for aarch64-unknown-linux-gnu
+# (and glibc's static libraries for +crt-static); qemu-user-static: its binfmt_misc entries.
+GROUP[cross]="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static"
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
 
-[ "$#" -gt 0 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
+# The usage: this header, up to the line before `set -euo pipefail`.
+[ "$#" -gt 0 ] || { sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' >&2; exit 2; }
 want=()
 for group in "$@"; do
     [ -n "${GROUP[$group]:-}" ] || { log "unknown group '$group' (${!GROUP[*]})"; exit 2; }

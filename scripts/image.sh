@@ -12,8 +12,10 @@
 #                            scripts/pod_test_cni.py) on this machine's architecture; for
 #                            another (qemu) or with --cases, only those cases of pod_test.py
 #                            (default for arm64: static,tools,dry-run); "N passed, N failed"
-#   scripts/image.sh docker  build the default target with Debian's Docker engine (a dockerd of
-#                            its own, started and stopped here) and run the sidecar case with it
+#   scripts/image.sh docker  build both targets with Debian's Docker engine (a dockerd of its
+#                            own, started and stopped here; BuildKit, and the legacy builder
+#                            unless MESHINIT_DOCKER_LEGACY=0) and run the default sidecar and
+#                            native nftables cases with it
 #   scripts/image.sh bases   only make (or find) the base images
 #   scripts/image.sh clean   remove the images and base images this script made, and its cache
 #
@@ -80,28 +82,10 @@ EOF
 }
 
 # A foreign architecture's binaries (the arm64 image's iptables stage, its test runs) run
-# under qemu-user through binfmt_misc. Debian's qemu-user-static ships the registrations in
-# /usr/lib/binfmt.d but registers them only through systemd or binfmt-support, neither of which
-# runs here; registering them by hand is idempotent (an existing entry is left as it is). The
-# "F" flag in Debian's entries makes the kernel open the interpreter now, so it works inside
-# containers too.
+# under qemu-user through binfmt_misc, registered by scripts/binfmt.sh (see there).
 setup_emulation() {
-    local arch="$1" qarch
-    [ "$arch" = "$HOST_ARCH" ] && return 0
-    case "$arch" in
-        amd64) qarch=x86_64 ;;
-        arm64) qarch=aarch64 ;;
-        *) die "architecture '$arch' is not supported (amd64, arm64)" ;;
-    esac
-    local dir=/proc/sys/fs/binfmt_misc conf="/usr/lib/binfmt.d/qemu-$qarch.conf"
-    [ -e "$dir/register" ] || mount -t binfmt_misc binfmt_misc "$dir" \
-        || die "cannot mount binfmt_misc on $dir (needed to run $arch binaries)"
-    if [ ! -e "$dir/qemu-$qarch" ]; then
-        [ -f "$conf" ] || die "$conf is missing (Debian package qemu-user-static)"
-        log "registering qemu-$qarch with binfmt_misc ($conf)"
-        grep -v '^#' "$conf" >"$dir/register" || die "cannot register $conf in $dir"
-    fi
-    grep -qx enabled "$dir/qemu-$qarch" || die "$dir/qemu-$qarch is disabled"
+    [ "$1" = "$HOST_ARCH" ] && return 0
+    scripts/binfmt.sh "$1" || die "cannot run $1 binaries on this $HOST_ARCH machine"
 }
 
 # --- base images ----------------------------------------------------------------------------
@@ -322,18 +306,44 @@ cmd_test() {
 
 # --- Docker -----------------------------------------------------------------------------------
 
-# Debian's Docker engine as users build with it, but a dockerd of our own: its state, sockets
-# and pid file under $CACHE/docker, no bridge and no iptables rules (--iptables=false
-# --ip6tables=false --bridge=none), no /etc/docker/daemon.json, so nothing of the host changes.
+# Debian's Docker engine as users build with it, but a dockerd of our own: its data root, exec
+# root, socket and pid file under $CACHE/docker (kept: a second run reuses the bases and the
+# build's layers), no bridge and no iptables rules (--iptables=false --ip6tables=false
+# --bridge=none), no /etc/docker/daemon.json, so nothing of the host changes. It is stopped on
+# exit, Ctrl-C and SIGTERM; killed outright (SIGKILL) this script takes it along (setpriv
+# --pdeathsig), and the next run stops one an earlier run left, found by its pid file.
 DOCKER_DIR="$CACHE/docker"
 DOCKER_SOCK="$DOCKER_DIR/docker.sock"
-DOCKER_IMAGE=$REPO-docker:latest
+DOCKER_REPO=$REPO-docker
 # Debian's docker client (docker.io), the engine's own version; another docker earlier in PATH
 # may be a newer client the 20.10 engine does not serve.
 DOCKER_CLI=/usr/bin/docker
 dk() { "$DOCKER_CLI" -H "unix://$DOCKER_SOCK" "$@"; }
 
+# The pid in $DOCKER_DIR/dockerd.pid when it is a dockerd of that data root.
+dockerd_running() {
+    local pid
+    pid="$(cat "$DOCKER_DIR/dockerd.pid" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null \
+        | grep -q -- "dockerd .*--data-root $DOCKER_DIR/data " || return 1
+    echo "$pid"
+}
+
+# stop_pid PID: SIGTERM, up to 30 s for dockerd to stop its containerd, then SIGKILL.
+stop_pid() {
+    local pid="$1" i
+    kill "$pid" 2>/dev/null || return 0
+    for i in $(seq 30); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+    log "dockerd $pid did not stop in 30 s: killing it"
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 dockerd_start() {
+    local stale
+    if stale="$(dockerd_running)"; then
+        log "stopping dockerd $stale left by an earlier run"
+        stop_pid "$stale"
+    fi
     mkdir -p "$DOCKER_DIR/data" "$DOCKER_DIR/exec"
     echo '{}' >"$DOCKER_DIR/daemon.json"
     local nofile nproc
@@ -341,13 +351,18 @@ dockerd_start() {
     [ "$nofile" = unlimited ] && nofile=1048576
     if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
     log "starting dockerd (state in $DOCKER_DIR)"
-    dockerd --config-file "$DOCKER_DIR/daemon.json" --data-root "$DOCKER_DIR/data" \
-        --exec-root "$DOCKER_DIR/exec" --pidfile "$DOCKER_DIR/dockerd.pid" \
-        -H "unix://$DOCKER_SOCK" --iptables=false --ip6tables=false --bridge=none \
+    trap dockerd_stop EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    # --pdeathsig: SIGTERM to dockerd when this script dies, however (dockerd's containerd
+    # gets SIGKILL from dockerd's own death signal in turn).
+    setpriv --pdeathsig TERM -- dockerd --config-file "$DOCKER_DIR/daemon.json" \
+        --data-root "$DOCKER_DIR/data" --exec-root "$DOCKER_DIR/exec" \
+        --pidfile "$DOCKER_DIR/dockerd.pid" -H "unix://$DOCKER_SOCK" \
+        --iptables=false --ip6tables=false --bridge=none \
         --default-ulimit "nofile=$nofile:$nofile" --default-ulimit "nproc=$nproc:$nproc" \
         >"$DOCKER_DIR/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
-    trap dockerd_stop EXIT
     local i
     for i in $(seq 60); do
         dk version >/dev/null 2>&1 && return 0
@@ -360,10 +375,8 @@ dockerd_start() {
 
 dockerd_stop() {
     [ -n "${DOCKERD_PID:-}" ] || return 0
-    kill "$DOCKERD_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
-    kill -9 "$DOCKERD_PID" 2>/dev/null || true
+    log "stopping dockerd $DOCKERD_PID"
+    stop_pid "$DOCKERD_PID"
     DOCKERD_PID=
 }
 
@@ -377,29 +390,62 @@ docker_base() {
     fi
 }
 
+# docker_build WHAT ARGS...: one timed `docker build` of this directory.
+docker_build() {
+    local what="$1" t0=$SECONDS
+    shift
+    log "docker build $* . ($what)"
+    dk build --network host --progress plain "$@" . >&2 || die "docker build ($what) failed"
+    log "docker build ($what) done in $((SECONDS - t0)) s"
+}
+
+# The sha256 of /usr/local/bin/meshinit in a docker image.
+docker_binary_sum() {
+    local ctr sum
+    ctr="$(dk create "$1")"
+    sum="$(dk cp "$ctr:/usr/local/bin/meshinit" - | tar -xO | sha256sum | cut -d' ' -f1)"
+    dk rm "$ctr" >/dev/null
+    echo "$sum"
+}
+
+# Both targets as the README builds them (BuildKit, which sets BUILDPLATFORM and TARGETARCH as
+# buildx does, and Docker 23+ uses by default), the default target once more with the legacy
+# builder (DOCKER_BUILDKIT=0, given BUILDPLATFORM; unless MESHINIT_DOCKER_LEGACY=0), then the
+# pod test's static, default sidecar (iptables) and native nftables cases run by Docker.
 cmd_docker() {
     ensure_packages
     scripts/deps.sh docker || die "missing Debian packages (scripts/deps.sh docker)"
     setup_podman
-    local start=$SECONDS rust_base debian_base probe py
+    local start=$SECONDS rust_base debian_base py bases legacy="${MESHINIT_DOCKER_LEGACY:-1}"
     rust_base="$(base rust)"
     debian_base="$(base debian)"
     dockerd_start
     docker_base "$rust_base"
     docker_base "$debian_base"
-    local t0=$SECONDS
-    # BuildKit, Docker's builder since 23.0 (20.10 has it built in): it sets BUILDPLATFORM and
-    # TARGETARCH as users' builds get them.
-    log "docker build -t $DOCKER_IMAGE . (the default target, BuildKit)"
-    DOCKER_BUILDKIT=1 dk build --network host --progress plain \
-        --build-arg "RUST_IMAGE=$rust_base" --build-arg "DEBIAN_IMAGE=$debian_base" \
-        --tag "$DOCKER_IMAGE" . >&2
-    log "docker build done in $((SECONDS - t0)) s"
+    bases=(--build-arg "RUST_IMAGE=$rust_base" --build-arg "DEBIAN_IMAGE=$debian_base")
+    DOCKER_BUILDKIT=1 docker_build "BuildKit, native nftables" "${bases[@]}" \
+        --target nftables --tag "$DOCKER_REPO:nftables"
+    DOCKER_BUILDKIT=1 docker_build "BuildKit, the default" "${bases[@]}" \
+        --tag "$DOCKER_REPO:latest"
+    if [ "$legacy" != 0 ]; then
+        DOCKER_BUILDKIT=0 docker_build "legacy builder, the default" "${bases[@]}" \
+            --build-arg "BUILDPLATFORM=linux/$HOST_ARCH" --tag "$DOCKER_REPO:legacy"
+        local a b
+        a="$(docker_binary_sum "$DOCKER_REPO:latest")" b="$(docker_binary_sum "$DOCKER_REPO:legacy")"
+        [ "$a" = "$b" ] || die "BuildKit's and the legacy builder's meshinit differ ($a, $b)"
+        log "BuildKit and the legacy builder built the same meshinit (sha256 $a)"
+    fi
+    local img size
+    for img in "$DOCKER_REPO:latest" "$DOCKER_REPO:nftables"; do
+        size="$(dk image inspect --format '{{.Size}}' "$img")"
+        log "$img: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.2f MB", s / 1e6 }'))"
+    done
     py="$(bash scripts/validate-examples.sh --python)"
-    "$py" scripts/pod_test.py --engine docker --docker-host "unix://$DOCKER_SOCK" \
-        --image "$DOCKER_IMAGE" --nftables-image "$DOCKER_IMAGE" --pause-image "$debian_base" \
-        --cases iptables
-    log "docker build and test done in $((SECONDS - start)) s"
+    "$py" scripts/pod_test.py --engine docker --docker-cli "$DOCKER_CLI" \
+        --docker-host "unix://$DOCKER_SOCK" --pause-image "$debian_base" \
+        --image "$DOCKER_REPO:latest" --nftables-image "$DOCKER_REPO:nftables" \
+        --cases static,iptables,nftables
+    log "docker builds and test done in $((SECONDS - start)) s"
 }
 
 cmd_clean() {
@@ -417,7 +463,7 @@ cmd_clean() {
     rm -rf "$CACHE"
 }
 
-usage() { sed -n '2,21p' "$0" >&2; exit 2; }
+usage() { sed -n '2,/^# *scripts\/image.sh clean/p' "$0" >&2; exit 2; }
 
 # Options after the command: --arch ARCH (build, test), --cases LIST (test).
 cmd="${1:-}"

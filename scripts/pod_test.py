@@ -32,8 +32,9 @@ architecture. qemu-user 7.2 has no NETLINK_NETFILTER sockets ("Protocol not supp
 does not translate iptables' IPT_SO_* socket options, so under emulation neither backend can
 install rules: there the static, tools and dry-run cases are what runs.
 `--engine docker --docker-host unix://SOCK --pause-image IMAGE` runs the containers with Docker
-instead: each pod namespace is then a pause container's (IMAGE with `sleep`), joined by the
-init container with `--network container:`, as the kubelet's runtime does.
+instead (`--docker-cli PATH`: the client to use, default `docker` from PATH): each pod
+namespace is then a pause container's (IMAGE with `sleep`), joined by the init container with
+`--network container:`, as the kubelet's runtime does.
 
 Each check is one case; a line per case, then "N passed, N failed" (also counting
 scripts/validate-examples.sh's cases); exit 1 when any failed. Every wait is bounded.
@@ -212,7 +213,7 @@ class Test:
         self.arch = args["arch"]
         # The container engine's command: podman, or a docker client of a given daemon.
         self.engine = ["podman"] if args["engine"] == "podman" \
-            else ["docker", "-H", args["docker_host"]]
+            else [args["docker_cli"], "-H", args["docker_host"]]
         self.pause_image = args["pause_image"]
         self.reference_image = args["reference_image"]
         self.image = args["image"]
@@ -1034,7 +1035,7 @@ def main(argv):
     args = {"image": "localhost/meshinit:latest", "nftables_image": "localhost/meshinit:nftables",
             "validate_script": None, "probe_image": None, "arch": host_arch(),
             "engine": "podman", "docker_host": None, "pause_image": None,
-            "reference_image": None,
+            "docker_cli": "docker", "reference_image": None,
             "cases": ",".join(CASE_GROUPS)}
     it = iter(argv)
     for a in it:
