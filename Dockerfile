@@ -1,11 +1,13 @@
-# meshinit's images. Plain Dockerfile syntax: docker build (legacy builder or BuildKit),
-# docker buildx, podman build and buildah bud all take it.
+# meshinit's images. Plain Dockerfile syntax: docker build (BuildKit, or the legacy builder
+# given BUILDER_PLATFORM, below), docker buildx, podman build and buildah bud all take it.
 #
 #   docker build -t meshinit .                              the default: meshinit + iptables
 #                                                           (legacy and nft), a drop-in for
 #                                                           proxyv2 as istio-init
 #   docker build --target nftables -t meshinit:nftables .   meshinit alone (native nftables)
 #   docker buildx build --platform linux/amd64,linux/arm64 ...   both architectures at once
+#   podman build --platform linux/amd64,linux/arm64 --manifest meshinit \
+#       --build-arg BUILDER_PLATFORM=linux/$(dpkg --print-architecture) .
 #
 # The bases are build arguments: Docker Hub's by default; scripts/image.sh passes bases made
 # from the Debian archive (no registry needed). Any Rust >= 1.85 with glibc's static libraries
@@ -15,10 +17,13 @@
 # (rustup) and cross linker (apt) only when its base lacks them. The iptables stage runs on
 # the target platform (emulated by qemu-user/binfmt_misc when foreign).
 #
-# BUILDPLATFORM: BuildKit and buildx set it. Docker's legacy builder (DOCKER_BUILDKIT=0) does
-# not and refuses the empty platform; podman 4.3 sets it in stages but not in FROM lines, so
-# the build stage would run emulated. Both take it as a build argument:
-#   --build-arg BUILDPLATFORM=linux/$(dpkg --print-architecture)
+# The build stage runs on the build machine: FROM --platform=$BUILDPLATFORM, which BuildKit and
+# buildx set. Docker's legacy builder (DOCKER_BUILDKIT=0) does not, and podman 4.3 sets it in
+# stages but not in FROM lines (the build stage would run emulated): give them the build
+# machine's platform as BUILDER_PLATFORM (BuildKit ignores it; BUILDPLATFORM itself cannot be
+# declared here without BuildKit 20.10 emptying it, nor passed undeclared to the legacy builder):
+#   --build-arg BUILDER_PLATFORM=linux/$(dpkg --print-architecture)
+ARG BUILDER_PLATFORM
 ARG RUST_IMAGE=docker.io/library/rust:1.85-bookworm
 ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 
@@ -36,7 +41,7 @@ RUN sh /usr/local/bin/image-collect-iptables.sh /out
 # amd64's is a static-pie, whose ~140 kB of relative relocations pack into ~2 kB as DT_RELR
 # (-z pack-relative-relocs: binutils >= 2.38, and glibc >= 2.36, linked in, applies them at
 # start); arm64's is position-dependent and has none.
-FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS build
+FROM --platform=${BUILDPLATFORM:-${BUILDER_PLATFORM}} ${RUST_IMAGE} AS build
 ARG TARGETARCH
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

@@ -14,8 +14,8 @@
 #                            (default for arm64: static,tools,dry-run); "N passed, N failed"
 #   scripts/image.sh docker  build both targets with Debian's Docker engine (a dockerd of its
 #                            own, started and stopped here; BuildKit, and the legacy builder
-#                            unless MESHINIT_DOCKER_LEGACY=0) and run the default sidecar and
-#                            native nftables cases with it
+#                            unless MESHINIT_DOCKER_LEGACY=0) and run the default sidecar,
+#                            native nftables, security and read-only cases with it
 #   scripts/image.sh bases   only make (or find) the base images
 #   scripts/image.sh clean   remove the images and base images this script made, and its cache
 #
@@ -245,9 +245,9 @@ cmd_build() {
         local t0=$SECONDS debian_base common
         setup_emulation "$arch"
         debian_base="$(base debian "$arch")"
-        # podman 4.3 sets BUILDPLATFORM inside stages but not in FROM lines: given here.
+        # podman 4.3 sets BUILDPLATFORM inside stages but not in FROM lines (see ./Dockerfile).
         common=("${BUILD_COMMON[@]}" --platform "linux/$arch" --build-arg "DEBIAN_IMAGE=$debian_base"
-            --build-arg "BUILDPLATFORM=linux/$HOST_ARCH")
+            --build-arg "BUILDER_PLATFORM=linux/$HOST_ARCH")
         log "building $IMAGE_NFTABLES-$arch"
         podman build "${common[@]}" --target nftables --tag "$IMAGE_NFTABLES-$arch" . >&2
         log "building $IMAGE_DEFAULT-$arch"
@@ -365,7 +365,11 @@ dockerd_start() {
     DOCKERD_PID=$!
     local i
     for i in $(seq 60); do
-        dk version >/dev/null 2>&1 && return 0
+        if dk version >/dev/null 2>&1; then
+            # Containers a killed run's test left (this daemon runs nothing else).
+            dk container prune --force >/dev/null
+            return 0
+        fi
         kill -0 "$DOCKERD_PID" 2>/dev/null || break
         sleep 1
     done
@@ -410,8 +414,9 @@ docker_binary_sum() {
 
 # Both targets as the README builds them (BuildKit, which sets BUILDPLATFORM and TARGETARCH as
 # buildx does, and Docker 23+ uses by default), the default target once more with the legacy
-# builder (DOCKER_BUILDKIT=0, given BUILDPLATFORM; unless MESHINIT_DOCKER_LEGACY=0), then the
-# pod test's static, default sidecar (iptables) and native nftables cases run by Docker.
+# builder (DOCKER_BUILDKIT=0, given BUILDER_PLATFORM; unless MESHINIT_DOCKER_LEGACY=0), then the
+# pod test's static, default sidecar (iptables), native nftables, security-context and
+# read-only root cases run by Docker.
 cmd_docker() {
     ensure_packages
     scripts/deps.sh docker || die "missing Debian packages (scripts/deps.sh docker)"
@@ -429,7 +434,7 @@ cmd_docker() {
         --tag "$DOCKER_REPO:latest"
     if [ "$legacy" != 0 ]; then
         DOCKER_BUILDKIT=0 docker_build "legacy builder, the default" "${bases[@]}" \
-            --build-arg "BUILDPLATFORM=linux/$HOST_ARCH" --tag "$DOCKER_REPO:legacy"
+            --build-arg "BUILDER_PLATFORM=linux/$HOST_ARCH" --tag "$DOCKER_REPO:legacy"
         local a b
         a="$(docker_binary_sum "$DOCKER_REPO:latest")" b="$(docker_binary_sum "$DOCKER_REPO:legacy")"
         [ "$a" = "$b" ] || die "BuildKit's and the legacy builder's meshinit differ ($a, $b)"
@@ -443,8 +448,9 @@ cmd_docker() {
     py="$(bash scripts/validate-examples.sh --python)"
     "$py" scripts/pod_test.py --engine docker --docker-cli "$DOCKER_CLI" \
         --docker-host "unix://$DOCKER_SOCK" --pause-image "$debian_base" \
+        --probe-image "$debian_base" \
         --image "$DOCKER_REPO:latest" --nftables-image "$DOCKER_REPO:nftables" \
-        --cases static,iptables,nftables
+        --cases static,iptables,nftables,security,read-only
     log "docker builds and test done in $((SECONDS - start)) s"
 }
 

@@ -214,6 +214,7 @@ class Test:
         # The container engine's command: podman, or a docker client of a given daemon.
         self.engine = ["podman"] if args["engine"] == "podman" \
             else [args["docker_cli"], "-H", args["docker_host"]]
+        self.docker = args["docker_host"] if args["engine"] == "docker" else None
         self.pause_image = args["pause_image"]
         self.reference_image = args["reference_image"]
         self.image = args["image"]
@@ -280,10 +281,10 @@ class Test:
         uid = sc.get("runAsUser", 0)
         return uid, sc.get("runAsGroup", uid)
 
-    @staticmethod
-    def security_flags(sc):
-        """podman flags for a Kubernetes container securityContext; refuses what it cannot
-        express, so the test never silently runs something else than the manifest says."""
+    def security_flags(self, sc):
+        """podman's (or Docker's) flags for a Kubernetes container securityContext; refuses
+        what it cannot express, so the test never silently runs something else than the
+        manifest says."""
         known = {"runAsUser", "runAsGroup", "runAsNonRoot", "capabilities", "privileged",
                  "allowPrivilegeEscalation", "readOnlyRootFilesystem", "seccompProfile"}
         unknown = set(sc) - known
@@ -298,15 +299,18 @@ class Test:
         caps = sc.get("capabilities", {})
         for c in caps.get("drop", []):
             flags += ["--cap-drop", c]
-        if caps.get("add"):
-            flags += ["--cap-add", ",".join(caps["add"])]
+        for c in caps.get("add", []):
+            flags += ["--cap-add", c]  # one each: Docker 20.10 takes no list
         if sc.get("privileged"):
             flags.append("--privileged")
         if sc.get("allowPrivilegeEscalation") is False:
             flags += ["--security-opt", "no-new-privileges"]
         if sc.get("readOnlyRootFilesystem"):
-            # Kubernetes mounts nothing writable over a read-only root: no tmpfs on /run.
-            flags += ["--read-only", "--read-only-tmpfs=false"]
+            # Kubernetes mounts nothing writable over a read-only root: no tmpfs on /run
+            # (podman's default mounts some; Docker's mounts none and has no such flag).
+            flags += ["--read-only"]
+            if self.docker is None:
+                flags.append("--read-only-tmpfs=false")
         seccomp = sc.get("seccompProfile", {}).get("type", "RuntimeDefault")
         if seccomp == "Unconfined":
             flags += ["--security-opt", "seccomp=unconfined"]
@@ -962,7 +966,8 @@ def tools_cases(t):
                 # revision of an extension it has (a getsockopt that needs them); qemu-user
                 # answers that it has no such option, and the tools fall back.
                 argv = t.podman + ["--rm", "--network", "none", "--cap-drop", "ALL",
-                                   "--cap-add", "NET_ADMIN,NET_RAW", "--entrypoint",
+                                   "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
+                                   "--entrypoint",
                                    f"/usr/sbin/{tool}", t.image]
                 for m in XT_MATCHES:
                     argv += ["-m", m]
