@@ -43,7 +43,7 @@ log() { printf 'deps.sh: %s\n' "$*" >&2; }
 want=()
 for group in "$@"; do
     [ -n "${GROUP[$group]:-}" ] || { log "unknown group '$group' (${!GROUP[*]})"; exit 2; }
-    read -r -a pkgs <<<"$(echo ${GROUP[$group]})"
+    read -r -d '' -a pkgs <<<"${GROUP[$group]}" || true  # the words of a multi-line list
     want+=("${pkgs[@]}")
 done
 

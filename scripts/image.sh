@@ -104,7 +104,7 @@ BUILDER_PACKAGES=rustc,cargo,gcc,libc6-dev,binutils,ca-certificates
 case "$HOST_ARCH" in
     amd64) CROSS_ARCH=arm64 CROSS_PACKAGES=libstd-rust-dev:arm64,gcc-aarch64-linux-gnu,libc6-dev-arm64-cross ;;
     arm64) CROSS_ARCH=amd64 CROSS_PACKAGES=libstd-rust-dev:amd64,gcc-x86-64-linux-gnu,libc6-dev-amd64-cross ;;
-    *) CROSS_ARCH= CROSS_PACKAGES= ;;
+    *) CROSS_ARCH='' CROSS_PACKAGES='' ;;
 esac
 # The runtime base: what debian:bookworm-slim is (essential packages + apt), from which the
 # Dockerfile installs iptables.
@@ -331,9 +331,9 @@ dockerd_running() {
 
 # stop_pid PID: SIGTERM, up to 30 s for dockerd to stop its containerd, then SIGKILL.
 stop_pid() {
-    local pid="$1" i
+    local pid="$1" _
     kill "$pid" 2>/dev/null || return 0
-    for i in $(seq 30); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
     log "dockerd $pid did not stop in 30 s: killing it"
     kill -9 "$pid" 2>/dev/null || true
 }
@@ -363,8 +363,8 @@ dockerd_start() {
         --default-ulimit "nofile=$nofile:$nofile" --default-ulimit "nproc=$nproc:$nproc" \
         >"$DOCKER_DIR/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
-    local i
-    for i in $(seq 60); do
+    local _
+    for _ in $(seq 60); do
         if dk version >/dev/null 2>&1; then
             # Containers a killed run's test left (this daemon runs nothing else).
             dk container prune --force >/dev/null
@@ -474,7 +474,7 @@ usage() { sed -n '2,/^# *scripts\/image.sh clean/p' "$0" >&2; exit 2; }
 # Options after the command: --arch ARCH (build, test), --cases LIST (test).
 cmd="${1:-}"
 [ "$#" -gt 0 ] && shift
-TEST_ARCH= TEST_CASES=
+TEST_ARCH='' TEST_CASES=''
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --arch)
