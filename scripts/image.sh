@@ -16,6 +16,9 @@
 #                            own, started and stopped here; BuildKit, and the legacy builder
 #                            unless MESHINIT_DOCKER_LEGACY=0) and run the default sidecar,
 #                            native nftables, security and read-only cases with it
+#   scripts/image.sh builder CMD...
+#                            run CMD in the builder base image, the checkout at /src (used by
+#                            scripts/cross_test.sh where rustup cannot add the aarch64 std)
 #   scripts/image.sh bases   only make (or find) the base images
 #   scripts/image.sh clean   remove the images and base images this script made, and its cache
 #
@@ -454,6 +457,23 @@ cmd_docker() {
     log "docker builds and test done in $((SECONDS - start)) s"
 }
 
+# builder CMD...: CMD in the builder base (Debian's Rust with the other architecture's std and
+# cross gcc), the checkout read-only at /src, cargo's registry cache and a target directory of
+# its own ($CACHE/builder-target at /target) kept between runs; binfmt_misc's registrations
+# hold in there too. scripts/cross_test.sh runs itself so where rustup cannot add a std.
+cmd_builder() {
+    ensure_packages
+    setup_podman
+    local rust_base
+    rust_base="$(base rust)"
+    mkdir -p "$CACHE/cargo-registry" "$CACHE/builder-target"
+    podman run --rm --runtime runc --network host "${PODMAN_ULIMITS[@]}" \
+        --volume "$PWD:/src:ro" --volume "$CACHE/cargo-registry:/usr/local/cargo/registry" \
+        --volume "$CACHE/builder-target:/target" --workdir /src \
+        --env CARGO_TARGET_DIR=/target --env MESHINIT_IN_BUILDER=1 --env CI \
+        "$rust_base" "$@"
+}
+
 cmd_clean() {
     setup_podman
     local repo img
@@ -471,9 +491,15 @@ cmd_clean() {
 
 usage() { sed -n '2,/^# *scripts\/image.sh clean/p' "$0" >&2; exit 2; }
 
-# Options after the command: --arch ARCH (build, test), --cases LIST (test).
+# Options after the command: --arch ARCH (build, test), --cases LIST (test); builder: the
+# command to run.
 cmd="${1:-}"
 [ "$#" -gt 0 ] && shift
+if [ "$cmd" = builder ]; then
+    [ "$#" -gt 0 ] || usage
+    cmd_builder "$@"
+    exit
+fi
 TEST_ARCH='' TEST_CASES=''
 while [ "$#" -gt 0 ]; do
     case "$1" in
