@@ -10,9 +10,13 @@
 #
 # Groups:
 #   test   the kernel tests of scripts/test.sh (tools, other iptables releases, python3)
-#   image  scripts/image.sh: podman + runc, the base images' builder, the examples' venv
+#   image  scripts/image.sh: podman + runc, the base images' builder, the examples' venv,
+#          qemu-user-static + arch-test (the foreign architecture: builds, runs, its base)
+#   docker scripts/image.sh docker: Debian's Docker engine, run on its own for one test build
 #   cri    scripts/cri_test.sh: containerd with its CRI plugin, runc, the bridge/host-local CNI
 #          plugins, a static busybox for the test's images, python3-venv for the CRI client
+#   cross  scripts/cross_test.sh: the aarch64 cross linker and glibc, qemu-user-static to run
+#          the aarch64 test binaries
 set -euo pipefail
 
 declare -A GROUP
@@ -22,19 +26,24 @@ declare -A GROUP
 # benchmark scripts' own tests.
 GROUP[test]="iptables nftables iproute2 util-linux libcap2-bin procps mmdebstrap ca-certificates python3"
 GROUP[image]="podman runc mmdebstrap uidmap iptables nftables iproute2 util-linux procps
-    ca-certificates python3 python3-venv containernetworking-plugins"
+    ca-certificates python3 python3-venv containernetworking-plugins qemu-user-static arch-test"
+GROUP[docker]="docker.io"
 # containerd: the CRI runtime the kubelet drives (its CRI plugin passes pod annotations to CNI);
 # busybox-static: the one binary the test's pause and app images hold.
 GROUP[cri]="containerd runc containernetworking-plugins busybox-static iptables iproute2
     util-linux procps python3 python3-venv"
+# gcc-aarch64-linux-gnu + libc6-dev-arm64-cross: cargo's linker for aarch64-unknown-linux-gnu
+# (and glibc's static libraries for +crt-static); qemu-user-static: its binfmt_misc entries.
+GROUP[cross]="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static"
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
 
-[ "$#" -gt 0 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
+# The usage: this header, up to the line before `set -euo pipefail`.
+[ "$#" -gt 0 ] || { sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' >&2; exit 2; }
 want=()
 for group in "$@"; do
     [ -n "${GROUP[$group]:-}" ] || { log "unknown group '$group' (${!GROUP[*]})"; exit 2; }
-    read -r -a pkgs <<<"$(echo ${GROUP[$group]})"
+    read -r -d '' -a pkgs <<<"${GROUP[$group]}" || true  # the words of a multi-line list
     want+=("${pkgs[@]}")
 done
 

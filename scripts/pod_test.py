@@ -24,6 +24,18 @@ the address it saw the connection come from, the proxy logs each connection's or
 destination (SO_ORIGINAL_DST) before it connects onwards, and the relay's upstream socket
 has another port than the client (outbound) or the source 127.0.0.6 / ::6 (inbound).
 
+Another architecture (arm64 on an amd64 machine) runs under qemu-user through binfmt_misc:
+`--arch ARCH` names the images' architecture (checked against each image, and that the kernel
+can run it), `--cases LIST` picks groups of cases (CASE_GROUPS below); without --cases, all;
+`--reference-image` (the dry-run cases, run only with it) is a native nftables image of this
+machine's architecture. qemu-user 7.2 has no NETLINK_NETFILTER sockets ("Protocol not supported") and
+does not translate iptables' IPT_SO_* socket options, so under emulation neither backend can
+install rules: there the static, tools (iptables-legacy only) and dry-run cases are what runs.
+`--engine docker --docker-host unix://SOCK --pause-image IMAGE` runs the containers with Docker
+instead (`--docker-cli PATH`: the client to use, default `docker` from PATH): each pod
+namespace is then a pause container's (IMAGE with `sleep`), joined by the init container with
+`--network container:`, as the kubelet's runtime does.
+
 Each check is one case; a line per case, then "N passed, N failed" (also counting
 scripts/validate-examples.sh's cases); exit 1 when any failed. Every wait is bounded.
 Namespaces, processes and containers are removed at the end, also on failure or Ctrl-C.
@@ -198,6 +210,13 @@ class Test:
     def __init__(self, args):
         import yaml  # only the orchestrating process needs PyYAML
         self.yaml = yaml
+        self.arch = args["arch"]
+        # The container engine's command: podman, or a docker client of a given daemon.
+        self.engine = ["podman"] if args["engine"] == "podman" \
+            else [args["docker_cli"], "-H", args["docker_host"]]
+        self.docker = args["docker_host"] if args["engine"] == "docker" else None
+        self.pause_image = args["pause_image"]
+        self.reference_image = args["reference_image"]
         self.image = args["image"]
         self.nft_image = args["nftables_image"]
         self.probe_image = args["probe_image"]
@@ -222,9 +241,11 @@ class Test:
         nofile = 1048576 if hard_nofile == resource.RLIM_INFINITY else hard_nofile
         nproc = 32768 if hard_nproc == resource.RLIM_INFINITY else min(hard_nproc, 32768)
         # podman here: runc (crun cannot start containers) and limits it may set.
-        self.podman = ["podman", "run", "--runtime", "runc", "--pull=never",
-                       "--ulimit", f"nofile={nofile}:{nofile}",
-                       "--ulimit", f"nproc={nproc}:{nproc}"]
+        self.podman = self.engine + ["run", "--pull=never",
+                                     "--ulimit", f"nofile={nofile}:{nofile}",
+                                     "--ulimit", f"nproc={nproc}:{nproc}"]
+        if args["engine"] == "podman":
+            self.podman += ["--runtime", "runc"]
 
     # -- the examples ------------------------------------------------------------------------
 
@@ -260,10 +281,10 @@ class Test:
         uid = sc.get("runAsUser", 0)
         return uid, sc.get("runAsGroup", uid)
 
-    @staticmethod
-    def security_flags(sc):
-        """podman flags for a Kubernetes container securityContext; refuses what it cannot
-        express, so the test never silently runs something else than the manifest says."""
+    def security_flags(self, sc):
+        """podman's (or Docker's) flags for a Kubernetes container securityContext; refuses
+        what it cannot express, so the test never silently runs something else than the
+        manifest says."""
         known = {"runAsUser", "runAsGroup", "runAsNonRoot", "capabilities", "privileged",
                  "allowPrivilegeEscalation", "readOnlyRootFilesystem", "seccompProfile"}
         unknown = set(sc) - known
@@ -278,15 +299,18 @@ class Test:
         caps = sc.get("capabilities", {})
         for c in caps.get("drop", []):
             flags += ["--cap-drop", c]
-        if caps.get("add"):
-            flags += ["--cap-add", ",".join(caps["add"])]
+        for c in caps.get("add", []):
+            flags += ["--cap-add", c]  # one each: Docker 20.10 takes no list
         if sc.get("privileged"):
             flags.append("--privileged")
         if sc.get("allowPrivilegeEscalation") is False:
             flags += ["--security-opt", "no-new-privileges"]
         if sc.get("readOnlyRootFilesystem"):
-            # Kubernetes mounts nothing writable over a read-only root: no tmpfs on /run.
-            flags += ["--read-only", "--read-only-tmpfs=false"]
+            # Kubernetes mounts nothing writable over a read-only root: no tmpfs on /run
+            # (podman's default mounts some; Docker's mounts none and has no such flag).
+            flags += ["--read-only"]
+            if self.docker is None:
+                flags.append("--read-only-tmpfs=false")
         seccomp = sc.get("seccompProfile", {}).get("type", "RuntimeDefault")
         if seccomp == "Unconfined":
             flags += ["--security-opt", "seccomp=unconfined"]
@@ -307,7 +331,8 @@ class Test:
         self.serial += 1
         name = f"{NS_PREFIX}-{os.getpid()}-{self.serial}-{spec['name']}"
         self.containers.append(name)
-        argv = self.podman + ["--rm", "--name", name, "--network", f"ns:/run/netns/{pod.ns}"]
+        network = f"container:{pod.pause}" if pod.pause else f"ns:/run/netns/{pod.ns}"
+        argv = self.podman + ["--rm", "--name", name, "--network", network]
         argv += self.security_flags(sc) + list(extra_podman)
         for k, v in env.items():
             argv += ["--env", f"{k}={v}"]
@@ -315,7 +340,7 @@ class Test:
         try:
             r = sh(argv, timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
-            sh(["podman", "rm", "--force", name])
+            sh(self.engine + ["rm", "--force", name])
             return None, f"timed out after {RUN_TIMEOUT} s"
         self.containers.remove(name)
         self.last_stdout = r.stdout
@@ -356,10 +381,10 @@ class Test:
     def cleanup(self):
         for p in self.procs:
             p.stop()
-        for name in list(self.containers):
-            sh(["podman", "rm", "--force", name])
         for ns in self.namespaces:
             sh(["ip", "netns", "del", ns])
+        for name in list(self.containers):
+            sh(self.engine + ["rm", "--force", name])
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -374,10 +399,23 @@ class Pod:
         base = f"{NS_PREFIX}-{os.getpid()}-{test.serial}"
         self.ns, self.peer = f"{base}-pod", f"{base}-peer"
         self.procs = []
+        self.pause = None  # the pause container whose namespace is the pod's (Docker)
 
     def build(self):
-        for ns in (self.ns, self.peer):
-            sh(["ip", "netns", "add", ns], check=True)
+        if self.t.pause_image:
+            # Docker joins containers to another container's namespace only: a pause
+            # container's, named in /run/netns like the others (ip netns attach).
+            self.pause = f"{self.ns}-pause"
+            self.t.containers.append(self.pause)
+            sh(self.t.engine + ["run", "--detach", "--pull=never", "--name", self.pause,
+                                "--network", "none", self.t.pause_image, "sleep", "infinity"],
+               check=True)
+            pid = sh(self.t.engine + ["inspect", "--format", "{{.State.Pid}}", self.pause],
+                     check=True).stdout.strip()
+            sh(["ip", "netns", "attach", self.ns, pid], check=True)
+        else:
+            sh(["ip", "netns", "add", self.ns], check=True)
+        sh(["ip", "netns", "add", self.peer], check=True)
         sh(["ip", "link", "add", "eth0", "netns", self.ns, "type", "veth", "peer", "name",
             "eth0", "netns", self.peer], check=True)
         for ns, a4, a6 in ((self.ns, POD4, POD6), (self.peer, PEER4, PEER6)):
@@ -838,6 +876,168 @@ def examples_cases(t, script):
                lambda: f"exit {r.returncode}: {r.stderr.strip()[-500:]}")
 
 
+# ELF e_machine of each architecture the images are built for.
+ELF_MACHINE = {"amd64": 0x3E, "arm64": 0xB7}
+# binfmt_misc's name for the qemu-user entry that runs an architecture (Debian's names).
+QEMU_BINFMT = {"amd64": "qemu-x86_64", "arm64": "qemu-aarch64"}
+
+
+def host_arch():
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def elf_problems(data, arch):
+    """Why the ELF file in data is not a static binary for arch (None when it is): its machine,
+    and no program interpreter (PT_INTERP), so it runs in an image with no loader at all."""
+    import struct
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return "not a 64-bit little-endian ELF file"
+    machine = struct.unpack_from("<H", data, 0x12)[0]
+    if machine != ELF_MACHINE[arch]:
+        return f"ELF machine {machine:#x}, expected {ELF_MACHINE[arch]:#x} ({arch})"
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        if struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 3:  # PT_INTERP
+            return "it has a program interpreter (dynamically linked)"
+    return None
+
+
+def static_cases(t):
+    """The images' architecture and the binary's: built for --arch, statically linked, and it
+    runs in the FROM-scratch image, which has no dynamic loader."""
+    def image_arch(image_attr):
+        def check():
+            r = sh(t.engine + ["image", "inspect", "--format", "{{.Os}}/{{.Architecture}}",
+                              getattr(t, image_attr)])
+            got = r.stdout.strip()
+            return None if got == f"linux/{t.arch}" else f"image is {got!r}: {r.stderr.strip()}"
+        return check
+
+    t.case(f"[static] the default image is linux/{t.arch}", image_arch("image"))
+    t.case(f"[static] the native nftables image is linux/{t.arch}", image_arch("nft_image"))
+
+    def binary():
+        ctr = sh(t.engine + ["create", "--pull=never", t.nft_image], check=True).stdout.strip()
+        try:
+            out = os.path.join(t.tmp, "meshinit-static")
+            sh(t.engine + ["cp", f"{ctr}:/usr/local/bin/meshinit", out], check=True)
+        finally:
+            sh(t.engine + ["rm", "--force", ctr])
+        with open(out, "rb") as f:
+            return elf_problems(f.read(), t.arch)
+
+    t.case(f"[static] /usr/local/bin/meshinit is a static {t.arch} ELF binary", binary)
+
+    def runs():
+        r = sh(t.podman + ["--rm", "--network", "none", t.nft_image, "--version"],
+               timeout=RUN_TIMEOUT)
+        if r.returncode != 0 or not r.stdout.startswith("meshinit "):
+            return f"exit {r.returncode}: {(r.stdout + r.stderr).strip()[-300:]}"
+        return None
+
+    t.case("[static] meshinit --version runs in the native nftables image (no loader there)",
+           runs)
+
+
+# The xtables extensions meshinit's rules use (Istio's, TPROXY mode, DNS capture, its options).
+XT_MATCHES = ["owner", "tcp", "udp", "multiport", "conntrack", "mark", "connmark"]
+XT_TARGETS = ["REDIRECT", "TPROXY", "CONNMARK", "MARK", "CT"]
+
+
+def tools_cases(t):
+    """The default image's iptables tools run and load every extension meshinit's rules use
+    (each a shared object with its libraries, of the image's architecture). Needs no kernel
+    table. Under qemu-user only iptables-legacy: the nft variant opens a NETLINK_NETFILTER socket
+    even for --help ("Failed to initialize nft: Protocol not supported"), and ip6tables-legacy's
+    revision query (an IPv6 sockopt qemu does not translate) makes it give up on conntrack. The
+    IPv4 legacy tool loads the same libxt_* extensions and libraries, so the files are proven."""
+    tools = ["iptables-legacy", "ip6tables-legacy", "iptables-nft", "ip6tables-nft"]
+    if t.arch != host_arch():
+        print(f"note: [tools] under qemu-user only {tools[0]} (not {', '.join(tools[1:])}: "
+              "see tools_cases)", flush=True)
+        tools = tools[:1]
+    for tool in tools:
+        def check(tool=tool):
+            missing = []
+            for target in XT_TARGETS:
+                # istio-init's capabilities: natively, legacy iptables asks the kernel which
+                # revision of an extension it has (a getsockopt that needs them); qemu-user
+                # answers that it has no such option, and the tools fall back.
+                argv = t.podman + ["--rm", "--network", "none", "--cap-drop", "ALL",
+                                   "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
+                                   "--entrypoint",
+                                   f"/usr/sbin/{tool}", t.image]
+                for m in XT_MATCHES:
+                    argv += ["-m", m]
+                r = sh(argv + ["-j", target, "--help"], timeout=RUN_TIMEOUT)
+                if r.returncode != 0:
+                    return f"-j {target}: exit {r.returncode}: {r.stderr.strip()[-300:]}"
+                missing += [f"{m} match" for m in XT_MATCHES
+                            if f"{m} match options" not in r.stdout]
+                if f"{target} target options" not in r.stdout:
+                    missing.append(f"{target} target")
+            return f"no help from {sorted(set(missing))}" if missing else None
+
+        t.case(f"[tools] {tool} loads the extensions {','.join(XT_MATCHES)} and "
+               f"{','.join(XT_TARGETS)}", check)
+
+
+# Dry runs whose text must not depend on the architecture (rule planning, rendering, the
+# nftables expressions).
+DRY_RUNS = [
+    ("Istio's REDIRECT arguments", ["istio-iptables", "-p", "15001", "-z", "15006", "-u", "1337",
+                                     "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
+                                     "-d", "15090,15021,15020", "--ipv6=false"]),
+    ("TPROXY, dual stack, drop invalid", ["istio-iptables", "-p", "15001", "-z", "15006",
+                                          "-u", "1337", "-m", "TPROXY", "-i", "*", "-x", "",
+                                          "-b", "*", "-d", "15090,15021,15020", "--ipv6=true",
+                                          "--drop-invalid"]),
+]
+
+
+def dry_run_cases(t):
+    """The native nftables image's dry runs, iptables and nftables backends, print exactly
+    what the reference image (this machine's architecture) prints."""
+    for what, args in DRY_RUNS:
+        for backend in ("iptables", "nftables"):
+            def check(args=args, backend=backend):
+                if not t.reference_image:
+                    return "no --reference-image given"
+                outs = []
+                for image in (t.nft_image, t.reference_image):
+                    r = sh(t.podman + ["--rm", "--network", "none", image] + args
+                           + ["--backend", backend, "--dry-run"], timeout=RUN_TIMEOUT)
+                    if r.returncode != 0 or not r.stdout:
+                        return f"{image}: exit {r.returncode}: {r.stderr.strip()[-300:]}"
+                    outs.append(r.stdout)
+                if outs[0] != outs[1]:
+                    return "the outputs differ:\n" + diff(outs[1], outs[0])
+                return None
+
+            t.case(f"[dry-run] {what}, --backend {backend}: the same text as "
+                   f"{t.reference_image or 'the reference image'}", check)
+
+
+def scenario_group(label):
+    """SCENARIOS' labels by --cases group."""
+    if label.startswith("meshinit's own options"):
+        return "own-options"
+    if label.endswith("dual stack"):
+        return "dual-stack"
+    if label.startswith("native nftables"):
+        return "nftables"
+    if "legacy" in label:
+        return "legacy"
+    return "iptables"
+
+
+# --cases groups: SCENARIOS' (scenario_group) and the others, in the order they run.
+CASE_GROUPS = ["examples", "static", "tools", "dry-run", "iptables", "legacy", "nftables", "dual-stack",
+               "own-options", "security", "validation", "read-only", "cni"]
+
+
 def sweep_stale():
     """Namespaces left by an earlier run of this test that was killed."""
     r = sh(["ip", "netns", "list"])
@@ -850,7 +1050,10 @@ def sweep_stale():
 
 def main(argv):
     args = {"image": "localhost/meshinit:latest", "nftables_image": "localhost/meshinit:nftables",
-            "validate_script": None, "probe_image": None}
+            "validate_script": None, "probe_image": None, "arch": host_arch(),
+            "engine": "podman", "docker_host": None, "pause_image": None,
+            "docker_cli": "docker", "reference_image": None,
+            "cases": None}
     it = iter(argv)
     for a in it:
         key = a.lstrip("-").replace("-", "_")
@@ -861,6 +1064,36 @@ def main(argv):
     if os.geteuid() != 0:
         print("pod_test.py: run as root (network namespaces, podman)", file=sys.stderr)
         return 2
+    if args["arch"] not in ELF_MACHINE:
+        print(f"pod_test.py: --arch {args['arch']!r}: expected one of {sorted(ELF_MACHINE)}",
+              file=sys.stderr)
+        return 2
+    if args["engine"] not in ("podman", "docker") or \
+            (args["engine"] == "docker") != bool(args["docker_host"] and args["pause_image"]):
+        print("pod_test.py: --engine podman, or --engine docker with --docker-host and "
+              "--pause-image", file=sys.stderr)
+        return 2
+    if args["cases"] is None:
+        # All, but the dry runs only with something to compare them with: they prove a
+        # foreign architecture's binary prints what this machine's does (natively, the
+        # conformance goldens of cargo test prove the text).
+        args["cases"] = ",".join(g for g in CASE_GROUPS
+                                 if g != "dry-run" or args["reference_image"])
+    groups = [g for g in args["cases"].split(",") if g]
+    if "dry-run" in groups and not args["reference_image"]:
+        print("pod_test.py: --cases dry-run needs --reference-image", file=sys.stderr)
+        return 2
+    unknown = [g for g in groups if g not in CASE_GROUPS]
+    if unknown or not groups:
+        print(f"pod_test.py: --cases {args['cases']!r}: unknown {unknown}; the groups are "
+              f"{','.join(CASE_GROUPS)}", file=sys.stderr)
+        return 2
+    binfmt = f"/proc/sys/fs/binfmt_misc/{QEMU_BINFMT[args['arch']]}"
+    if args["arch"] != host_arch() and not os.path.exists(binfmt):
+        print(f"pod_test.py: --arch {args['arch']} needs qemu-user registered with binfmt_misc "
+              f"({binfmt} is missing; scripts/image.sh test --arch {args['arch']} registers it)",
+              file=sys.stderr)
+        return 2
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -869,16 +1102,27 @@ def main(argv):
     sweep_stale()
     t = Test(args)
     try:
-        if args["validate_script"]:
+        if args["validate_script"] and "examples" in groups:
             examples_cases(t, args["validate_script"])
+        if "static" in groups:
+            static_cases(t)
+        if "tools" in groups:
+            tools_cases(t)
+        if "dry-run" in groups:
+            dry_run_cases(t)
         for label, image_attr, env, dual, summary, extra in SCENARIOS:
-            scenario(t, label, getattr(t, image_attr), env, dual, summary, extra)
-        security_context(t)
-        validation_without_rules(t, "image", "default image")
-        validation_without_rules(t, "nft_image", "native nftables image")
-        read_only(t)
-        from pod_test_cni import cni_cases  # this directory; the CNI cases live there
-        cni_cases(t)
+            if scenario_group(label) in groups:
+                scenario(t, label, getattr(t, image_attr), env, dual, summary, extra)
+        if "security" in groups:
+            security_context(t)
+        if "validation" in groups:
+            validation_without_rules(t, "image", "default image")
+            validation_without_rules(t, "nft_image", "native nftables image")
+        if "read-only" in groups:
+            read_only(t)
+        if "cni" in groups:
+            from pod_test_cni import cni_cases  # this directory; the CNI cases live there
+            cni_cases(t)
     except KeyboardInterrupt as e:
         print(f"interrupted ({e}); cleaning up", flush=True)
         t.failed += 1

@@ -78,7 +78,7 @@ impl Drop for NamedNetns {
 fn dry_run_in(namespace: &str) -> support::Output {
     run_meshinit(
         &[
-            &format!("--network-namespace={namespace}"),
+            format!("--network-namespace={namespace}").as_str(),
             "--dry-run",
             "--ipv6=false",
         ],
