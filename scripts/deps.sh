@@ -13,6 +13,8 @@
 #   image  scripts/image.sh: podman + runc, the base images' builder, the examples' venv,
 #          qemu-user-static + arch-test (the foreign architecture: builds, runs, its base)
 #   docker scripts/image.sh docker: Debian's Docker engine, run on its own for one test build
+#   vm     scripts/arm64_vm.sh: an emulated arm64 machine (qemu-system-aarch64) and cpio for
+#          its initramfs
 #   cri    scripts/cri_test.sh: containerd with its CRI plugin, runc, the bridge/host-local CNI
 #          plugins, a static busybox for the test's images, python3-venv for the CRI client
 set -euo pipefail
@@ -28,12 +30,13 @@ GROUP[image]="podman runc mmdebstrap uidmap iptables nftables iproute2 util-linu
 GROUP[docker]="docker.io"
 # containerd: the CRI runtime the kubelet drives (its CRI plugin passes pod annotations to CNI);
 # busybox-static: the one binary the test's pause and app images hold.
+GROUP[vm]="qemu-system-arm cpio gzip"
 GROUP[cri]="containerd runc containernetworking-plugins busybox-static iptables iproute2
     util-linux procps python3 python3-venv"
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
 
-[ "$#" -gt 0 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[ "$#" -gt 0 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
 want=()
 for group in "$@"; do
     [ -n "${GROUP[$group]:-}" ] || { log "unknown group '$group' (${!GROUP[*]})"; exit 2; }

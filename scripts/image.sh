@@ -10,8 +10,10 @@
 #                            the offline manifest check (scripts/validate-examples.sh) and the
 #                            pod-level test (scripts/pod_test.py, with the CNI-mode cases of
 #                            scripts/pod_test_cni.py) on this machine's architecture; for
-#                            another (qemu) or with --cases, only those cases of pod_test.py
-#                            (default for arm64: static,tools,dry-run); "N passed, N failed"
+#                            another (qemu-user) or with --cases, only those cases of
+#                            pod_test.py (default: static,tools,dry-run), and for arm64 the
+#                            pod cases in an emulated arm64 machine (scripts/arm64_vm.sh);
+#                            each part ends with "N passed, N failed"
 #   scripts/image.sh docker  build the default target with Debian's Docker engine (a dockerd of
 #                            its own, started and stopped here) and run the sidecar case with it
 #   scripts/image.sh bases   only make (or find) the base images
@@ -315,9 +317,19 @@ cmd_test() {
             || die "$IMAGE_NFTABLES-$HOST_ARCH is missing (the dry runs' reference): build it first"
         extra+=(--reference-image "$IMAGE_NFTABLES-$HOST_ARCH")
     fi
-    exec "$py" scripts/pod_test.py --arch "$arch" \
+    if [ "$arch" = "$HOST_ARCH" ] || [ "$arch" != arm64 ] || [ -n "$TEST_CASES" ]; then
+        exec "$py" scripts/pod_test.py --arch "$arch" \
+            --image "$IMAGE_DEFAULT-$arch" --nftables-image "$IMAGE_NFTABLES-$arch" \
+            --probe-image "$probe" "${extra[@]}"
+    fi
+    # arm64 on another machine: what qemu-user runs (above), then the pod cases that install
+    # rules, in an emulated arm64 machine (qemu-user cannot pass netfilter's sockets).
+    local status=0
+    "$py" scripts/pod_test.py --arch "$arch" \
         --image "$IMAGE_DEFAULT-$arch" --nftables-image "$IMAGE_NFTABLES-$arch" \
-        --probe-image "$probe" "${extra[@]}"
+        --probe-image "$probe" "${extra[@]}" || status=1
+    scripts/arm64_vm.sh --repo "$REPO" || status=1
+    return "$status"
 }
 
 # --- Docker -----------------------------------------------------------------------------------
