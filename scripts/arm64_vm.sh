@@ -106,7 +106,7 @@ guest() {
 }
 
 # The test's own files, appended to the guest's cpio (the kernel unpacks both in order):
-# /init, /vm_guest.py, /cases.json, /images/{latest,nftables}.
+# /init, /vm_guest.py with /ruleset_text.py, /cases.json, /images/{latest,nftables}.
 test_cpio() {
     local out="$1" work="$2" img name
     mkdir -p "$work/root/images"
@@ -122,7 +122,7 @@ test_cpio() {
         podman rm --force "$ctr" >/dev/null
     done
     install -m 0755 scripts/vm_guest_init.sh "$work/root/init"
-    install -m 0644 scripts/vm_guest.py "$work/root/vm_guest.py"
+    install -m 0644 scripts/vm_guest.py scripts/ruleset_text.py "$work/root/"
     "$PY" - "$work/root/cases.json" \
         "$(podman image inspect --format '{{json .Config.Entrypoint}}' "$REPO:latest-arm64")" \
         "$(podman image inspect --format '{{json .Config.Entrypoint}}' "$REPO:nftables-arm64")" \

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from ruleset_text import normalise_nft, normalise_save
+
 LIBC = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
@@ -92,11 +94,15 @@ class Pod:
 
     def snapshot(self):
         """What the pod's namespace holds: nf_tables (native and iptables-nft), the legacy
-        tables (read by the image's own iptables-legacy-save), the routing policy."""
-        parts = [sh("nft", "list", "ruleset", ns=self.ns).stdout]
+        tables (read by the image's own iptables-legacy-save), the routing policy; normalised
+        as scripts/pod_test.py does (no counters, no tables that hold nothing: an empty legacy
+        table cannot be unloaded)."""
+        parts = [normalise_nft(sh("nft", "list", "ruleset", ns=self.ns).stdout)]
         for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
-            r = sh("chroot", "/images/latest", f"/usr/sbin/{tool}", ns=self.ns, check_ok=False)
-            parts.append("\n".join(l for l in r.stdout.splitlines() if not l.startswith("#")))
+            code, out, err = run_container(self, "latest", SAVE_SPEC, argv=[f"/usr/sbin/{tool}"])
+            if code != 0:
+                raise RuntimeError(f"{tool}: exit {code}: {tail(err, 2)}")
+            parts.append(normalise_save(out))
         parts.append(sh("ip", "rule", "list", ns=self.ns).stdout)
         parts.append(sh("ip", "-6", "rule", "list", ns=self.ns).stdout)
         return "\n".join(parts)
@@ -106,13 +112,20 @@ class Pod:
             sh("ip", "netns", "del", ns, check_ok=False)
 
 
-def run_container(pod, image, spec, extra_env=None, extra_args=()):
-    """Runs a container's entrypoint + args in the pod as a runtime would; (exit, stderr)."""
+# The image's own iptables-legacy-save, run as a container would run it (it reads /proc).
+SAVE_SPEC = {"securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}}}
+
+
+def run_container(pod, image, spec, extra_env=None, extra_args=(), argv=None):
+    """Runs a container's entrypoint + args (or argv) in the pod as a runtime would;
+    (exit status, stdout, stderr)."""
     sc = spec.get("securityContext") or {}
     uid = sc.get("runAsUser", 0)
     gid = sc.get("runAsGroup", uid)
     caps = sc.get("capabilities") or {}
     keep = {} if "ALL" in (caps.get("drop") or []) else dict(DEFAULT_CAPS)
+    # A runtime runs every container with no_new_privs, seccomp, cgroups of its own; the
+    # first only is reproduced here (allowPrivilegeEscalation: false).
     for name in caps.get("drop") or []:
         keep.pop(name, None)
     for name in caps.get("add") or []:
@@ -129,6 +142,14 @@ def run_container(pod, image, spec, extra_env=None, extra_args=()):
         check(LIBC.unshare(CLONE_NEWNS), "unshare mount namespace")
         check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
         check(LIBC.mount(root.encode(), root.encode(), None, MS_BIND | MS_REC, None), "bind")
+        # What a runtime mounts in every container: proc, sysfs (read-only; the pod's network
+        # namespace's view, as it is mounted after setns) and /dev.
+        for fstype, target, flags in ((b"proc", b"/proc", 0), (b"sysfs", b"/sys", MS_RDONLY)):
+            os.makedirs(root + target.decode(), exist_ok=True)
+            check(LIBC.mount(fstype, (root + target.decode()).encode(), fstype, flags, None),
+                  f"mount {target.decode()}")
+        os.makedirs(root + "/dev", exist_ok=True)
+        check(LIBC.mount(b"/dev", (root + "/dev").encode(), None, MS_BIND, None), "bind /dev")
         if read_only:
             check(LIBC.mount(None, root.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None),
                   "read-only")
@@ -143,10 +164,11 @@ def run_container(pod, image, spec, extra_env=None, extra_args=()):
         if no_new_privs:
             check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
-    argv = ENTRYPOINTS[image] + list(spec.get("args") or []) + list(extra_args)
+    if argv is None:
+        argv = ENTRYPOINTS[image] + list(spec.get("args") or []) + list(extra_args)
     r = subprocess.run(argv, env=env, preexec_fn=enter, capture_output=True, text=True,
                        timeout=RUN_TIMEOUT)
-    return r.returncode, r.stderr
+    return r.returncode, r.stdout, r.stderr
 
 
 def listener(ns, family, port):
@@ -201,6 +223,11 @@ def connect_lands(from_ns, uid, family, dst, listeners):
         return f"error: {e}", None
     finally:
         c.close()
+
+
+def tail(err, lines=6):
+    """The last lines of a container's stderr, on one line."""
+    return " | ".join(err.strip().splitlines()[-lines:])
 
 
 def case(name, fn):
@@ -260,14 +287,14 @@ def scenario(label, image, env, dual, summary):
     state = {}
 
     def init():
-        code, err = run_container(pod, image, SPECS["init"], extra_env=env)
+        code, _, err = run_container(pod, image, SPECS["init"], extra_env=env)
         last = err.strip().splitlines()[-1] if err.strip() else ""
         if code != 0:
-            return f"exit {code}: {err.strip()[-600:]}"
+            return f"exit {code}: {tail(err, 10)}"
         if summary not in last:
             return f"the summary line does not name {summary!r}: {last}"
         if pod.snapshot() == baseline:
-            return "exit 0 but the namespace is unchanged"
+            return f"exit 0 but the namespace is unchanged: {tail(err, 3)}"
         state["init"] = True
         return None
 
@@ -278,8 +305,8 @@ def scenario(label, image, env, dual, summary):
         return
 
     def validation():
-        code, err = run_container(pod, image, SPECS["validation"], extra_env=env)
-        return None if code == 0 else f"exit {code}: {err.strip()[-400:]}"
+        code, _, err = run_container(pod, image, SPECS["validation"], extra_env=env)
+        return None if code == 0 else f"exit {code}: {tail(err)}"
 
     case(f"[{label}] istio-validation (uid 1337, no capability) exits 0 with the rules",
          validation)
@@ -287,18 +314,18 @@ def scenario(label, image, env, dual, summary):
 
     def rerun():
         before = pod.snapshot()
-        code, err = run_container(pod, image, SPECS["init"], extra_env=env)
+        code, _, err = run_container(pod, image, SPECS["init"], extra_env=env)
         if code != 0:
-            return f"exit {code}: {err.strip()[-400:]}"
+            return f"exit {code}: {tail(err)}"
         return None if pod.snapshot() == before else "the namespace changed"
 
     case(f"[{label}] a restarted istio-init exits 0 and changes nothing", rerun)
 
     def cleanup():
-        code, err = run_container(pod, image, SPECS["init"], extra_env=env,
+        code, _, err = run_container(pod, image, SPECS["init"], extra_env=env,
                                   extra_args=["--cleanup-only"])
         if code != 0:
-            return f"exit {code}: {err.strip()[-400:]}"
+            return f"exit {code}: {tail(err)}"
         return None if pod.snapshot() == baseline else "the namespace differs from before"
 
     case(f"[{label}] istio-init --cleanup-only leaves the namespace as before", cleanup)
@@ -309,8 +336,8 @@ def validation_without_rules(image):
     def run():
         pod = Pod()
         try:
-            code, err = run_container(pod, image, SPECS["validation"])
-            return None if code == 126 else f"exit {code}, expected 126: {err.strip()[-300:]}"
+            code, _, err = run_container(pod, image, SPECS["validation"])
+            return None if code == 126 else f"exit {code}, expected 126: {tail(err, 3)}"
         finally:
             pod.remove()
 

@@ -2,6 +2,7 @@
 # /init of scripts/arm64_vm.sh's emulated arm64 machine: mounts what a container runtime's
 # host has, loads the netfilter modules the images' rules use, runs scripts/vm_guest.py and
 # powers the machine off (the host reads the result from the serial console).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
