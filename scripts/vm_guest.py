@@ -248,34 +248,24 @@ def traffic_cases(label, pod, families):
         ls = {listener(pod.ns, family, p): p for p in (15001, 15006, EXCLUDED_PORT, APP_PORT)}
         ls[listener(pod.peer, family, PEER_PORT)] = "peer"
         try:
-            def outbound():
-                port, orig = connect_lands(pod.ns, APP_UID, family, (peer, PEER_PORT), ls)
-                if port != 15001 or orig != (peer, PEER_PORT):
-                    return f"landed on {port} with original destination {orig}"
-                return None
-
-            def direct():
-                port, _ = connect_lands(pod.ns, PROXY_UID, family, (peer, PEER_PORT), ls)
-                return None if port == "peer" else f"landed on {port}"
-
-            def inbound():
-                port, orig = connect_lands(pod.peer, APP_UID, family, (addr, APP_PORT), ls)
-                if port != 15006 or orig != (addr, APP_PORT):
-                    return f"landed on {port} with original destination {orig}"
-                return None
-
-            def excluded():
-                port, _ = connect_lands(pod.peer, APP_UID, family, (addr, EXCLUDED_PORT), ls)
-                return None if port == EXCLUDED_PORT else f"landed on {port}"
+            def lands(from_ns, uid, dst, want, captured):
+                """The connection from from_ns as uid to dst is accepted on want, and a
+                captured one knows dst as its original destination."""
+                def check():
+                    port, orig = connect_lands(from_ns, uid, family, dst, ls)
+                    if port != want or (captured and orig != dst):
+                        return f"landed on {port} with original destination {orig}"
+                    return None
+                return check
 
             case(f"[{label}] {fam} outbound of the app (uid {APP_UID}) lands on 15001 with its "
-                 "original destination", outbound)
+                 "original destination", lands(pod.ns, APP_UID, (peer, PEER_PORT), 15001, True))
             case(f"[{label}] {fam} outbound of the proxy user (uid {PROXY_UID}) goes out "
-                 "directly", direct)
+                 "directly", lands(pod.ns, PROXY_UID, (peer, PEER_PORT), "peer", False))
             case(f"[{label}] {fam} inbound to {APP_PORT} lands on 15006 with its original "
-                 "destination", inbound)
+                 "destination", lands(pod.peer, APP_UID, (addr, APP_PORT), 15006, True))
             case(f"[{label}] {fam} inbound to excluded port {EXCLUDED_PORT} is not captured",
-                 excluded)
+                 lands(pod.peer, APP_UID, (addr, EXCLUDED_PORT), EXCLUDED_PORT, False))
         finally:
             for s in ls:
                 s.close()
