@@ -29,8 +29,9 @@ Another architecture (arm64 on an amd64 machine) runs under qemu-user through bi
 can run it), `--cases LIST` picks groups of cases (CASE_GROUPS below); without --cases, all;
 `--reference-image` (the dry-run cases) is a native nftables image of this machine's
 architecture. qemu-user 7.2 has no NETLINK_NETFILTER sockets ("Protocol not supported") and
-does not translate iptables' IPT_SO_* socket options, so under emulation neither backend can
-install rules: there the static, tools and dry-run cases are what runs.
+does not translate iptables' IPT_SO_* socket options, so under qemu-user neither backend can
+install rules: there the static and dry-run cases are what runs (scripts/arm64_vm.sh runs the
+arm64 images' pod cases on an arm64 kernel in an emulated machine).
 `--engine docker --docker-host unix://SOCK --pause-image IMAGE` runs the containers with Docker
 instead: each pod namespace is then a pause container's (IMAGE with `sleep`), joined by the
 init container with `--network container:`, as the kubelet's runtime does.
@@ -892,36 +893,6 @@ def static_cases(t):
            runs)
 
 
-# The xtables extensions meshinit's rules use (Istio's, TPROXY mode, DNS capture, its options).
-XT_MATCHES = ["owner", "tcp", "udp", "multiport", "conntrack", "mark", "connmark"]
-XT_TARGETS = ["REDIRECT", "TPROXY", "CONNMARK", "MARK", "CT"]
-
-
-def tools_cases(t):
-    """The default image's iptables tools run and load every extension meshinit's rules use
-    (each a shared object with its libraries, of the image's architecture). Needs no kernel
-    table: what qemu-user can run (it has no NETLINK_NETFILTER and no iptables sockopts)."""
-    for tool in ("iptables-legacy", "ip6tables-legacy", "iptables-nft", "ip6tables-nft"):
-        def check(tool=tool):
-            missing = []
-            for target in XT_TARGETS:
-                argv = t.podman + ["--rm", "--network", "none", "--entrypoint",
-                                   f"/usr/sbin/{tool}", t.image]
-                for m in XT_MATCHES:
-                    argv += ["-m", m]
-                r = sh(argv + ["-j", target, "--help"], timeout=RUN_TIMEOUT)
-                if r.returncode != 0:
-                    return f"-j {target}: exit {r.returncode}: {r.stderr.strip()[-300:]}"
-                missing += [f"{m} match" for m in XT_MATCHES
-                            if f"{m} match options" not in r.stdout]
-                if f"{target} target options" not in r.stdout:
-                    missing.append(f"{target} target")
-            return f"no help from {sorted(set(missing))}" if missing else None
-
-        t.case(f"[tools] {tool} loads the extensions {','.join(XT_MATCHES)} and "
-               f"{','.join(XT_TARGETS)}", check)
-
-
 # Dry runs whose text must not depend on the architecture (rule planning, rendering, the
 # nftables expressions).
 DRY_RUNS = [
@@ -972,7 +943,7 @@ def scenario_group(label):
 
 
 # --cases groups: SCENARIOS' (scenario_group) and the others, in the order they run.
-CASE_GROUPS = ["examples", "static", "tools", "dry-run", "iptables", "legacy", "nftables", "dual-stack",
+CASE_GROUPS = ["examples", "static", "dry-run", "iptables", "legacy", "nftables", "dual-stack",
                "own-options", "security", "validation", "read-only", "cni"]
 
 
@@ -1035,8 +1006,6 @@ def main(argv):
             examples_cases(t, args["validate_script"])
         if "static" in groups:
             static_cases(t)
-        if "tools" in groups:
-            tools_cases(t)
         if "dry-run" in groups:
             dry_run_cases(t)
         for label, image_attr, env, dual, summary, extra in SCENARIOS:
