@@ -13,6 +13,8 @@
 #   image  scripts/image.sh: podman + runc, the base images' builder, the examples' venv,
 #          qemu-user-static + arch-test (the foreign architecture: builds, runs, its base)
 #   docker scripts/image.sh docker: Debian's Docker engine, run on its own for one test build
+#   vm     scripts/arm64_vm.sh: an emulated arm64 machine (qemu-system-aarch64) and cpio for
+#          its initramfs
 #   cri    scripts/cri_test.sh: containerd with its CRI plugin, runc, the bridge/host-local CNI
 #          plugins, a static busybox for the test's images, python3-venv for the CRI client
 #   cross  scripts/cross_test.sh: the aarch64 cross linker and glibc, qemu-user-static to run
@@ -30,6 +32,7 @@ GROUP[image]="podman runc mmdebstrap uidmap iptables nftables iproute2 util-linu
 GROUP[docker]="docker.io"
 # containerd: the CRI runtime the kubelet drives (its CRI plugin passes pod annotations to CNI);
 # busybox-static: the one binary the test's pause and app images hold.
+GROUP[vm]="qemu-system-arm cpio gzip"
 GROUP[cri]="containerd runc containernetworking-plugins busybox-static iptables iproute2
     util-linux procps python3 python3-venv"
 # gcc-aarch64-linux-gnu + libc6-dev-arm64-cross: cargo's linker for aarch64-unknown-linux-gnu
