@@ -57,7 +57,12 @@ import sys
 import tempfile
 import threading
 
-from ruleset_text import normalise_nft, normalise_save
+try:
+    from ruleset_text import normalise_nft, normalise_save
+except ImportError:
+    # This file also runs as the workloads' helpers.py, copied alone into a temporary
+    # directory; that role reads no ruleset.
+    pass
 
 POD4, PEER4 = "10.250.0.1", "10.250.0.2"
 PEER4_EXCLUDED = "10.250.0.3"  # the peer's second address, for --exclude-inbound-sources
