@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use caps::Capability;
 
-use crate::config::{BackendChoice, Capture, InterceptMode, RunOptions};
+use crate::config::{BackendChoice, Capture, InterceptMode, IptablesVariant, RunOptions};
 use crate::driver::nf_tables::{NfTables, NftError};
 use crate::driver::routing;
 use crate::driver::xtables::XtablesLock;
@@ -190,41 +190,9 @@ pub fn cleanup(
     log: &Log,
 ) -> Result<Report, ApplyError> {
     let (mut netns, groups) = prepare(opts, reading_caps(runner))?;
-    let resolve = |name: &str| resolve_group(&groups, name);
-    let full = full_expected(capture, &resolve);
-    let every_object = routing::objects(&plan::plan(&Capture {
-        ipv6: true,
-        ..capture.clone()
-    }));
-    let plan = plan::plan(capture);
-    let expected: [Option<Result<Expected, ExpectedError>>; 2] = [None, None];
-    let ask = Ask {
-        plan: &plan,
-        expected: &expected,
-        ruleset: None,
-        groups: &groups,
-        forced: opts.force_iptables_binary,
-    };
-    let seen = match &full {
-        Ok(full) => observe(
-            &ask,
-            Mode::Cleanup { validate: false },
-            false,
-            runner,
-            Some((full, &every_object)),
-        ),
-        Err(_) => observe(&ask, Mode::Cleanup { validate: false }, false, runner, None),
-    };
-    let full = || full.clone();
-    let input = Input {
-        plan: &plan,
-        observed: &seen,
-        forced: opts.force_iptables_binary,
-        resolve: &resolve,
-        expected: &expected,
-        full: &full,
-    };
-    let decision = decide::decide(&input, Mode::Cleanup { validate: false }, false)?;
+    let cleanup = Mode::Cleanup { validate: false };
+    let forced = opts.force_iptables_binary;
+    let decision = observe_and_decide_cleanup(capture, &groups, cleanup, forced, runner)?;
     let drivers = Drivers {
         runner,
         lock: xtables_lock(opts, &mut netns),
@@ -242,28 +210,47 @@ pub fn cleanup_preview(
     privileges::require_capabilities(reading_caps(runner))
         .map_err(|e| ApplyError::Precondition(Precondition::DryRunCapabilities(e)))?;
     let groups = load_groups()?;
-    let resolve = |name: &str| resolve_group(&groups, name);
+    let decision = observe_and_decide_cleanup(capture, &groups, Mode::DryRunCleanup, None, runner)?;
+    Ok(decide::preview(&decision))
+}
+
+/// One read of every place and the cleanup's decision from it, for the cleanup (`mode`
+/// `Cleanup`) and its dry run (`DryRunCleanup`) alike. Ours is looked for as every
+/// configuration of this capture would have it (both families, whatever `--ipv6` says now).
+fn observe_and_decide_cleanup(
+    capture: &Capture,
+    groups: &Groups,
+    mode: Mode,
+    forced: Option<IptablesVariant>,
+    runner: &(dyn Runner + Sync),
+) -> Result<decide::Decision, ApplyError> {
+    let resolve = |name: &str| resolve_group(groups, name);
+    let full = full_expected(capture, &resolve);
+    let every_object = routing::objects(&plan::plan(&Capture {
+        ipv6: true,
+        ..capture.clone()
+    }));
     let plan = plan::plan(capture);
     let expected: [Option<Result<Expected, ExpectedError>>; 2] = [None, None];
     let ask = Ask {
         plan: &plan,
         expected: &expected,
         ruleset: None,
-        groups: &groups,
-        forced: None,
+        groups,
+        forced,
     };
-    let seen = observe(&ask, Mode::DryRunCleanup, false, runner, None);
-    let full = || full_expected(capture, &resolve);
+    let known = full.as_ref().ok().map(|f| (f, every_object.as_slice()));
+    let seen = observe(&ask, mode, false, runner, known);
+    let full = || full.clone();
     let input = Input {
         plan: &plan,
         observed: &seen,
-        forced: None,
+        forced,
         resolve: &resolve,
         expected: &expected,
         full: &full,
     };
-    let decision = decide::decide(&input, Mode::DryRunCleanup, false)?;
-    Ok(decide::preview(&decision))
+    decide::decide(&input, mode, false)
 }
 
 /// The plan's expected tables per family it has (only when `wanted`: the iptables backend).
