@@ -16,21 +16,6 @@ use support::apply::{
 use support::netlab::{Lab, Netns};
 use support::{conformance_cases, diff, require_root};
 
-fn groups_resolvable(case: &support::Case) -> bool {
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    case.env
-        .iter()
-        .filter(|(k, _)| k.starts_with("ISTIO_OUTBOUND_OWNER_GROUPS"))
-        .all(|(_, v)| {
-            v.split(',')
-                .filter(|g| !g.is_empty() && *g != "*")
-                .all(|g| {
-                    g.bytes().all(|b| b.is_ascii_digit())
-                        || groups.lines().any(|l| l.split(':').next() == Some(g))
-                })
-        })
-}
-
 #[test]
 #[ignore = "kernel test: needs root (scripts/test.sh runs it)"]
 fn every_case_applies_reads_back_reruns_as_no_op_and_cleans_up() {
@@ -39,7 +24,7 @@ fn every_case_applies_reads_back_reruns_as_no_op_and_cleans_up() {
     }
     let mut checked = 0;
     for case in conformance_cases("iptables") {
-        if !groups_resolvable(&case) {
+        if !case.groups_resolvable() {
             // java/ftp are not groups on this machine: iptables cannot load such rules.
             continue;
         }
@@ -477,7 +462,7 @@ fn rules_installed_by_istio_itself_are_recognised_as_in_place() {
     // An upgrade from istio-init: Istio's exact restore input is already loaded; meshinit with
     // the same configuration must find it in place and change nothing.
     for case in conformance_cases("iptables") {
-        if !groups_resolvable(&case) {
+        if !case.groups_resolvable() {
             continue;
         }
         let lab = Lab::new().expect("lab");

@@ -186,21 +186,6 @@ fn failed(out: &Output) -> Option<String> {
     }
 }
 
-fn groups_resolvable(case: &Case) -> bool {
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    case.env
-        .iter()
-        .filter(|(k, _)| k.starts_with("ISTIO_OUTBOUND_OWNER_GROUPS"))
-        .all(|(_, v)| {
-            v.split(',')
-                .filter(|g| !g.is_empty() && *g != "*")
-                .all(|g| {
-                    g.bytes().all(|b| b.is_ascii_digit())
-                        || groups.lines().any(|l| l.split(':').next() == Some(g))
-                })
-        })
-}
-
 /// The whole life of one case with one set of tools; the first failure, if any. Variant
 /// `auto`: meshinit's own detection, which must pick nft in a fresh namespace.
 fn life_of_case(tools: &Tools, case: &Case, variant: &str) -> Result<(), String> {
@@ -284,7 +269,7 @@ fn every_case_with_iptables_1_8_7_and_1_8_11() {
             );
         }
         for case in conformance_cases("iptables") {
-            if !groups_resolvable(&case) {
+            if !case.groups_resolvable() {
                 // java/ftp are not groups on this machine: iptables cannot load such rules.
                 continue;
             }

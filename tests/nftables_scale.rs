@@ -9,14 +9,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use meshinit::config::NftSets;
-use meshinit::driver::nf_tables::{NfTables, NftError};
 use meshinit::render::nft_netlink::{
     compare_table, replace_batch, ChainInfo, CheckedRule, CheckedTable, Expr, Value,
 };
 use meshinit::render::nft_ruleset::{ruleset, ruleset_with, NftRule, Ruleset, Stmt};
 use support::apply::{default_args, meshinit, plan_for};
-use support::netlab::{Lab, Netns};
-use support::nft::{chain_with_handles, groups, in_netns, listing, rule_count};
+use support::netlab::Lab;
+use support::nft::{apply_ruleset, chain_with_handles, listing, rule_count};
 use support::require_root;
 
 /// The kernel's stock `net.core.wmem_max` and `rmem_max` (what most nodes run with).
@@ -175,13 +174,6 @@ fn with_bad_jumps(n: usize) -> (Ruleset, usize) {
     (rs, first)
 }
 
-fn apply(ns: &Netns, rs: &Ruleset) -> Result<(), NftError> {
-    let rs = rs.clone();
-    in_netns(ns, move || {
-        NfTables::open()?.apply_ruleset(&rs, &groups()).map(drop)
-    })
-}
-
 /// 5,000 failing messages in one batch: the error still names the first failing rule and the
 /// kernel's errno (not "No buffer space available"), counts the others, and nothing changed —
 /// with this host's buffer limits and with the stock ones.
@@ -193,12 +185,12 @@ fn a_batch_with_thousands_of_failing_messages_names_the_first() {
     }
     let lab = Lab::new().expect("lab");
     let good = ruleset(&plan_for(&default_args(), &[]));
-    apply(&lab.pod, &good).expect("a valid ruleset");
+    apply_ruleset(&lab.pod, &good).expect("a valid ruleset");
     let before = listing(&lab.pod);
     let (bad, first) = with_bad_jumps(5000);
     for stock_limits in [false, true] {
         let limits = stock_limits.then(StockBufferLimits::set);
-        let err = apply(&lab.pod, &bad).unwrap_err();
+        let err = apply_ruleset(&lab.pod, &bad).unwrap_err();
         drop(limits);
         let text = err.to_string();
         assert!(

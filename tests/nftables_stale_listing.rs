@@ -18,20 +18,13 @@ use meshinit::render::nft_netlink::replace_batch;
 use meshinit::render::nft_ruleset::{ruleset, Ruleset};
 use nix::errno::Errno;
 use support::apply::{default_args, plan_for};
-use support::netlab::{Lab, Netns};
-use support::nft::{groups, in_netns, listing, rule_count};
+use support::netlab::Lab;
+use support::nft::{apply_ruleset, groups, in_netns, listing, rule_count};
 use support::require_root;
 
 /// Istio's default sidecar, natively.
 fn default_ruleset() -> Ruleset {
     ruleset(&plan_for(&default_args(), &[]))
-}
-
-fn apply(ns: &Netns, rs: &Ruleset) -> Result<(), NftError> {
-    let rs = rs.clone();
-    in_netns(ns, move || {
-        NfTables::open()?.apply_ruleset(&rs, &groups()).map(drop)
-    })
 }
 
 /// A listing that misses our tables, as a lost or raced dump gives: the batch built from it
@@ -44,7 +37,7 @@ fn a_stale_listing_never_duplicates_the_ruleset() {
     }
     let rs = default_ruleset();
     let lab = Lab::new().expect("lab");
-    apply(&lab.pod, &rs).expect("first apply");
+    apply_ruleset(&lab.pod, &rs).expect("first apply");
     let once = listing(&lab.pod);
     let rules = rule_count(&lab.pod);
     assert!(rules > 10, "{once}");
@@ -93,7 +86,7 @@ fn concurrent_applies_leave_exactly_one_ruleset() {
     }
     let rs = default_ruleset();
     let lab = Lab::new().expect("lab");
-    apply(&lab.pod, &rs).expect("reference apply");
+    apply_ruleset(&lab.pod, &rs).expect("reference apply");
     let once = listing(&lab.pod);
     let rules = rule_count(&lab.pod);
     for round in 0..30 {

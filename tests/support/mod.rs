@@ -81,6 +81,23 @@ impl Case {
         let path = self.dir.join(file);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
+
+    /// Whether every group name the case's owner-group settings use exists on this machine
+    /// (a number or `*` always does): iptables resolves names when it installs.
+    pub fn groups_resolvable(&self) -> bool {
+        let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        self.env
+            .iter()
+            .filter(|(k, _)| k.starts_with("ISTIO_OUTBOUND_OWNER_GROUPS"))
+            .all(|(_, v)| {
+                v.split(',')
+                    .filter(|g| !g.is_empty() && *g != "*")
+                    .all(|g| {
+                        g.bytes().all(|b| b.is_ascii_digit())
+                            || groups.lines().any(|l| l.split(':').next() == Some(g))
+                    })
+            })
+    }
 }
 
 /// Every case of one backend (`iptables` or `nftables`), sorted by name.

@@ -5,7 +5,8 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 
-use meshinit::driver::nf_tables::{Groups, GROUP_FILE};
+use meshinit::driver::nf_tables::{Groups, NfTables, NftError, GROUP_FILE};
+use meshinit::render::nft_ruleset::Ruleset;
 use nix::sched::{setns, CloneFlags};
 
 use super::netlab::Netns;
@@ -31,6 +32,14 @@ pub fn in_netns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 's
     })
     .join();
     joined.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Applies `rs` natively (one nf_tables batch) inside `ns`, with [`groups`].
+pub fn apply_ruleset(ns: &Netns, rs: &Ruleset) -> Result<(), NftError> {
+    let rs = rs.clone();
+    in_netns(ns, move || {
+        NfTables::open()?.apply_ruleset(&rs, &groups()).map(drop)
+    })
 }
 
 /// `nft list ruleset` with counter values dropped (traffic such as IPv6 neighbour discovery
