@@ -20,10 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${MESHINIT_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/meshinit-image}"
-MIRROR="${MESHINIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-SECURITY_MIRROR="${MESHINIT_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
-REPO="${MESHINIT_IMAGE_REPO:-localhost/meshinit}"
+# shellcheck source=scripts/settings.sh
+. scripts/settings.sh
 # How long the whole emulated run may take (boot included) before it counts as failed.
 VM_TIMEOUT="${MESHINIT_VM_TIMEOUT:-900}"
 

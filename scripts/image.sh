@@ -36,11 +36,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${MESHINIT_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/meshinit-image}"
-MIRROR="${MESHINIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-SECURITY_MIRROR="${MESHINIT_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
-# Another repository name keeps a developer's builds apart from CI's in a shared store.
-REPO="${MESHINIT_IMAGE_REPO:-localhost/meshinit}"
+# shellcheck source=scripts/settings.sh
+. scripts/settings.sh
 IMAGE_DEFAULT=$REPO:latest
 IMAGE_NFTABLES=$REPO:nftables
 BASE_RUST_REPO=$REPO-base-rust

@@ -17,9 +17,9 @@ case "$release" in
     bullseye | bookworm | trixie) ;;
     *) echo "iptables-rootfs.sh: unknown release '$release' (bullseye, bookworm, trixie)" >&2; exit 2 ;;
 esac
-CACHE="${MESHINIT_ROOTFS_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/meshinit-rootfs}"
-MIRROR="${MESHINIT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-SECURITY_MIRROR="${MESHINIT_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
+# shellcheck source=scripts/settings.sh
+. "$(dirname "$0")/settings.sh"
+CACHE=$ROOTFS_CACHE
 PACKAGES=iptables
 out="$CACHE/$release"
 

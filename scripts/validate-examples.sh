@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${MESHINIT_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/meshinit-image}"
+# shellcheck source=scripts/settings.sh
+. scripts/settings.sh
 VENV="$CACHE/venv"
 REQUIREMENTS=(kubernetes-validate==1.37.0 PyYAML==6.0.4)
 
