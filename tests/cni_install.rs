@@ -14,7 +14,8 @@
 
 mod support;
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -142,20 +143,7 @@ impl Watcher {
     /// `meshinit` with `args`, as a child process.
     fn spawn(args: Vec<String>) -> Watcher {
         let mut child = support::Meshinit::new().no_path().args(&args).spawn();
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let log = collect(child.stderr.take().unwrap());
         Watcher { child, log }
     }
 
@@ -724,6 +712,62 @@ fn watch_follows_a_symlinked_conflist_its_appearance_and_its_targets_rewrites() 
     let log = watcher.terminated();
     assert!(is(types_at(&real), &WITHOUT), "{log}");
     assert!(is_link(&dirs.conf("10-k.conflist")), "{log}");
+}
+
+/// A rewrite of the link's target made while the watcher is between its look and its watch on
+/// the target's directory is undone too: a new watch is followed by one more look. The window
+/// is held open by a stderr pipe that is already full, so the watcher blocks on its first log
+/// line, which comes right after its first look (it logged nothing before).
+#[test]
+fn a_target_rewritten_before_its_directory_is_watched_gets_the_entry_back() {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let dirs = Dirs::empty("cni-watch-window");
+    let real = link_to_real(&dirs, "10-k.conflist", Some(LIST));
+    let (held, stderr) = nix::unistd::pipe().unwrap();
+    let size = fcntl(stderr.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    let mut stderr = std::fs::File::from(stderr);
+    stderr.write_all(&vec![b'.'; size as usize]).unwrap();
+    let mut args = dirs.args(PLUGIN);
+    args.push("--wait".to_string());
+    let child = support::Meshinit::new()
+        .no_path()
+        .args(&args)
+        .stderr(stderr)
+        .spawn();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !is(types_at(&real), &WITH) {
+        assert!(Instant::now() < deadline, "no first look within 15 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The CNI rewrites its conflist while the watcher waits to log.
+    std::fs::write(&real, LIST).unwrap();
+    let watcher = Watcher {
+        child,
+        log: collect(std::fs::File::from(held)),
+    };
+    until("the entry back after the early rewrite", &watcher, || {
+        is(types_at(&real), &WITH)
+    });
+    let log = watcher.terminated();
+    assert!(is(types_at(&real), &WITHOUT), "{log}");
+}
+
+/// Everything `stderr` gives until it closes, collected by a thread as it comes.
+fn collect(mut stderr: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    log
 }
 
 /// `meshinit cni-install --wait` with `plugin` as its entry.

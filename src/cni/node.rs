@@ -398,8 +398,19 @@ pub fn run(install: &Install) -> u8 {
     if first.action == Action::Failed {
         return exit_code::FAILURE;
     }
-    follow(&log, &mut watch, &node);
     loop {
+        // A watch on the link's target added only now misses what the CNI wrote there since
+        // the last look: one more look closes that window (a look that finds the entry in
+        // place writes and says nothing).
+        while follow(&log, &mut watch, &node) {
+            let again = node.reconcile();
+            if again.action != Action::InPlace {
+                report(&log, &install.conf_dir, &[], &again);
+            }
+            if again.action == Action::Failed {
+                return exit_code::FAILURE;
+            }
+        }
         let events = match watch.wait() {
             Ok(Wake::Terminate(signal)) => return terminate(&log, &node, &signal),
             Ok(Wake::Files(events)) => events,
@@ -433,18 +444,19 @@ pub fn run(install: &Install) -> u8 {
         if done.action == Action::Failed {
             return exit_code::FAILURE;
         }
-        follow(&log, &mut watch, &node);
     }
 }
 
 /// The watch on where the runtime's configuration links to, after a look (a warning when that
-/// directory cannot be watched: the link's own changes are still seen).
-fn follow(log: &Log, watch: &mut Watch, node: &Node) {
-    if let Err(e) = watch.follow(node.follow.as_deref()) {
+/// directory cannot be watched: the link's own changes are still seen). True when a watch was
+/// added just now.
+fn follow(log: &Log, watch: &mut Watch, node: &Node) -> bool {
+    watch.follow(node.follow.as_deref()).unwrap_or_else(|e| {
         log.warn(&format!(
             "cni-install: {e}; changes there are seen when the link itself changes"
         ));
-    }
+        false
+    })
 }
 
 /// The binary deleted or renamed away from the bin directory: copied back, since the runtime

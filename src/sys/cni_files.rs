@@ -423,8 +423,9 @@ impl Watch {
     /// from now on instead of the one followed before; `None`: none. An error says the
     /// target's directory cannot be watched (it does not exist, say): its changes are then
     /// seen only through the conf directory's (the link replaced or removed). Reported once
-    /// per target; `Ok` when nothing changed.
-    pub fn follow(&mut self, target: Option<&Path>) -> Result<(), String> {
+    /// per target. `Ok(true)`: a watch was added just now, so a change made at the target
+    /// before it is not an event — the caller looks once more; `Ok(false)`: nothing new.
+    pub fn follow(&mut self, target: Option<&Path>) -> Result<bool, String> {
         let wanted = target.and_then(|t| {
             let dir = t.parent()?;
             let name = t.file_name()?.to_string_lossy().into_owned();
@@ -435,21 +436,22 @@ impl Watch {
         });
         let now = self.target.as_ref().map(|(d, n, _)| (d.clone(), n.clone()));
         if wanted == now {
-            return Ok(());
+            return Ok(false);
         }
         if let Some((_, _, Some(wd))) = self.target.take() {
             let _ = self.inotify.rm_watch(wd);
         }
         let Some((dir, name)) = wanted else {
-            return Ok(());
+            return Ok(false);
         };
         if dir == self.conf_real || dir == self.bin_real {
+            // Already watched since the start, with every change in it.
             self.target = Some((dir, name, None));
-            return Ok(());
+            return Ok(false);
         }
         let added = self.inotify.add_watch(&dir, TARGET_MASK);
         self.target = Some((dir.clone(), name, added.as_ref().ok().copied()));
-        added.map(|_| ()).map_err(|e| {
+        added.map(|_| true).map_err(|e| {
             format!(
                 "cannot watch {} (where the conflist's link leads): {e}",
                 dir.display()
