@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the variables are for the scripts that source this
 # Sourced by the scripts that build the images, the iptables root file systems and the arm64
 # VM's guest: where they cache what they build, which Debian mirrors they read, and the
 # images' repository name — each overridable from the environment, the same in every script.
