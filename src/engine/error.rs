@@ -871,11 +871,7 @@ impl fmt::Display for Change {
                 f,
                 "{}: deleted the table {} {table} it left empty",
                 place_name(*tools),
-                match tools.family {
-                    Family::V4 => XtFamily::Ip,
-                    Family::V6 => XtFamily::Ip6,
-                }
-                .name()
+                XtFamily::of(tools.family).name()
             ),
             Change::DeletedNative(tables) => write!(
                 f,

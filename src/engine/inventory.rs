@@ -90,7 +90,7 @@ impl std::fmt::Display for Nothing {
                 f,
                 "{} is not installed and nf_tables holds no chain of ours in the {} family",
                 tools.save(),
-                xt_family(tools.family).name()
+                XtFamily::of(tools.family).name()
             ),
             Nothing::NoNfTables => f.write_str("the kernel has no nf_tables"),
         }
@@ -503,7 +503,7 @@ fn read_iptables(
 /// is not taken for empty.
 fn no_nft_table(family: Family) -> bool {
     NfTables::open()
-        .and_then(|mut n| n.family_names(xt_family(family), false))
+        .and_then(|mut n| n.family_names(XtFamily::of(family), false))
         .is_ok_and(|tables| tables.is_empty())
 }
 
@@ -511,13 +511,6 @@ fn legacy_names(family: Family) -> &'static str {
     match family {
         Family::V4 => "/proc/net/ip_tables_names",
         Family::V6 => "/proc/net/ip6_tables_names",
-    }
-}
-
-fn xt_family(family: Family) -> XtFamily {
-    match family {
-        Family::V4 => XtFamily::Ip,
-        Family::V6 => XtFamily::Ip6,
     }
 }
 
@@ -545,7 +538,7 @@ fn read_without_tool(tools: Tools) -> Reading<Saved> {
             )),
         },
         IptablesVariant::Nft => {
-            let family = xt_family(tools.family);
+            let family = XtFamily::of(tools.family);
             match NfTables::open().and_then(|mut n| n.family_tables(family)) {
                 Err(e) => Reading::Unreadable(Unread::Nft(tools, e)),
                 Ok(tables) => {

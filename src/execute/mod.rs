@@ -13,7 +13,6 @@ use crate::engine::error::{
 };
 use crate::execute::transaction::{commit, failure, CommitFailure, Goal, Transaction};
 use crate::log::Log;
-use crate::plan::Family;
 use crate::render::nft_netlink::XtFamily;
 use crate::render::nft_ruleset::Ruleset;
 use crate::render::shadowing::shadowing;
@@ -310,10 +309,7 @@ fn remove_empty_shells(removals: &[Removal], log: &Log) -> Vec<Change> {
         let Some(held) = &r.shells else {
             continue;
         };
-        let family = match r.tools.family {
-            Family::V4 => XtFamily::Ip,
-            Family::V6 => XtFamily::Ip6,
-        };
+        let family = XtFamily::of(r.tools.family);
         let mut outcome = Err(ShellError::Changed);
         for _ in 0..3 {
             outcome = delete_if_empty(family, held);

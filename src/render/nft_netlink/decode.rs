@@ -526,6 +526,14 @@ pub enum XtFamily {
 }
 
 impl XtFamily {
+    /// The nf_tables family the iptables-nft tool of `family` writes to.
+    pub fn of(family: crate::plan::Family) -> XtFamily {
+        match family {
+            crate::plan::Family::V4 => XtFamily::Ip,
+            crate::plan::Family::V6 => XtFamily::Ip6,
+        }
+    }
+
     /// The family as nft names it.
     pub fn name(self) -> &'static str {
         match self {
