@@ -93,8 +93,7 @@ impl Summary {
         if self.changes.is_empty() {
             self.outcome.clone()
         } else {
-            let changes: Vec<String> = self.changes.iter().map(ToString::to_string).collect();
-            changes.join("; ")
+            joined(&self.changes, "; ")
         }
     }
 
@@ -108,8 +107,7 @@ impl Summary {
             parts.push(if self.tools.is_empty() {
                 format!("backend {backend}")
             } else {
-                let tools: Vec<String> = self.tools.iter().map(ToString::to_string).collect();
-                format!("backend {backend} ({})", tools.join(", "))
+                format!("backend {backend} ({})", joined(&self.tools, ", "))
             });
         }
         if let Some(families) = &self.families {
@@ -166,13 +164,13 @@ impl Summary {
             "mode": self.mode,
             "backend": self.backend,
             "variants": variants,
-            "tools": self.tools.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "tools": strings(&self.tools),
             "families": self.families.as_ref().map(|f| f.iter().map(|f| family_name(*f)).collect::<Vec<_>>()),
             "rules_planned": self.rules,
             "namespace": self.namespace,
             "changed": !self.changes.is_empty(),
             "change_count": self.changes.len(),
-            "changes": self.changes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "changes": strings(&self.changes),
             "outcome": self.outcome_text(),
             "phases_ms": phases,
             "total_ms": ms(&self.started.elapsed()),
@@ -470,7 +468,7 @@ pub(crate) fn execute(
         // captures IPv6 all the same, so the user must hear that these are not honoured.
         log.warn(&format!(
             "-x (ISTIO_SERVICE_EXCLUDE_CIDR) lists IPv6 networks ({}) but IPv6 is off: as Istio, they are not installed, while the native inet table still captures IPv6; turn IPv6 on (--dual-stack or --ipv6=true) for them to be excluded",
-            list(v6_excluded)
+            joined(v6_excluded, ",")
         ));
     }
     if mode == Mode::DryRun {
@@ -694,8 +692,8 @@ fn run_validation(config: &Config, log: &Log) -> u8 {
     let not_proxy = (!c.proxy_uids.contains(&uid) && !c.proxy_gids.contains(&gid)).then(|| {
         format!(
             "this process runs as uid {uid} (gid {gid}), which is not a proxy uid (-u {}) or gid (-g {}): only the proxy's own traffic is redirected to the inbound capture port, so the probe cannot be; run the validation as the proxy user, as Istio's istio-validation container does",
-            list(&c.proxy_uids),
-            list(&c.proxy_gids)
+            joined(&c.proxy_uids, ","),
+            joined(&c.proxy_gids, ",")
         )
     });
     if let Some(why) = &not_proxy {
@@ -744,8 +742,14 @@ pub(crate) fn print_stdout(text: &str) -> u8 {
     }
 }
 
-fn list<T: ToString>(items: &[T]) -> String {
-    items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+/// Each item as it displays.
+fn strings<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(T::to_string).collect()
+}
+
+/// The items as they display, separated by `sep`.
+fn joined<T: ToString>(items: &[T], sep: &str) -> String {
+    strings(items).join(sep)
 }
 
 #[cfg(test)]
