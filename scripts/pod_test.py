@@ -57,12 +57,7 @@ import sys
 import tempfile
 import threading
 
-try:
-    from ruleset_text import normalise_nft, normalise_save
-except ImportError:
-    # This file also runs as the workloads' helpers.py, copied alone into a temporary
-    # directory; that role reads no ruleset.
-    pass
+from ruleset_text import normalise_nft, normalise_save
 
 POD4, PEER4 = "10.250.0.1", "10.250.0.2"
 PEER4_EXCLUDED = "10.250.0.3"  # the peer's second address, for --exclude-inbound-sources
@@ -237,9 +232,14 @@ class Test:
         self.serial = 0
         self.tmp = tempfile.mkdtemp(prefix="meshinit-podtest-")
         os.chmod(self.tmp, 0o755)  # the helpers run as other users
+        # This file runs as the workloads' helpers.py too, with the module it imports beside it.
         self.helpers = os.path.join(self.tmp, "helpers.py")
-        shutil.copy(os.path.abspath(__file__), self.helpers)
-        os.chmod(self.helpers, 0o644)
+        here = os.path.dirname(os.path.abspath(__file__))
+        for source, name in [(os.path.abspath(__file__), "helpers.py"),
+                             (os.path.join(here, "ruleset_text.py"), "ruleset_text.py")]:
+            copy = os.path.join(self.tmp, name)
+            shutil.copy(source, copy)
+            os.chmod(copy, 0o644)
         self.python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) \
             else shutil.which("python3")
         self.load_examples()
